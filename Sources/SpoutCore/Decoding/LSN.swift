@@ -1,0 +1,74 @@
+/// A position in PostgreSQL's write-ahead log, printed as `X/X` (high/low 32 bits in hex),
+/// the way PostgreSQL prints `pg_lsn`.
+public struct LSN: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public init(_ value: UInt64) { self.rawValue = value }
+
+    public static let zero = LSN(0)
+
+    /// Parses `X/X` as PostgreSQL prints it (`16/B374D848`); `nil` when malformed.
+    public init?(_ text: some StringProtocol) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, (1...8).contains(parts[0].count), (1...8).contains(parts[1].count),
+              let high = UInt32(parts[0], radix: 16), let low = UInt32(parts[1], radix: 16)
+        else { return nil }
+        rawValue = UInt64(high) << 32 | UInt64(low)
+    }
+
+    public var description: String {
+        String(UInt32(truncatingIfNeeded: rawValue >> 32), radix: 16, uppercase: true) + "/"
+            + String(UInt32(truncatingIfNeeded: rawValue), radix: 16, uppercase: true)
+    }
+
+    public static func < (lhs: LSN, rhs: LSN) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// PostgreSQL timestamps on the wire: microseconds since 2000-01-01 00:00:00 UTC.
+public struct PostgresTimestamp: RawRepresentable, Hashable, Comparable, Sendable {
+    public var rawValue: Int64
+    public init(rawValue: Int64) { self.rawValue = rawValue }
+
+    /// Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+    static let unixEpochOffset: Int64 = 946_684_800
+
+    public init(unixMicroseconds: Int64) {
+        rawValue = unixMicroseconds - Self.unixEpochOffset * 1_000_000
+    }
+
+    public var unixMicroseconds: Int64 { rawValue + Self.unixEpochOffset * 1_000_000 }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    /// ISO-8601 in UTC with microseconds: `2026-11-23T11:20:20.123456Z`.
+    public var iso8601: String {
+        var micros = unixMicroseconds
+        var seconds = micros / 1_000_000
+        micros %= 1_000_000
+        if micros < 0 { micros += 1_000_000; seconds -= 1 }
+        var days = seconds / 86_400
+        var secondOfDay = seconds % 86_400
+        if secondOfDay < 0 { secondOfDay += 86_400; days -= 1 }
+        let (year, month, day) = Self.civilDate(daysSinceUnixEpoch: days)
+        func pad(_ value: Int64, _ width: Int) -> String {
+            let digits = String(value)
+            return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
+        }
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3600, 2)):"
+            + "\(pad(secondOfDay % 3600 / 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(micros, 6))Z"
+    }
+
+    /// Proleptic Gregorian date of a day count (Howard Hinnant's `civil_from_days`).
+    static func civilDate(daysSinceUnixEpoch: Int64) -> (year: Int64, month: Int64, day: Int64) {
+        let z = daysSinceUnixEpoch + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
+    }
+}

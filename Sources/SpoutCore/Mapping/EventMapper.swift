@@ -1,0 +1,205 @@
+/// Turns outbox rows and outbox logical messages into events. Column positions are resolved
+/// once per Relation message, not per row.
+public struct EventMapper: Sendable {
+    public let mapping: OutboxMapping
+
+    /// Where the outbox columns sit in a row of the current outbox relation.
+    struct RowLayout: Sendable {
+        var id: Int
+        var payload: Int
+        var payloadFormat: OutboxEvent.PayloadFormat
+        var aggregateID: Int?
+        var eventType: Int?
+        var headers: Int?
+        var topicColumns: [String: Int]
+    }
+
+    private var layouts: [UInt32: RowLayout] = [:]
+
+    public init(mapping: OutboxMapping) {
+        self.mapping = mapping
+    }
+
+    /// PostgreSQL type oids (`pg_type.dat`).
+    enum TypeOID {
+        static let bytea: UInt32 = 17
+        static let json: UInt32 = 114
+        static let jsonb: UInt32 = 3802
+    }
+
+    /// Records a Relation message. Returns true when it is the outbox table; throws when the
+    /// outbox table lacks a column the mapping needs.
+    @discardableResult
+    public mutating func register(_ relation: PgOutputMessage.Relation) throws(MappingError) -> Bool {
+        let schema = relation.namespace.isEmpty ? "pg_catalog" : relation.namespace
+        guard schema == mapping.table.schema, relation.name == mapping.table.name else {
+            layouts[relation.oid] = nil
+            return false
+        }
+        let names = mapping.columns
+        var positions: [String: (index: Int, type: UInt32)] = [:]
+        for (index, column) in relation.columns.enumerated() { positions[column.name] = (index, column.typeOID) }
+        func required(_ name: String, _ flag: String) throws(MappingError) -> (index: Int, type: UInt32) {
+            guard let position = positions[name] else {
+                throw .missingColumn(table: mapping.table.description, column: name,
+                                     hint: "name the right column with \(flag), or check that the publication's table is the outbox")
+            }
+            return position
+        }
+        let id = try required(names.id, "--id-column")
+        let payload = try required(names.payload, "--payload-column")
+        var topicColumns: [String: Int] = [:]
+        for column in mapping.topic.columns {
+            topicColumns[column] = try required(column, "--topic (placeholders name columns)").index
+        }
+        let format: OutboxEvent.PayloadFormat = switch payload.type {
+        case TypeOID.json, TypeOID.jsonb: .json
+        case TypeOID.bytea: .binary
+        default: .text
+        }
+        layouts[relation.oid] = RowLayout(
+            id: id.index, payload: payload.index, payloadFormat: format,
+            aggregateID: positions[names.aggregateID]?.index, eventType: positions[names.eventType]?.index,
+            headers: positions[names.headers]?.index, topicColumns: topicColumns)
+        return true
+    }
+
+    public func isOutbox(relationOID: UInt32) -> Bool { layouts[relationOID] != nil }
+
+    /// The id of an outbox row, for error messages about a row that cannot be mapped.
+    public func rowID(relationOID: UInt32, row: TupleData) -> String? {
+        layouts[relationOID].flatMap { row.string(at: $0.id) }
+    }
+
+    /// Maps an inserted row; `nil` when the row is not in the outbox table. The event's `lsn`
+    /// and `committedAt` are those of the transaction, known at its commit.
+    public func event(relationOID: UInt32, row: TupleData, commit: PgOutputMessage.Begin) throws(MappingError) -> OutboxEvent? {
+        guard let layout = layouts[relationOID] else { return nil }
+        guard let id = row.string(at: layout.id) else { throw .nullColumn(column: mapping.columns.id) }
+        guard let rawPayload = row.bytes(at: layout.payload) else { throw .nullColumn(column: mapping.columns.payload) }
+        let payload: [UInt8]
+        if layout.payloadFormat == .binary {
+            guard let decoded = ByteaText.decode(rawPayload) else { throw .invalidPayload(reason: "bytea text is malformed") }
+            payload = decoded
+        } else {
+            payload = Array(rawPayload)
+        }
+        let topic = try mapping.topic.render { name in layout.topicColumns[name].flatMap { row.string(at: $0) } }
+        var headers: [OutboxEvent.Header] = []
+        if let index = layout.headers, let raw = row.bytes(at: index) {
+            headers = try Self.headers(fromJSON: raw)
+        }
+        return OutboxEvent(id: id, topic: topic, key: layout.aggregateID.flatMap { row.string(at: $0) },
+                           type: layout.eventType.flatMap { row.string(at: $0) }, payload: payload,
+                           payloadFormat: layout.payloadFormat, headers: headers,
+                           lsn: commit.finalLSN, committedAt: commit.commitTime)
+    }
+
+    /// Maps a transactional logical message with the outbox prefix: a JSON object with the
+    /// same fields as an outbox row. Without an `id`, the message's LSN is its stable id.
+    public func event(message: PgOutputMessage.LogicalMessage, commit: PgOutputMessage.Begin) throws(MappingError) -> OutboxEvent? {
+        guard message.isTransactional, message.prefix == mapping.messagePrefix else { return nil }
+        let members: [(key: String, value: JSONScanner.Value)]
+        do {
+            members = try JSONScanner.objectMembers(message.content[...])
+        } catch {
+            throw .invalidMessage(reason: "\(error.reason) at byte \(error.offset)")
+        }
+        var fields: [String: JSONScanner.Value] = [:]
+        for member in members { fields[member.key] = member.value }
+        func text(_ name: String) -> String? {
+            switch fields[name] {
+            case let .string(value): value
+            case let .raw(bytes): String(decoding: bytes, as: UTF8.self)
+            case .null, nil: nil
+            }
+        }
+        let names = mapping.columns
+        let payload: [UInt8]
+        switch fields[names.payload] {
+        case let .raw(bytes): payload = Array(bytes)
+        case let .string(value):
+            var encoded: [UInt8] = []
+            JSONWriter.appendString(value, to: &encoded)
+            payload = encoded
+        case .null, nil: throw .nullColumn(column: names.payload)
+        }
+        let topic = try mapping.topic.render { name in text(name) }
+        var headers: [OutboxEvent.Header] = []
+        switch fields[names.headers] {
+        case let .raw(bytes): headers = try Self.headers(fromJSON: bytes)
+        case .string: throw .invalidHeaders(reason: "a string, not an object")
+        case .null, nil: break
+        }
+        return OutboxEvent(id: text(names.id) ?? "lsn:\(message.lsn)", topic: topic, key: text(names.aggregateID),
+                           type: text(names.eventType), payload: payload, payloadFormat: .json, headers: headers,
+                           lsn: commit.finalLSN, committedAt: commit.commitTime)
+    }
+
+    /// A JSON object of header names to values; string values are taken as they are,
+    /// other values as their JSON text.
+    static func headers(fromJSON bytes: ArraySlice<UInt8>) throws(MappingError) -> [OutboxEvent.Header] {
+        do {
+            return try JSONScanner.objectMembers(bytes).compactMap { member in
+                switch member.value {
+                case let .string(value): OutboxEvent.Header(name: member.key, value: value)
+                case let .raw(raw): OutboxEvent.Header(name: member.key, value: String(decoding: raw, as: UTF8.self))
+                case .null: nil
+                }
+            }
+        } catch {
+            throw .invalidHeaders(reason: "\(error.reason) at byte \(error.offset)")
+        }
+    }
+}
+
+/// `bytea` in text output: `\x` hex (the default `bytea_output`) or the escape format.
+enum ByteaText {
+    static func decode(_ text: ArraySlice<UInt8>) -> [UInt8]? {
+        if text.count >= 2, text.first == UInt8(ascii: "\\"), text[text.startIndex + 1] == UInt8(ascii: "x") {
+            let digits = text.dropFirst(2)
+            guard digits.count % 2 == 0 else { return nil }
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(digits.count / 2)
+            var index = digits.startIndex
+            while index < digits.endIndex {
+                guard let high = hexValue(digits[index]), let low = hexValue(digits[index + 1]) else { return nil }
+                bytes.append(high << 4 | low)
+                index += 2
+            }
+            return bytes
+        }
+        var bytes: [UInt8] = []
+        var index = text.startIndex
+        while index < text.endIndex {
+            let byte = text[index]
+            guard byte == UInt8(ascii: "\\") else { bytes.append(byte); index += 1; continue }
+            if index + 1 < text.endIndex, text[index + 1] == UInt8(ascii: "\\") {
+                bytes.append(byte)
+                index += 2
+            } else if index + 3 < text.endIndex {
+                var value: UInt16 = 0
+                for offset in 1...3 {
+                    let digit = text[index + offset]
+                    guard (UInt8(ascii: "0")...UInt8(ascii: "7")).contains(digit) else { return nil }
+                    value = value * 8 + UInt16(digit - UInt8(ascii: "0"))
+                }
+                guard value <= 255 else { return nil }
+                bytes.append(UInt8(value))
+                index += 4
+            } else {
+                return nil
+            }
+        }
+        return bytes
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}

@@ -1,0 +1,52 @@
+/// One outbox event, ready for a sink.
+public struct OutboxEvent: Equatable, Sendable {
+    public enum PayloadFormat: String, Equatable, Sendable {
+        /// A `json`/`jsonb` column (or a JSON value in a logical message): valid JSON text.
+        case json
+        /// A text column: UTF-8 text.
+        case text
+        /// A `bytea` column: the stored bytes.
+        case binary
+    }
+
+    public struct Header: Equatable, Sendable {
+        public var name: String
+        public var value: String
+        public init(name: String, value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    /// Stable event id (the outbox `id` column): brokers and consumers dedupe on it.
+    public var id: String
+    public var topic: String
+    /// Message key (the aggregate id): per-key order survives in the broker.
+    public var key: String?
+    public var type: String?
+    public var payload: [UInt8]
+    public var payloadFormat: PayloadFormat
+    public var headers: [Header]
+    /// The commit `end_lsn` of the event's transaction.
+    public var lsn: LSN
+    public var committedAt: PostgresTimestamp
+
+    public init(id: String, topic: String, key: String?, type: String?, payload: [UInt8],
+                payloadFormat: PayloadFormat, headers: [Header], lsn: LSN, committedAt: PostgresTimestamp) {
+        self.id = id
+        self.topic = topic
+        self.key = key
+        self.type = type
+        self.payload = payload
+        self.payloadFormat = payloadFormat
+        self.headers = headers
+        self.lsn = lsn
+        self.committedAt = committedAt
+    }
+
+    /// Bytes this event holds in memory, for the in-flight byte window.
+    public var approximateSize: Int {
+        id.utf8.count + topic.utf8.count + (key?.utf8.count ?? 0) + (type?.utf8.count ?? 0) + payload.count
+            + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count } + 64
+    }
+}

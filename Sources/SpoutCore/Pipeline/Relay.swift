@@ -1,0 +1,322 @@
+import Foundation
+
+/// The relay loop: read the slot → decode → map → hand to the sink → confirm what the sink
+/// acknowledged. One thread, no per-event task hop; it waits only in `poll(2)` on the
+/// database socket, the sink's wakeup and the stop signal.
+public final class Relay {
+    public struct Options: Sendable {
+        /// Replay: transactions that committed before this LSN are skipped.
+        public var startLSN: LSN?
+        /// Replay: stop (successfully) once every transaction committed up to here is confirmed.
+        public var endLSN: LSN?
+        /// Events handed to the sink and not yet acknowledged, at most.
+        public var maxInFlightEvents = 10_000
+        /// Bytes of events handed to the sink and not yet acknowledged, at most (one event may exceed it).
+        public var maxInFlightBytes = 32 << 20
+        /// A status update goes out at least this often, also while the sink is slow.
+        public var statusInterval: Duration = .seconds(1)
+        /// On stop, how long to wait for the sink to acknowledge what it holds.
+        public var shutdownTimeout: Duration = .seconds(30)
+
+        public init() {}
+    }
+
+    public enum Outcome: Sendable, Equatable {
+        /// Stopped on request (SIGINT/SIGTERM).
+        case stopped
+        /// Everything up to `--end-lsn` is delivered and confirmed.
+        case reachedEnd
+    }
+
+    public struct Statistics: Sendable {
+        public var events = 0
+        public var transactions = 0
+    }
+
+    private let stream: ReplicationStream
+    private var mapper: EventMapper
+    private let sink: Sink
+    private let options: Options
+    private let log: Log
+    private let clock = ContinuousClock()
+
+    public private(set) var tracker: AckTracker
+    public private(set) var statistics = Statistics()
+
+    // The transaction being received (between Begin and Commit).
+    private var transaction: PgOutputMessage.Begin?
+    private var transactionEvents: [OutboxEvent] = []
+    private var skippingTransaction = false
+
+    // Committed events waiting for room in the in-flight window, in ticket order.
+    private var queue: [OutboxEvent] = []
+    private var queueHead = 0
+    private var nextDispatchTicket: UInt64 = 0
+    // Sizes of dispatched events by ticket (a ring as wide as the window) for the byte window.
+    private var inFlightSizes: [Int]
+    private var inFlightBytes = 0
+    private var dispatchedUnacknowledged = 0
+
+    private var reachedEnd = false
+    private var replyRequested = false
+    private var lastStatusAt: ContinuousClock.Instant
+    private var lastSentFlush = LSN.zero
+    private var warnedNonTransactionalMessage = false
+
+    /// - Parameter start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
+    public init(stream: ReplicationStream, mapper: EventMapper, sink: Sink, start: LSN, options: Options, log: Log) {
+        self.stream = stream
+        self.mapper = mapper
+        self.sink = sink
+        self.options = options
+        self.log = log
+        tracker = AckTracker(start: max(start, options.startLSN ?? start))
+        tracker.followLimit = options.endLSN
+        inFlightSizes = [Int](repeating: 0, count: max(1, options.maxInFlightEvents))
+        lastStatusAt = clock.now - options.statusInterval
+        lastSentFlush = start
+        if let end = options.endLSN, end <= tracker.confirmed { reachedEnd = true }
+    }
+
+    /// Runs until `stop` is requested, `--end-lsn` is reached, or an error. Errors that leave
+    /// the connection usable first let the sink finish what it holds and confirm that.
+    public func run(until stop: StopSignal) throws(SpoutError) -> Outcome {
+        do {
+            while true {
+                if stop.isRequested {
+                    try drain(deadline: clock.now + options.shutdownTimeout)
+                    return .stopped
+                }
+                let read = try readAvailable()
+                try dispatch()
+                let completed = try pollSink()
+                try sendStatusIfDue()
+                if reachedEnd, transaction == nil, queueHead == queue.count, dispatchedUnacknowledged == 0 {
+                    try sendStatus()
+                    stream.finish()
+                    return .reachedEnd
+                }
+                if read == 0, completed == 0 { try waitForWork(stop: stop) }
+            }
+        } catch {
+            if case .connectionLost = error { throw error }
+            // Deliver and confirm what came before the failure; nothing after it is confirmed.
+            try? drain(deadline: clock.now + options.shutdownTimeout)
+            throw error
+        }
+    }
+
+    // MARK: Reading
+
+    private var windowHasRoom: Bool {
+        tracker.unacknowledged < options.maxInFlightEvents && inFlightBytes < options.maxInFlightBytes
+    }
+
+    /// Reads what libpq has buffered, up to a batch, while the window has room. Inside a
+    /// transaction it keeps reading: events are released only at Commit.
+    private func readAvailable() throws(SpoutError) -> Int {
+        var count = 0
+        while !reachedEnd, count < 4096, transaction != nil || windowHasRoom {
+            let gotMessage = try stream.read { (read: ReplicationStream.Read) throws(SpoutError) -> Bool in
+                switch read {
+                case let .message(bytes):
+                    try handle(copyData: bytes)
+                    return true
+                case .wouldBlock:
+                    return false
+                case .ended:
+                    throw SpoutError.connectionLost(detail: "the server ended replication")
+                }
+            }
+            guard gotMessage else { break }
+            count += 1
+        }
+        return count
+    }
+
+    private func handle(copyData bytes: UnsafeRawBufferPointer) throws(SpoutError) {
+        let frame: ReplicationFrame
+        do { frame = try ReplicationFrame.decode(bytes) } catch { throw .protocolViolation(error, context: "replication frame") }
+        switch frame {
+        case let .keepalive(walEnd, _, reply):
+            if reply { replyRequested = true }
+            if let end = options.endLSN, transaction == nil, walEnd >= end { reachedEnd = true }
+            tracker.observe(walEnd: walEnd)
+        case let .xLogData(_, walEnd, _, payloadOffset):
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[payloadOffset...])
+            let message: PgOutputMessage
+            do { message = try PgOutputMessage.decode(payload) } catch {
+                throw .protocolViolation(error, context: "pgoutput message at \(walEnd)")
+            }
+            try handle(message)
+            if walEnd != .zero { tracker.observe(walEnd: walEnd) }
+        }
+    }
+
+    private func handle(_ message: PgOutputMessage) throws(SpoutError) {
+        switch message {
+        case let .begin(begin):
+            if let end = options.endLSN, begin.finalLSN > end {
+                reachedEnd = true
+                return
+            }
+            transaction = begin
+            transactionEvents.removeAll(keepingCapacity: true)
+            skippingTransaction = options.startLSN.map { begin.finalLSN < $0 } ?? false
+            tracker.transactionBegan()
+        case let .relation(relation):
+            do {
+                if try mapper.register(relation) { log.debug("outbox relation \(relation.namespace).\(relation.name) oid \(relation.oid)") }
+            } catch {
+                throw .invalidOption(error.description)
+            }
+        case let .insert(insert):
+            guard let begin = transaction, !skippingTransaction else { return }
+            do {
+                if let event = try mapper.event(relationOID: insert.relationOID, row: insert.new, commit: begin) {
+                    transactionEvents.append(event)
+                }
+            } catch {
+                throw .unmappableEvent(error, eventID: mapper.rowID(relationOID: insert.relationOID, row: insert.new),
+                                       lsn: begin.finalLSN)
+            }
+        case let .message(logical):
+            guard logical.prefix == mapper.mapping.messagePrefix else { return }
+            guard logical.isTransactional, let begin = transaction else {
+                if !warnedNonTransactionalMessage {
+                    warnedNonTransactionalMessage = true
+                    log.warning("ignoring a non-transactional logical message with prefix \"\(logical.prefix)\" at \(logical.lsn): "
+                                + "only pg_logical_emit_message(true, ...) is delivered with its transaction's guarantees")
+                }
+                return
+            }
+            guard !skippingTransaction else { return }
+            do {
+                if let event = try mapper.event(message: logical, commit: begin) { transactionEvents.append(event) }
+            } catch {
+                throw .unmappableEvent(error, eventID: nil, lsn: logical.lsn)
+            }
+        case let .commit(commit):
+            guard transaction != nil else {
+                throw .protocolViolation(.invalidValue(message: "Commit", field: "transaction", value: 0), context: "Commit without Begin")
+            }
+            transaction = nil
+            for index in transactionEvents.indices { transactionEvents[index].lsn = commit.endLSN }
+            let count = transactionEvents.count
+            _ = tracker.transactionCommitted(endLSN: commit.endLSN, eventCount: count)
+            statistics.transactions += 1
+            if count > 0 {
+                if queueHead == queue.count {
+                    queue.removeAll(keepingCapacity: true)
+                    queueHead = 0
+                    swap(&queue, &transactionEvents)
+                } else {
+                    queue.append(contentsOf: transactionEvents)
+                    transactionEvents.removeAll(keepingCapacity: true)
+                }
+            }
+        case .origin, .type, .update, .delete, .truncate:
+            // Updates, deletes and truncates of the outbox (cleanup) are not events.
+            break
+        case .streamStart, .streamStop, .streamCommit, .streamAbort, .beginPrepare, .prepare, .commitPrepared,
+             .rollbackPrepared, .streamPrepare:
+            // Spout does not ask for streaming or two-phase; the server sends none of these.
+            throw .protocolViolation(.unknownMessageType(0), context: "streamed or two-phase message that spout did not request")
+        }
+    }
+
+    // MARK: Sink
+
+    private func dispatch() throws(SpoutError) {
+        while queueHead < queue.count,
+              nextDispatchTicket - tracker.acknowledgedBelow < UInt64(inFlightSizes.count),
+              dispatchedUnacknowledged == 0 || inFlightBytes < options.maxInFlightBytes {
+            let size = queue[queueHead].approximateSize
+            do { try sink.send(queue[queueHead], ticket: nextDispatchTicket) } catch { throw .sink(error) }
+            inFlightSizes[Int(nextDispatchTicket % UInt64(inFlightSizes.count))] = size
+            inFlightBytes += size
+            dispatchedUnacknowledged += 1
+            nextDispatchTicket += 1
+            queueHead += 1
+        }
+        if queueHead == queue.count, queueHead > 0 {
+            queue.removeAll(keepingCapacity: queue.capacity <= 65_536)
+            queueHead = 0
+        }
+    }
+
+    private func pollSink() throws(SpoutError) -> Int {
+        var completed = 0
+        var failure: SinkError?
+        do {
+            try sink.poll { completion in
+                switch completion {
+                case let .delivered(ticket):
+                    guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket) else { return }
+                    completed += 1
+                    dispatchedUnacknowledged -= 1
+                    inFlightBytes -= inFlightSizes[Int(ticket % UInt64(inFlightSizes.count))]
+                    tracker.acknowledge(ticket)
+                    statistics.events += 1
+                case let .failed(_, error):
+                    if failure == nil { failure = error }
+                }
+            }
+        } catch {
+            throw .sink(error)
+        }
+        if let failure { throw .sink(failure) }
+        return completed
+    }
+
+    // MARK: Waiting and status
+
+    private func waitForWork(stop: StopSignal) throws(SpoutError) {
+        var others = [stop.descriptor]
+        if let wakeup = sink.wakeupDescriptor { others.append(wakeup) }
+        let untilStatus = lastStatusAt + options.statusInterval - clock.now
+        var timeout = max(.zero, min(untilStatus, .milliseconds(500)))
+        // A sink that holds events but has no wakeup descriptor is polled.
+        if dispatchedUnacknowledged > 0, sink.wakeupDescriptor == nil { timeout = min(timeout, .milliseconds(1)) }
+        try stream.wait(readingSocket: !reachedEnd && (transaction != nil || windowHasRoom), others: others, timeout: timeout)
+    }
+
+    /// Status goes out when the server asks, when the confirmable LSN moved (at most every
+    /// 10 ms), and at least every `statusInterval` so the walsender never times out.
+    private func sendStatusIfDue() throws(SpoutError) {
+        let now = clock.now
+        let moved = tracker.confirmed != lastSentFlush && now - lastStatusAt >= .milliseconds(10)
+        guard replyRequested || moved || now - lastStatusAt >= options.statusInterval else { return }
+        try sendStatus()
+    }
+
+    private func sendStatus() throws(SpoutError) {
+        let confirmed = tracker.confirmed
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let micros = Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
+        try stream.send(StandbyStatusUpdate(write: max(tracker.received, confirmed), flush: confirmed, apply: confirmed,
+                                            sendTime: PostgresTimestamp(unixMicroseconds: micros)))
+        replyRequested = false
+        lastSentFlush = confirmed
+        lastStatusAt = clock.now
+    }
+
+    /// Stops reading, lets the sink acknowledge what it holds (until `deadline`), sends a
+    /// final status update with what is confirmed, and ends the stream.
+    private func drain(deadline: ContinuousClock.Instant) throws(SpoutError) {
+        while dispatchedUnacknowledged > 0, clock.now < deadline {
+            if try pollSink() == 0 {
+                try sendStatusIfDue()
+                var others: [Int32] = []
+                if let wakeup = sink.wakeupDescriptor { others.append(wakeup) }
+                try stream.wait(readingSocket: false, others: others, timeout: .milliseconds(others.isEmpty ? 1 : 100))
+            }
+        }
+        if dispatchedUnacknowledged > 0 {
+            log.warning("\(dispatchedUnacknowledged) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
+        }
+        try sendStatus()
+        stream.finish()
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import Synchronization
+
+/// A stop request that wakes the relay's wait: SIGINT/SIGTERM handlers (or tests) call
+/// `request()`; the relay polls `descriptor` beside the database socket.
+public final class StopSignal: Sendable {
+    private let requested = Atomic<Bool>(false)
+    private let wakeup = Wakeup()
+
+    public init() {}
+
+    public var isRequested: Bool { requested.load(ordering: .acquiring) }
+
+    /// Readable once a stop was requested.
+    public var descriptor: Int32 { wakeup.descriptor }
+
+    public func request() {
+        requested.store(true, ordering: .releasing)
+        wakeup.signal()
+    }
+}
+
+/// A wakeup for sinks whose deliveries complete on other threads: `signal()` makes
+/// `descriptor` readable; the relay calls `drain()` before it polls the sink.
+public final class Wakeup: Sendable {
+    private let pipe: (read: Int32, write: Int32)
+
+    public init() {
+        var fds: [Int32] = [-1, -1]
+        if Glibc.pipe(&fds) == 0 {
+            for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        }
+        pipe = (fds[0], fds[1])
+    }
+
+    deinit {
+        close(pipe.read)
+        close(pipe.write)
+    }
+
+    public var descriptor: Int32 { pipe.read }
+
+    public func signal() {
+        var byte: UInt8 = 1
+        _ = write(pipe.write, &byte, 1)
+    }
+
+    public func drain() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while read(pipe.read, &buffer, buffer.count) > 0 {}
+    }
+}

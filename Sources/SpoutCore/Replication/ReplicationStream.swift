@@ -1,0 +1,146 @@
+import CLibPQ
+import Foundation
+
+/// The CopyBoth phase of a logical replication connection, in the shape of
+/// pg_recvlogical's loop: read without blocking, wait on the socket, send feedback.
+public final class ReplicationStream {
+    public let connection: PostgresConnection
+    public let protocolVersion: Int
+    private var ended = false
+
+    /// The highest pgoutput protocol the server speaks: 4 on 16+, 3 on 15, 2 on 14.
+    public static func protocolVersion(forServer version: Int) -> Int {
+        switch version {
+        case 160000...: 4
+        case 150000...: 3
+        case 140000...: 2
+        default: 1
+        }
+    }
+
+    /// Sends `START_REPLICATION`; on return the connection is in CopyBoth mode.
+    public init(connection: PostgresConnection, slot: String, publication: String, start: LSN) throws(SpoutError) {
+        self.connection = connection
+        protocolVersion = Self.protocolVersion(forServer: connection.serverVersion)
+        var options = ["\"proto_version\" '\(protocolVersion)'",
+                       "\"publication_names\" \(SQL.literal(SQL.identifier(publication)))"]
+        if protocolVersion >= 2 { options.append("\"messages\" 'true'") }
+        let command = "START_REPLICATION SLOT \(SQL.identifier(slot)) LOGICAL \(start) (\(options.joined(separator: ", ")))"
+        guard let result = PQexec(connection.handle, command) else {
+            throw .connectionLost(detail: connection.lastErrorMessage)
+        }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COPY_BOTH else {
+            let error = connection.error(from: result, context: "cannot start streaming from slot \"\(slot)\"")
+            if case let .server(serverError, _) = error, serverError.sqlState == "55006" {
+                throw .slotActive(slot: slot, pid: Self.pid(in: serverError.message) ?? "?")
+            }
+            if case let .server(serverError, _) = error, serverError.sqlState == "55000",
+               serverError.message.contains("cannot read from logical replication slot") {
+                throw .slotLost(slot: slot)
+            }
+            throw error
+        }
+    }
+
+    static func pid(in message: String) -> String? {
+        guard let range = message.range(of: "PID ") else { return nil }
+        let digits = message[range.upperBound...].prefix { $0.isNumber }
+        return digits.isEmpty ? nil : String(digits)
+    }
+
+    /// The result of one non-blocking read.
+    public enum Read {
+        /// One CopyData message; valid only inside the `read` call.
+        case message(UnsafeRawBufferPointer)
+        /// Nothing buffered: wait for the socket.
+        case wouldBlock
+        /// The server ended the copy.
+        case ended
+    }
+
+    /// Reads one CopyData message if one is buffered, without blocking. The buffer passed
+    /// to `body` is freed when `body` returns.
+    public func read<R>(_ body: (Read) throws(SpoutError) -> R) throws(SpoutError) -> R {
+        var buffer: UnsafeMutablePointer<CChar>?
+        let length = PQgetCopyData(connection.handle, &buffer, 1)
+        if length > 0, let buffer {
+            defer { PQfreemem(buffer) }
+            return try body(.message(UnsafeRawBufferPointer(start: buffer, count: Int(length))))
+        }
+        switch length {
+        case 0: return try body(.wouldBlock)
+        case -1:
+            ended = true
+            try finishCopyResult()
+            return try body(.ended)
+        default:
+            throw .connectionLost(detail: connection.lastErrorMessage)
+        }
+    }
+
+    /// After the copy ends, the command's result says why (an ERROR, or a clean end).
+    private func finishCopyResult() throws(SpoutError) {
+        var failure: SpoutError?
+        while let result = PQgetResult(connection.handle) {
+            let status = PQresultStatus(result)
+            if status != PGRES_COMMAND_OK, status != PGRES_COPY_OUT, failure == nil {
+                failure = connection.error(from: result, context: "streaming stopped")
+            }
+            PQclear(result)
+        }
+        if let failure { throw failure }
+    }
+
+    /// Waits until the socket is readable, one of `others` is readable, or `timeout` passes;
+    /// then lets libpq take in what arrived.
+    public func wait(readingSocket: Bool, others: [Int32], timeout: Duration) throws(SpoutError) {
+        var descriptors: [pollfd] = []
+        if readingSocket { descriptors.append(pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)) }
+        for descriptor in others { descriptors.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
+        let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        let ready = poll(&descriptors, nfds_t(descriptors.count), milliseconds)
+        if ready < 0, errno != EINTR {
+            throw .connectionLost(detail: "poll failed: \(String(cString: strerror(errno)))")
+        }
+        if readingSocket, ready > 0, descriptors[0].revents != 0 {
+            guard PQconsumeInput(connection.handle) == 1 else {
+                throw .connectionLost(detail: connection.lastErrorMessage)
+            }
+        }
+    }
+
+    /// Sends a standby status update (`'r'`).
+    public func send(_ update: StandbyStatusUpdate) throws(SpoutError) {
+        let bytes = update.encode()
+        let sent = bytes.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { PQputCopyData(connection.handle, $0.baseAddress, Int32($0.count)) }
+        }
+        guard sent == 1, PQflush(connection.handle) == 0 else {
+            throw .connectionLost(detail: connection.lastErrorMessage)
+        }
+    }
+
+    /// Ends the copy cleanly (as pg_recvlogical does): CopyDone, then drain until the
+    /// server's CommandComplete.
+    public func finish() {
+        guard !ended else { return }
+        ended = true
+        guard PQputCopyEnd(connection.handle, nil) == 1, PQflush(connection.handle) == 0 else { return }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(connection.handle, &buffer, 1)
+            if let buffer { PQfreemem(buffer) }
+            if length > 0 { continue }
+            if length == 0 {
+                var descriptor = pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)
+                _ = poll(&descriptor, 1, 100)
+                if PQconsumeInput(connection.handle) != 1 { return }
+                continue
+            }
+            break
+        }
+        while let result = PQgetResult(connection.handle) { PQclear(result) }
+    }
+}

@@ -1,0 +1,49 @@
+/// A destination for events. The relay hands events over in commit order, each with a
+/// ticket; the sink reports the outcome of every ticket exactly once, from `poll`.
+///
+/// Sinks are driven from the relay's thread only: `send` and `poll` are never called
+/// concurrently. A sink whose deliveries finish on other threads (broker callbacks) signals
+/// `wakeup` so the relay stops waiting and calls `poll`.
+public protocol Sink: AnyObject {
+    /// Accepts one event. Must not block for long: the relay bounds what is in flight.
+    func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError)
+
+    /// Makes progress (flushes, reads acknowledgements) and reports each finished ticket.
+    func poll(_ report: (SinkCompletion) -> Void) throws(SinkError)
+
+    /// A descriptor that becomes readable when `poll` has something to report, if the sink
+    /// completes deliveries asynchronously.
+    var wakeupDescriptor: Int32? { get }
+
+    /// Flushes what it can and releases resources.
+    func close()
+}
+
+public enum SinkCompletion: Sendable {
+    case delivered(ticket: UInt64)
+    case failed(ticket: UInt64, SinkError)
+}
+
+/// A delivery failure. Transient failures are retried by the sink itself; what reaches the
+/// relay is permanent for that event.
+public struct SinkError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: Sendable { case transient, permanent }
+    public var kind: Kind
+    public var message: String
+    public var eventID: String?
+    public var topic: String?
+
+    public init(_ kind: Kind, _ message: String, eventID: String? = nil, topic: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.eventID = eventID
+        self.topic = topic
+    }
+
+    public var description: String {
+        var text = "sink failed"
+        if let eventID { text += " on event \"\(eventID)\"" }
+        if let topic { text += " for topic \"\(topic)\"" }
+        return text + ": " + message
+    }
+}

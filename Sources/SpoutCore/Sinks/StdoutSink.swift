@@ -1,0 +1,128 @@
+import Foundation
+
+/// Writes one event per line to a file descriptor (stdout by default) and acknowledges
+/// each event once its line has been written. Lines are batched into one `write(2)` per
+/// poll, not one per event.
+public final class StdoutSink: Sink {
+    public enum Format: String, Sendable, CaseIterable {
+        /// One JSON object per line: id, topic, key, type, payload, headers, lsn, committed_at.
+        case json
+        /// Human-readable, colored when `color` is set (for `spout tail` on a terminal).
+        case pretty
+    }
+
+    private let descriptor: Int32
+    private let format: Format
+    private let color: Bool
+    private var buffer: [UInt8] = []
+    private var pendingTickets: [UInt64] = []
+
+    public init(descriptor: Int32 = STDOUT_FILENO, format: Format = .json, color: Bool = false) {
+        self.descriptor = descriptor
+        self.format = format
+        self.color = color
+        buffer.reserveCapacity(1 << 16)
+    }
+
+    public var wakeupDescriptor: Int32? { nil }
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
+        switch format {
+        case .json: Self.appendJSONLine(event, to: &buffer)
+        case .pretty: appendPretty(event)
+        }
+        pendingTickets.append(ticket)
+        if buffer.count >= 1 << 16 { try flush() }
+    }
+
+    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+        try flush()
+        for ticket in pendingTickets { report(.delivered(ticket: ticket)) }
+        pendingTickets.removeAll(keepingCapacity: true)
+    }
+
+    public func close() {
+        try? flush()
+    }
+
+    private func flush() throws(SinkError) {
+        var written = 0
+        while written < buffer.count {
+            let result = buffer.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, $0.count - written) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN {
+                    var pollDescriptor = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+                    _ = Glibc.poll(&pollDescriptor, 1, 100)
+                    continue
+                }
+                let reason = String(cString: strerror(errno))
+                buffer.removeFirst(written)
+                throw SinkError(.permanent, "cannot write to stdout: \(reason)")
+            }
+            written += result
+        }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// The JSON line of DESIGN.md §3. json/jsonb payloads are embedded as JSON (a `json`
+    /// column's own line breaks removed), text as a string, bytea as base64 with
+    /// `"payload_encoding":"base64"`.
+    public static func appendJSONLine(_ event: OutboxEvent, to output: inout [UInt8]) {
+        func key(_ name: StaticString) {
+            output.append(contentsOf: UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        }
+        key("{\"id\":")
+        JSONWriter.appendString(event.id, to: &output)
+        key(",\"topic\":")
+        JSONWriter.appendString(event.topic, to: &output)
+        key(",\"key\":")
+        if let value = event.key { JSONWriter.appendString(value, to: &output) } else { key("null") }
+        key(",\"type\":")
+        if let value = event.type { JSONWriter.appendString(value, to: &output) } else { key("null") }
+        key(",\"payload\":")
+        switch event.payloadFormat {
+        case .json:
+            if event.payload.contains(where: { $0 == 0x0A || $0 == 0x0D }) {
+                JSONScanner.compact(event.payload[...], into: &output)
+            } else {
+                output.append(contentsOf: event.payload)
+            }
+        case .text:
+            JSONWriter.appendString(utf8: event.payload, to: &output)
+        case .binary:
+            JSONWriter.appendBase64(event.payload, to: &output)
+            key(",\"payload_encoding\":\"base64\"")
+        }
+        key(",\"headers\":{")
+        for (index, header) in event.headers.enumerated() {
+            if index > 0 { output.append(UInt8(ascii: ",")) }
+            JSONWriter.appendString(header.name, to: &output)
+            output.append(UInt8(ascii: ":"))
+            JSONWriter.appendString(header.value, to: &output)
+        }
+        key("},\"lsn\":\"")
+        output.append(contentsOf: event.lsn.description.utf8)
+        key("\",\"committed_at\":\"")
+        output.append(contentsOf: event.committedAt.iso8601.utf8)
+        key("\"}\n")
+    }
+
+    private func appendPretty(_ event: OutboxEvent) {
+        func styled(_ text: String, _ code: String) -> String { color ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
+        var line = styled(event.committedAt.iso8601, "2") + " " + styled(event.lsn.description, "2") + " "
+            + styled(event.topic, "1;36")
+        if let key = event.key { line += " key=" + styled(key, "33") }
+        if let type = event.type { line += " type=" + styled(type, "35") }
+        line += " id=" + event.id
+        for header in event.headers { line += " " + styled(header.name, "2") + "=" + header.value }
+        line += "\n  "
+        buffer.append(contentsOf: line.utf8)
+        switch event.payloadFormat {
+        case .json: JSONScanner.compact(event.payload[...], into: &buffer)
+        case .text: buffer.append(contentsOf: event.payload)
+        case .binary: JSONWriter.appendBase64(event.payload, to: &buffer)
+        }
+        buffer.append(UInt8(ascii: "\n"))
+    }
+}

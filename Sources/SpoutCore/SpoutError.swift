@@ -1,0 +1,92 @@
+/// Every failure Spout reports to a user: one line that names the problem and the fix.
+public enum SpoutError: Error, Sendable, CustomStringConvertible {
+    /// libpq could not connect or authenticate. `target` never contains a password.
+    case connectionFailed(target: String, detail: String)
+    /// The connection to PostgreSQL broke while streaming.
+    case connectionLost(detail: String)
+    /// PostgreSQL answered a statement with an error.
+    case server(ServerError, while: String)
+    case unsupportedServer(version: Int)
+    case walLevelNotLogical(current: String)
+    case tableMissing(table: String)
+    case publicationMissing(publication: String, table: String)
+    case publicationLacksTable(publication: String, table: String)
+    case slotMissing(slot: String)
+    case slotActive(slot: String, pid: String)
+    case slotWrongPlugin(slot: String, plugin: String)
+    case slotLost(slot: String)
+    case startBeforeSlot(start: LSN, slot: String, confirmed: LSN)
+    case invalidOption(String)
+    case protocolViolation(DecodingError, context: String)
+    case unmappableEvent(MappingError, eventID: String?, lsn: LSN)
+    case sink(SinkError)
+
+    public var description: String {
+        switch self {
+        case let .connectionFailed(target, detail):
+            "cannot connect to PostgreSQL at \(target): \(detail)"
+        case let .connectionLost(detail):
+            "lost the connection to PostgreSQL: \(detail); nothing unacknowledged was confirmed, restart spout to resume from the slot"
+        case let .server(error, context):
+            "\(context): \(error)"
+        case let .unsupportedServer(version):
+            "PostgreSQL \(version / 10000) is too old: spout needs PostgreSQL 14 or newer (logical messages and pgoutput protocol 2)"
+        case let .walLevelNotLogical(current):
+            "wal_level is \"\(current)\", logical decoding needs wal_level = logical: run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL"
+        case let .tableMissing(table):
+            "table \(table) does not exist: create it (see sql/outbox.sql) or name the outbox table with --table"
+        case let .publicationMissing(publication, table):
+            "publication \"\(publication)\" does not exist: run spout setup, or CREATE PUBLICATION \(SQL.identifier(publication)) FOR TABLE \(table) WITH (publish = 'insert'), or drop --no-create"
+        case let .publicationLacksTable(publication, table):
+            "publication \"\(publication)\" does not publish \(table): ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE \(table), or name another with --publication"
+        case let .slotMissing(slot):
+            "replication slot \"\(slot)\" does not exist: run spout setup, or drop --no-create so spout run creates it"
+        case let .slotActive(slot, pid):
+            "replication slot \"\(slot)\" is in use by another process (PID \(pid)): stop the other spout or consumer, or use another --slot"
+        case let .slotWrongPlugin(slot, plugin):
+            "replication slot \"\(slot)\" uses the \(plugin) plugin, spout needs pgoutput: drop it (spout slot drop \(slot)) or use another --slot"
+        case let .slotLost(slot):
+            "replication slot \"\(slot)\" is invalidated (PostgreSQL removed WAL it needed, see max_slot_wal_keep_size): events in that WAL are gone from the slot; drop and recreate it, and backfill from the table"
+        case let .startBeforeSlot(start, slot, confirmed):
+            "--start-lsn \(start) is before what slot \"\(slot)\" still holds (confirmed_flush_lsn \(confirmed)): PostgreSQL can only replay from \(confirmed) on"
+        case let .invalidOption(message):
+            message
+        case let .protocolViolation(error, context):
+            "unexpected data from PostgreSQL (\(context)): \(error)"
+        case let .unmappableEvent(error, eventID, lsn):
+            "cannot map outbox event \(eventID.map { "\"\($0)\"" } ?? "") in the transaction at \(lsn): \(error); fix the row (the slot stays before it), then restart"
+        case let .sink(error):
+            error.description
+        }
+    }
+
+    /// The process exit status for this error.
+    public var exitCode: Int32 {
+        switch self {
+        case .invalidOption: 64
+        default: 1
+        }
+    }
+}
+
+/// An error reported by PostgreSQL, with its SQLSTATE.
+public struct ServerError: Error, Sendable, CustomStringConvertible {
+    public var sqlState: String
+    public var message: String
+    public var detail: String?
+    public var hint: String?
+
+    public init(sqlState: String, message: String, detail: String? = nil, hint: String? = nil) {
+        self.sqlState = sqlState
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+    }
+
+    public var description: String {
+        var text = message
+        if let detail, !detail.isEmpty { text += " (\(detail))" }
+        if let hint, !hint.isEmpty { text += "; hint: \(hint)" }
+        return text + " [SQLSTATE \(sqlState)]"
+    }
+}

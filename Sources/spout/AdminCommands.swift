@@ -1,0 +1,145 @@
+import ArgumentParser
+import Foundation
+import SpoutCore
+
+struct Setup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the publication and the replication slot (idempotent).",
+        discussion: "Run it as a role that owns the outbox table (CREATE PUBLICATION needs it); spout run can then use a least-privilege role (sql/role.sql).")
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var logging: LogOptions
+
+    @Flag(name: .customLong("print"), help: "Print the SQL instead of running it.")
+    var printOnly = false
+
+    func run() throws {
+        try reportingErrors {
+            let log = try logging.log()
+            let setup = try database.setup()
+            if printOnly {
+                print("-- Publication: inserts into the outbox only (cleanup deletes are not events).")
+                print(setup.publicationSQL)
+                print("-- Logical replication slot with the pgoutput plugin.")
+                print(setup.slotSQL)
+                return
+            }
+            let connection = try PostgresConnection(database.databaseURL)
+            try ReplicationSetup.checkServer(connection)
+            try setup.checkTable(connection)
+            let createdPublication = try setup.ensurePublication(connection, create: true)
+            log.info(createdPublication ? "created publication \"\(setup.publication)\" for \(setup.table) (inserts only)"
+                     : "publication \"\(setup.publication)\" exists and publishes \(setup.table)")
+            var created = false
+            if try ReplicationSetup.slotState(connection, slot: setup.slot) == nil {
+                try connection.query(setup.slotSQL, context: "cannot create replication slot \"\(setup.slot)\"")
+                created = true
+            }
+            guard let state = try ReplicationSetup.slotState(connection, slot: setup.slot) else {
+                throw SpoutError.slotMissing(slot: setup.slot)
+            }
+            guard state.plugin == "pgoutput" else { throw SpoutError.slotWrongPlugin(slot: setup.slot, plugin: state.plugin) }
+            log.info(created ? "created replication slot \"\(setup.slot)\" at \(state.confirmedFlush?.description ?? "?")"
+                     : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))")
+        }
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the slot: active or not, confirmed_flush_lsn, restart_lsn, WAL held back.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Flag(name: .customLong("json"), help: "Print one JSON object.")
+    var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let connection = try PostgresConnection(database.databaseURL)
+            let slot = database.slot
+            let rows = try connection.query("""
+                SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn, restart_lsn, wal_status,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                       pg_current_wal_lsn()
+                  FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot))
+                """, context: "cannot read pg_replication_slots")
+            guard let row = rows.first else { throw SpoutError.slotMissing(slot: slot) }
+            let fields = ["slot", "plugin", "database", "active", "active_pid", "confirmed_flush_lsn", "restart_lsn",
+                          "wal_status", "wal_held_bytes", "lag_bytes", "current_wal_lsn"]
+            if json {
+                let numeric: Set<String> = ["active_pid", "wal_held_bytes", "lag_bytes"]
+                let members = zip(fields, row).map { name, value -> String in
+                    let rendered: String
+                    switch (name, value) {
+                    case (_, nil): rendered = "null"
+                    case ("active", let value?): rendered = value == "t" ? "true" : "false"
+                    case (let name, let value?) where numeric.contains(name): rendered = value
+                    case (_, let value?): rendered = "\"\(value)\""
+                    }
+                    return "\"\(name)\":\(rendered)"
+                }
+                print("{" + members.joined(separator: ",") + "}")
+            } else {
+                for (name, value) in zip(fields, row) {
+                    var text = value ?? "-"
+                    if name == "active" { text = value == "t" ? "yes" : "no" }
+                    if name.hasSuffix("_bytes"), let bytes = value.flatMap({ Int64($0) }) { text = formatBytes(bytes) }
+                    print(name.padding(toLength: 20, withPad: " ", startingAt: 0) + text)
+                }
+            }
+        }
+    }
+}
+
+struct Slot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List or drop logical replication slots.",
+                                                    subcommands: [List.self, Drop.self], defaultSubcommand: List.self)
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the logical replication slots of every database.")
+        @OptionGroup var database: DatabaseOptions
+
+        func run() throws {
+            try reportingErrors {
+                let connection = try PostgresConnection(database.databaseURL)
+                let rows = try connection.query("""
+                    SELECT slot_name, plugin, database, CASE WHEN active THEN 'active' ELSE 'inactive' END,
+                           confirmed_flush_lsn, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+                      FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY slot_name
+                    """, context: "cannot read pg_replication_slots")
+                print(["SLOT", "PLUGIN", "DATABASE", "STATE", "CONFIRMED", "WAL HELD"].map { $0.padding(toLength: 18, withPad: " ", startingAt: 0) }.joined())
+                for row in rows {
+                    var cells = row.map { $0 ?? "-" }
+                    if let bytes = row[5].flatMap({ Int64($0) }) { cells[5] = formatBytes(bytes) }
+                    print(cells.map { $0.padding(toLength: max(18, $0.count + 1), withPad: " ", startingAt: 0) }.joined())
+                }
+            }
+        }
+    }
+
+    struct Drop: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Drop a replication slot. Events not yet confirmed from it are gone for spout.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The slot to drop.") var name: String
+
+        func run() throws {
+            try reportingErrors {
+                let connection = try PostgresConnection(database.databaseURL)
+                guard let state = try ReplicationSetup.slotState(connection, slot: name) else { throw SpoutError.slotMissing(slot: name) }
+                guard !state.active else { throw SpoutError.slotActive(slot: name, pid: state.activePID ?? "?") }
+                try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(name)))", context: "cannot drop slot \"\(name)\"")
+                Log().info("dropped replication slot \"\(name)\"")
+            }
+        }
+    }
+}
+
+func formatBytes(_ bytes: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while abs(value) >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@ (%lld bytes)", value, units[unit], bytes)
+}

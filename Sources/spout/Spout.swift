@@ -1,0 +1,26 @@
+import ArgumentParser
+import Foundation
+import SpoutCore
+
+@main
+struct Spout: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spout",
+        abstract: "Streams a PostgreSQL transactional outbox to message brokers, confirming the WAL only after the broker acknowledged.",
+        discussion: """
+            Every option can also be set with an environment variable: SPOUT_ and the option's name in \
+            upper case with dashes as underscores (--database-url → SPOUT_DATABASE_URL). Flags win over the environment.
+            """,
+        subcommands: [Run.self, Tail.self, Setup.self, Status.self, Slot.self]
+    )
+}
+
+/// Exits with one clear line on stderr for a Spout error; anything else goes to ArgumentParser.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as SpoutError {
+        Log().error(error.description)
+        throw ExitCode(error.exitCode)
+    }
+}

@@ -1,0 +1,178 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import SpoutCore
+
+/// Installs SIGINT/SIGTERM handlers that ask the relay to stop (it then drains and confirms).
+func installStopHandlers(_ stop: StopSignal) -> [DispatchSourceSignal] {
+    signal(SIGPIPE, SIG_IGN)
+    return [SIGINT, SIGTERM].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { stop.request() }
+        source.resume()
+        return source
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Relay the outbox to a sink; confirm to PostgreSQL only what the sink acknowledged.",
+        discussion: """
+            Creates the publication (publish = 'insert') and the slot when they are missing, unless --no-create. \
+            Events go to the sink (stdout:// writes JSON lines to stdout); logs go to stderr. \
+            SIGINT/SIGTERM stop reading, wait for acknowledgements, confirm, and exit 0.
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var mapping: MappingOptions
+    @OptionGroup var logging: LogOptions
+
+    @Option(name: .customLong("sink"), help: ArgumentHelp("Sink URL (default: stdout://). [SPOUT_SINK]", valueName: "url"))
+    var sinkFlag: String?
+
+    @Option(name: .customLong("start-lsn"), help: ArgumentHelp(
+        "Replay: skip transactions that committed before this LSN (X/X); must not be older than the slot's confirmed_flush_lsn. [SPOUT_START_LSN]",
+        valueName: "lsn"))
+    var startLSNFlag: String?
+
+    @Option(name: .customLong("end-lsn"), help: ArgumentHelp(
+        "Replay: exit 0 once every transaction committed up to this LSN (X/X) is delivered and confirmed. [SPOUT_END_LSN]",
+        valueName: "lsn"))
+    var endLSNFlag: String?
+
+    @Flag(name: .customLong("no-create"), help: "Fail instead of creating a missing publication or slot. [SPOUT_NO_CREATE]")
+    var noCreateFlag = false
+
+    @Option(name: .customLong("max-in-flight"), help: ArgumentHelp("Events handed to the sink and not yet acknowledged, at most (default: 10000). [SPOUT_MAX_IN_FLIGHT]", valueName: "n"))
+    var maxInFlightFlag: Int?
+
+    @Option(name: .customLong("max-in-flight-bytes"), help: ArgumentHelp("Bytes of unacknowledged events, at most (default: 33554432). [SPOUT_MAX_IN_FLIGHT_BYTES]", valueName: "n"))
+    var maxInFlightBytesFlag: Int?
+
+    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds to wait for acknowledgements on shutdown (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]", valueName: "seconds"))
+    var shutdownTimeoutFlag: Double?
+
+    func run() throws {
+        try reportingErrors {
+            let log = try logging.log()
+            var options = Relay.Options()
+            options.startLSN = try parseLSN(startLSNFlag ?? Environment.value("start-lsn"), option: "--start-lsn")
+            options.endLSN = try parseLSN(endLSNFlag ?? Environment.value("end-lsn"), option: "--end-lsn")
+            if let start = options.startLSN, let end = options.endLSN, end < start {
+                throw SpoutError.invalidOption("--end-lsn \(end) is before --start-lsn \(start)")
+            }
+            options.maxInFlightEvents = try positive(maxInFlightFlag, "max-in-flight") ?? options.maxInFlightEvents
+            options.maxInFlightBytes = try positive(maxInFlightBytesFlag, "max-in-flight-bytes") ?? options.maxInFlightBytes
+            if let seconds = try shutdownTimeoutFlag ?? Environment.value("shutdown-timeout").map(parseSeconds) {
+                options.shutdownTimeout = .milliseconds(Int(seconds * 1000))
+            }
+            let create = try !(noCreateFlag || Environment.flag("no-create"))
+            let setup = try database.setup()
+            let sink = try SinkURL.makeSink(sinkFlag ?? Environment.value("sink") ?? "stdout://")
+            defer { sink.close() }
+
+            let connection = try PostgresConnection(database.databaseURL, replication: true)
+            try ReplicationSetup.checkServer(connection)
+            try setup.checkTable(connection)
+            if try setup.ensurePublication(connection, create: create) {
+                log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)")
+            }
+            let (slot, created) = try setup.ensureSlot(connection, create: create)
+            if created { log.info("created replication slot \"\(setup.slot)\"") }
+            let confirmed = slot.confirmedFlush ?? .zero
+            if let start = options.startLSN, start < confirmed {
+                throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)
+            }
+            let start = max(options.startLSN ?? confirmed, confirmed)
+            let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
+            log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))")
+
+            let stop = StopSignal()
+            let handlers = installStopHandlers(stop)
+            defer { handlers.forEach { $0.cancel() } }
+            let relay = Relay(stream: stream, mapper: EventMapper(mapping: try mapping.mapping(table: setup.table)),
+                              sink: sink, start: start, options: options, log: log)
+            let outcome = try relay.run(until: stop)
+            log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.tracker.confirmed)")
+        }
+    }
+}
+
+struct Tail: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print events as they commit, through a temporary slot that disappears on exit (for development).",
+        discussion: "Uses the publication if it exists; otherwise creates a temporary one and drops it on exit.")
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var mapping: MappingOptions
+    @OptionGroup var logging: LogOptions
+
+    @Option(name: .customLong("format"), help: ArgumentHelp("json or pretty (default: pretty on a terminal, json otherwise). [SPOUT_FORMAT]", valueName: "format"))
+    var formatFlag: String?
+
+    func run() throws {
+        try reportingErrors {
+            let log = try logging.log()
+            let terminal = isatty(STDOUT_FILENO) == 1
+            let formatText = formatFlag ?? Environment.value("format") ?? (terminal ? "pretty" : "json")
+            guard let format = StdoutSink.Format(rawValue: formatText) else {
+                throw SpoutError.invalidOption("--format \(formatText) is not a format: use json or pretty")
+            }
+            var setup = try database.setup()
+            let pid = ProcessInfo.processInfo.processIdentifier
+            setup.slot = "spout_tail_\(pid)"
+            let connection = try PostgresConnection(database.databaseURL, replication: true, applicationName: "spout tail")
+            try ReplicationSetup.checkServer(connection)
+            try setup.checkTable(connection)
+            var temporaryPublication: String?
+            if try ReplicationSetup.publicationExists(connection, name: setup.publication) == false {
+                setup.publication = "spout_tail_\(pid)"
+                try setup.ensurePublication(connection, create: true)
+                temporaryPublication = setup.publication
+                log.info("created temporary publication \"\(setup.publication)\" (dropped on exit)")
+            } else {
+                try setup.ensurePublication(connection, create: false)
+            }
+            defer {
+                if let name = temporaryPublication {
+                    // The replication connection may be gone (error): drop it over a fresh one.
+                    let drop = "DROP PUBLICATION IF EXISTS \(SQL.identifier(name))"
+                    if (try? connection.query(drop, context: "")) == nil {
+                        _ = try? PostgresConnection(database.databaseURL).query(drop, context: "")
+                    }
+                }
+            }
+            let start = try setup.createTemporarySlot(connection)
+            let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
+            log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops")
+
+            let sink = StdoutSink(format: format, color: terminal && format == .pretty)
+            defer { sink.close() }
+            let stop = StopSignal()
+            let handlers = installStopHandlers(stop)
+            defer { handlers.forEach { $0.cancel() } }
+            var options = Relay.Options()
+            options.shutdownTimeout = .seconds(5)
+            let relay = Relay(stream: stream, mapper: EventMapper(mapping: try mapping.mapping(table: setup.table)),
+                              sink: sink, start: start, options: options, log: log)
+            _ = try relay.run(until: stop)
+        }
+    }
+}
+
+private func positive(_ flag: Int?, _ option: String) throws -> Int? {
+    guard let value = try flag ?? Environment.value(option).map({ text in
+        guard let number = Int(text) else { throw SpoutError.invalidOption("SPOUT_\(option.uppercased().replacingOccurrences(of: "-", with: "_"))=\(text) is not a number") }
+        return number
+    }) else { return nil }
+    guard value > 0 else { throw SpoutError.invalidOption("--\(option) must be positive, not \(value)") }
+    return value
+}
+
+private func parseSeconds(_ text: String) throws -> Double {
+    guard let value = Double(text), value >= 0 else {
+        throw SpoutError.invalidOption("SPOUT_SHUTDOWN_TIMEOUT=\(text) is not a number of seconds")
+    }
+    return value
+}
