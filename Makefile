@@ -1,0 +1,22 @@
+# Spout: `make demo` shows events streaming; `make test` runs every test against real servers.
+# Both install what they need (Debian packages) and start/stop their own servers.
+.PHONY: deps build release test demo clean
+
+deps:
+	@scripts/install-deps
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release
+
+test: deps
+	@scripts/test
+
+demo: deps
+	@scripts/demo
+
+clean:
+	@scripts/pg-stop
+	rm -rf .build .run

@@ -1,0 +1,137 @@
+import Foundation
+import SpoutCore
+import Synchronization
+import XCTest
+
+/// A sink that acknowledges only what the test releases, from another thread.
+final class HoldingSink: Sink, @unchecked Sendable {
+    private let state = Mutex<(events: [(ticket: UInt64, event: OutboxEvent)], released: Set<UInt64>, reported: Set<UInt64>)>(([], [], []))
+    private let wakeup = Wakeup()
+
+    var events: [(ticket: UInt64, event: OutboxEvent)] { state.withLock { $0.events } }
+
+    func release(_ tickets: some Sequence<UInt64>) {
+        state.withLock { $0.released.formUnion(tickets) }
+        wakeup.signal()
+    }
+
+    func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
+        state.withLock { $0.events.append((ticket, event)) }
+    }
+
+    func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+        wakeup.drain()
+        let ready = state.withLock { state -> [UInt64] in
+            let ready = state.released.subtracting(state.reported).sorted()
+            state.reported.formUnion(ready)
+            return ready
+        }
+        for ticket in ready { report(.delivered(ticket: ticket)) }
+    }
+
+    var wakeupDescriptor: Int32? { wakeup.descriptor }
+    func close() {}
+}
+
+/// Runs a Relay in-process on its own thread.
+final class RelayRunner: @unchecked Sendable {
+    let stop = StopSignal()
+    let thread: Thread
+    let outcome = LockedBox<Result<Relay.Outcome, SpoutError>?>(nil)
+
+    init(outbox: OutboxFixture, sink: Sink) throws {
+        let connection = try PostgresConnection(outbox.url, replication: true)
+        let setup = ReplicationSetup(table: TableName(schema: "public", name: outbox.table), publication: outbox.publication, slot: outbox.slot)
+        try setup.ensurePublication(connection, create: true)
+        let (slot, _) = try setup.ensureSlot(connection, create: true)
+        let start = slot.confirmedFlush ?? .zero
+        let stream = try ReplicationStream(connection: connection, slot: outbox.slot, publication: outbox.publication, start: start)
+        let mapping = OutboxMapping(table: setup.table, topic: try TopicTemplate("outbox.event.{aggregate_type}"))
+        var options = Relay.Options()
+        options.shutdownTimeout = .seconds(2)
+        let relay = Relay(stream: stream, mapper: EventMapper(mapping: mapping), sink: sink, start: start, options: options, log: Log(level: .warning))
+        let stop = stop
+        let outcome = outcome
+        let box = UncheckedBox(relay)
+        thread = Thread {
+            do throws(SpoutError) {
+                let result = try box.value.run(until: stop)
+                outcome.mutate { $0 = .success(result) }
+            } catch {
+                outcome.mutate { $0 = .failure(error) }
+            }
+        }
+        thread.start()
+    }
+
+    func finish() -> Result<Relay.Outcome, SpoutError>? {
+        stop.request()
+        let deadline = Date().addingTimeInterval(30)
+        while !thread.isFinished, Date() < deadline { usleep(20_000) }
+        return outcome.value
+    }
+}
+
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+final class AckGatingTests: XCTestCase {
+    /// The slot's confirmed_flush_lsn never passes the newest transaction whose events (and
+    /// all earlier ones) the sink acknowledged; once the sink acknowledges, it gets there.
+    func testConfirmedFlushWaitsForAcknowledgements() throws {
+        let outbox = try OutboxFixture("gating")
+        defer { outbox.tearDown() }
+        let sink = HoldingSink()
+        let runner = try RelayRunner(outbox: outbox, sink: sink)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let startedAt = try XCTUnwrap(try outbox.confirmedFlush)
+
+        // Three transactions of two events each.
+        for transaction in 0..<3 {
+            try outbox.insert(outbox.admin, rows: 2, key: { "t\(transaction)-\($0)" })
+        }
+        try eventually("sink holds 6 events") { sink.events.count == 6 }
+        let lsns = sink.events.map(\.event.lsn)
+        XCTAssertEqual(Set(lsns).count, 3)
+        let (first, second, third) = (lsns[0], lsns[2], lsns[4])
+        XCTAssertTrue(first > startedAt && first < second && second < third)
+
+        // Nothing acknowledged: status updates keep going (every second), the slot stays put.
+        sleep(3)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), first)
+
+        // Out of order: all of the third transaction and half of the second.
+        sink.release([sink.events[4].ticket, sink.events[5].ticket, sink.events[2].ticket])
+        sleep(2)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), first, "nothing of the first transaction is acknowledged")
+
+        sink.release([sink.events[0].ticket, sink.events[1].ticket])
+        try eventually(timeout: 10, "confirmed reaches the first transaction") { try outbox.confirmedFlush == first }
+        sleep(2)
+        XCTAssertEqual(try outbox.confirmedFlush, first, "the second transaction still has an unacknowledged event")
+
+        sink.release([sink.events[3].ticket])
+        try eventually(timeout: 10, "confirmed reaches the third transaction") { try XCTUnwrap(try outbox.confirmedFlush) >= third }
+
+        guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop cleanly: \(String(describing: runner.outcome.value))") }
+    }
+
+    /// A stop while the sink still holds events: the relay waits (bounded), confirms only
+    /// what was acknowledged, and stops.
+    func testShutdownConfirmsOnlyAcknowledged() throws {
+        let outbox = try OutboxFixture("shutdown")
+        defer { outbox.tearDown() }
+        let sink = HoldingSink()
+        let runner = try RelayRunner(outbox: outbox, sink: sink)
+        try eventually("slot active") { try outbox.slotIsActive }
+        try outbox.insert(outbox.admin, rows: 1)
+        try outbox.insert(outbox.admin, rows: 1)
+        try eventually("sink holds 2 events") { sink.events.count == 2 }
+        sink.release([sink.events[0].ticket])
+        let first = sink.events[0].event.lsn
+        guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop: \(String(describing: runner.outcome.value))") }
+        XCTAssertEqual(try outbox.confirmedFlush, first)
+    }
+}

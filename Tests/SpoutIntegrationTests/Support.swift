@@ -1,0 +1,191 @@
+import Foundation
+import SpoutCore
+import XCTest
+
+/// The PostgreSQL that `make test` (scripts/test) starts. Tests fail, not skip, without it.
+enum TestDatabase {
+    static func url(_ variable: String = "SPOUT_TEST_DATABASE_URL") throws -> String {
+        guard let url = ProcessInfo.processInfo.environment[variable], !url.isEmpty else {
+            throw XCTSkipFailure("\(variable) is not set: run the tests with `make test`, which starts PostgreSQL")
+        }
+        return url
+    }
+
+    static func connect() throws -> PostgresConnection { try PostgresConnection(try url()) }
+
+    /// A unique name for this test's table, publication and slot.
+    static func uniqueName(_ prefix: String) -> String {
+        "\(prefix)_\(ProcessInfo.processInfo.processIdentifier)_\(UInt32.random(in: 0...UInt32.max))"
+    }
+}
+
+struct XCTSkipFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension PostgresConnection {
+    @discardableResult
+    func sql(_ statement: String) throws -> [[String?]] { try query(statement, context: statement) }
+
+    func value(_ statement: String) throws -> String? { try sql(statement).first?.first ?? nil }
+
+    func lsn(_ statement: String) throws -> LSN? { try value(statement).flatMap { LSN($0) } }
+}
+
+/// One outbox table with its own publication and slot, dropped at the end of the test.
+final class OutboxFixture: @unchecked Sendable {
+    let table: String
+    let publication: String
+    let slot: String
+    let admin: PostgresConnection
+    let url: String
+
+    init(_ prefix: String = "t", extraColumns: String = "") throws {
+        url = try TestDatabase.url()
+        admin = try TestDatabase.connect()
+        let name = TestDatabase.uniqueName(prefix)
+        table = "outbox_\(name)"
+        publication = "pub_\(name)"
+        slot = "slot_\(name)"
+        try admin.sql("""
+            CREATE TABLE public.\(table) (
+              id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+              aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
+              payload jsonb NOT NULL, headers jsonb, tenant_id text, created_at timestamptz NOT NULL DEFAULT now()\(extraColumns))
+            """)
+    }
+
+    var arguments: [String] {
+        ["--database-url", url, "--table", "public.\(table)", "--publication", publication, "--slot", slot]
+    }
+
+    /// Drops the slot (after its walsender is gone), publication and table.
+    func tearDown() {
+        for _ in 0..<50 {
+            let active = (try? admin.value("SELECT active FROM pg_replication_slots WHERE slot_name = '\(slot)'")) ?? nil
+            if active != "t" { break }
+            usleep(100_000)
+        }
+        _ = try? admin.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '\(slot)'")
+        _ = try? admin.sql("DROP PUBLICATION IF EXISTS \(publication)")
+        _ = try? admin.sql("DROP TABLE IF EXISTS public.\(table)")
+    }
+
+    var confirmedFlush: LSN? {
+        get throws { try admin.lsn("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '\(slot)'") }
+    }
+
+    var slotIsActive: Bool {
+        get throws { try admin.value("SELECT active FROM pg_replication_slots WHERE slot_name = '\(slot)'") == "t" }
+    }
+
+    func currentLSN() throws -> LSN { try admin.lsn("SELECT pg_current_wal_lsn()") ?? .zero }
+
+    /// Inserts `rows` events in one transaction on `connection`; returns their ids.
+    @discardableResult
+    func insert(_ connection: PostgresConnection, rows: Int, aggregate: String = "order", key: (Int) -> String = { "\($0)" },
+                payload: (Int) -> String = { "{\"n\": \($0)}" }) throws -> [String] {
+        var values: [String] = []
+        for index in 0..<rows {
+            values.append("('\(aggregate)', \(SQL.literal(key(index))), 'Created', \(SQL.literal(payload(index))), '{\"h\": \"v\"}')")
+        }
+        let rows = try connection.sql("""
+            INSERT INTO public.\(table) (aggregate_type, aggregate_id, event_type, payload, headers)
+            VALUES \(values.joined(separator: ",")) RETURNING id
+            """)
+        return rows.compactMap { $0.first ?? nil }
+    }
+}
+
+/// Waits until `condition` holds or `timeout` passes.
+func eventually(timeout: TimeInterval = 30, _ message: @autoclosure () -> String, file: StaticString = #filePath, line: UInt = #line,
+                _ condition: () throws -> Bool) rethrows {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return }
+        usleep(50_000)
+    }
+    XCTFail("timed out after \(timeout) s: \(message())", file: file, line: line)
+}
+
+/// The `spout` executable built beside the tests, run as a child process.
+final class SpoutProcess {
+    let process = Process()
+    let stdoutURL: URL
+    let stderrURL: URL
+
+    static var executable: URL {
+        if let path = ProcessInfo.processInfo.environment["SPOUT_BIN"] { return URL(fileURLWithPath: path) }
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = directory.appendingPathComponent("spout")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        return Bundle.main.bundleURL.appendingPathComponent("spout")
+    }
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spout-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        stdoutURL = directory.appendingPathComponent("stdout")
+        stderrURL = directory.appendingPathComponent("stderr")
+        FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
+        FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SPOUT_") }
+        env.merge(environment) { $1 }
+        process.environment = env
+        process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
+        process.standardError = try FileHandle(forWritingTo: stderrURL)
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var stdout: String { (try? String(contentsOf: stdoutURL, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? "" }
+
+    /// Complete lines written to stdout so far.
+    var lines: [Substring] {
+        let text = stdout
+        let complete = text.hasSuffix("\n") ? Substring(text) : text[..<(text.lastIndex(of: "\n") ?? text.startIndex)]
+        return complete.split(separator: "\n")
+    }
+
+    /// The JSON events written so far.
+    var events: [[String: Any]] {
+        lines.compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }
+    }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for exit; returns the status, or nil (after killing it) on timeout.
+    @discardableResult
+    func waitForExit(timeout: TimeInterval = 60) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            signal(SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    /// Runs spout to completion.
+    static func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60) throws
+        -> (status: Int32?, stdout: String, stderr: String) {
+        let child = try SpoutProcess(arguments, environment: environment)
+        let status = child.waitForExit(timeout: timeout)
+        return (status, child.stdout, child.stderr)
+    }
+
+    deinit {
+        if process.isRunning { signal(SIGKILL); process.waitUntilExit() }
+        try? FileManager.default.removeItem(at: stdoutURL.deletingLastPathComponent())
+    }
+}
