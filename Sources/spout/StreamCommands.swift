@@ -69,6 +69,7 @@ struct Run: ParsableCommand {
             }
             let create = try !(noCreateFlag || Environment.flag("no-create"))
             let setup = try database.setup()
+            let mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
             let sink = try SinkURL.makeSink(sinkFlag ?? Environment.value("sink") ?? "stdout://")
             defer { sink.close() }
 
@@ -91,8 +92,7 @@ struct Run: ParsableCommand {
             let stop = StopSignal()
             let handlers = installStopHandlers(stop)
             defer { handlers.forEach { $0.cancel() } }
-            let relay = Relay(stream: stream, mapper: EventMapper(mapping: try mapping.mapping(table: setup.table)),
-                              sink: sink, start: start, options: options, log: log)
+            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log)
             let outcome = try relay.run(until: stop)
             log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.tracker.confirmed)")
         }
@@ -120,6 +120,7 @@ struct Tail: ParsableCommand {
                 throw SpoutError.invalidOption("--format \(formatText) is not a format: use json or pretty")
             }
             var setup = try database.setup()
+            let mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
             let pid = ProcessInfo.processInfo.processIdentifier
             setup.slot = "spout_tail_\(pid)"
             let connection = try PostgresConnection(database.databaseURL, replication: true, applicationName: "spout tail")
@@ -154,8 +155,7 @@ struct Tail: ParsableCommand {
             defer { handlers.forEach { $0.cancel() } }
             var options = Relay.Options()
             options.shutdownTimeout = .seconds(5)
-            let relay = Relay(stream: stream, mapper: EventMapper(mapping: try mapping.mapping(table: setup.table)),
-                              sink: sink, start: start, options: options, log: log)
+            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log)
             _ = try relay.run(until: stop)
         }
     }

@@ -80,7 +80,7 @@ final class OutboxFixture: @unchecked Sendable {
         get throws { try admin.value("SELECT active FROM pg_replication_slots WHERE slot_name = '\(slot)'") == "t" }
     }
 
-    func currentLSN() throws -> LSN { try admin.lsn("SELECT pg_current_wal_lsn()") ?? .zero }
+    func currentLSN() throws -> LSN { try admin.lsn("SELECT pg_current_wal_insert_lsn()") ?? .zero }
 
     /// Inserts `rows` events in one transaction on `connection`; returns their ids.
     @discardableResult

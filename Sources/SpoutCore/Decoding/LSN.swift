@@ -11,7 +11,9 @@ public struct LSN: RawRepresentable, Hashable, Comparable, Sendable, CustomStrin
     /// Parses `X/X` as PostgreSQL prints it (`16/B374D848`); `nil` when malformed.
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, (1...8).contains(parts[0].count), (1...8).contains(parts[1].count),
+        // Hex digits only: `UInt32(_:radix:)` alone would also accept a sign ("+1/0", "-0/0").
+        guard parts.count == 2,
+              parts.allSatisfy({ (1...8).contains($0.count) && $0.unicodeScalars.allSatisfy(\.properties.isASCIIHexDigit) }),
               let high = UInt32(parts[0], radix: 16), let low = UInt32(parts[1], radix: 16)
         else { return nil }
         rawValue = UInt64(high) << 32 | UInt64(low)
