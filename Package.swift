@@ -18,9 +18,17 @@ let package = Package(
             pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]
         ),
+        .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CNats", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
         .target(
             name: "SpoutCore",
-            dependencies: ["CLibPQ"]
+            dependencies: ["CLibPQ", "CRdKafka", "CHiredis", "CNats"]
+        ),
+        // Test support: hosts librdkafka's mock Kafka cluster in its own process.
+        .executableTarget(
+            name: "spout-kafka-mock",
+            dependencies: ["CRdKafka"]
         ),
         .executableTarget(
             name: "spout",
@@ -36,7 +44,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SpoutIntegrationTests",
-            dependencies: ["SpoutCore", "spout"]
+            dependencies: ["SpoutCore", "spout", "spout-kafka-mock"]
         ),
     ],
     swiftLanguageModes: [.v6]

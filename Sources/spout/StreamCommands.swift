@@ -28,8 +28,7 @@ struct Run: ParsableCommand {
     @OptionGroup var mapping: MappingOptions
     @OptionGroup var logging: LogOptions
 
-    @Option(name: .customLong("sink"), help: ArgumentHelp("Sink URL (default: stdout://). [SPOUT_SINK]", valueName: "url"))
-    var sinkFlag: String?
+    @OptionGroup var sinkOptions: SinkOptionGroup
 
     @Option(name: .customLong("start-lsn"), help: ArgumentHelp(
         "Replay: skip transactions that committed before this LSN (X/X); must not be older than the slot's confirmed_flush_lsn. [SPOUT_START_LSN]",
@@ -70,7 +69,7 @@ struct Run: ParsableCommand {
             let create = try !(noCreateFlag || Environment.flag("no-create"))
             let setup = try database.setup()
             let mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
-            let sink = try SinkURL.makeSink(sinkFlag ?? Environment.value("sink") ?? "stdout://")
+            let sink = try sinkOptions.makeSink(maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 
             let connection = try PostgresConnection(database.databaseURL, replication: true)

@@ -195,12 +195,20 @@ struct JSONScanner {
         }
         func hex4(_ at: Int) -> UInt32? {
             guard at + 4 <= raw.endIndex else { return nil }
-            return UInt32(String(decoding: raw[at..<at + 4], as: UTF8.self), radix: 16)
+            var value: UInt32 = 0
+            for byte in raw[at..<at + 4] {
+                // Digits only: `UInt32(_:radix:)` would also take a sign ("\u+041").
+                guard let digit = Character(UnicodeScalar(byte)).hexDigitValue, byte < 0x80 else { return nil }
+                value = value << 4 | UInt32(digit)
+            }
+            return value
         }
         while position < raw.endIndex {
             let byte = raw[position]
             guard byte == UInt8(ascii: "\\") else { utf8.append(byte); position += 1; continue }
-            guard position + 1 < raw.endIndex else { throw Failure(offset: position, reason: "invalid escape") }
+            // Offsets count from the start of the scanned bytes and point at the backslash.
+            let escapeOffset = position - bytes.startIndex
+            guard position + 1 < raw.endIndex else { throw Failure(offset: escapeOffset, reason: "invalid escape") }
             let escape = raw[position + 1]
             position += 2
             switch escape {
@@ -211,7 +219,7 @@ struct JSONScanner {
             case UInt8(ascii: "r"): utf8.append(0x0D)
             case UInt8(ascii: "t"): utf8.append(0x09)
             case UInt8(ascii: "u"):
-                guard var code = hex4(position) else { throw Failure(offset: position, reason: "invalid \\u escape") }
+                guard var code = hex4(position) else { throw Failure(offset: escapeOffset, reason: "invalid \\u escape") }
                 position += 4
                 if (0xD800..<0xDC00).contains(code), position + 1 < raw.endIndex, raw[position] == UInt8(ascii: "\\"),
                    raw[position + 1] == UInt8(ascii: "u"), let low = hex4(position + 2), (0xDC00..<0xE000).contains(low) {
@@ -220,7 +228,7 @@ struct JSONScanner {
                 }
                 flush()
                 scalars.append(Unicode.Scalar(code) ?? "\u{FFFD}")
-            default: throw Failure(offset: position, reason: "invalid escape")
+            default: throw Failure(offset: escapeOffset, reason: "invalid escape")
             }
         }
         flush()

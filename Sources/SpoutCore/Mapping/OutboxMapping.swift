@@ -44,7 +44,8 @@ public struct TableName: Equatable, Hashable, Sendable, CustomStringConvertible 
         var previousWasQuote = false
         while let character = iterator.next() {
             if character == "\"" {
-                if quoted, previousWasQuote { current.append("\""); previousWasQuote = false; continue }
+                // `""` inside quotes is a quote: the first one closed the quotes, this one reopens them.
+                if !quoted, previousWasQuote { current.append("\""); quoted = true; previousWasQuote = false; continue }
                 quoted.toggle()
                 previousWasQuote = !quoted
                 continue
@@ -53,6 +54,9 @@ public struct TableName: Equatable, Hashable, Sendable, CustomStringConvertible 
             if character == ".", !quoted {
                 parts.append(current)
                 current = ""
+            } else if !quoted, ("A"..."Z").contains(character) {
+                // Unquoted names fold to lower case, as PostgreSQL folds them (ASCII only, like downcase_identifier).
+                current.append(Character(character.lowercased()))
             } else {
                 current.append(character)
             }

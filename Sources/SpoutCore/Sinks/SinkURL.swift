@@ -1,17 +1,44 @@
-/// Sinks are named by URL (`stdout://`, later `kafka://`, `redis://`, `nats://`).
+/// Settings of the broker sinks that are not part of their URL.
+public struct SinkOptions: Sendable {
+    public enum RedisIDs: String, Sendable, CaseIterable {
+        /// `*`: Redis assigns time-based ids.
+        case server
+        /// Ids derived from the commit LSN and the event's position in its transaction.
+        case lsn
+    }
+
+    /// librdkafka properties, passed through verbatim (`--kafka-property linger.ms=5`).
+    public var kafkaProperties: [(name: String, value: String)] = []
+    /// `XADD … MAXLEN ~ N` when set.
+    public var redisMaxLength: Int?
+    public var redisIDs: RedisIDs = .server
+    /// Create a JetStream stream of this name covering the topics when none exists.
+    public var natsCreateStream: String?
+    /// The relay's in-flight window; sinks size their own queues from it.
+    public var maxInFlightEvents = 10_000
+
+    public init() {}
+}
+
+/// Sinks are named by URL: `stdout://`, `kafka://host:9092[,host:9092]`,
+/// `redis://[:password@]host:6379[/db]`, `nats://host:4222`.
 public enum SinkURL {
-    public static func makeSink(_ url: String) throws(SpoutError) -> Sink {
+    public static func makeSink(_ url: String, options: SinkOptions = SinkOptions(), log: Log = Log()) throws(SpoutError) -> Sink {
         guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(redacted(url)) is not a sink URL: use stdout://")
+            throw .invalidOption("--sink \(redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
         case "stdout":
             return StdoutSink()
-        case "kafka", "redis", "nats":
-            throw .invalidOption("the \(scheme) sink is not available in this build yet: use stdout://")
+        case "kafka":
+            return try KafkaSink(url: url, options: options, log: log)
+        case "redis":
+            return try RedisStreamSink(url: url, options: options, log: log)
+        case "nats":
+            return try NATSJetStreamSink(url: url, options: options, log: log)
         default:
-            throw .invalidOption("unknown sink \"\(scheme)://\": use stdout://")
+            throw .invalidOption("unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
         }
     }
 

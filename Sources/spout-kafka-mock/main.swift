@@ -1,0 +1,2 @@
+// Placeholder: replaced by the mock cluster host.
+print("not implemented")
