@@ -40,7 +40,7 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
         case let .publicationLacksTable(publication, table):
             "publication \"\(publication)\" does not publish \(table): ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE \(table), or name another with --publication"
         case let .slotMissing(slot):
-            "replication slot \"\(slot)\" does not exist: run spout setup, or drop --no-create so spout run creates it"
+            "replication slot \"\(slot)\" does not exist: create it with spout setup (spout run creates it too, unless --no-create)"
         case let .slotActive(slot, pid):
             "replication slot \"\(slot)\" is in use by another process (PID \(pid)): stop the other spout or consumer, or use another --slot"
         case let .slotWrongPlugin(slot, plugin):

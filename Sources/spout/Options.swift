@@ -2,12 +2,18 @@ import ArgumentParser
 import Foundation
 import SpoutCore
 
-/// Reads `SPOUT_<NAME>` for an option the command line left out (flags win).
+/// An option the command line left out: `SPOUT_<NAME>` from the environment, else the
+/// config file (flags win over both).
 enum Environment {
     static func value(_ option: String) -> String? {
         let name = "SPOUT_" + option.uppercased().replacingOccurrences(of: "-", with: "_")
-        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
-        return value
+        if let value = ProcessInfo.processInfo.environment[name], !value.isEmpty { return value }
+        return (try? ConfigFile.loaded.get())??.value(option)
+    }
+
+    /// Every value of a repeatable option in the config file.
+    static func configValues(_ option: String) -> [String] {
+        (try? ConfigFile.loaded.get())??.all(option) ?? []
     }
 
     static func flag(_ option: String) throws -> Bool {
@@ -23,6 +29,10 @@ enum Environment {
 
 /// Where to find the database and the outbox: shared by every command.
 struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("config"), help: ArgumentHelp(
+        "A config file of `option-name = value` lines (flags and SPOUT_* variables win over it). [SPOUT_CONFIG]", valueName: "file"))
+    var configFile: String?
+
     @Option(name: .customLong("database-url"), help: ArgumentHelp(
         "libpq URL or key/value DSN (default: postgresql:///postgres, libpq's PG* variables apply). [SPOUT_DATABASE_URL]",
         valueName: "url"))

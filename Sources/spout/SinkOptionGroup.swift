@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import SpoutCore
 
 /// The sink URL and the broker settings that go with it.
@@ -28,9 +29,11 @@ struct SinkOptionGroup: ParsableArguments {
     func makeSink(maxInFlightEvents: Int, log: Log) throws -> Sink {
         var options = SinkOptions()
         options.maxInFlightEvents = maxInFlightEvents
-        let properties = kafkaPropertyFlags.isEmpty
-            ? (Environment.value("kafka-properties")?.split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init) ?? [])
-            : kafkaPropertyFlags
+        let fromEnvironment = ProcessInfo.processInfo.environment["SPOUT_KAFKA_PROPERTIES"]?
+            .split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init) ?? []
+        // Flags, else the environment, else the config file's `kafka-property` lines.
+        let properties = !kafkaPropertyFlags.isEmpty ? kafkaPropertyFlags
+            : !fromEnvironment.isEmpty ? fromEnvironment : Environment.configValues("kafka-property")
         for property in properties {
             guard let equals = property.firstIndex(of: "="), equals != property.startIndex else {
                 throw SpoutError.invalidOption("--kafka-property \(property) is not name=value (e.g. --kafka-property linger.ms=5)")

@@ -92,6 +92,30 @@ final class CommandTests: XCTestCase {
         XCTAssertNotNil(object["wal_held_bytes"] as? Int)
     }
 
+    /// Flags win over SPOUT_* variables, which win over the config file.
+    func testConfigFileEnvironmentAndFlagPrecedence() throws {
+        let outbox = try OutboxFixture("config")
+        defer { outbox.tearDown() }
+        XCTAssertEqual(try SpoutProcess.run(["setup"] + outbox.arguments).status, 0)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("spout-\(outbox.slot).conf")
+        try "# settings\ndatabase-url = \"\(outbox.url)\"\nslot = no_such_slot\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+
+        let fromFile = try SpoutProcess.run(["status", "--config", file.path])
+        XCTAssertEqual(fromFile.status, 1)
+        XCTAssertTrue(fromFile.stderr.contains("\"no_such_slot\" does not exist"), fromFile.stderr)
+        let fromEnvironment = try SpoutProcess.run(["status", "--config", file.path], environment: ["SPOUT_SLOT": outbox.slot])
+        XCTAssertEqual(fromEnvironment.status, 0, fromEnvironment.stderr)
+        XCTAssertTrue(fromEnvironment.stdout.contains(outbox.slot))
+        let fromFlag = try SpoutProcess.run(["status", "--slot", "flag_slot"], environment: ["SPOUT_SLOT": outbox.slot, "SPOUT_CONFIG": file.path])
+        XCTAssertTrue(fromFlag.stderr.contains("\"flag_slot\" does not exist"), fromFlag.stderr)
+
+        try "database-url\n".write(to: file, atomically: true, encoding: .utf8)
+        let malformed = try SpoutProcess.run(["status", "--config", file.path])
+        XCTAssertEqual(malformed.status, 64)
+        XCTAssertTrue(malformed.stderr.contains(":1: expected name = value"), malformed.stderr)
+    }
+
     /// --start-lsn skips what committed before it; --end-lsn stops (exit 0) after delivering
     /// and confirming everything up to it; a start before the slot is refused.
     func testReplayBetweenStartAndEnd() throws {
