@@ -20,6 +20,7 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case protocolViolation(DecodingError, context: String)
     case unmappableEvent(MappingError, eventID: String?, lsn: LSN)
     case sink(SinkError)
+    case spoolFailed(String)
 
     public var description: String {
         switch self {
@@ -57,6 +58,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
             "cannot map outbox event \(eventID.map { "\"\($0)\"" } ?? "") in the transaction at \(lsn): \(error); fix the row (the slot stays before it), then restart"
         case let .sink(error):
             error.description
+        case let .spoolFailed(message):
+            message + "; nothing past the spooled events was confirmed"
         }
     }
 

@@ -49,6 +49,11 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("max-in-flight-bytes"), help: ArgumentHelp("Bytes of unacknowledged events, at most (default: 33554432). [SPOUT_MAX_IN_FLIGHT_BYTES]", valueName: "n"))
     var maxInFlightBytesFlag: Int?
 
+    @Option(name: .customLong("spool-memory-bytes"), help: ArgumentHelp(
+        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file (default: 16777216). [SPOUT_SPOOL_MEMORY_BYTES]",
+        valueName: "n"))
+    var spoolMemoryBytesFlag: Int?
+
     @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds to wait for acknowledgements on shutdown (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]", valueName: "seconds"))
     var shutdownTimeoutFlag: Double?
 
@@ -63,6 +68,7 @@ struct Run: ParsableCommand {
             }
             options.maxInFlightEvents = try positive(maxInFlightFlag, "max-in-flight") ?? options.maxInFlightEvents
             options.maxInFlightBytes = try positive(maxInFlightBytesFlag, "max-in-flight-bytes") ?? options.maxInFlightBytes
+            options.spoolMemoryBytes = try positive(spoolMemoryBytesFlag, "spool-memory-bytes") ?? options.spoolMemoryBytes
             if let seconds = try shutdownTimeoutFlag ?? Environment.value("shutdown-timeout").map(parseSeconds) {
                 options.shutdownTimeout = .milliseconds(Int(seconds * 1000))
             }

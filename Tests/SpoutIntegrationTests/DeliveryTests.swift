@@ -149,6 +149,30 @@ final class DeliveryTests: XCTestCase {
         XCTAssertEqual(Set(secondEvents.compactMap { $0["id"] as? String }).count, secondEvents.count)
     }
 
+    /// A 50,000-row transaction with a 64 KiB spool: events go through the spool file and
+    /// still arrive once, in order, with the transaction's LSN.
+    func testLargeTransactionThroughTheSpool() throws {
+        let outbox = try OutboxFixture("large")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--spool-memory-bytes", "65536", "--max-in-flight", "100"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        try outbox.admin.sql("""
+            INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
+            SELECT 'bulk', (i % 10)::text, 'Imported', jsonb_build_object('seq', i, 'pad', repeat('x', 100))
+              FROM generate_series(1, 50000) i
+            """)
+        try outbox.insert(outbox.admin, rows: 1, aggregate: "after")
+        try eventually(timeout: 120, "50,001 events, got \(spout.lines.count)") { spout.lines.count >= 50_001 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        let events = spout.events
+        XCTAssertEqual(events.count, 50_001)
+        let sequences = events.prefix(50_000).compactMap { ($0["payload"] as? [String: Any])?["seq"] as? Int }
+        XCTAssertEqual(sequences, Array(1...50_000))
+        XCTAssertEqual(Set(events.prefix(50_000).compactMap { $0["lsn"] as? String }).count, 1)
+        XCTAssertEqual(events.last?["topic"] as? String, "outbox.event.after")
+    }
+
     /// Heavy writes to another table while the outbox is idle: the slot keeps confirming, so
     /// it does not hold WAL.
     func testIdleSlotDoesNotHoldWAL() throws {

@@ -17,6 +17,9 @@ public final class Relay {
         public var statusInterval: Duration = .seconds(1)
         /// On stop, how long to wait for the sink to acknowledge what it holds.
         public var shutdownTimeout: Duration = .seconds(30)
+        /// Events waiting for their commit or for the sink beyond this many bytes go to a
+        /// temporary file, so a huge transaction does not grow memory.
+        public var spoolMemoryBytes = 16 << 20
 
         public init() {}
     }
@@ -45,12 +48,10 @@ public final class Relay {
 
     // The transaction being received (between Begin and Commit).
     private var transaction: PgOutputMessage.Begin?
-    private var transactionEvents: [OutboxEvent] = []
     private var skippingTransaction = false
 
-    // Committed events waiting for room in the in-flight window, in ticket order.
-    private var queue: [OutboxEvent] = []
-    private var queueHead = 0
+    // Its events, and committed events waiting for room in the in-flight window, in ticket order.
+    private let spool: EventSpool
     private var nextDispatchTicket: UInt64 = 0
     // Sizes of dispatched events by ticket (a ring as wide as the window) for the byte window.
     private var inFlightSizes: [Int]
@@ -73,6 +74,7 @@ public final class Relay {
         tracker = AckTracker(start: max(start, options.startLSN ?? start))
         tracker.followLimit = options.endLSN
         inFlightSizes = [Int](repeating: 0, count: max(1, options.maxInFlightEvents))
+        spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
         lastStatusAt = clock.now - options.statusInterval
         lastSentFlush = start
         if let end = options.endLSN, end <= tracker.confirmed { reachedEnd = true }
@@ -91,7 +93,7 @@ public final class Relay {
                 try dispatch()
                 let completed = try pollSink()
                 try sendStatusIfDue()
-                if reachedEnd, transaction == nil, queueHead == queue.count, dispatchedUnacknowledged == 0 {
+                if reachedEnd, transaction == nil, spool.committedCount == 0, dispatchedUnacknowledged == 0 {
                     try sendStatus()
                     stream.finish()
                     return .reachedEnd
@@ -161,7 +163,6 @@ public final class Relay {
                 return
             }
             transaction = begin
-            transactionEvents.removeAll(keepingCapacity: true)
             skippingTransaction = options.startLSN.map { begin.finalLSN < $0 } ?? false
             tracker.transactionBegan()
         case let .relation(relation):
@@ -172,14 +173,12 @@ public final class Relay {
             }
         case let .insert(insert):
             guard let begin = transaction, !skippingTransaction else { return }
-            do {
-                if let event = try mapper.event(relationOID: insert.relationOID, row: insert.new, commit: begin) {
-                    transactionEvents.append(event)
-                }
-            } catch {
+            let event: OutboxEvent?
+            do { event = try mapper.event(relationOID: insert.relationOID, row: insert.new, commit: begin) } catch {
                 throw .unmappableEvent(error, eventID: mapper.rowID(relationOID: insert.relationOID, row: insert.new),
                                        lsn: begin.finalLSN)
             }
+            if let event { try spool.append(event) }
         case let .message(logical):
             guard logical.prefix == mapper.mapping.messagePrefix else { return }
             guard logical.isTransactional, let begin = transaction else {
@@ -191,30 +190,20 @@ public final class Relay {
                 return
             }
             guard !skippingTransaction else { return }
-            do {
-                if let event = try mapper.event(message: logical, commit: begin) { transactionEvents.append(event) }
-            } catch {
+            let event: OutboxEvent?
+            do { event = try mapper.event(message: logical, commit: begin) } catch {
                 throw .unmappableEvent(error, eventID: nil, lsn: logical.lsn)
             }
+            if let event { try spool.append(event) }
         case let .commit(commit):
             guard transaction != nil else {
                 throw .protocolViolation(.invalidValue(message: "Commit", field: "transaction", value: 0), context: "Commit without Begin")
             }
             transaction = nil
-            for index in transactionEvents.indices { transactionEvents[index].lsn = commit.endLSN }
-            let count = transactionEvents.count
+            let count = spool.openCount
+            spool.commit(endLSN: commit.endLSN)
             _ = tracker.transactionCommitted(endLSN: commit.endLSN, eventCount: count)
             statistics.transactions += 1
-            if count > 0 {
-                if queueHead == queue.count {
-                    queue.removeAll(keepingCapacity: true)
-                    queueHead = 0
-                    swap(&queue, &transactionEvents)
-                } else {
-                    queue.append(contentsOf: transactionEvents)
-                    transactionEvents.removeAll(keepingCapacity: true)
-                }
-            }
         case .origin, .type, .update, .delete, .truncate:
             // Updates, deletes and truncates of the outbox (cleanup) are not events.
             break
@@ -228,20 +217,16 @@ public final class Relay {
     // MARK: Sink
 
     private func dispatch() throws(SpoutError) {
-        while queueHead < queue.count,
+        while spool.committedCount > 0,
               nextDispatchTicket - tracker.acknowledgedBelow < UInt64(inFlightSizes.count),
-              dispatchedUnacknowledged == 0 || inFlightBytes < options.maxInFlightBytes {
-            let size = queue[queueHead].approximateSize
-            do { try sink.send(queue[queueHead], ticket: nextDispatchTicket) } catch { throw .sink(error) }
+              dispatchedUnacknowledged == 0 || inFlightBytes < options.maxInFlightBytes,
+              let event = try spool.popCommitted() {
+            let size = event.approximateSize
+            do { try sink.send(event, ticket: nextDispatchTicket) } catch { throw .sink(error) }
             inFlightSizes[Int(nextDispatchTicket % UInt64(inFlightSizes.count))] = size
             inFlightBytes += size
             dispatchedUnacknowledged += 1
             nextDispatchTicket += 1
-            queueHead += 1
-        }
-        if queueHead == queue.count, queueHead > 0 {
-            queue.removeAll(keepingCapacity: queue.capacity <= 65_536)
-            queueHead = 0
         }
     }
 
