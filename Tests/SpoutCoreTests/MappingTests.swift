@@ -320,6 +320,7 @@ final class EventMapperTests: XCTestCase {
         XCTAssertEqual(try makeMapper().event(relationOID: 16893, row: outboxRow(headers: .value("{}")), commit: begin)?.headers, [])
         XCTAssertEqual(try makeMapper().event(relationOID: 16893, row: outboxRow(headers: .value(" { } ")), commit: begin)?.headers, [])
         XCTAssertEqual(try makeMapper().event(relationOID: 16893, row: outboxRow(headers: .null), commit: begin)?.headers, [])
+        XCTAssertEqual(try makeMapper().event(relationOID: 16893, row: outboxRow(headers: .value("null")), commit: begin)?.headers, [])
     }
 
     func testInvalidHeadersThrow() throws {

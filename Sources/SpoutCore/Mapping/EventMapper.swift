@@ -139,6 +139,8 @@ public struct EventMapper: Sendable {
     /// A JSON object of header names to values; string values are taken as they are,
     /// other values as their JSON text.
     static func headers(fromJSON bytes: ArraySlice<UInt8>) throws(MappingError) -> [OutboxEvent.Header] {
+        // A jsonb `null` in the headers column means no headers, as a null column does.
+        if bytes.elementsEqual("null".utf8) { return [] }
         do {
             return try JSONScanner.objectMembers(bytes).compactMap { member in
                 switch member.value {
