@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // libpq from Debian's libpq-dev. The shim only includes the header.
@@ -23,7 +24,10 @@ let package = Package(
         .systemLibrary(name: "CNats", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
         .target(
             name: "SpoutCore",
-            dependencies: ["CLibPQ", "CRdKafka", "CHiredis", "CNats"]
+            dependencies: [
+                "CLibPQ", "CRdKafka", "CHiredis", "CNats",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
         ),
         // Test support: hosts librdkafka's mock Kafka cluster in its own process.
         .executableTarget(

@@ -54,6 +54,9 @@ struct Run: ParsableCommand {
         valueName: "n"))
     var spoolMemoryBytesFlag: Int?
 
+    @Flag(name: .customLong("report-latency"), help: "On exit, print commit → acknowledgement latency percentiles to stderr.")
+    var reportLatency = false
+
     @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds to wait for acknowledgements on shutdown (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]", valueName: "seconds"))
     var shutdownTimeoutFlag: Double?
 
@@ -69,6 +72,7 @@ struct Run: ParsableCommand {
             options.maxInFlightEvents = try positive(maxInFlightFlag, "max-in-flight") ?? options.maxInFlightEvents
             options.maxInFlightBytes = try positive(maxInFlightBytesFlag, "max-in-flight-bytes") ?? options.maxInFlightBytes
             options.spoolMemoryBytes = try positive(spoolMemoryBytesFlag, "spool-memory-bytes") ?? options.spoolMemoryBytes
+            options.recordLatency = reportLatency
             if let seconds = try shutdownTimeoutFlag ?? Environment.value("shutdown-timeout").map(parseSeconds) {
                 options.shutdownTimeout = .milliseconds(Int(seconds * 1000))
             }
@@ -100,6 +104,7 @@ struct Run: ParsableCommand {
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log)
             let outcome = try relay.run(until: stop)
             log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.tracker.confirmed)")
+            if reportLatency { log.info("latency commit→ack: \(relay.latency.summary)") }
         }
     }
 }

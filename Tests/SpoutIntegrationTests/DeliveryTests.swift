@@ -9,7 +9,7 @@ final class DeliveryTests: XCTestCase {
     func testTenThousandEventsArriveOnceInCommitOrder() throws {
         let outbox = try OutboxFixture("order")
         defer { outbox.tearDown() }
-        let spout = try SpoutProcess(["run"] + outbox.arguments)
+        let spout = try SpoutProcess(["run", "--report-latency"] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
 
         // Per writer: (rows per transaction, transactions). 4 writers × 2,500 events.
@@ -92,6 +92,7 @@ final class DeliveryTests: XCTestCase {
             XCTAssertEqual(transactionLSN[transaction], lsn)
         }
         XCTAssertEqual(lastSequence, [0: 2499, 1: 2499, 2: 2499, 3: 2499])
+        XCTAssertTrue(spout.stderr.contains("latency commit→ack: count=10000 p50="), spout.stderr)
         XCTAssertEqual(transactionLSN.count, 500 + 100 + 1 + 150 + 1 + 1000 + 50 + 1 + 500 + 2)
         // After a clean stop everything delivered is confirmed.
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), lastLSN)

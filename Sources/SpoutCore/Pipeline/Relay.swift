@@ -20,6 +20,8 @@ public final class Relay {
         /// Events waiting for their commit or for the sink beyond this many bytes go to a
         /// temporary file, so a huge transaction does not grow memory.
         public var spoolMemoryBytes = 16 << 20
+        /// Record commit → acknowledgement latency of every event (`latency`).
+        public var recordLatency = false
 
         public init() {}
     }
@@ -45,6 +47,7 @@ public final class Relay {
 
     public private(set) var tracker: AckTracker
     public private(set) var statistics = Statistics()
+    public private(set) var latency = LatencyRecorder()
 
     // The transaction being received (between Begin and Commit).
     private var transaction: PgOutputMessage.Begin?
@@ -55,6 +58,7 @@ public final class Relay {
     private var nextDispatchTicket: UInt64 = 0
     // Sizes of dispatched events by ticket (a ring as wide as the window) for the byte window.
     private var inFlightSizes: [Int]
+    private var inFlightCommitTimes: [PostgresTimestamp]
     private var inFlightBytes = 0
     private var dispatchedUnacknowledged = 0
 
@@ -74,6 +78,8 @@ public final class Relay {
         tracker = AckTracker(start: max(start, options.startLSN ?? start))
         tracker.followLimit = options.endLSN
         inFlightSizes = [Int](repeating: 0, count: max(1, options.maxInFlightEvents))
+        inFlightCommitTimes = options.recordLatency
+            ? [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: inFlightSizes.count) : []
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
         lastStatusAt = clock.now - options.statusInterval
         lastSentFlush = start
@@ -223,7 +229,9 @@ public final class Relay {
               let event = try spool.popCommitted() {
             let size = event.approximateSize
             do { try sink.send(event, ticket: nextDispatchTicket) } catch { throw .sink(error) }
-            inFlightSizes[Int(nextDispatchTicket % UInt64(inFlightSizes.count))] = size
+            let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
+            inFlightSizes[slot] = size
+            if options.recordLatency { inFlightCommitTimes[slot] = event.committedAt }
             inFlightBytes += size
             dispatchedUnacknowledged += 1
             nextDispatchTicket += 1
@@ -233,6 +241,7 @@ public final class Relay {
     private func pollSink() throws(SpoutError) -> Int {
         var completed = 0
         var failure: SinkError?
+        let now = options.recordLatency ? LatencyRecorder.nowMicros() : 0
         do {
             try sink.poll { completion in
                 switch completion {
@@ -240,7 +249,9 @@ public final class Relay {
                     guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket) else { return }
                     completed += 1
                     dispatchedUnacknowledged -= 1
-                    inFlightBytes -= inFlightSizes[Int(ticket % UInt64(inFlightSizes.count))]
+                    let slot = Int(ticket % UInt64(inFlightSizes.count))
+                    inFlightBytes -= inFlightSizes[slot]
+                    if options.recordLatency { latency.record(committedAt: inFlightCommitTimes[slot], acknowledgedAt: now) }
                     tracker.acknowledge(ticket)
                     statistics.events += 1
                 case let .failed(_, error):
