@@ -1,6 +1,6 @@
 # Spout: `make demo` shows events streaming; `make test` runs every test against real servers.
 # Both install what they need (Debian packages) and start/stop their own servers.
-.PHONY: deps build release test demo clean
+.PHONY: deps build release test demo bench clean
 
 deps:
 	@scripts/install-deps
@@ -16,6 +16,10 @@ test: deps
 
 demo: deps
 	@scripts/demo
+
+# Drain, latency and footprint against pg_recvlogical; writes bench/results.json.
+bench: deps
+	@scripts/bench.py
 
 clean:
 	@scripts/pg-stop

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Spout's benchmark (`make bench`): drain, latency and footprint, each Spout figure next to
+pg_recvlogical (the decoding limit of one slot) measured in the same run.
+
+Starts its own PostgreSQL, Redis, NATS JetStream and mock Kafka cluster on loopback, prints
+one table and writes it as JSON (bench/results.json by default).
+
+    scripts/bench.py [--events 200000] [--footprint-events 1000000] [--latency-seconds 30]
+                     [--rate 5000] [--sinks stdout,redis,nats,kafka] [--json FILE]
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, ".run")
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Servers:
+    """The servers this run started; stopped (by PID) on exit."""
+
+    def __init__(self):
+        self.processes = []
+        self.tmp = tempfile.mkdtemp(prefix="spout-bench-")
+        self.pg_started = False
+
+    def postgres(self):
+        subprocess.run([os.path.join(ROOT, "scripts/pg-start"), "bench"], check=True)
+        self.pg_started = True
+        env = dict(line.strip().split("=", 1) for line in open(os.path.join(RUN, "bench.env")) if "=" in line)
+        return env["SPOUT_TEST_DATABASE_URL"], env["SPOUT_PG_BIN"]
+
+    def spawn(self, args, port, **kwargs):
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        self.processes.append(process)
+        wait_port(port)
+        return process
+
+    def redis(self):
+        port = free_port()
+        self.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", self.tmp], port)
+        return f"redis://127.0.0.1:{port}"
+
+    def nats(self):
+        port = free_port()
+        store = os.path.join(self.tmp, "nats")
+        self.spawn(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "--store_dir", store], port)
+        return f"nats://127.0.0.1:{port}"
+
+    def kafka(self, binary):
+        process = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.processes.append(process)
+        line = process.stdout.readline().strip()
+        match = re.search(r"(\d+\.\d+\.\d+\.\d+:\d+)", line)
+        if not match:
+            raise RuntimeError(f"spout-kafka-mock printed {line!r}")
+        return f"kafka://{match.group(1)}"
+
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        if self.pg_started:
+            subprocess.run([os.path.join(ROOT, "scripts/pg-stop"), "bench"])
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Database:
+    def __init__(self, url):
+        self.url = url
+
+    def sql(self, statement):
+        result = subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", self.url, "-c", statement],
+                                check=True, capture_output=True, text=True)
+        return result.stdout.strip()
+
+    def wal_insert_lsn(self):
+        return self.sql("SELECT pg_current_wal_insert_lsn()")
+
+    def wait_flushed(self, lsn):
+        # synchronous_commit is off on the bench server: wait until the WAL is on disk, where
+        # the walsender can read it.
+        while self.sql(f"SELECT pg_current_wal_flush_lsn() >= '{lsn}'::pg_lsn") != "t":
+            time.sleep(0.05)
+
+    def reset(self):
+        self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
+        self.sql("DROP TABLE IF EXISTS public.outbox CASCADE")
+        self.sql("DROP PUBLICATION IF EXISTS spout")
+        subprocess.run(["psql", "-qX", "-v", "ON_ERROR_STOP=1", self.url, "-f", os.path.join(ROOT, "sql/outbox.sql")],
+                       check=True, capture_output=True)
+        self.sql("CREATE PUBLICATION spout FOR TABLE public.outbox WITH (publish = 'insert')")
+        self.sql("CHECKPOINT")
+
+    def create_slot(self, name):
+        self.sql(f"SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')")
+
+    PAYLOAD = """jsonb_build_object('order_id', i, 'amount', 1999, 'currency', 'EUR', 'customer', 'c-' || (i % 1000))"""
+
+    def backlog_single_row_transactions(self, count):
+        # One transaction per row: a procedure-style DO block may COMMIT in its loop.
+        self.sql(f"""DO $$ BEGIN FOR i IN 1..{count} LOOP
+            INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+                 VALUES ('order', (i % 100)::text, 'OrderPlaced', {self.PAYLOAD});
+            COMMIT; END LOOP; END $$""")
+
+    def backlog_one_transaction(self, count):
+        self.sql(f"""INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+                     SELECT 'order', (i % 100)::text, 'OrderPlaced', {self.PAYLOAD} FROM generate_series(1, {count}) i""")
+
+
+def timed(args, stdout=subprocess.DEVNULL, env=None):
+    """Runs a command to completion: wall seconds, peak RSS (KiB), CPU seconds, stderr."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(args, stdout=stdout, stderr=errors, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.monotonic() - started
+        errors.seek(0)
+        text = errors.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} … exited {code}: {text.strip()[-500:]}")
+    return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--footprint-events", type=int, default=1_000_000)
+    parser.add_argument("--latency-seconds", type=int, default=30)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--sinks", default="stdout,redis,nats,kafka")
+    parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
+    options = parser.parse_args()
+    sinks = [s for s in options.sinks.split(",") if s]
+    skip = set(options.skip.split(","))
+
+    subprocess.run(["make", "-s", "-C", ROOT, "deps"], check=True)
+    log("building spout (release)")
+    subprocess.run(["swift", "build", "-c", "release", "--product", "spout"], cwd=ROOT, check=True, stdout=sys.stderr)
+    bin_path = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    spout = os.path.join(bin_path, "spout")
+    kafka_mock = None
+    if "kafka" in sinks:
+        subprocess.run(["swift", "build", "-c", "release", "--product", "spout-kafka-mock"], cwd=ROOT, check=True, stdout=sys.stderr)
+        kafka_mock = os.path.join(bin_path, "spout-kafka-mock")
+
+    servers = Servers()
+    results = {"machine": machine(), "events": options.events, "drain": [], "latency": [], "footprint": []}
+    try:
+        url, pg_bin = servers.postgres()
+        db = Database(url)
+        targets = {"stdout": "stdout://"}
+        if "redis" in sinks:
+            targets["redis"] = servers.redis()
+        if "nats" in sinks:
+            targets["nats"] = servers.nats()
+        if "kafka" in sinks:
+            targets["kafka"] = servers.kafka(kafka_mock)
+        targets = {name: targets[name] for name in sinks if name in targets}
+        extra = {"nats": ["--nats-create-stream", "OUTBOX"], "kafka": ["--kafka-property", "linger.ms=1"]}
+
+        if "drain" not in skip:
+            for backlog, make in [("200k single-row transactions", db.backlog_single_row_transactions),
+                                  ("one 200k-row transaction", db.backlog_one_transaction)]:
+                backlog = backlog.replace("200k", f"{options.events // 1000}k")
+                db.reset()
+                db.create_slot("recvlogical")
+                for name in targets:
+                    db.create_slot(f"spout_{name}")
+                log(f"drain: writing {backlog}")
+                make(options.events)
+                end = db.wal_insert_lsn()
+                db.wait_flushed(end)
+                elapsed, _, _, _ = timed([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "recvlogical", "--start",
+                                          "-o", "proto_version=1", "-o", "publication_names=spout", "-E", end, "-f", "/dev/null"])
+                reference = options.events / elapsed
+                results["drain"].append({"backlog": backlog, "runner": "pg_recvlogical", "seconds": elapsed,
+                                         "events_per_s": reference, "ratio": 1.0})
+                log(f"drain {backlog}: pg_recvlogical {reference:,.0f} ev/s")
+                for name, target in targets.items():
+                    elapsed, rss, cpu, _ = timed([spout, "run", "--database-url", url, "--slot", f"spout_{name}", "--no-create",
+                                                  "--sink", target, "--end-lsn", end, "--log-level", "warning"] + extra.get(name, []))
+                    rate = options.events / elapsed
+                    results["drain"].append({"backlog": backlog, "runner": f"spout → {name}", "seconds": elapsed,
+                                             "events_per_s": rate, "ratio": rate / reference, "peak_rss_kib": rss, "cpu_s": cpu})
+                    log(f"drain {backlog}: spout → {name} {rate:,.0f} ev/s ({rate / reference:.2f}×)")
+
+        if "latency" not in skip:
+            results["latency"] = latency(db, url, pg_bin, spout, targets, extra, options)
+
+        if "footprint" not in skip:
+            for backlog, make in [(f"{options.footprint_events // 1000}k single-row transactions", db.backlog_single_row_transactions),
+                                  (f"one {options.footprint_events // 1000}k-row transaction", db.backlog_one_transaction)]:
+                db.reset()
+                db.create_slot("recvlogical")
+                db.create_slot("spout_stdout")
+                log(f"footprint: writing {backlog}")
+                make(options.footprint_events)
+                end = db.wal_insert_lsn()
+                db.wait_flushed(end)
+                ref_elapsed, ref_rss, ref_cpu, _ = timed([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "recvlogical",
+                                                          "--start", "-o", "proto_version=1", "-o", "publication_names=spout",
+                                                          "-E", end, "-f", "/dev/null"])
+                elapsed, rss, cpu, _ = timed([spout, "run", "--database-url", url, "--slot", "spout_stdout", "--no-create",
+                                              "--end-lsn", end, "--log-level", "warning"])
+                per = options.footprint_events / 100_000
+                results["footprint"].append({"backlog": backlog, "peak_rss_mib": rss / 1024, "cpu_s_per_100k": cpu / per,
+                                             "seconds": elapsed, "pg_recvlogical_peak_rss_mib": ref_rss / 1024,
+                                             "pg_recvlogical_cpu_s_per_100k": ref_cpu / per,
+                                             "ratio_to_pg_recvlogical": (options.footprint_events / elapsed) / (options.footprint_events / ref_elapsed)})
+                log(f"footprint {backlog}: {rss / 1024:.1f} MiB peak, {cpu / per:.3f} CPU s per 100k")
+    finally:
+        servers.stop()
+
+    os.makedirs(os.path.dirname(options.json), exist_ok=True)
+    with open(options.json, "w") as out:
+        json.dump(results, out, indent=2)
+    print_table(results)
+    log(f"wrote {options.json}")
+
+
+def latency(db, url, pg_bin, spout, targets, extra, options):
+    """A steady rate from several connections (pgbench --rate); Spout records commit → ack."""
+    rows = []
+    script = os.path.join(tempfile.mkdtemp(prefix="spout-bench-"), "insert.sql")
+    with open(script, "w") as out:
+        out.write("\\set id random(1, 1000)\n"
+                  "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) "
+                  "VALUES ('order', :id, 'OrderPlaced', jsonb_build_object('id', :id));\n")
+    for name, target in targets.items():
+        db.reset()
+        spout_process = subprocess.Popen([spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
+                                          "--report-latency", "--log-level", "info"] + extra.get(name, []),
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name}' AND active") != "1":
+            if time.time() > deadline:
+                raise RuntimeError(f"spout → {name} did not start")
+            time.sleep(0.1)
+        log(f"latency: {options.rate} events/s for {options.latency_seconds} s → {name}")
+        bench = subprocess.run([os.path.join(pg_bin, "pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(options.rate),
+                                "-T", str(options.latency_seconds), "-f", script, url], capture_output=True, text=True)
+        time.sleep(2)
+        spout_process.send_signal(signal.SIGTERM)
+        _, errors = spout_process.communicate(timeout=60)
+        match = re.search(r"count=(\d+) p50=(\d+)us p99=(\d+)us p99\.9=(\d+)us max=(\d+)us", errors)
+        tps = re.search(r"tps = ([\d.]+)", bench.stdout)
+        if not match:
+            raise RuntimeError(f"no latency report from spout → {name}: {errors[-500:]}")
+        count, p50, p99, p999, worst = (int(v) for v in match.groups())
+        rows.append({"sink": name, "events": count, "rate": float(tps.group(1)) if tps else None,
+                     "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "p99_9_ms": p999 / 1000, "max_ms": worst / 1000})
+        db.sql(f"SELECT pg_drop_replication_slot('lat_{name}')")
+    return rows
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1), "os": platform.platform(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def print_table(results):
+    m = results["machine"]
+    print(f"\nSpout benchmark — {m['date']}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB")
+    if results["drain"]:
+        print("\nDrain (backlog in the WAL before start; until the last event is acknowledged and confirmed)")
+        print(f"{'backlog':34} {'runner':22} {'events/s':>12} {'× pg_recvlogical':>17}")
+        for row in results["drain"]:
+            print(f"{row['backlog']:34} {row['runner']:22} {row['events_per_s']:>12,.0f} {row['ratio']:>17.2f}")
+    if results["latency"]:
+        print("\nLatency, commit → broker acknowledgement (Spout's HDR histogram)")
+        print(f"{'sink':10} {'events':>8} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
+        for row in results["latency"]:
+            rate = f"{row['rate']:.0f}" if row["rate"] else "-"
+            print(f"{row['sink']:10} {row['events']:>8} {rate:>8} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+                  f"{row['p99_9_ms']:>9.2f} {row['max_ms']:>8.2f}")
+    if results["footprint"]:
+        print("\nFootprint, stdout sink (pg_recvlogical alongside)")
+        print(f"{'backlog':34} {'peak RSS MiB':>13} {'CPU s/100k':>11} {'× pg_recvlogical speed':>23} {'recvlogical RSS':>16}")
+        for row in results["footprint"]:
+            print(f"{row['backlog']:34} {row['peak_rss_mib']:>13.1f} {row['cpu_s_per_100k']:>11.3f} "
+                  f"{row['ratio_to_pg_recvlogical']:>23.2f} {row['pg_recvlogical_peak_rss_mib']:>16.1f}")
+
+
+if __name__ == "__main__":
+    main()
