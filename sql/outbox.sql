@@ -15,7 +15,8 @@
 --   * Or keep rows for auditing/backfill and drop old ones in batches, e.g. a daily
 --     DELETE FROM outbox WHERE created_at < now() - interval '7 days';
 --   * For high volume, partition by created_at (PARTITION BY RANGE) and drop whole old
---     partitions; create the publication WITH (publish_via_partition_root = true) then.
+--     partitions (the publication Spout creates has publish_via_partition_root = true,
+--     so the partitions' rows arrive as the outbox's).
 
 CREATE TABLE IF NOT EXISTS public.outbox (
     id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(), -- event id: dedup key for consumers

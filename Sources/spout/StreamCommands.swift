@@ -4,12 +4,19 @@ import Foundation
 import SpoutCore
 
 /// Installs SIGINT/SIGTERM handlers that ask the relay to stop (it then drains and confirms).
+/// A second signal exits at once: nothing more is confirmed, so nothing is lost either.
 func installStopHandlers(_ stop: StopSignal) -> [DispatchSourceSignal] {
     signal(SIGPIPE, SIG_IGN)
     return [SIGINT, SIGTERM].map { number in
         signal(number, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler { stop.request() }
+        source.setEventHandler {
+            if stop.isRequested {
+                Log().warning("second signal: exiting without waiting for acknowledgements")
+                _exit(130)
+            }
+            stop.request()
+        }
         source.resume()
         return source
     }
@@ -74,7 +81,13 @@ struct Run: ParsableCommand {
             options.spoolMemoryBytes = try positive(spoolMemoryBytesFlag, "spool-memory-bytes") ?? options.spoolMemoryBytes
             options.recordLatency = reportLatency
             if let seconds = try shutdownTimeoutFlag ?? Environment.value("shutdown-timeout").map(parseSeconds) {
+                guard seconds.isFinite, seconds >= 0, seconds <= 86_400 else {
+                    throw SpoutError.invalidOption("--shutdown-timeout \(seconds) must be between 0 and 86400 seconds")
+                }
                 options.shutdownTimeout = .milliseconds(Int(seconds * 1000))
+            }
+            guard options.maxInFlightEvents <= 10_000_000 else {
+                throw SpoutError.invalidOption("--max-in-flight \(options.maxInFlightEvents) is too large: at most 10000000")
             }
             let create = try !(noCreateFlag || Environment.flag("no-create"))
             let setup = try database.setup()
@@ -93,6 +106,11 @@ struct Run: ParsableCommand {
             let confirmed = slot.confirmedFlush ?? .zero
             if let start = options.startLSN, start < confirmed {
                 throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)
+            }
+            let rows = try connection.query("SELECT pg_current_wal_insert_lsn()", context: "cannot read the WAL position")
+            if let start = options.startLSN, let text = rows.first?.first ?? nil, let current = LSN(text), start > current {
+                // Confirming a position beyond the WAL would skip whatever is written up to it.
+                throw SpoutError.invalidOption("--start-lsn \(start) is beyond the end of the WAL (\(current)): check the value")
             }
             let start = max(options.startLSN ?? confirmed, confirmed)
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)

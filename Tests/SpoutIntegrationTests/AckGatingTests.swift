@@ -85,6 +85,7 @@ final class AckGatingTests: XCTestCase {
         defer { outbox.tearDown() }
         let sink = HoldingSink()
         let runner = try RelayRunner(outbox: outbox, sink: sink)
+        defer { _ = runner.finish() }
         try eventually("slot active") { try outbox.slotIsActive }
         let startedAt = try XCTUnwrap(try outbox.confirmedFlush)
 
@@ -125,6 +126,7 @@ final class AckGatingTests: XCTestCase {
         defer { outbox.tearDown() }
         let sink = HoldingSink()
         let runner = try RelayRunner(outbox: outbox, sink: sink)
+        defer { _ = runner.finish() }
         try eventually("slot active") { try outbox.slotIsActive }
         try outbox.insert(outbox.admin, rows: 1)
         try outbox.insert(outbox.admin, rows: 1)

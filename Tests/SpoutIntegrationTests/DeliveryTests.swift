@@ -127,6 +127,7 @@ final class DeliveryTests: XCTestCase {
         expected.formUnion(try outbox.insert(writer, rows: 100, key: { "after\($0)" }))
         XCTAssertEqual(expected.count, 4_100)
 
+        try eventually("the killed run's walsender released the slot") { try !outbox.slotIsActive }
         let second = try SpoutProcess(["run"] + outbox.arguments)
         let firstEvents = first.events
         try eventually(timeout: 120, "second run catches up") {
@@ -174,6 +175,38 @@ final class DeliveryTests: XCTestCase {
         XCTAssertEqual(events.last?["topic"] as? String, "outbox.event.after")
     }
 
+    /// A reader that stops reading (a full stdout pipe, like a stalled broker): spout keeps
+    /// sending status updates, so the walsender (wal_sender_timeout = 10 s in the test server)
+    /// does not drop it; nothing is confirmed that was not written; then everything arrives.
+    func testStalledReaderKeepsTheConnectionAlive() throws {
+        let outbox = try OutboxFixture("stalled")
+        defer { outbox.tearDown() }
+        XCTAssertEqual(try outbox.admin.value("SHOW wal_sender_timeout"), "10s")
+        let spout = try SpoutProcess(["run"] + outbox.arguments, stdoutPipe: true)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let pid = try outbox.admin.value("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")
+        // About 3 MB of lines: far more than a pipe holds.
+        for batch in 0..<10 {
+            try outbox.insert(outbox.admin, rows: 1000, key: { "b\(batch)-\($0)" }, payload: { "{\"pad\": \"\(String(repeating: "x", count: 200))\", \"n\": \($0)}" })
+        }
+        let lastCommit = try outbox.currentLSN()
+        sleep(15)
+        XCTAssertTrue(spout.process.isRunning, spout.stderr)
+        XCTAssertEqual(try outbox.admin.value("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'"), pid,
+                       "the walsender kept the same connection")
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), lastCommit, "confirmed events still stuck in the pipe")
+        let reader = try XCTUnwrap(spout.pipe).fileHandleForReading
+        var received = Data()
+        let deadline = Date().addingTimeInterval(60)
+        while received.split(separator: UInt8(ascii: "\n")).count < 10_000, Date() < deadline {
+            received.append(reader.availableData)
+        }
+        XCTAssertEqual(received.split(separator: UInt8(ascii: "\n")).count, 10_000)
+        try eventually(timeout: 20, "confirmed reaches the last commit") { try XCTUnwrap(try outbox.confirmedFlush) >= lastCommit }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+    }
+
     /// Heavy writes to another table while the outbox is idle: the slot keeps confirming, so
     /// it does not hold WAL.
     func testIdleSlotDoesNotHoldWAL() throws {
@@ -212,6 +245,7 @@ final class DeliveryTests: XCTestCase {
         try outbox.admin.sql("INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload, tenant_id) VALUES ('a', '1', 'Good', '{}', 'acme')")
         try eventually("first event") { spout.lines.count == 1 }
         let good = try XCTUnwrap(LSN(try XCTUnwrap(spout.events.first?["lsn"] as? String)))
+        let beforeBad = try outbox.currentLSN()
         let badID = try XCTUnwrap(try outbox.admin.value(
             "INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload) VALUES ('a', '2', 'Bad', '{}') RETURNING id"))
         let status = spout.waitForExit(timeout: 30)
@@ -222,7 +256,10 @@ final class DeliveryTests: XCTestCase {
         XCTAssertTrue(spout.stderr.contains(badID), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("{tenant_id}"), spout.stderr)
         XCTAssertEqual(spout.lines.count, 1)
-        XCTAssertEqual(try outbox.confirmedFlush, good, "confirmed exactly up to the good transaction")
+        // Up to the good transaction (or idle WAL after it), never the bad one.
+        let confirmed = try XCTUnwrap(try outbox.confirmedFlush)
+        XCTAssertGreaterThanOrEqual(confirmed, good)
+        XCTAssertLessThanOrEqual(confirmed, beforeBad, "confirmed past the unmappable transaction")
     }
 }
 

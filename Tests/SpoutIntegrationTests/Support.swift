@@ -126,7 +126,10 @@ final class SpoutProcess {
         return Bundle.main.bundleURL.appendingPathComponent("spout")
     }
 
-    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// With `stdoutPipe`, stdout is a pipe that nobody reads until `readPipe()`.
+    private(set) var pipe: Pipe?
+
+    init(_ arguments: [String], environment: [String: String] = [:], stdoutPipe: Bool = false) throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("spout-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         stdoutURL = directory.appendingPathComponent("stdout")
@@ -138,7 +141,13 @@ final class SpoutProcess {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SPOUT_") }
         env.merge(environment) { $1 }
         process.environment = env
-        process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
+        if stdoutPipe {
+            let pipe = Pipe()
+            self.pipe = pipe
+            process.standardOutput = pipe
+        } else {
+            process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
+        }
         process.standardError = try FileHandle(forWritingTo: stderrURL)
         process.standardInput = FileHandle.nullDevice
         try process.run()

@@ -36,10 +36,15 @@ public struct PostgresTimestamp: RawRepresentable, Hashable, Comparable, Sendabl
     static let unixEpochOffset: Int64 = 946_684_800
 
     public init(unixMicroseconds: Int64) {
-        rawValue = unixMicroseconds - Self.unixEpochOffset * 1_000_000
+        let (difference, overflow) = unixMicroseconds.subtractingReportingOverflow(Self.unixEpochOffset * 1_000_000)
+        rawValue = overflow ? Int64.min : difference
     }
 
-    public var unixMicroseconds: Int64 { rawValue + Self.unixEpochOffset * 1_000_000 }
+    /// Saturates instead of trapping on a nonsense value from the wire.
+    public var unixMicroseconds: Int64 {
+        let (sum, overflow) = rawValue.addingReportingOverflow(Self.unixEpochOffset * 1_000_000)
+        return overflow ? Int64.max : sum
+    }
 
     public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
 

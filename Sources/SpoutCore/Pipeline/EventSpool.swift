@@ -75,6 +75,10 @@ final class EventSpool {
         if frontHead == front.count {
             front.removeAll(keepingCapacity: front.capacity <= 65_536)
             frontHead = 0
+        } else if frontHead >= 4096, frontHead * 2 > front.count {
+            // The open transaction keeps `front` from emptying: drop the popped slots.
+            front.removeFirst(frontHead)
+            frontHead = 0
         }
         event.lsn = commits[commitsHead].endLSN
         commits[commitsHead].remaining -= 1
@@ -82,6 +86,9 @@ final class EventSpool {
             commitsHead += 1
             if commitsHead == commits.count {
                 commits.removeAll(keepingCapacity: true)
+                commitsHead = 0
+            } else if commitsHead >= 4096, commitsHead * 2 > commits.count {
+                commits.removeFirst(commitsHead)
                 commitsHead = 0
             }
         }

@@ -61,6 +61,8 @@ public final class Relay {
     private var inFlightCommitTimes: [PostgresTimestamp]
     private var inFlightBytes = 0
     private var dispatchedUnacknowledged = 0
+    /// Tickets the sink reported as failed: out of flight, never acknowledged.
+    private var failedTickets: Set<UInt64> = []
 
     private var reachedEnd = false
     private var replyRequested = false
@@ -164,7 +166,8 @@ public final class Relay {
     private func handle(_ message: PgOutputMessage) throws(SpoutError) {
         switch message {
         case let .begin(begin):
-            if let end = options.endLSN, begin.finalLSN > end {
+            // Replay ends before the first transaction whose commit record starts at or after the end.
+            if let end = options.endLSN, begin.finalLSN >= end {
                 reachedEnd = true
                 return
             }
@@ -210,6 +213,8 @@ public final class Relay {
             spool.commit(endLSN: commit.endLSN)
             _ = tracker.transactionCommitted(endLSN: commit.endLSN, eventCount: count)
             statistics.transactions += 1
+            // Every later transaction commits after this one: nothing more can be inside the end.
+            if let end = options.endLSN, commit.endLSN >= end { reachedEnd = true }
         case .origin, .type, .update, .delete, .truncate:
             // Updates, deletes and truncates of the outbox (cleanup) are not events.
             break
@@ -254,7 +259,12 @@ public final class Relay {
                     if options.recordLatency { latency.record(committedAt: inFlightCommitTimes[slot], acknowledgedAt: now) }
                     tracker.acknowledge(ticket)
                     statistics.events += 1
-                case let .failed(_, error):
+                case let .failed(ticket, error):
+                    // Out of flight but never acknowledged: the LSN stays before this event.
+                    guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket),
+                          failedTickets.insert(ticket).inserted else { return }
+                    dispatchedUnacknowledged -= 1
+                    inFlightBytes -= inFlightSizes[Int(ticket % UInt64(inFlightSizes.count))]
                     if failure == nil { failure = error }
                 }
             }
@@ -299,20 +309,28 @@ public final class Relay {
     }
 
     /// Stops reading, lets the sink acknowledge what it holds (until `deadline`), sends a
-    /// final status update with what is confirmed, and ends the stream.
+    /// final status update with what is confirmed, and ends the stream. The final status goes
+    /// out even when the sink fails meanwhile; the first failure is rethrown after it.
     private func drain(deadline: ContinuousClock.Instant) throws(SpoutError) {
+        var failure: SpoutError?
         while dispatchedUnacknowledged > 0, clock.now < deadline {
-            if try pollSink() == 0 {
-                try sendStatusIfDue()
-                var others: [Int32] = []
-                if let wakeup = sink.wakeupDescriptor { others.append(wakeup) }
-                try stream.wait(readingSocket: false, others: others, timeout: .milliseconds(others.isEmpty ? 1 : 100))
+            do {
+                if try pollSink() == 0 {
+                    try sendStatusIfDue()
+                    var others: [Int32] = []
+                    if let wakeup = sink.wakeupDescriptor { others.append(wakeup) }
+                    try stream.wait(readingSocket: false, others: others, timeout: .milliseconds(others.isEmpty ? 1 : 100))
+                }
+            } catch {
+                failure = error
+                break
             }
         }
-        if dispatchedUnacknowledged > 0 {
+        if dispatchedUnacknowledged > 0, failure == nil {
             log.warning("\(dispatchedUnacknowledged) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
         }
-        try sendStatus()
+        do { try sendStatus() } catch { failure = failure ?? error }
         stream.finish()
+        if let failure { throw failure }
     }
 }

@@ -21,7 +21,8 @@ public final class StopSignal: Sendable {
 }
 
 /// A wakeup for sinks whose deliveries complete on other threads: `signal()` makes
-/// `descriptor` readable; the relay calls `drain()` before it polls the sink.
+/// `descriptor` readable. The sink owns it: its `poll` calls `drain()` before it reports,
+/// or the relay's wait would return at once forever.
 public final class Wakeup: Sendable {
     private let pipe: (read: Int32, write: Int32)
 

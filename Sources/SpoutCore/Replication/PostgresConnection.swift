@@ -11,8 +11,11 @@ public final class PostgresConnection {
     /// `replication=database` (a walsender that also accepts plain SQL).
     public init(_ conninfo: String, replication: Bool = false, applicationName: String = "spout") throws(SpoutError) {
         target = Self.describe(conninfo)
-        var keywords = ["dbname", "client_encoding", "fallback_application_name"]
-        var values = [conninfo, "UTF8", applicationName]
+        // Defaults first: the user's URL/DSN (expanded from dbname) overrides them. TCP
+        // keepalives find a silently dead peer in about a minute instead of hours.
+        var keywords = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                        "dbname", "client_encoding", "fallback_application_name"]
+        var values = ["1", "30", "10", "3", conninfo, "UTF8", applicationName]
         if replication {
             keywords.append("replication")
             values.append("database")

@@ -12,12 +12,13 @@ public struct ReplicationSetup: Sendable {
     }
 
     /// Idempotent: creates the publication only when no publication of that name exists.
-    /// Inserts only: updates and deletes of outbox rows (cleanup) are not events.
+    /// Inserts only: updates and deletes of outbox rows (cleanup) are not events. Changes of a
+    /// partitioned outbox are published as the root table's, so one Relation maps them all.
     public var publicationSQL: String {
         """
         DO $spout$ BEGIN
           IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = \(SQL.literal(publication))) THEN
-            CREATE PUBLICATION \(SQL.identifier(publication)) FOR TABLE \(table.sql) WITH (publish = 'insert');
+            CREATE PUBLICATION \(SQL.identifier(publication)) FOR TABLE \(table.sql) WITH (publish = 'insert', publish_via_partition_root = true);
           END IF;
         END $spout$;
         """
@@ -111,7 +112,7 @@ public struct ReplicationSetup: Sendable {
     public func createTemporarySlot(_ connection: PostgresConnection) throws(SpoutError) -> LSN {
         let rows = try connection.query("CREATE_REPLICATION_SLOT \(SQL.identifier(slot)) TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
                                         context: "cannot create temporary replication slot \"\(slot)\"")
-        guard let text = rows.first?[1] ?? nil, let lsn = LSN(text) else {
+        guard let row = rows.first, row.count > 1, let text = row[1], let lsn = LSN(text) else {
             throw .protocolViolation(.invalidValue(message: "CREATE_REPLICATION_SLOT", field: "consistent_point", value: 0),
                             context: "creating a temporary slot")
         }

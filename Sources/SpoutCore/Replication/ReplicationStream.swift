@@ -82,14 +82,31 @@ public final class ReplicationStream {
     /// After the copy ends, the command's result says why (an ERROR, or a clean end).
     private func finishCopyResult() throws(SpoutError) {
         var failure: SpoutError?
-        while let result = PQgetResult(connection.handle) {
+        collectResults(until: ContinuousClock.now + .seconds(5)) { result in
             let status = PQresultStatus(result)
-            if status != PGRES_COMMAND_OK, status != PGRES_COPY_OUT, failure == nil {
+            if status != PGRES_COMMAND_OK, status != PGRES_TUPLES_OK, failure == nil {
                 failure = connection.error(from: result, context: "streaming stopped")
             }
-            PQclear(result)
         }
         if let failure { throw failure }
+    }
+
+    /// Reads the remaining results without blocking past `deadline`. A result still in a
+    /// COPY state would be handed out again on every call (libpq), so it ends the loop.
+    private func collectResults(until deadline: ContinuousClock.Instant, _ inspect: (OpaquePointer) -> Void) {
+        while ContinuousClock.now < deadline {
+            if PQisBusy(connection.handle) == 1 {
+                var descriptor = pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)
+                _ = poll(&descriptor, 1, 100)
+                guard PQconsumeInput(connection.handle) == 1 else { return }
+                continue
+            }
+            guard let result = PQgetResult(connection.handle) else { return }
+            let status = PQresultStatus(result)
+            inspect(result)
+            PQclear(result)
+            if status == PGRES_COPY_OUT || status == PGRES_COPY_IN || status == PGRES_COPY_BOTH { return }
+        }
     }
 
     /// Waits until the socket is readable, one of `others` is readable, or `timeout` passes;
@@ -122,7 +139,8 @@ public final class ReplicationStream {
     }
 
     /// Ends the copy cleanly (as pg_recvlogical does): CopyDone, then drain until the
-    /// server's CommandComplete.
+    /// server's CommandComplete, for at most a few seconds (a walsender busy replaying a large
+    /// transaction may not answer soon; closing the connection is then just as safe).
     public func finish() {
         guard !ended else { return }
         ended = true
@@ -136,11 +154,11 @@ public final class ReplicationStream {
             if length == 0 {
                 var descriptor = pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)
                 _ = poll(&descriptor, 1, 100)
-                if PQconsumeInput(connection.handle) != 1 { return }
+                guard PQconsumeInput(connection.handle) == 1 else { return }
                 continue
             }
             break
         }
-        while let result = PQgetResult(connection.handle) { PQclear(result) }
+        collectResults(until: deadline) { _ in }
     }
 }

@@ -15,13 +15,27 @@ public final class StdoutSink: Sink {
     private let format: Format
     private let color: Bool
     private var buffer: [UInt8] = []
-    private var pendingTickets: [UInt64] = []
+    /// Bytes of `buffer` already written.
+    private var written = 0
+    /// Each ticket with the buffer offset its line ends at; acknowledged once written past it.
+    private var pending: [(ticket: UInt64, end: Int)] = []
+    private var pendingHead = 0
 
     public init(descriptor: Int32 = STDOUT_FILENO, format: Format = .json, color: Bool = false) {
         self.descriptor = descriptor
         self.format = format
         self.color = color
         buffer.reserveCapacity(1 << 16)
+        // A pipe or socket whose reader stalls must not block the relay (status updates keep
+        // the walsender from timing out): write what fits, keep the rest. Terminals and files
+        // keep blocking writes.
+        var status = stat()
+        if fstat(descriptor, &status) == 0 {
+            let type = status.st_mode & S_IFMT
+            if type == S_IFIFO || type == S_IFSOCK {
+                _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+            }
+        }
     }
 
     public var wakeupDescriptor: Int32? { nil }
@@ -31,38 +45,47 @@ public final class StdoutSink: Sink {
         case .json: Self.appendJSONLine(event, to: &buffer)
         case .pretty: appendPretty(event)
         }
-        pendingTickets.append(ticket)
-        if buffer.count >= 1 << 16 { try flush() }
+        pending.append((ticket, buffer.count))
+        if buffer.count - written >= 1 << 16 { try flush() }
     }
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
         try flush()
-        for ticket in pendingTickets { report(.delivered(ticket: ticket)) }
-        pendingTickets.removeAll(keepingCapacity: true)
+        while pendingHead < pending.count, pending[pendingHead].end <= written {
+            report(.delivered(ticket: pending[pendingHead].ticket))
+            pendingHead += 1
+        }
+        if written == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 22)
+            written = 0
+            pending.removeAll(keepingCapacity: true)
+            pendingHead = 0
+        }
     }
 
     public func close() {
-        try? flush()
+        // Bounded: a reader that never reads again does not keep spout from exiting.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while written < buffer.count, ContinuousClock.now < deadline {
+            guard (try? flush()) != nil else { return }
+            if written < buffer.count {
+                var descriptor = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+                _ = Glibc.poll(&descriptor, 1, 100)
+            }
+        }
     }
 
+    /// Writes as much of the buffer as the descriptor takes now.
     private func flush() throws(SinkError) {
-        var written = 0
         while written < buffer.count {
             let result = buffer.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, $0.count - written) }
             if result < 0 {
                 if errno == EINTR { continue }
-                if errno == EAGAIN {
-                    var pollDescriptor = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
-                    _ = Glibc.poll(&pollDescriptor, 1, 100)
-                    continue
-                }
-                let reason = String(cString: strerror(errno))
-                buffer.removeFirst(written)
-                throw SinkError(.permanent, "cannot write to stdout: \(reason)")
+                if errno == EAGAIN || errno == EWOULDBLOCK { return }
+                throw SinkError(.permanent, "cannot write to stdout: \(String(cString: strerror(errno)))")
             }
             written += result
         }
-        buffer.removeAll(keepingCapacity: true)
     }
 
     /// The JSON line of DESIGN.md §3. json/jsonb payloads are embedded as JSON (a `json`
