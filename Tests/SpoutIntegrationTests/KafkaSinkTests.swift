@@ -126,6 +126,30 @@ final class KafkaSinkTests: XCTestCase {
         XCTAssertTrue(spout.stderr.contains("acknowledge events again"), spout.stderr)
     }
 
+    /// No broker reachable when spout starts: a warning, events wait, and flow once it is up.
+    func testBrokerDownAtStartupIsWaitedFor() throws {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        try cluster.command("create-topic outbox.event.order 1 1")
+        try cluster.command("broker-down 1")
+        let outbox = try OutboxFixture("kafka_startup")
+        defer { outbox.tearDown() }
+        let spout = try startSpout(outbox, cluster, ["--kafka-property", "reconnect.backoff.max.ms=500"])
+        let writer = try TestDatabase.connect()
+        let (ids, after) = try outbox.insertReturningLSN(writer, rows: 20, key: { "k\($0 % 3)" })
+        try eventually("a warning about the brokers") { spout.stderr.contains("spout: warning: kafka") }
+        usleep(1_000_000)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), after)
+        XCTAssertTrue(spout.process.isRunning, spout.stderr)
+
+        try cluster.command("broker-up 1")
+        let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap, topics: [("outbox.event.order", 1)])
+        XCTAssertTrue(consumer.waitFor(20), "\(consumer.messages.count) of 20; \(spout.stderr)")
+        try eventually("slot confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= after }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertEqual(consumer.messages.compactMap(\.id), ids, "in order, once")
+    }
+
     /// Produce requests failing with retriable broker errors and dropped connections, and a
     /// librdkafka queue too small for the stream (QUEUE_FULL): nothing lost, no duplicates,
     /// per-key order kept.
@@ -277,15 +301,18 @@ final class KafkaSinkTests: XCTestCase {
         let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap, topics: [("outbox.event.order", 3)])
         let first = try startSpout(outbox, cluster, ["--max-in-flight", "50"])
 
-        let batches = 300
+        // The writer keeps going until after the kill, so the first run dies mid-stream.
+        let stopWriting = LockedBox(false)
         let written = LockedBox<[(ids: [String], after: LSN)]>([])
         let writing = Thread {
             guard let connection = try? TestDatabase.connect() else { return }
-            for index in 0..<batches {
+            var index = 0
+            while !stopWriting.value, index < 3_000 {
                 if let batch = try? outbox.insertReturningLSN(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" }) {
                     written.mutate { $0.append(batch) }
                 }
-                usleep(5_000)
+                index += 1
+                usleep(2_000)
             }
         }
         writing.start()
@@ -295,10 +322,12 @@ final class KafkaSinkTests: XCTestCase {
         }
         first.signal(SIGKILL)
         first.waitForExit()
-        XCTAssertFalse(writing.isFinished, "killed while events were still being written")
         let confirmedAtCrash = try XCTUnwrap(try outbox.confirmedFlush)
+        let writtenAtCrash = written.value.count
+        try eventually("more written after the kill") { written.value.count >= writtenAtCrash + 20 }
+        stopWriting.mutate { $0 = true }
         try eventually("writer finished") { writing.isFinished }
-        XCTAssertEqual(written.value.count, batches)
+        XCTAssertGreaterThan(try XCTUnwrap(written.value.last?.after), confirmedAtCrash, "events were left for the second run")
 
         let second = try startSpout(outbox, cluster)
         let all = Set(written.value.flatMap(\.ids))

@@ -32,7 +32,8 @@ public final class KafkaSink: Sink {
     private let clock = ContinuousClock()
 
     /// How long `close()` waits for librdkafka to deliver what it still holds.
-    static let closeFlushMilliseconds: Int32 = 5_000
+    /// The relay has already waited (--shutdown-timeout) for acknowledgements by then.
+    static let closeFlushMilliseconds: Int32 = 2_000
 
     public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         let brokers = try Self.bootstrapServers(url)
@@ -113,6 +114,8 @@ public final class KafkaSink: Sink {
             ("client.id", "spout"),
             ("acks", "all"),
             ("enable.idempotence", "true"),
+            // Keys map to the partitions Java clients (Kafka Streams, Connect) pick.
+            ("partitioner", "murmur2_random"),
             // No local timeout: a down broker makes events wait (the slot does not advance),
             // never fail; librdkafka keeps retrying in order.
             ("message.timeout.ms", "0"),
@@ -141,29 +144,18 @@ public final class KafkaSink: Sink {
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
         var failure: SinkError?
-        // Purged messages report back on the next serve: loop while reports keep coming.
-        var rounds = 0
-        var served = true
-        while served, rounds < 4 {
-            served = false
-            rounds += 1
-            producer.poll(deliveries: { delivery in
-                served = true
-                handle(delivery, report)
-            }, errors: { error in
-                if let problem = handle(error), failure == nil { failure = problem }
-            })
-        }
+        // Reports queued after this (purged messages among them) write to the wakeup pipe.
+        producer.poll(deliveries: { handle($0, report) }, errors: { error in
+            if let problem = handle(error), failure == nil { failure = problem }
+        })
         if let failure { throw failure }
 
         if let resume = resumeAt {
             if window.producing == 0, clock.now >= resume {
                 resumeAt = nil
-                queueFull = false
                 produceWaiting()
             }
         } else if queueFull {
-            queueFull = false
             produceWaiting()
         }
         if !rejected.isEmpty {
@@ -188,9 +180,11 @@ public final class KafkaSink: Sink {
             switch producer.produce(event, ticket: ticket) {
             case .queued:
                 window.markProducing(ticket)
+                queueFull = false
             case .rejected(RD_KAFKA_RESP_ERR__QUEUE_FULL, _):
                 // librdkafka's queue is full (queue.buffering.max.*): its delivery reports free
                 // room and wake the relay; produce again from this event then.
+                if !queueFull { log.debug("kafka: librdkafka's queue is full (queue.buffering.max.*); producing again as deliveries free room") }
                 queueFull = true
                 return
             case let .rejected(code, reason):
@@ -253,8 +247,7 @@ public final class KafkaSink: Sink {
         let delay = backoff.next()
         resumeAt = clock.now + delay
         let message = "kafka: \(reason); producing again in order after \(delay) (and after the messages in flight are answered)"
-        log.debug(message)
-        warnOnce(message)
+        if troubled { log.debug(message) } else { warnOnce(message) }
     }
 
     private func warnOnce(_ message: String) {
