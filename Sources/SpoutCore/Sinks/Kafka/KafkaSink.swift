@@ -1,11 +1,275 @@
-/// Placeholder until the kafka sink lands.
+import CRdKafka
+
+/// Publishes events to Kafka through librdkafka: topic = the event's topic, key = its key,
+/// value = the payload bytes as stored, headers = the event's headers plus `id` and `type`.
+///
+/// An event is acknowledged when its delivery report says the brokers accepted it, which with
+/// the defaults (`acks=all`, `enable.idempotence=true`) means every in-sync replica wrote it.
+/// The per-message opaque carries the ticket, so each report finds its ticket.
+///
+/// Retries: the default `message.timeout.ms=0` (no timeout) lets librdkafka's idempotent
+/// producer retry a down broker, a leader change or a timed-out request for as long as it
+/// takes, in order and without duplicates. If a retriable error still comes back (a user-set
+/// `message.timeout.ms`, an error librdkafka gives up on), the sink takes what librdkafka has
+/// not sent yet back out of its queue, waits until librdkafka holds nothing, and after an
+/// exponential backoff with jitter produces the returned events again in ticket order, so a
+/// later event of a key never overtakes an earlier one. Permanent errors (too large, not
+/// authorized, invalid topic) fail the event's ticket with its id and topic.
 public final class KafkaSink: Sink {
+    private let producer: KafkaProducerHandle
+    private let log: Log
+    private var window: KafkaDeliveryWindow
+    /// Permanent errors found when producing, reported on the next `poll`.
+    private var rejected: [(ticket: UInt64, error: SinkError)] = []
+    /// Set while events came back with retriable errors: nothing is produced until librdkafka
+    /// holds nothing and this instant has passed.
+    private var resumeAt: ContinuousClock.Instant?
+    private var backoff = Backoff()
+    /// librdkafka's queue was full: produce again on the next poll.
+    private var queueFull = false
+    /// A transient problem was logged; cleared (with a note) by the next delivery.
+    private var troubled = false
+    private let clock = ContinuousClock()
+
+    /// How long `close()` waits for librdkafka to deliver what it still holds.
+    /// The relay has already waited (--shutdown-timeout) for acknowledgements by then.
+    static let closeFlushMilliseconds: Int32 = 2_000
+
     public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
-        throw .invalidOption("the kafka sink is not available in this build yet: use stdout://")
+        let brokers = try Self.bootstrapServers(url)
+        let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties)
+        producer = try KafkaProducerHandle(properties: properties, log: log)
+        self.log = log
+        window = KafkaDeliveryWindow(capacity: min(options.maxInFlightEvents, 1 << 16))
+        rejected.reserveCapacity(4)
+        log.debug("kafka sink: bootstrap \(brokers)")
     }
 
-    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {}
-    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {}
-    public var wakeupDescriptor: Int32? { nil }
-    public func close() {}
+    // MARK: Configuration
+
+    /// `kafka://host:9092[,host:9092]` → `host:9092,host:9092`.
+    static func bootstrapServers(_ url: String) throws(SpoutError) -> String {
+        let example = "kafka://host:9092[,host2:9092]"
+        guard let schemeEnd = url.range(of: "://") else {
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a Kafka URL: use \(example)")
+        }
+        var rest = Substring(url[schemeEnd.upperBound...])
+        if rest.hasSuffix("/") { rest = rest.dropLast() }
+        if rest.contains("@") {
+            throw .invalidOption("--sink \(SinkURL.redacted(url)): put Kafka credentials in librdkafka properties, not in the URL "
+                                 + "(--kafka-property security.protocol=SASL_SSL --kafka-property sasl.mechanisms=PLAIN "
+                                 + "--kafka-property sasl.username=... --kafka-property sasl.password=...)")
+        }
+        if rest.contains("/") || rest.contains("?") || rest.contains("#") {
+            throw .invalidOption("--sink \(SinkURL.redacted(url)): a Kafka URL names brokers only (\(example)); "
+                                 + "topics come from --topic, settings from --kafka-property")
+        }
+        let servers = rest.split(separator: ",", omittingEmptySubsequences: false)
+        for server in servers {
+            guard !server.isEmpty else {
+                throw .invalidOption("--sink \(url) lists an empty broker: use \(example)")
+            }
+            // host, host:port, [v6], [v6]:port
+            let portText: Substring?
+            if server.hasPrefix("[") {
+                guard let close = server.firstIndex(of: "]") else {
+                    throw .invalidOption("--sink \(url): broker \"\(server)\" lacks the closing ] of its IPv6 address")
+                }
+                let after = server[server.index(after: close)...]
+                portText = after.isEmpty ? nil : (after.hasPrefix(":") ? after.dropFirst() : after)
+            } else if let colon = server.lastIndex(of: ":") {
+                guard server[..<colon].firstIndex(of: ":") == nil else {
+                    throw .invalidOption("--sink \(url): write IPv6 brokers in brackets, e.g. kafka://[::1]:9092")
+                }
+                guard colon != server.startIndex else {
+                    throw .invalidOption("--sink \(url): broker \"\(server)\" has no host: use \(example)")
+                }
+                portText = server[server.index(after: colon)...]
+            } else {
+                portText = nil
+            }
+            if let portText {
+                guard let port = Int(portText), (1...65535).contains(port) else {
+                    throw .invalidOption("--sink \(url): broker \"\(server)\" has no valid port (1-65535): use \(example)")
+                }
+            }
+        }
+        return servers.joined(separator: ",")
+    }
+
+    /// spout's defaults, then the user's properties verbatim (so any default can be overridden).
+    static func properties(bootstrap: String, user: [(name: String, value: String)]) throws(SpoutError) -> [(name: String, value: String)] {
+        for (name, value) in user {
+            switch name {
+            case "delivery.report.only.error" where value.lowercased() == "true":
+                throw .invalidOption("--kafka-property delivery.report.only.error=true cannot be used: spout acknowledges events on their delivery reports")
+            case "transactional.id":
+                throw .invalidOption("--kafka-property transactional.id is not supported: spout uses the idempotent producer, not transactions")
+            default:
+                break
+            }
+        }
+        var properties: [(name: String, value: String)] = [
+            ("bootstrap.servers", bootstrap),
+            ("client.id", "spout"),
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            // Keys map to the partitions Java clients (Kafka Streams, Connect) pick.
+            ("partitioner", "murmur2_random"),
+            // No local timeout: a down broker makes events wait (the slot does not advance),
+            // never fail; librdkafka keeps retrying in order.
+            ("message.timeout.ms", "0"),
+            // Idle connections closed by brokers are not trouble worth a warning.
+            ("log.connection.close", "false"),
+        ]
+        properties.append(contentsOf: user)
+        // Without idempotence, retries reorder unless one request is in flight at a time.
+        let idempotent = user.last { $0.name == "enable.idempotence" }.map { $0.value.lowercased() != "false" } ?? true
+        if !idempotent, !user.contains(where: { $0.name == "max.in.flight.requests.per.connection" || $0.name == "max.in.flight" }) {
+            properties.append(("max.in.flight.requests.per.connection", "1"))
+        }
+        return properties
+    }
+
+    // MARK: Sink
+
+    public var wakeupDescriptor: Int32? { producer.wakeupDescriptor }
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
+        guard window.append(event, ticket: ticket) else {
+            throw SinkError(.permanent, "internal error: ticket \(ticket) out of sequence", eventID: event.id, topic: event.topic)
+        }
+        if resumeAt == nil, !queueFull { produceWaiting() }
+    }
+
+    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+        var failure: SinkError?
+        // Reports queued after this (purged messages among them) write to the wakeup pipe.
+        producer.poll(deliveries: { handle($0, report) }, errors: { error in
+            if let problem = handle(error), failure == nil { failure = problem }
+        })
+        if let failure { throw failure }
+
+        if let resume = resumeAt {
+            if window.producing == 0, clock.now >= resume {
+                resumeAt = nil
+                produceWaiting()
+            }
+        } else if queueFull {
+            produceWaiting()
+        }
+        if !rejected.isEmpty {
+            for (ticket, error) in rejected { report(.failed(ticket: ticket, error)) }
+            rejected.removeAll(keepingCapacity: true)
+        }
+    }
+
+    public func close() {
+        let left = producer.close(flushTimeoutMilliseconds: Self.closeFlushMilliseconds)
+        if left > 0 {
+            log.warning("kafka: \(left) messages were not acknowledged by the brokers within \(Self.closeFlushMilliseconds / 1000) s of closing; "
+                        + "they are not confirmed and are sent again when spout restarts")
+        }
+    }
+
+    // MARK: Producing and reports
+
+    /// Hands waiting events to librdkafka in ticket order until one cannot go.
+    private func produceWaiting() {
+        while let ticket = window.nextWaiting(), let event = window.event(ticket) {
+            switch producer.produce(event, ticket: ticket) {
+            case .queued:
+                window.markProducing(ticket)
+                queueFull = false
+            case .rejected(RD_KAFKA_RESP_ERR__QUEUE_FULL, _):
+                // librdkafka's queue is full (queue.buffering.max.*): its delivery reports free
+                // room and wake the relay; produce again from this event then.
+                if !queueFull { log.debug("kafka: librdkafka's queue is full (queue.buffering.max.*); producing again as deliveries free room") }
+                queueFull = true
+                return
+            case let .rejected(code, reason):
+                if KafkaErrorClass(code) == .retriable {
+                    beginRecovery(because: "\(reason) (\(KafkaProducerHandle.name(code)))")
+                    return
+                }
+                _ = window.finish(ticket)
+                rejected.append((ticket, failure(event, code: code, reason: reason)))
+            }
+        }
+    }
+
+    private func handle(_ delivery: KafkaProducerHandle.Delivery, _ report: (SinkCompletion) -> Void) {
+        guard window.state(delivery.ticket) == .producing else { return }
+        if delivery.error == RD_KAFKA_RESP_ERR_NO_ERROR {
+            _ = window.finish(delivery.ticket)
+            report(.delivered(ticket: delivery.ticket))
+            backoff.reset()
+            if troubled {
+                troubled = false
+                log.info("kafka: the brokers acknowledge events again")
+            }
+            return
+        }
+        if KafkaErrorClass(delivery.error) == .retriable {
+            window.markWaiting(delivery.ticket)
+            beginRecovery(because: "\(KafkaProducerHandle.describe(delivery.error)) (\(KafkaProducerHandle.name(delivery.error)))")
+            return
+        }
+        var reason = KafkaProducerHandle.describe(delivery.error)
+        if delivery.error == RD_KAFKA_RESP_ERR__FATAL, let fatal = producer.fatalError { reason = fatal }
+        if let event = window.finish(delivery.ticket) {
+            report(.failed(ticket: delivery.ticket, failure(event, code: delivery.error, reason: reason)))
+        }
+    }
+
+    /// Errors librdkafka raises outside delivery reports: fatal and authentication errors end
+    /// the run; everything else is a transient condition it retries itself.
+    private func handle(_ error: KafkaProducerHandle.ClientError) -> SinkError? {
+        switch error.code {
+        case RD_KAFKA_RESP_ERR__FATAL:
+            let reason = producer.fatalError ?? error.reason
+            return SinkError(.permanent, "the Kafka producer hit a fatal error: \(reason); restart spout, it resumes from the slot")
+        case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+            return SinkError(.permanent, "Kafka authentication failed: \(error.reason); check the sasl.* and ssl.* properties")
+        default:
+            warnOnce("kafka: \(error.reason) (\(KafkaProducerHandle.name(error.code)))")
+            return nil
+        }
+    }
+
+    /// A retriable error came back: stop producing, take back what librdkafka has not sent
+    /// (it reports those as `_PURGE_QUEUE`, which lands here too), and resume after a backoff
+    /// once librdkafka holds nothing. Producing again from the oldest returned event keeps
+    /// the order.
+    private func beginRecovery(because reason: String) {
+        guard resumeAt == nil else { return }
+        producer.purgeQueued()
+        let delay = backoff.next()
+        resumeAt = clock.now + delay
+        let message = "kafka: \(reason); producing again in order after \(delay) (and after the messages in flight are answered)"
+        if troubled { log.debug(message) } else { warnOnce(message) }
+    }
+
+    private func warnOnce(_ message: String) {
+        guard !troubled else { return }
+        troubled = true
+        log.warning(message + "; nothing undelivered is confirmed to PostgreSQL meanwhile")
+    }
+
+    private func failure(_ event: OutboxEvent, code: rd_kafka_resp_err_t, reason: String) -> SinkError {
+        var message = "Kafka rejected it: \(reason) (\(KafkaProducerHandle.name(code)))"
+        if let hint = KafkaErrorClass.hint(code) { message += "; " + hint }
+        return SinkError(.permanent, message, eventID: event.id, topic: event.topic)
+    }
+
+    /// Exponential backoff with jitter: 100 ms doubling to 10 s, each delay drawn from its upper half.
+    struct Backoff {
+        private var attempt = 0
+        mutating func reset() { attempt = 0 }
+        mutating func next() -> Duration {
+            let ceiling = min(100 << min(attempt, 7), 10_000)
+            attempt += 1
+            return .milliseconds(Int.random(in: (ceiling / 2)...ceiling))
+        }
+    }
 }
