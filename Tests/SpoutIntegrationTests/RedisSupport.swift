@@ -60,6 +60,11 @@ final class RedisServer {
         throw XCTSkipFailure("redis-server on port \(port) did not come up:\n\(log.suffix(2000))")
     }
 
+    func signal(_ number: Int32) {
+        guard let process, process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, number)
+    }
+
     /// SIGKILL, as a crash: only what the AOF holds survives.
     func kill() {
         guard let process, process.isRunning else { return }
