@@ -294,6 +294,47 @@ final class RedisSinkTests: XCTestCase {
         XCTAssertEqual(try client.entries("outbox.event.order").last?.fields["id"], last)
     }
 
+    /// Redis out of memory (maxmemory reached, noeviction) refuses the batches: spout warns
+    /// once, confirms nothing of them, and delivers them, once and in order, when memory is back.
+    func testRefusedWritesAreRetriedInOrder() throws {
+        let redis = try RedisServer()
+        let client = try redis.client()
+        let outbox = try OutboxFixture("redis_oom")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        XCTAssertEqual(try client.command("CONFIG", "SET", "maxmemory", "1"), .status("OK"))
+
+        let writer = try TestDatabase.connect()
+        let witness = try CommitWitness(outbox)
+        var expected: [String] = []
+        var firstXID = ""
+        for index in 0..<5 {
+            let (ids, xid) = try CommitWitness.transaction(writer) {
+                try outbox.insert(writer, rows: 20, key: { "k\($0 % 3)" }, payload: { "{\"seq\": \(index * 20 + $0)}" })
+            }
+            if index == 0 { firstXID = xid }
+            expected += ids
+        }
+        try eventually("a warning") { spout.stderr.contains("refuses writes") }
+        usleep(500_000)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), try witness.commitLSN(xid: firstXID))
+        XCTAssertEqual(try client.command("EXISTS", "outbox.event.order"), .integer(0))
+
+        XCTAssertEqual(try client.command("CONFIG", "SET", "maxmemory", "0"), .status("OK"))
+        try eventually(timeout: 30, "all events once memory is back") { try client.entries("outbox.event.order").count >= 100 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        let entries = try client.entries("outbox.event.order")
+        XCTAssertEqual(Set(entries.compactMap { $0.fields["id"] }), Set(expected))
+        XCTAssertEqual(entries.count, 100)
+        let sequences = try entries.map { entry in
+            try XCTUnwrap((try JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any])?["seq"] as? Int)
+        }
+        XCTAssertEqual(sequences, Array(0..<100), "commit order")
+        XCTAssertEqual(spout.stderr.split(separator: "\n").filter { $0.contains("warning") }.count, 1, spout.stderr)
+    }
+
     /// A key of another type where the stream should be: spout stops with one error naming
     /// the event and the topic; the slot stays before that event.
     func testKeyOfAnotherTypeStopsSpout() throws {

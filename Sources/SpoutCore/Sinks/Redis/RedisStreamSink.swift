@@ -91,6 +91,7 @@ public final class RedisStreamSink: Sink {
         self.log = log
         phase = .disconnected(retryAt: clock.now)
         entries.reserveCapacity(min(options.maxInFlightEvents, 65_536))
+        Self.ignoreBrokenPipes()
         try connectAtStartup()
     }
 
@@ -454,7 +455,8 @@ public final class RedisStreamSink: Sink {
                 fail(entry, reason, report)
             }
         case .null:
-            batchRetryAt = clock.now
+            // An aborted transaction (nothing ran): send it again.
+            batchRetryAt = clock.now + nextBackoff()
         default:
             return "unexpected reply to EXEC"
         }
@@ -494,6 +496,14 @@ public final class RedisStreamSink: Sink {
                               eventID: entry.event.id, topic: entry.event.topic)
         failure = error
         report(.failed(ticket: entry.ticket, error))
+    }
+
+    /// hiredis 0.14 writes with write(2), which raises SIGPIPE on a connection the server
+    /// closed; the default action would end the process instead of letting the sink reconnect.
+    private static func ignoreBrokenPipes() {
+        var current = sigaction()
+        guard sigaction(SIGPIPE, nil, &current) == 0, current.__sigaction_handler.sa_handler == nil else { return }
+        signal(SIGPIPE, SIG_IGN)
     }
 
     private static func appendDecimal(_ value: UInt64, to bytes: inout [UInt8]) {
