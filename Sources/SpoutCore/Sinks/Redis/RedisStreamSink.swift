@@ -176,7 +176,7 @@ public final class RedisStreamSink: Sink {
             case let .connecting(connection, deadline):
                 do {
                     guard try connection.finishConnect() else {
-                        if clock.now >= deadline { retryConnection(after: "no answer within 5 s", connected: false) }
+                        if clock.now >= deadline { retryConnection(after: "no answer within \(Self.connectTimeout)", connected: false) }
                         return
                     }
                     try startHandshake(connection)
@@ -194,6 +194,7 @@ public final class RedisStreamSink: Sink {
                         retryConnection(after: reason, connected: true)
                         return
                     case let .permanent(message):
+                        // Closes the connection; every later poll throws the same error.
                         let error = SinkError(.permanent, message)
                         failure = error
                         phase = .disconnected(retryAt: clock.now + .seconds(3600))
@@ -240,7 +241,6 @@ public final class RedisStreamSink: Sink {
         command.add("PING")
         try connection.append(&command)
         steps.append(.ping)
-        command.reset() // the password does not stay in the buffer
         batch = nil
         batchRetryAt = nil
         phase = .handshaking(connection, awaiting: steps, deadline: clock.now + Self.connectTimeout)
@@ -347,7 +347,8 @@ public final class RedisStreamSink: Sink {
         while try !connection.write() {
             let left = deadline - clock.now
             guard left > .zero else { break }
-            _ = try connection.waitFor(Int16(POLLOUT), milliseconds: Int32(max(1, left.components.attoseconds / 1_000_000_000_000_000)))
+            let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+            _ = try connection.waitFor(Int16(POLLOUT), milliseconds: Int32(clamping: max(1, milliseconds)))
         }
         if let batch, clock.now >= batch.deadline {
             throw RedisConnection.Failure(reason: "no reply within \(Self.replyTimeout)")
