@@ -1,11 +1,554 @@
-/// Placeholder until the redis sink lands.
+import Foundation
+
+/// Publishes events to Redis Streams through hiredis: one stream per topic (the stream key is
+/// the topic), one entry per event with the fields `id`, `type`, `key`, `payload` (the bytes
+/// as stored) and `headers` (a JSON object); `type` and `key` are left out when the event has
+/// none.
+///
+/// Entries go out in `MULTI` … `EXEC` batches on one non-blocking connection, many XADDs per
+/// batch and one batch in flight. Redis discards a whole transaction when it refuses one of
+/// its commands at queue time (OOM, LOADING, BUSY, MISCONF, NOPERM…), so a batch that is
+/// retried never lands behind a later one: per-key order survives every retry, and a stream
+/// never holds an event without the events before it. That is what makes `--redis-ids lsn`
+/// exact: an entry id at or below the stream's top item is an event that is already there.
+/// The reply to EXEC (sent after the AOF is written, and fsynced with `appendfsync always`)
+/// acknowledges the batch's tickets.
+///
+/// Lost connections, refused connects and refused batches are retried with exponential
+/// backoff and jitter, resending everything unacknowledged in order; one warning per outage.
 public final class RedisStreamSink: Sink {
-    public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
-        throw .invalidOption("the redis sink is not available in this build yet: use stdout://")
+    private struct Entry {
+        var ticket: UInt64
+        var event: OutboxEvent
+        /// How many events of the same transaction this sink saw before (for `--redis-ids lsn`).
+        var position: UInt32
     }
 
-    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {}
-    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {}
-    public var wakeupDescriptor: Int32? { nil }
-    public func close() {}
+    private enum Phase {
+        /// No connection; the next attempt starts at `retryAt`.
+        case disconnected(retryAt: ContinuousClock.Instant)
+        case connecting(RedisConnection, deadline: ContinuousClock.Instant)
+        /// AUTH, SELECT and PING are out; their replies come in this order.
+        case handshaking(RedisConnection, awaiting: [HandshakeStep], deadline: ContinuousClock.Instant)
+        case ready(RedisConnection)
+    }
+
+    private enum HandshakeStep: String {
+        case auth = "AUTH", select = "SELECT", ping = "PING"
+    }
+
+    /// The MULTI … EXEC in flight: `entries[head ..< head + count]`.
+    private struct Batch {
+        var count: Int
+        /// Replies before EXEC's still to come: MULTI's, then one per XADD.
+        var queuedRepliesLeft: Int
+        /// The first XADD that Redis refused to queue, by offset in the batch.
+        var refused: (offset: Int, message: String)?
+        var deadline: ContinuousClock.Instant
+    }
+
+    static let maxBatchEvents = 1024
+    static let maxBatchBytes = 1 << 20
+    static let connectTimeout: Duration = .seconds(5)
+    static let replyTimeout: Duration = .seconds(30)
+    static let firstBackoff: Duration = .milliseconds(100)
+    static let maxBackoff: Duration = .seconds(5)
+    /// How long one `poll` may wait for the socket to take buffered commands.
+    static let writeBudget: Duration = .milliseconds(20)
+
+    private let url: RedisURL
+    private let lsnIDs: Bool
+    private let maxLength: [UInt8]?
+    private let log: Log
+    private let clock = ContinuousClock()
+
+    private var phase: Phase
+    private var batch: Batch?
+    /// A refused batch is sent again from here on.
+    private var batchRetryAt: ContinuousClock.Instant?
+    /// Unacknowledged events in ticket order: `entries[head...]`; a batch covers a prefix of them.
+    private var entries: [Entry] = []
+    private var head = 0
+    private var command = RedisCommand()
+
+    private var lastLSN = LSN.zero
+    private var nextPosition: UInt32 = 0
+
+    /// Failed attempts in a row, for the backoff.
+    private var attempts = 0
+    /// Set while Redis is unreachable or refusing writes; its warning is logged once.
+    private var outageSince: ContinuousClock.Instant?
+    /// Once set, every `poll` throws it: the relay stops.
+    private var failure: SinkError?
+
+    public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
+        self.url = try RedisURL(parsing: url)
+        if let length = options.redisMaxLength, length <= 0 {
+            throw .invalidOption("--redis-maxlen \(length) must be a positive number")
+        }
+        lsnIDs = options.redisIDs == .lsn
+        maxLength = options.redisMaxLength.map { Array(String($0).utf8) }
+        self.log = log
+        phase = .disconnected(retryAt: clock.now)
+        entries.reserveCapacity(min(options.maxInFlightEvents, 65_536))
+        Self.ignoreBrokenPipes()
+        try connectAtStartup()
+    }
+
+    deinit { close() }
+
+    public var wakeupDescriptor: Int32? {
+        switch phase {
+        case let .handshaking(connection, _, _):
+            return connection.hasUnwrittenOutput ? nil : connection.descriptor
+        case let .ready(connection):
+            // Unwritten commands and a batch waiting for its retry need polling, not replies.
+            if connection.hasUnwrittenOutput || (batch == nil && head < entries.count) { return nil }
+            return connection.descriptor
+        case .disconnected, .connecting:
+            return nil
+        }
+    }
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
+        if let failure { throw failure }
+        // Events of one transaction arrive together and share its commit LSN.
+        var position: UInt32 = 0
+        if event.lsn == lastLSN { position = nextPosition } else { lastLSN = event.lsn }
+        nextPosition = position &+ 1
+        entries.append(Entry(ticket: ticket, event: event, position: position))
+    }
+
+    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+        if let failure { throw failure }
+        try advance(report)
+    }
+
+    public func close() {
+        if case let .ready(connection) = phase, connection.hasUnwrittenOutput {
+            let deadline = clock.now + .seconds(1)
+            while clock.now < deadline, (try? connection.write()) == false {
+                _ = try? connection.waitFor(Int16(POLLOUT), milliseconds: 50)
+            }
+        }
+        phase = .disconnected(retryAt: clock.now)
+        batch = nil
+    }
+
+    // MARK: Connection
+
+    /// Waits (bounded) for the first connection so that a wrong password or database stops
+    /// spout at once; an unreachable server is only a warning, retried while running.
+    private func connectAtStartup() throws(SpoutError) {
+        let deadline = clock.now + Self.connectTimeout + .seconds(1)
+        while clock.now < deadline {
+            do { try advance { _ in } } catch { throw .sink(error) }
+            if case .ready = phase {
+                log.debug("connected to Redis at \(url.address)")
+                return
+            }
+            if outageSince != nil { return }
+            switch phase {
+            case let .connecting(connection, _):
+                _ = try? connection.waitFor(Int16(POLLOUT), milliseconds: 10)
+            case let .handshaking(connection, _, _):
+                _ = try? connection.waitFor(Int16(POLLIN), milliseconds: 10)
+            default:
+                usleep(10_000)
+            }
+        }
+    }
+
+    /// Moves the connection on as far as it goes without waiting (at most a short bounded
+    /// wait for a full socket), reporting what EXEC replies acknowledged.
+    private func advance(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+        for _ in 0..<4 {
+            switch phase {
+            case let .disconnected(retryAt):
+                guard clock.now >= retryAt else { return }
+                do {
+                    phase = .connecting(try RedisConnection(connectingTo: url.host, port: url.port),
+                                        deadline: clock.now + Self.connectTimeout)
+                } catch {
+                    retryConnection(after: error.reason, connected: false)
+                    return
+                }
+            case let .connecting(connection, deadline):
+                do {
+                    guard try connection.finishConnect() else {
+                        if clock.now >= deadline { retryConnection(after: "no answer within \(Self.connectTimeout)", connected: false) }
+                        return
+                    }
+                    try startHandshake(connection)
+                } catch {
+                    retryConnection(after: error.reason, connected: false)
+                    return
+                }
+            case let .handshaking(connection, awaiting, deadline):
+                let remaining: [HandshakeStep]
+                do {
+                    remaining = try continueHandshake(on: connection, awaiting: awaiting)
+                } catch {
+                    switch error {
+                    case let .transient(reason):
+                        retryConnection(after: reason, connected: true)
+                        return
+                    case let .permanent(message):
+                        // Closes the connection; every later poll throws the same error.
+                        let error = SinkError(.permanent, message)
+                        failure = error
+                        phase = .disconnected(retryAt: clock.now + .seconds(3600))
+                        throw error
+                    }
+                }
+                if remaining.isEmpty {
+                    phase = .ready(connection)
+                    if head == entries.count { recovered() }
+                } else if clock.now >= deadline {
+                    retryConnection(after: "no reply to \(remaining[0].rawValue) within \(Self.connectTimeout)", connected: true)
+                    return
+                } else {
+                    phase = .handshaking(connection, awaiting: remaining, deadline: deadline)
+                    return
+                }
+            case let .ready(connection):
+                // A failure reported here is thrown by the next poll: the relay first takes the report.
+                do { try exchange(on: connection, report) } catch { retryConnection(after: error.reason, connected: true) }
+                return
+            }
+        }
+    }
+
+    /// AUTH and SELECT when the URL asks for them, and a PING that proves the server answers.
+    private func startHandshake(_ connection: RedisConnection) throws(RedisConnection.Failure) {
+        var steps: [HandshakeStep] = []
+        if let password = url.password {
+            command.reset()
+            command.add("AUTH")
+            if let user = url.user { command.add(user) }
+            command.add(password)
+            try connection.append(&command)
+            steps.append(.auth)
+        }
+        if url.database != 0 {
+            command.reset()
+            command.add("SELECT")
+            command.add(String(url.database))
+            try connection.append(&command)
+            steps.append(.select)
+        }
+        command.reset()
+        command.add("PING")
+        try connection.append(&command)
+        steps.append(.ping)
+        batch = nil
+        batchRetryAt = nil
+        phase = .handshaking(connection, awaiting: steps, deadline: clock.now + Self.connectTimeout)
+    }
+
+    private enum HandshakeFailure: Error {
+        case permanent(String)
+        case transient(String)
+    }
+
+    /// Writes the handshake, reads its replies; returns the steps still unanswered.
+    private func continueHandshake(on connection: RedisConnection, awaiting: [HandshakeStep]) throws(HandshakeFailure) -> [HandshakeStep] {
+        var remaining = awaiting[...]
+        var refusal: HandshakeFailure?
+        do {
+            try connection.write()
+            try connection.read()
+            while let step = remaining.first, refusal == nil,
+                  try connection.withNextReply({ refusal = check($0, answering: step) }) {
+                remaining = remaining.dropFirst()
+            }
+        } catch {
+            throw .transient(error.reason)
+        }
+        if let refusal { throw refusal }
+        return Array(remaining)
+    }
+
+    private func check(_ reply: RedisReply, answering step: HandshakeStep) -> HandshakeFailure? {
+        guard reply.kind == .error else { return nil }
+        let text = reply.text
+        let server = "Redis at \(url.address)"
+        if RedisErrorReply.isTransient(text) { return .transient("\(step.rawValue): \(text)") }
+        if text.hasPrefix("NOAUTH") {
+            return .permanent("\(server) requires a password (\(text)): give it in the URL, redis://:password@\(url.address) or redis://user:password@\(url.address)")
+        }
+        switch step {
+        case .auth:
+            if text.contains("without any password configured") || text.contains("no password is set") {
+                return .permanent("\(server) has no password set, yet --sink gives one (\(text)): remove it from the URL")
+            }
+            return .permanent("\(server) rejected the user name or password (\(text)): fix them in --sink")
+        case .select:
+            return .permanent("\(server) cannot select database \(url.database) (\(text)): use a number below its \"databases\" setting")
+        case .ping:
+            return .permanent("\(server) refused PING (\(text))")
+        }
+    }
+
+    /// Drops the connection; the next attempt waits a backoff. Everything unacknowledged
+    /// goes out again, in order, on the next connection.
+    private func retryConnection(after reason: String, connected: Bool) {
+        batch = nil
+        batchRetryAt = nil
+        phase = .disconnected(retryAt: clock.now + nextBackoff())
+        let waiting = entries.count - head
+        if connected {
+            noteOutage("lost the connection to Redis at \(url.address) (\(reason)); reconnecting with backoff"
+                       + (waiting > 0 ? ", \(waiting) unacknowledged events will be sent again" : ""))
+        } else {
+            noteOutage("cannot connect to Redis at \(url.address) (\(reason)); retrying with backoff, events wait and nothing is confirmed until Redis accepts them")
+        }
+    }
+
+    private func nextBackoff() -> Duration {
+        attempts += 1
+        var delay = Self.firstBackoff
+        for _ in 1..<min(attempts, 16) where delay < Self.maxBackoff { delay *= 2 }
+        delay = min(delay, Self.maxBackoff)
+        // Full delay at most, half at least: reconnecting clients do not arrive in step.
+        return delay * Double.random(in: 0.5...1.0)
+    }
+
+    private func noteOutage(_ message: String) {
+        guard outageSince == nil else { return }
+        outageSince = clock.now
+        log.warning(message)
+    }
+
+    private func recovered() {
+        attempts = 0
+        guard let since = outageSince else { return }
+        outageSince = nil
+        let outage = (clock.now - since).components
+        let seconds = Double(outage.seconds) + Double(outage.attoseconds) / 1e18
+        log.info("Redis at \(url.address) accepts events again, after \(String(format: "%.1f", seconds)) s")
+    }
+
+    // MARK: Batches
+
+    /// Reads and handles replies, sends the next batch when none is in flight, and writes.
+    private func exchange(on connection: RedisConnection, _ report: (SinkCompletion) -> Void) throws(RedisConnection.Failure) {
+        try connection.read()
+        var protocolError: String?
+        while failure == nil, protocolError == nil,
+              try connection.withNextReply({ protocolError = handle($0, report) }) {}
+        if let protocolError { throw RedisConnection.Failure(reason: protocolError) }
+        guard failure == nil else { return }
+        if batch == nil, head < entries.count, batchRetryAt.map({ clock.now >= $0 }) ?? true {
+            batchRetryAt = nil
+            try sendBatch(on: connection)
+        }
+        let deadline = clock.now + Self.writeBudget
+        while try !connection.write() {
+            let left = deadline - clock.now
+            guard left > .zero else { break }
+            let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+            _ = try connection.waitFor(Int16(POLLOUT), milliseconds: Int32(clamping: max(1, milliseconds)))
+        }
+        if let batch, clock.now >= batch.deadline {
+            throw RedisConnection.Failure(reason: "no reply within \(Self.replyTimeout)")
+        }
+    }
+
+    private func sendBatch(on connection: RedisConnection) throws(RedisConnection.Failure) {
+        command.reset()
+        command.add("MULTI")
+        try connection.append(&command)
+        var count = 0
+        var bytes = 0
+        while head + count < entries.count, count < Self.maxBatchEvents, count == 0 || bytes < Self.maxBatchBytes {
+            let entry = entries[head + count]
+            try appendXADD(entry, on: connection)
+            bytes += entry.event.approximateSize
+            count += 1
+        }
+        command.reset()
+        command.add("EXEC")
+        try connection.append(&command)
+        batch = Batch(count: count, queuedRepliesLeft: count + 1, refused: nil, deadline: clock.now + Self.replyTimeout)
+    }
+
+    private func appendXADD(_ entry: Entry, on connection: RedisConnection) throws(RedisConnection.Failure) {
+        let event = entry.event
+        command.reset()
+        command.add("XADD")
+        command.add(event.topic)
+        if let maxLength {
+            command.add("MAXLEN")
+            command.add("~")
+            command.add(maxLength)
+        }
+        if lsnIDs {
+            command.add { bytes in
+                Self.appendDecimal(event.lsn.rawValue, to: &bytes)
+                bytes.append(UInt8(ascii: "-"))
+                Self.appendDecimal(UInt64(entry.position), to: &bytes)
+            }
+        } else {
+            command.add("*")
+        }
+        command.add("id")
+        command.add(event.id)
+        if let type = event.type {
+            command.add("type")
+            command.add(type)
+        }
+        if let key = event.key {
+            command.add("key")
+            command.add(key)
+        }
+        command.add("payload")
+        command.add(event.payload)
+        command.add("headers")
+        command.add { bytes in
+            bytes.append(UInt8(ascii: "{"))
+            for (index, header) in event.headers.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                JSONWriter.appendString(header.name, to: &bytes)
+                bytes.append(UInt8(ascii: ":"))
+                JSONWriter.appendString(header.value, to: &bytes)
+            }
+            bytes.append(UInt8(ascii: "}"))
+        }
+        try connection.append(&command)
+    }
+
+    /// Handles one reply of the batch in flight; returns a reason to drop the connection when
+    /// the reply makes no sense there.
+    private func handle(_ reply: RedisReply, _ report: (SinkCompletion) -> Void) -> String? {
+        guard var current = batch else { return "a reply arrived with no command in flight" }
+        guard current.queuedRepliesLeft == 0 else {
+            let index = current.count + 1 - current.queuedRepliesLeft // 0: MULTI, then the XADDs
+            current.queuedRepliesLeft -= 1
+            batch = current
+            if reply.kind == .error {
+                let text = reply.text
+                if index == 0 {
+                    // Without MULTI the XADDs would run one by one: stop or start over.
+                    if RedisErrorReply.isTransient(text) { return "MULTI: \(text)" }
+                    failure = SinkError(.permanent, "Redis at \(url.address) refused MULTI: \(text)\(RedisErrorReply.hint(text, url: url))")
+                    return nil
+                }
+                if current.refused == nil { batch?.refused = (index - 1, text) }
+                return nil
+            }
+            return reply.isStatus(index == 0 ? "OK" : "QUEUED") ? nil : "unexpected reply to \(index == 0 ? "MULTI" : "XADD")"
+        }
+        batch = nil
+        switch reply.kind {
+        case .array where reply.count == current.count:
+            acknowledge(current, reply, report)
+        case .error:
+            let text = reply.text
+            // "EXECABORT Transaction discarded because of: OOM …", or "… because of previous errors."
+            let reason = text.range(of: "because of: ").map { String(text[$0.upperBound...]) } ?? current.refused?.message ?? text
+            if RedisErrorReply.isTransient(reason) {
+                // Nothing of the batch ran; it goes out again, whole, after a backoff.
+                batchRetryAt = clock.now + nextBackoff()
+                noteOutage("Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile")
+            } else {
+                let entry = entries[head + (current.refused?.offset ?? 0)]
+                fail(entry, reason, report)
+            }
+        case .null:
+            // An aborted transaction (nothing ran): send it again.
+            batchRetryAt = clock.now + nextBackoff()
+        default:
+            return "unexpected reply to EXEC"
+        }
+        return nil
+    }
+
+    private func acknowledge(_ batch: Batch, _ results: RedisReply, _ report: (SinkCompletion) -> Void) {
+        for offset in 0..<batch.count {
+            let entry = entries[head + offset]
+            if let result = results[offset], result.kind == .error {
+                let text = result.text
+                // A re-published event whose lsn id is already in the stream.
+                if lsnIDs, RedisErrorReply.isDuplicateID(text) {
+                    report(.delivered(ticket: entry.ticket))
+                } else if failure == nil {
+                    fail(entry, text, report)
+                } else {
+                    report(.failed(ticket: entry.ticket, failure ?? SinkError(.permanent, text)))
+                }
+            } else {
+                report(.delivered(ticket: entry.ticket))
+            }
+        }
+        head += batch.count
+        if head == entries.count {
+            entries.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 4096, head * 2 >= entries.count {
+            entries.removeFirst(head)
+            head = 0
+        }
+        if failure == nil { recovered() }
+    }
+
+    private func fail(_ entry: Entry, _ text: String, _ report: (SinkCompletion) -> Void) {
+        let error = SinkError(.permanent, "Redis refused the entry: \(text)\(RedisErrorReply.hint(text, url: url))",
+                              eventID: entry.event.id, topic: entry.event.topic)
+        failure = error
+        report(.failed(ticket: entry.ticket, error))
+    }
+
+    /// hiredis 0.14 writes with write(2), which raises SIGPIPE on a connection the server
+    /// closed; the default action would end the process instead of letting the sink reconnect.
+    private static func ignoreBrokenPipes() {
+        var current = sigaction()
+        guard sigaction(SIGPIPE, nil, &current) == 0, current.__sigaction_handler.sa_handler == nil else { return }
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    private static func appendDecimal(_ value: UInt64, to bytes: inout [UInt8]) {
+        var divisor: UInt64 = 1
+        while value / divisor >= 10 { divisor *= 10 }
+        var rest = value
+        while divisor > 0 {
+            bytes.append(UInt8(ascii: "0") + UInt8(rest / divisor))
+            rest %= divisor
+            divisor /= 10
+        }
+    }
+}
+
+/// What an error reply from Redis means for the sink.
+enum RedisErrorReply {
+    /// Refusals that pass by themselves: memory freed, dataset loaded, script finished, disk
+    /// fixed, failover done.
+    static func isTransient(_ text: String) -> Bool {
+        let code = text.prefix { $0 != " " }
+        switch code {
+        case "OOM", "LOADING", "BUSY", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS":
+            return true
+        default:
+            return text.contains("max number of clients reached")
+        }
+    }
+
+    /// XADD with an explicit id at or below the stream's top item.
+    static func isDuplicateID(_ text: String) -> Bool {
+        text.contains("equal or smaller than the target stream top item")
+    }
+
+    /// What to do about a permanent refusal.
+    static func hint(_ text: String, url: RedisURL) -> String {
+        let code = text.prefix { $0 != " " }
+        switch code {
+        case "WRONGTYPE": return " (the key exists and is not a stream: delete or rename it, or route the topic elsewhere with --topic)"
+        case "NOPERM": return " (the Redis user lacks a permission: grant it MULTI, EXEC and XADD on the topic keys, e.g. ACL SETUSER <user> +multi +exec +xadd ~*)"
+        case "NOAUTH": return " (Redis requires a password: give it in the URL, redis://:password@\(url.address))"
+        case "MOVED", "ASK": return " (Redis Cluster is not supported: point --sink at a standalone server)"
+        default:
+            if text.contains("unknown command") { return " (streams need Redis 5 or newer)" }
+            return ""
+        }
+    }
 }

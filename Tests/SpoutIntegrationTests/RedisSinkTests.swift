@@ -1,0 +1,415 @@
+import Foundation
+import SpoutCore
+import XCTest
+
+/// The Redis Streams sink against real `redis-server` processes (RedisSupport.swift), through
+/// the `spout` executable.
+final class RedisSinkTests: XCTestCase {
+    /// Three topics in transactions of 1 to 50 rows, and a logical message without key or
+    /// type: one stream per topic, every event once, its fields, per-key order.
+    func testEventsLandInOneStreamPerTopicWithTheirFields() throws {
+        let redis = try RedisServer()
+        let outbox = try OutboxFixture("redis_fields")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+
+        let writer = try TestDatabase.connect()
+        let aggregates = ["order", "invoice", "customer"]
+        var expected: [String: Int] = [:] // event id → seq
+        var sequence = 0
+        for (index, rows) in [1, 10, 50, 3, 25, 1, 40, 7, 13, 50].enumerated() {
+            let aggregate = aggregates[index % 3]
+            let base = sequence
+            let ids = try outbox.insert(writer, rows: rows, aggregate: aggregate, key: { "k\((base + $0) % 5)" },
+                                        payload: { "{\"seq\": \(base + $0), \"aggregate\": \"\(aggregate)\"}" })
+            XCTAssertEqual(ids.count, rows)
+            for id in ids { expected[id] = -1 }
+            sequence += rows
+        }
+        try writer.sql("SELECT pg_logical_emit_message(true, 'outbox', '{\"aggregate_type\": \"misc\", \"payload\": {\"note\": \"no key\"}}')")
+        let written = try outbox.currentLSN()
+
+        let client = try redis.client()
+        try eventually("\(sequence + 1) entries, got \((try? client.totalLength("outbox.event.*")) ?? -1)") {
+            try client.totalLength("outbox.event.*") >= sequence + 1
+        }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), written)
+
+        XCTAssertEqual(try client.keys("*"), ["outbox.event.customer", "outbox.event.invoice", "outbox.event.misc", "outbox.event.order"])
+        var seen = Set<String>()
+        for aggregate in aggregates {
+            var lastSequence: [String: Int] = [:]
+            for entry in try client.entries("outbox.event.\(aggregate)") {
+                XCTAssertEqual(entry.fieldNames, ["id", "type", "key", "payload", "headers"])
+                let id = try XCTUnwrap(entry.fields["id"])
+                XCTAssertNotNil(expected[id], "unknown event \(id)")
+                XCTAssertTrue(seen.insert(id).inserted, "event \(id) twice")
+                let payload = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(XCTUnwrap(entry.fields["payload"]).utf8)) as? [String: Any])
+                let seq = try XCTUnwrap(payload["seq"] as? Int)
+                XCTAssertEqual(payload["aggregate"] as? String, aggregate, "stream per topic")
+                let key = try XCTUnwrap(entry.fields["key"])
+                XCTAssertEqual(key, "k\(seq % 5)")
+                XCTAssertEqual(entry.fields["type"], "Created")
+                XCTAssertEqual(entry.fields["headers"], "{\"h\":\"v\"}")
+                XCTAssertGreaterThan(seq, lastSequence[key] ?? -1, "order of key \(key)")
+                lastSequence[key] = seq
+            }
+        }
+        XCTAssertEqual(seen.count, sequence, "every event exactly once")
+        XCTAssertEqual(seen, Set(expected.keys))
+
+        let misc = try client.entries("outbox.event.misc")
+        XCTAssertEqual(misc.count, 1)
+        XCTAssertEqual(misc.first?.fieldNames, ["id", "payload", "headers"], "no key or type field when the event has none")
+        XCTAssertEqual(misc.first?.fields["payload"], "{\"note\": \"no key\"}")
+        XCTAssertEqual(misc.first?.fields["headers"], "{}")
+        XCTAssertTrue(misc.first?.fields["id"]?.hasPrefix("lsn:") ?? false)
+    }
+
+    /// redis-server SIGKILLed in the middle of a stream and restarted on the same port and
+    /// directory: nothing is lost, per-key order holds, the slot is not confirmed past what
+    /// Redis has not taken, and the outage is one warning.
+    func testRedisCrashAndRestartLoseNothing() throws {
+        let redis = try RedisServer()
+        let outbox = try OutboxFixture("redis_restart")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+
+        let written = LockedBox<Set<String>>([])
+        let writing = Thread {
+            guard let connection = try? TestDatabase.connect() else { return }
+            for index in 0..<300 {
+                if let ids = try? outbox.insert(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" },
+                                                payload: { "{\"seq\": \(index * 5 + $0)}" }) {
+                    written.mutate { $0.formUnion(ids) }
+                }
+                usleep(3_000)
+            }
+        }
+        writing.start()
+        var client = try redis.client()
+        try eventually("events reach Redis") { try client.totalLength("*") >= 300 }
+        // Stopped first, so that batches are surely in flight, unanswered, when it dies.
+        redis.signal(SIGSTOP)
+        usleep(300_000)
+        redis.kill()
+
+        // A transaction committed while Redis is down: the slot must stay before its commit.
+        let witness = try CommitWitness(outbox)
+        let probe = try TestDatabase.connect()
+        let (probeIDs, probeXID) = try CommitWitness.transaction(probe) {
+            try outbox.insert(probe, rows: 1, key: { _ in "probe" }, payload: { _ in "{\"seq\": -1}" })
+        }
+        written.mutate { $0.formUnion(probeIDs) }
+        var confirmedWhileDown: [LSN] = []
+        for _ in 0..<15 {
+            usleep(100_000)
+            confirmedWhileDown.append(try XCTUnwrap(try outbox.confirmedFlush))
+        }
+        XCTAssertTrue(spout.process.isRunning, spout.stderr)
+        let probeCommit = try witness.commitLSN(xid: probeXID)
+        for confirmed in confirmedWhileDown {
+            XCTAssertLessThan(confirmed, probeCommit, "confirmed past an event Redis does not have")
+        }
+
+        try redis.start()
+        client = try redis.client()
+        try eventually("writer finished") { writing.isFinished }
+        let expected = written.value
+        XCTAssertEqual(expected.count, 1501)
+        try eventually(timeout: 60, "every event in Redis after the restart") {
+            try Set(client.entries("outbox.event.order").compactMap { $0.fields["id"] }).isSuperset(of: expected)
+        }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let entries = try client.entries("outbox.event.order")
+        let ids = entries.compactMap { $0.fields["id"] }
+        XCTAssertTrue(Set(ids).isSuperset(of: expected), "lost \(expected.subtracting(ids).count) events")
+        // At least once: an event may appear again (sent, persisted, unacknowledged when Redis
+        // died), but first appearances keep every key's order.
+        var firstSeen = Set<String>()
+        var lastSequence: [String: Int] = [:]
+        for entry in entries {
+            guard let id = entry.fields["id"], firstSeen.insert(id).inserted, let key = entry.fields["key"], key != "probe" else { continue }
+            let payload = try JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any]
+            let seq = try XCTUnwrap(payload?["seq"] as? Int)
+            XCTAssertGreaterThan(seq, lastSequence[key] ?? -1, "order of key \(key)")
+            lastSequence[key] = seq
+        }
+        let warnings = spout.stderr.split(separator: "\n").filter { $0.contains("warning") }
+        XCTAssertEqual(warnings.count, 1, "one warning per outage:\n\(spout.stderr)")
+        XCTAssertTrue(warnings.first?.contains("127.0.0.1:\(redis.port)") ?? false, spout.stderr)
+        XCTAssertTrue(warnings.first?.contains("unacknowledged events will be sent again") ?? false, spout.stderr)
+    }
+
+    /// `--redis-ids lsn`: spout SIGKILLed mid-stream and restarted, then a full replay of the
+    /// same events through a copy of the slot: every stream holds each event exactly once,
+    /// with the id `<commit LSN>-<position in the transaction>`.
+    func testLSNIdsKeepEveryEventExactlyOnce() throws {
+        let redis = try RedisServer()
+        let outbox = try OutboxFixture("redis_lsn")
+        let copy = outbox.slot + "_copy"
+        defer {
+            _ = try? outbox.admin.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '\(copy)'")
+            outbox.tearDown()
+        }
+        XCTAssertEqual(try SpoutProcess.run(["setup"] + outbox.arguments).status, 0)
+        try outbox.admin.sql("SELECT pg_copy_logical_replication_slot('\(outbox.slot)', '\(copy)')")
+        let arguments = ["run", "--sink", redis.url, "--redis-ids", "lsn", "--max-in-flight", "50"]
+
+        let written = LockedBox<Set<String>>([])
+        let writing = Thread {
+            guard let connection = try? TestDatabase.connect() else { return }
+            for index in 0..<200 {
+                // Two topics in one transaction: positions count across both.
+                let ids = try? CommitWitness.transaction(connection) {
+                    try outbox.insert(connection, rows: 4, aggregate: "order", key: { "k\($0 % 3)" },
+                                      payload: { "{\"tx\": \(index), \"position\": \($0)}" })
+                        + outbox.insert(connection, rows: 2, aggregate: "invoice", key: { "k\($0 % 3)" },
+                                        payload: { "{\"tx\": \(index), \"position\": \(4 + $0)}" })
+                }.0
+                written.mutate { $0.formUnion(ids ?? []) }
+                usleep(2_000)
+            }
+        }
+        let first = try SpoutProcess(arguments + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        writing.start()
+        let client = try redis.client()
+        try eventually("events reach Redis") { try client.totalLength("*") >= 300 }
+        first.signal(SIGKILL)
+        first.waitForExit()
+        try eventually("writer finished") { writing.isFinished }
+        let expected = written.value
+        XCTAssertEqual(expected.count, 1200)
+
+        let second = try SpoutProcess(arguments + outbox.arguments)
+        try eventually(timeout: 60, "second run delivers the rest") { try client.totalLength("*") >= expected.count }
+        let end = try outbox.currentLSN()
+        try eventually("second run confirms everything") { try XCTUnwrap(try outbox.confirmedFlush) >= end }
+        second.signal(SIGTERM)
+        XCTAssertEqual(second.waitForExit(), 0, second.stderr)
+        try checkExactlyOnce(client, expected: expected)
+
+        // The copy of the slot still stands before the first event: everything is published
+        // again and Redis rejects every entry as already there.
+        var copyArguments = outbox.arguments
+        copyArguments[copyArguments.count - 1] = copy
+        let replay = try SpoutProcess(arguments + copyArguments)
+        try eventually(timeout: 60, "the replay confirms everything") {
+            try XCTUnwrap(try outbox.admin.lsn("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '\(copy)'")) >= end
+        }
+        replay.signal(SIGTERM)
+        XCTAssertEqual(replay.waitForExit(), 0, replay.stderr)
+        XCTAssertFalse(replay.stderr.contains("error"), replay.stderr)
+        try checkExactlyOnce(client, expected: expected)
+    }
+
+    private func checkExactlyOnce(_ client: RedisClient, expected: Set<String>, file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertEqual(try client.keys("*"), ["outbox.event.invoice", "outbox.event.order"], file: file, line: line)
+        let entries = try client.entries("outbox.event.invoice") + client.entries("outbox.event.order")
+        XCTAssertEqual(entries.count, expected.count, "every event exactly once", file: file, line: line)
+        XCTAssertEqual(Set(entries.compactMap { $0.fields["id"] }), expected, file: file, line: line)
+        var lsnOfTransaction: [Int: UInt64] = [:]
+        for entry in entries {
+            let parts = entry.id.split(separator: "-")
+            let payload = try JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any]
+            guard parts.count == 2, let lsn = UInt64(parts[0]), let position = Int(parts[1]),
+                  let transaction = payload?["tx"] as? Int, let expectedPosition = payload?["position"] as? Int else {
+                return XCTFail("malformed entry \(entry)", file: file, line: line)
+            }
+            XCTAssertEqual(position, expectedPosition, "entry id \(entry.id)", file: file, line: line)
+            if let known = lsnOfTransaction[transaction] {
+                XCTAssertEqual(lsn, known, "one LSN per transaction", file: file, line: line)
+            }
+            lsnOfTransaction[transaction] = lsn
+        }
+        XCTAssertEqual(lsnOfTransaction.count, 200, file: file, line: line)
+        XCTAssertEqual(Set(lsnOfTransaction.values).count, lsnOfTransaction.count, "one transaction per LSN", file: file, line: line)
+    }
+
+    /// requirepass and ACL users: the right password delivers; a wrong or missing one stops
+    /// spout with one error line that does not show the password.
+    func testPasswordProtectedServer() throws {
+        let redis = try RedisServer(password: "s3cret-Pa55")
+        let client = try redis.client()
+        try client.command("ACL", "SETUSER", "spouter", "on", ">us3r-Pa55", "~*", "+@all")
+        let outbox = try OutboxFixture("redis_auth")
+        defer { outbox.tearDown() }
+        let writer = try TestDatabase.connect()
+
+        for (url, stream) in [(redis.url + "/0", "outbox.event.default"),
+                              ("redis://spouter:us3r-Pa55@127.0.0.1:\(redis.port)", "outbox.event.acl")] {
+            let spout = try SpoutProcess(["run", "--sink", url] + outbox.arguments)
+            try eventually("slot active") { try outbox.slotIsActive }
+            let ids = try outbox.insert(writer, rows: 10, aggregate: String(stream.split(separator: ".").last ?? ""))
+            try eventually("10 events in \(stream)") { try client.entries(stream).count >= 10 }
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+            XCTAssertEqual(Set(try client.entries(stream).compactMap { $0.fields["id"] }), Set(ids))
+        }
+
+        for (url, secret, expectation) in [
+            ("redis://:wr0ng-Pa55@127.0.0.1:\(redis.port)", "wr0ng-Pa55", "rejected the user name or password"),
+            ("redis://spouter:wr0ng-Pa55@127.0.0.1:\(redis.port)", "wr0ng-Pa55", "rejected the user name or password"),
+            ("redis://127.0.0.1:\(redis.port)", "s3cret-Pa55", "requires a password"),
+        ] {
+            let result = try SpoutProcess.run(["run", "--sink", url] + outbox.arguments, timeout: 30)
+            XCTAssertNotNil(result.status)
+            XCTAssertNotEqual(result.status, 0)
+            let lines = result.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.filter { $0.contains("error") }.count, 1, result.stderr)
+            XCTAssertTrue(result.stderr.contains(expectation), result.stderr)
+            XCTAssertFalse(result.stderr.contains(secret), result.stderr)
+            XCTAssertFalse(result.stderr.contains("s3cret"), result.stderr)
+        }
+    }
+
+    /// `--redis-maxlen` trims each stream with `MAXLEN ~`: the stream keeps its newest entries.
+    func testMaxLengthTrimsTheStream() throws {
+        let redis = try RedisServer()
+        let outbox = try OutboxFixture("redis_maxlen")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-maxlen", "100"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let writer = try TestDatabase.connect()
+        var last = ""
+        for index in 0..<10 {
+            last = try outbox.insert(writer, rows: 100, payload: { "{\"seq\": \(index * 100 + $0)}" }).last ?? ""
+        }
+        let end = try outbox.currentLSN()
+        try eventually("all delivered and confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= end }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let client = try redis.client()
+        guard case let .integer(length) = try client.command("XLEN", "outbox.event.order") else { return XCTFail("no stream") }
+        XCTAssertGreaterThanOrEqual(length, 100)
+        XCTAssertLessThan(length, 400, "trimmed to about 100 (MAXLEN ~ trims whole nodes)")
+        XCTAssertEqual(try client.entries("outbox.event.order").last?.fields["id"], last)
+    }
+
+    /// Redis out of memory (maxmemory reached, noeviction) refuses the batches: spout warns
+    /// once, confirms nothing of them, and delivers them, once and in order, when memory is back.
+    func testRefusedWritesAreRetriedInOrder() throws {
+        let redis = try RedisServer()
+        let client = try redis.client()
+        let outbox = try OutboxFixture("redis_oom")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        XCTAssertEqual(try client.command("CONFIG", "SET", "maxmemory", "1"), .status("OK"))
+
+        let writer = try TestDatabase.connect()
+        let witness = try CommitWitness(outbox)
+        var expected: [String] = []
+        var firstXID = ""
+        for index in 0..<5 {
+            let (ids, xid) = try CommitWitness.transaction(writer) {
+                try outbox.insert(writer, rows: 20, key: { "k\($0 % 3)" }, payload: { "{\"seq\": \(index * 20 + $0)}" })
+            }
+            if index == 0 { firstXID = xid }
+            expected += ids
+        }
+        try eventually("a warning") { spout.stderr.contains("refuses writes") }
+        usleep(500_000)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), try witness.commitLSN(xid: firstXID))
+        XCTAssertEqual(try client.command("EXISTS", "outbox.event.order"), .integer(0))
+
+        XCTAssertEqual(try client.command("CONFIG", "SET", "maxmemory", "0"), .status("OK"))
+        try eventually(timeout: 30, "all events once memory is back") { try client.entries("outbox.event.order").count >= 100 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        let entries = try client.entries("outbox.event.order")
+        XCTAssertEqual(Set(entries.compactMap { $0.fields["id"] }), Set(expected))
+        XCTAssertEqual(entries.count, 100)
+        let sequences = try entries.map { entry in
+            try XCTUnwrap((try JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any])?["seq"] as? Int)
+        }
+        XCTAssertEqual(sequences, Array(0..<100), "commit order")
+        XCTAssertEqual(spout.stderr.split(separator: "\n").filter { $0.contains("warning") }.count, 1, spout.stderr)
+    }
+
+    /// A key of another type where the stream should be: spout stops with one error naming
+    /// the event and the topic; the slot stays before that event.
+    func testKeyOfAnotherTypeStopsSpout() throws {
+        let redis = try RedisServer()
+        let client = try redis.client()
+        try client.command("SET", "outbox.event.blocked", "not a stream")
+        let outbox = try OutboxFixture("redis_wrongtype")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let writer = try TestDatabase.connect()
+        try outbox.insert(writer, rows: 3, aggregate: "fine")
+        try eventually("good events delivered") { try client.entries("outbox.event.fine").count == 3 }
+        try eventually("good events confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= (try outbox.currentLSN()) }
+        let good = try XCTUnwrap(try outbox.confirmedFlush)
+        let witness = try CommitWitness(outbox)
+        let (badIDs, badXID) = try CommitWitness.transaction(writer) { try outbox.insert(writer, rows: 1, aggregate: "blocked") }
+        let bad = try XCTUnwrap(badIDs.first)
+
+        let status = spout.waitForExit(timeout: 30)
+        XCTAssertNotNil(status)
+        XCTAssertNotEqual(status, 0)
+        let errors = spout.stderr.split(separator: "\n").filter { $0.contains("error") }
+        XCTAssertEqual(errors.count, 1, spout.stderr)
+        XCTAssertTrue(spout.stderr.contains(bad), spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("outbox.event.blocked"), spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("WRONGTYPE"), spout.stderr)
+        let confirmed = try XCTUnwrap(try outbox.confirmedFlush)
+        XCTAssertGreaterThanOrEqual(confirmed, good)
+        XCTAssertLessThan(confirmed, try witness.commitLSN(xid: badXID), "not confirmed past the refused event")
+    }
+
+    /// Redis not there at startup: one warning, events wait unconfirmed, and arrive once it is.
+    func testStartsWhileRedisIsDown() throws {
+        let redis = try RedisServer(start: false)
+        let outbox = try OutboxFixture("redis_down")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url + "/3"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("a warning") { spout.stderr.contains("cannot connect to Redis at 127.0.0.1:\(redis.port)") }
+        let writer = try TestDatabase.connect()
+        let witness = try CommitWitness(outbox)
+        let (ids, xid) = try CommitWitness.transaction(writer) { try outbox.insert(writer, rows: 20) }
+        let end = try outbox.currentLSN()
+        usleep(500_000)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), try witness.commitLSN(xid: xid))
+
+        try redis.start()
+        let client = try redis.client()
+        try client.command("SELECT", "3")
+        try eventually(timeout: 30, "events arrive in database 3") { try client.entries("outbox.event.order").count == 20 }
+        try eventually("confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= end }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertEqual(Set(try client.entries("outbox.event.order").compactMap { $0.fields["id"] }), Set(ids))
+        XCTAssertEqual(spout.stderr.split(separator: "\n").filter { $0.contains("warning") }.count, 1, spout.stderr)
+    }
+
+    /// Malformed URLs are refused before anything connects, without showing the password.
+    func testMalformedURLs() {
+        for (url, expectation) in [
+            ("redis://127.0.0.1:notaport", "port"),
+            ("redis://:pa55word@127.0.0.1:6379/zero", "database"),
+            ("redis://user@127.0.0.1", "no password"),
+            ("redis://:pa55word@:6379", "host"),
+            ("redis://127.0.0.1:6379?timeout=1", "query"),
+        ] {
+            do {
+                _ = try SinkURL.makeSink(url, options: SinkOptions(), log: Log(level: .error))
+                XCTFail("\(url) accepted")
+            } catch {
+                guard case let .invalidOption(message) = error else { return XCTFail("\(url): \(error)") }
+                XCTAssertTrue(message.contains(expectation), message)
+                XCTAssertFalse(message.contains("pa55word"), message)
+            }
+        }
+    }
+}

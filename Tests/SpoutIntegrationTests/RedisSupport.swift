@@ -1,0 +1,242 @@
+import CHiredis
+import Foundation
+import SpoutCore
+import XCTest
+
+/// A `redis-server` of the test's own: a free 127.0.0.1 port, a temporary directory, the AOF
+/// fsynced on every write and no RDB snapshots. `kill()` (SIGKILL) and `start()` again reuse
+/// the port and the directory, so the restarted server loads what the killed one persisted.
+final class RedisServer {
+    static let executable = "/usr/bin/redis-server"
+
+    let port: Int32
+    let directory: URL
+    let password: String?
+    private var process: Process?
+
+    /// - Parameter start: `false` leaves the port closed until `start()`.
+    init(password: String? = nil, start: Bool = true) throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.executable) else {
+            throw XCTSkipFailure("\(Self.executable) is missing: apt-get install redis-server")
+        }
+        port = try Self.freePort()
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("spout-redis-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        self.password = password
+        if start { try self.start() }
+    }
+
+    deinit {
+        kill()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// `redis://[:password@]127.0.0.1:port`
+    var url: String { "redis://\(password.map { ":\($0)@" } ?? "")127.0.0.1:\(port)" }
+
+    var isRunning: Bool { process?.isRunning ?? false }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.arguments = [
+            "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory.path,
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--daemonize", "no", "--logfile", directory.appendingPathComponent("redis.log").path,
+        ] + (password.map { ["--requirepass", $0] } ?? [])
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            if let client = try? client(), (try? client.command("PING")) == .status("PONG") { return }
+            guard process.isRunning else { break }
+            usleep(20_000)
+        }
+        let log = (try? String(contentsOf: directory.appendingPathComponent("redis.log"), encoding: .utf8)) ?? ""
+        kill()
+        throw XCTSkipFailure("redis-server on port \(port) did not come up:\n\(log.suffix(2000))")
+    }
+
+    func signal(_ number: Int32) {
+        guard let process, process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, number)
+    }
+
+    /// SIGKILL, as a crash: only what the AOF holds survives.
+    func kill() {
+        guard let process, process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func client() throws -> RedisClient { try RedisClient(port: port, password: password) }
+
+    private static func freePort() throws -> Int32 {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw XCTSkipFailure("socket: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw XCTSkipFailure("bind: \(String(cString: strerror(errno)))") }
+        return Int32(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// A reply, as the tests look at it.
+enum RedisValue: Equatable {
+    case string(String)
+    case status(String)
+    case error(String)
+    case integer(Int)
+    case array([RedisValue])
+    case null
+
+    var text: String? {
+        switch self {
+        case let .string(text), let .status(text): text
+        default: nil
+        }
+    }
+}
+
+/// A stream entry: its id and its fields (each field once in Spout's entries).
+struct StreamEntry {
+    var id: String
+    var fields: [String: String]
+    var fieldNames: [String]
+}
+
+/// A blocking hiredis connection for the tests' own look at Redis.
+final class RedisClient {
+    private let context: UnsafeMutablePointer<redisContext>
+
+    init(port: Int32, password: String? = nil) throws {
+        guard let context = redisConnectWithTimeout("127.0.0.1", port, timeval(tv_sec: 2, tv_usec: 0)) else {
+            throw XCTSkipFailure("redisConnect returned nothing")
+        }
+        if context.pointee.err != 0 {
+            let reason = withUnsafeBytes(of: context.pointee.errstr) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            redisFree(context)
+            throw XCTSkipFailure("cannot connect to redis on port \(port): \(reason)")
+        }
+        redisSetTimeout(context, timeval(tv_sec: 10, tv_usec: 0))
+        self.context = context
+        if let password {
+            let reply = try command("AUTH", password)
+            guard reply == .status("OK") else { throw XCTSkipFailure("AUTH: \(reply)") }
+        }
+    }
+
+    deinit { redisFree(context) }
+
+    @discardableResult
+    func command(_ arguments: String...) throws -> RedisValue { try command(arguments) }
+
+    func command(_ arguments: [String]) throws -> RedisValue {
+        let copies = arguments.compactMap { strdup($0) }
+        defer { copies.forEach { free($0) } }
+        guard copies.count == arguments.count else { throw XCTSkipFailure("out of memory") }
+        var pointers = copies.map { UnsafePointer<CChar>?(UnsafePointer($0)) }
+        var lengths = arguments.map { $0.utf8.count }
+        let raw = pointers.withUnsafeMutableBufferPointer { argv in
+            lengths.withUnsafeMutableBufferPointer { argvlen in
+                redisCommandArgv(context, Int32(arguments.count), argv.baseAddress, argvlen.baseAddress)
+            }
+        }
+        guard let raw else {
+            let reason = withUnsafeBytes(of: context.pointee.errstr) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            throw XCTSkipFailure("redis \(arguments.first ?? ""): \(reason)")
+        }
+        defer { freeReplyObject(raw) }
+        return Self.value(raw.assumingMemoryBound(to: redisReply.self))
+    }
+
+    private static func value(_ reply: UnsafePointer<redisReply>) -> RedisValue {
+        func text() -> String {
+            guard let string = reply.pointee.str else { return "" }
+            return String(decoding: UnsafeRawBufferPointer(start: string, count: reply.pointee.len), as: UTF8.self)
+        }
+        switch reply.pointee.type {
+        case REDIS_REPLY_STRING: return .string(text())
+        case REDIS_REPLY_STATUS: return .status(text())
+        case REDIS_REPLY_ERROR: return .error(text())
+        case REDIS_REPLY_INTEGER: return .integer(Int(reply.pointee.integer))
+        case REDIS_REPLY_ARRAY:
+            return .array((0..<reply.pointee.elements).map { index in
+                reply.pointee.element[index].map { value(UnsafePointer($0)) } ?? .null
+            })
+        default: return .null
+        }
+    }
+
+    /// Every entry of a stream, oldest first.
+    func entries(_ stream: String) throws -> [StreamEntry] {
+        guard case let .array(items) = try command("XRANGE", stream, "-", "+") else { return [] }
+        return items.compactMap { item in
+            guard case let .array(parts) = item, parts.count == 2, let id = parts[0].text, case let .array(pairs) = parts[1] else { return nil }
+            var fields: [String: String] = [:]
+            var names: [String] = []
+            for index in stride(from: 0, to: pairs.count - 1, by: 2) {
+                guard let name = pairs[index].text, let value = pairs[index + 1].text else { continue }
+                fields[name] = value
+                names.append(name)
+            }
+            return StreamEntry(id: id, fields: fields, fieldNames: names)
+        }
+    }
+
+    /// The keys matching `pattern`, sorted.
+    func keys(_ pattern: String) throws -> [String] {
+        guard case let .array(items) = try command("KEYS", pattern) else { return [] }
+        return items.compactMap(\.text).sorted()
+    }
+
+    /// Entries in all streams matching `pattern`.
+    func totalLength(_ pattern: String) throws -> Int {
+        try keys(pattern).reduce(0) { total, key in
+            if case let .integer(length) = try command("XLEN", key) { return total + length }
+            return total
+        }
+    }
+}
+
+/// The commit LSNs (`end_lsn`, what spout confirms) of chosen transactions, read back through
+/// a `test_decoding` slot created before them. It lets a test say "the slot stayed before
+/// this transaction" exactly, whatever else writes WAL meanwhile.
+final class CommitWitness {
+    let slot: String
+    private let admin: PostgresConnection
+
+    init(_ outbox: OutboxFixture) throws {
+        admin = outbox.admin
+        slot = "witness_" + outbox.slot
+        try admin.sql("SELECT pg_create_logical_replication_slot('\(slot)', 'test_decoding')")
+    }
+
+    deinit { _ = try? admin.sql("SELECT pg_drop_replication_slot('\(slot)')") }
+
+    /// Runs `body` in a transaction on `connection`; returns its result and the transaction's id.
+    static func transaction<Result>(_ connection: PostgresConnection, _ body: () throws -> Result) throws -> (Result, xid: String) {
+        try connection.sql("BEGIN")
+        let result = try body()
+        let xid = try XCTUnwrap(try connection.value("SELECT (txid_current() % 4294967296)::text"))
+        try connection.sql("COMMIT")
+        return (result, xid)
+    }
+
+    func commitLSN(xid: String) throws -> LSN {
+        try XCTUnwrap(try admin.lsn("SELECT lsn FROM pg_logical_slot_peek_changes('\(slot)', NULL, NULL) WHERE data = 'COMMIT \(xid)'"),
+                      "no commit of transaction \(xid) in the witness slot")
+    }
+}
