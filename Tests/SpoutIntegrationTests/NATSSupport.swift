@@ -70,6 +70,13 @@ final class NATSServer {
         throw XCTSkipFailure("nats-server did not accept connections on port \(port) within 15 s:\n\(log)")
     }
 
+    /// SIGSTOP: the server stops reading, so what clients send now waits in its socket buffer
+    /// (and is lost with a following `kill()`).
+    func pause() {
+        guard let process, process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGSTOP)
+    }
+
     /// SIGKILL, by PID, and wait for the process to be gone.
     func kill() {
         guard let process, process.isRunning else { return }

@@ -163,8 +163,8 @@ private let closedHandler: natsConnectionHandler = { connection, closure in
     guard let inbox = NATSCallbackRegistry.inbox(closure) else { return }
     var text: UnsafePointer<CChar>?
     let status = natsConnection_GetLastError(connection, &text)
-    let reason = status == NATS_OK ? "the connection closed" : text.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
-    inbox.connectionClosed(reason: reason)
+    let detail = status == NATS_OK ? nil : text.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
+    inbox.connectionClosed(reason: "the connection was lost" + (detail.map { " (\($0))" } ?? ""))
 }
 
 private let errorHandler: natsErrHandler = { connection, _, status, closure in

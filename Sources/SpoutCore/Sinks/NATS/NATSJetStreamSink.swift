@@ -265,6 +265,8 @@ public final class NATSJetStreamSink: Sink {
 
     private func dropDeliveredHead() {
         while head < entries.count, entries[head].state == .delivered { head += 1 }
+        // After an outage the cursor restarts at the old head, which may just have been delivered.
+        cursor = max(cursor, head)
         if head == entries.count {
             entries.removeAll(keepingCapacity: true)
             cursor = 0
@@ -290,8 +292,7 @@ public final class NATSJetStreamSink: Sink {
         cursor = head
         let now = clock.now
         if outage == nil {
-            let waiting = entries.count - head
-            log.warning("NATS at \(endpoint.redacted) is unavailable: \(reason); retrying with backoff, \(waiting) unacknowledged events wait and nothing after them is confirmed")
+            log.warning("NATS at \(endpoint.redacted) is unavailable: \(reason); retrying with backoff (events wait, and the slot is not confirmed past them until JetStream stores them)")
             outage = Outage(started: now, nextAttempt: now)
         } else {
             log.debug("NATS still unavailable: \(reason)")
@@ -315,8 +316,8 @@ public final class NATSJetStreamSink: Sink {
     }
 
     private func endOutage(_ ended: Outage) {
-        let seconds = Double((clock.now - ended.started).components.seconds)
-            + Double((clock.now - ended.started).components.attoseconds) / 1e18
+        let elapsed = (clock.now - ended.started).components
+        let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) * 1e-18
         log.info("NATS at \(endpoint.redacted) is back after \(String(format: "%.1f", seconds)) s")
         outage = nil
     }
