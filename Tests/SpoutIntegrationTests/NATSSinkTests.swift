@@ -191,6 +191,45 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertTrue(spout.stderr.contains("is back after"), spout.stderr)
     }
 
+    /// nats-server stops answering (SIGSTOP) for longer than the PubAck timeout, then
+    /// continues: spout gives up the connection, re-publishes in order on a new one, and the
+    /// stream drops what the old connection delivered late. Each event once, in order.
+    func testHungServerTimesOutAndRecovers() throws {
+        let server = try NATSServer()
+        let client = try JetStreamTestClient(server.url)
+        try client.addStream("OUTBOX", subjects: ["outbox.event.>"])
+        let outbox = try OutboxFixture("natshung")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+
+        let writer = try Writer(outbox)
+        let failure = LockedBox<String?>(nil)
+        let writing = Thread {
+            do { try writer.write(transactions: 400, rows: 5, pause: 20_000) } catch { failure.mutate { $0 = "\(error)" } }
+        }
+        writing.start()
+        eventually("events flowing") { client.count("OUTBOX") >= 300 }
+        server.pause()
+        let marker = try OutboxFixture.Marker(outbox)
+        eventually(timeout: 30, "a warning that NATS stopped answering") { spout.stderr.contains("is unavailable") }
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), marker.before, "confirmed past an event the broker never acknowledged")
+        server.resume()
+
+        eventually(timeout: 60, "writer finished") { writing.isFinished }
+        XCTAssertNil(failure.value)
+        let total = writer.ids.count + marker.ids.count
+        let written = try outbox.currentLSN()
+        eventually(timeout: 90, "\(total) events after the server continued, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(total) }
+        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let messages = try client.messages("OUTBOX")
+        assertExactlyOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
+        XCTAssertEqual(messages.filter { $0.header(NATSJetStreamSink.keyHeader) == "marker" }.count, marker.ids.count)
+    }
+
     /// No stream captures the topic: spout stops with one error line that names the subject
     /// and says how to create the stream, and does not confirm the event.
     func testMissingStreamStopsWithOneClearError() throws {

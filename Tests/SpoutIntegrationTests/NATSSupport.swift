@@ -77,6 +77,12 @@ final class NATSServer {
         Glibc.kill(process.processIdentifier, SIGSTOP)
     }
 
+    /// SIGCONT after `pause()`.
+    func resume() {
+        guard let process, process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGCONT)
+    }
+
     /// SIGKILL, by PID, and wait for the process to be gone.
     func kill() {
         guard let process, process.isRunning else { return }

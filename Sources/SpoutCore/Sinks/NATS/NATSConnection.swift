@@ -223,6 +223,9 @@ final class NATSConnection {
         try check(natsOptions_SetNoRandomize(options, true))
         try check(natsOptions_SetAllowReconnect(options, false))
         try check(natsOptions_SetTimeout(options, Self.connectTimeoutMilliseconds))
+        // libnats writes on the publishing (relay) thread when its buffer is full; without a
+        // deadline a server that stopped reading would block that thread for good.
+        try check(natsOptions_SetWriteDeadline(options, Self.connectTimeoutMilliseconds))
         // An idle connection to a vanished server is noticed within about 15 s.
         try check(natsOptions_SetPingInterval(options, 5_000))
         try check(natsOptions_SetMaxPingsOut(options, 2))
