@@ -1,0 +1,267 @@
+import CNats
+import Foundation
+
+/// A failure reported by libnats: its status, the JetStream error code when the server sent
+/// one, and the text. Never contains credentials (libnats reports hosts, not URLs with them).
+struct NATSFailure: Error, Sendable, CustomStringConvertible {
+    var status: natsStatus
+    /// A JetStream API error code (`jsErrCode`), 0 when there is none.
+    var errorCode: Int
+    var text: String
+
+    init(status: natsStatus, errorCode: Int = 0, text: String? = nil) {
+        self.status = status
+        self.errorCode = errorCode
+        self.text = text ?? Self.lastErrorText(status)
+    }
+
+    var description: String {
+        errorCode == 0 ? text : "\(text) (JetStream error \(errorCode))"
+    }
+
+    /// Statuses that mean "the server is unreachable or did not answer in time": retried.
+    var isConnectivityProblem: Bool {
+        switch status {
+        case NATS_CONNECTION_CLOSED, NATS_CONNECTION_DISCONNECTED, NATS_IO_ERROR, NATS_TIMEOUT, NATS_STALE_CONNECTION,
+             NATS_NO_SERVER, NATS_NOT_YET_CONNECTED, NATS_DRAINING, NATS_SSL_ERROR, NATS_CONNECTION_AUTH_FAILED,
+             NATS_SECURE_CONNECTION_REQUIRED, NATS_SECURE_CONNECTION_WANTED:
+            true
+        default:
+            false
+        }
+    }
+
+    /// The calling thread's last libnats error, without its `(file.c:123): ` origin.
+    private static func lastErrorText(_ status: natsStatus) -> String {
+        var lastStatus = NATS_OK
+        if let pointer = nats_GetLastError(&lastStatus), lastStatus == status {
+            var text = String(cString: pointer)
+            if text.hasPrefix("("), let end = text.range(of: "): ") { text.removeSubrange(text.startIndex..<end.upperBound) }
+            if !text.isEmpty { return text }
+        }
+        return String(cString: natsStatus_GetText(status))
+    }
+}
+
+/// One libnats connection and its JetStream context: owns the C handles, publishes
+/// asynchronously and answers stream questions. It does not reconnect by itself — a lost
+/// connection closes, and the sink opens a new one and re-publishes in ticket order — so
+/// nothing published after a loss can overtake what the loss swallowed.
+final class NATSConnection {
+    /// How long a PubAck may take before the publish counts as failed (transient).
+    static let ackTimeoutMilliseconds: Int64 = 10_000
+    /// Connect timeout per server, and the wait for JetStream API requests.
+    static let connectTimeoutMilliseconds: Int64 = 2_000
+    static let requestTimeoutMilliseconds: Int64 = 5_000
+
+    let inbox: NATSAckInbox
+    private var closure: UnsafeMutableRawPointer?
+    private var options: OpaquePointer?
+    private var connection: OpaquePointer?
+    private var jetStream: OpaquePointer?
+    private var publishOptions = jsPubOptions()
+
+    init(endpoint: NATSEndpoint, maxPendingAcks: Int, wakeup: Wakeup) throws(NATSFailure) {
+        inbox = NATSAckInbox(wakeup: wakeup, capacity: maxPendingAcks)
+        closure = NATSCallbackRegistry.register(inbox)
+        do {
+            try open(endpoint: endpoint, maxPendingAcks: maxPendingAcks)
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    private func open(endpoint: NATSEndpoint, maxPendingAcks: Int) throws(NATSFailure) {
+        try check(natsOptions_Create(&options))
+        var servers = endpoint.servers.map { strdup($0) }
+        defer { servers.forEach { free($0) } }
+        try servers.withUnsafeMutableBufferPointer { buffer throws(NATSFailure) in
+            try buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { rebound throws(NATSFailure) in
+                try check(natsOptions_SetServers(options, rebound.baseAddress, Int32(rebound.count)))
+            }
+        }
+        switch endpoint.credentials {
+        case .none: break
+        case let .user(user, password): try check(natsOptions_SetUserInfo(options, user, password))
+        case let .token(token): try check(natsOptions_SetToken(options, token))
+        }
+        try check(natsOptions_SetName(options, "spout"))
+        try check(natsOptions_SetNoRandomize(options, true))
+        try check(natsOptions_SetAllowReconnect(options, false))
+        try check(natsOptions_SetTimeout(options, Self.connectTimeoutMilliseconds))
+        // libnats writes on the publishing (relay) thread when its buffer is full; without a
+        // deadline a server that stopped reading would block that thread for good.
+        try check(natsOptions_SetWriteDeadline(options, Self.connectTimeoutMilliseconds))
+        // An idle connection to a vanished server is noticed within about 15 s.
+        try check(natsOptions_SetPingInterval(options, 5_000))
+        try check(natsOptions_SetMaxPingsOut(options, 2))
+        try check(natsOptions_SetClosedCB(options, NATSCallbacks.closed, closure))
+        try check(natsOptions_SetErrorHandler(options, NATSCallbacks.error, closure))
+        try check(natsConnection_Connect(&connection, options))
+
+        var jsOptions = jsOptions()
+        try check(jsOptions_Init(&jsOptions))
+        jsOptions.Wait = Self.requestTimeoutMilliseconds
+        jsOptions.PublishAsync.MaxPending = Int64(maxPendingAcks)
+        jsOptions.PublishAsync.StallWait = Self.requestTimeoutMilliseconds
+        jsOptions.PublishAsync.AckHandler = NATSCallbacks.ack
+        jsOptions.PublishAsync.AckHandlerClosure = closure
+        try check(natsConnection_JetStream(&jetStream, connection, &jsOptions))
+        try check(jsPubOptions_Init(&publishOptions))
+        publishOptions.MaxWait = Self.ackTimeoutMilliseconds
+    }
+
+    /// Frees the handles. Unacknowledged messages are dropped; the sink publishes them again.
+    func close() {
+        guard let closure else { return }
+        NATSCallbackRegistry.remove(closure)
+        self.closure = nil
+        // The context before the connection it uses (nats.h, natsConnection_JetStream).
+        if let jetStream { jsCtx_Destroy(jetStream) }
+        if let connection { natsConnection_Destroy(connection) }
+        if let options { natsOptions_Destroy(options) }
+        jetStream = nil
+        connection = nil
+        options = nil
+    }
+
+    /// Waits (bounded) until every published message has its PubAck.
+    func waitForAcks(milliseconds: Int64) {
+        guard let jetStream else { return }
+        var options = jsPubOptions()
+        jsPubOptions_Init(&options)
+        options.MaxWait = milliseconds
+        _ = js_PublishAsyncComplete(jetStream, &options)
+    }
+
+    var maxPayload: Int {
+        guard let connection else { return 0 }
+        return Int(natsConnection_GetMaxPayload(connection))
+    }
+
+    // MARK: Publishing
+
+    /// Publishes one event; its PubAck arrives in `inbox` under `ticket`. Subject = topic,
+    /// `Nats-Msg-Id` = event id (the stream drops re-sends within its duplicate window),
+    /// `Spout-Key` and `Spout-Event-Type`, then the event's own headers.
+    /// - Returns: whether an event header named `Nats-…` was left out.
+    func publish(_ event: OutboxEvent, ticket: UInt64) throws(NATSFailure) -> Bool {
+        guard let jetStream else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        guard event.payload.count <= Int(Int32.max) else { throw NATSFailure(status: NATS_MAX_PAYLOAD) }
+        var message: OpaquePointer?
+        let created = event.payload.withUnsafeBytes { payload in
+            natsMsg_Create(&message, event.topic, nil, payload.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(payload.count))
+        }
+        try check(created)
+        var droppedReserved = false
+        do {
+            try check(natsMsgHeader_Set(message, "Nats-Msg-Id", NATSWireRules.headerValue(event.id)))
+            if let key = event.key { try check(natsMsgHeader_Set(message, NATSJetStreamSink.keyHeader, NATSWireRules.headerValue(key))) }
+            if let type = event.type { try check(natsMsgHeader_Set(message, NATSJetStreamSink.typeHeader, NATSWireRules.headerValue(type))) }
+            for header in event.headers {
+                let name = NATSWireRules.headerName(header.name)
+                if name.isEmpty { continue }
+                if NATSWireRules.isReservedHeader(name) {
+                    droppedReserved = true
+                    continue
+                }
+                try check(natsMsgHeader_Add(message, name, NATSWireRules.headerValue(header.value)))
+            }
+        } catch {
+            natsMsg_Destroy(message)
+            throw error
+        }
+        let address = UInt(bitPattern: message)
+        // Registered first: the PubAck may be handled before js_PublishMsgAsync returns.
+        inbox.expect(message: address, ticket: ticket)
+        let status = js_PublishMsgAsync(jetStream, &message, &publishOptions)
+        if status != NATS_OK {
+            // libnats handed the message back (`message` is still set) and will not call the handler for it.
+            inbox.forget(message: address)
+            natsMsg_Destroy(message)
+            throw NATSFailure(status: status)
+        }
+        return droppedReserved
+    }
+
+    // MARK: Streams
+
+    /// Fails with NATS_NO_RESPONDERS when the server has no JetStream.
+    func checkJetStream() throws(NATSFailure) {
+        guard let jetStream else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        var info: UnsafeMutablePointer<jsAccountInfo>?
+        var code = jsErrCode(0)
+        let status = js_GetAccountInfo(&info, jetStream, nil, &code)
+        if let info { jsAccountInfo_Destroy(info) }
+        if status != NATS_OK { throw NATSFailure(status: status, errorCode: Int(code.rawValue)) }
+    }
+
+    /// Whether some stream captures `subject`.
+    func streamExists(capturing subject: String) throws(NATSFailure) -> Bool {
+        guard let jetStream else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        var names: UnsafeMutablePointer<jsStreamNamesList>?
+        var code = jsErrCode(0)
+        var options = jsOptions()
+        jsOptions_Init(&options)
+        let status = subject.withCString { filter in
+            options.Stream.Info.SubjectsFilter = filter
+            return js_StreamNames(&names, jetStream, &options, &code)
+        }
+        if let names { jsStreamNamesList_Destroy(names) }
+        switch status {
+        case NATS_OK: return true
+        case NATS_NOT_FOUND: return false
+        default: throw NATSFailure(status: status, errorCode: Int(code.rawValue))
+        }
+    }
+
+    enum StreamChange { case created, extended }
+
+    /// Creates stream `name` (file storage, server defaults otherwise) capturing `subject`,
+    /// or adds `subject` to it when it exists.
+    func addSubject(_ subject: String, toStream name: String) throws(NATSFailure) -> StreamChange {
+        guard let jetStream else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        var code = jsErrCode(0)
+        var info: UnsafeMutablePointer<jsStreamInfo>?
+        let lookup = js_GetStreamInfo(&info, jetStream, name, nil, &code)
+        defer { if let info { jsStreamInfo_Destroy(info) } }
+        var subjects: [UnsafeMutablePointer<CChar>?] = [strdup(subject)]
+        defer { subjects.forEach { free($0) } }
+        let change: StreamChange
+        var config = jsStreamConfig()
+        switch lookup {
+        case NATS_OK:
+            guard let existing = info?.pointee.Config else { throw NATSFailure(status: NATS_ERR, text: "stream \(name) has no configuration") }
+            config = existing.pointee
+            for index in 0..<Int(config.SubjectsLen) {
+                if let old = config.Subjects?[index] { subjects.append(strdup(old)) }
+            }
+            change = .extended
+        case NATS_NOT_FOUND:
+            try check(jsStreamConfig_Init(&config))
+            config.Storage = js_FileStorage
+            change = .created
+        default:
+            throw NATSFailure(status: lookup, errorCode: Int(code.rawValue))
+        }
+        let status = name.withCString { name in
+            subjects.withUnsafeMutableBufferPointer { buffer in
+                buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { rebound in
+                    config.Name = name
+                    config.Subjects = rebound.baseAddress
+                    config.SubjectsLen = Int32(rebound.count)
+                    return change == .created ? js_AddStream(nil, jetStream, &config, nil, &code) : js_UpdateStream(nil, jetStream, &config, nil, &code)
+                }
+            }
+        }
+        if status != NATS_OK { throw NATSFailure(status: status, errorCode: Int(code.rawValue)) }
+        return change
+    }
+
+    private func check(_ status: natsStatus) throws(NATSFailure) {
+        if status != NATS_OK { throw NATSFailure(status: status) }
+    }
+}

@@ -1,0 +1,336 @@
+import Foundation
+import SpoutCore
+import XCTest
+
+/// The NATS JetStream sink against real `nats-server -js` processes, through the `spout` executable.
+final class NATSSinkTests: XCTestCase {
+    /// Inserts `transactions` transactions of `rows` rows for `aggregate`; keys cycle through
+    /// `keys` values and payloads carry a per-test sequence number in commit order.
+    /// Used by one thread at a time (the test reads `ids` after the writing thread finished).
+    private final class Writer: @unchecked Sendable {
+        let outbox: OutboxFixture
+        let connection: PostgresConnection
+        var sequence = 0
+        var ids: [String] = []
+
+        init(_ outbox: OutboxFixture) throws {
+            self.outbox = outbox
+            connection = try TestDatabase.connect()
+        }
+
+        func write(transactions: Int, rows: Int, aggregate: String = "order", keys: Int = 7, pause: useconds_t = 0) throws {
+            for _ in 0..<transactions {
+                let base = sequence
+                ids += try outbox.insert(connection, rows: rows, aggregate: aggregate, key: { "k\((base + $0) % keys)" },
+                                         payload: { "{\"seq\": \(base + $0)}" })
+                sequence += rows
+                if pause > 0 { usleep(pause) }
+            }
+        }
+    }
+
+    /// Checks that `messages` hold each of `ids` exactly once with spout's headers, and that
+    /// per subject and key the payload sequence numbers grow with the stream sequence.
+    private func assertExactlyOnceInOrder(_ messages: [StoredNATSMessage], ids: [String], file: StaticString = #filePath, line: UInt = #line) {
+        let stored = messages.compactMap { $0.header("Nats-Msg-Id") }
+        XCTAssertEqual(stored.count, messages.count, "every message has a Nats-Msg-Id", file: file, line: line)
+        XCTAssertEqual(Set(stored).count, stored.count, "no event stored twice", file: file, line: line)
+        XCTAssertEqual(Set(stored), Set(ids), "the stream holds exactly the events written", file: file, line: line)
+        XCTAssertEqual(messages.count, ids.count, file: file, line: line)
+        var lastSequence: [String: Int] = [:]
+        for message in messages {
+            guard let key = message.header(NATSJetStreamSink.keyHeader), let sequence = message.json?["seq"] as? Int else {
+                return XCTFail("message \(message.sequence) lacks Spout-Key or a payload seq: \(message.headers)", file: file, line: line)
+            }
+            XCTAssertEqual(message.header(NATSJetStreamSink.typeHeader), "Created", file: file, line: line)
+            XCTAssertEqual(message.header("h"), "v", "the event's own headers", file: file, line: line)
+            let orderKey = message.subject + "/" + key
+            XCTAssertGreaterThan(sequence, lastSequence[orderKey] ?? -1, "order of key \(orderKey) at stream sequence \(message.sequence)",
+                                 file: file, line: line)
+            lastSequence[orderKey] = sequence
+        }
+    }
+
+    /// Events on two subjects arrive once each with id, key, type and the event's headers;
+    /// odd header names and values are made NATS-safe and Nats-* event headers are not passed.
+    func testEveryEventArrivesOnceWithHeaders() throws {
+        let server = try NATSServer()
+        let client = try JetStreamTestClient(server.url)
+        try client.addStream("OUTBOX", subjects: ["outbox.event.>"])
+        let outbox = try OutboxFixture("nats")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+
+        let writer = try Writer(outbox)
+        try writer.write(transactions: 200, rows: 1)
+        try writer.write(transactions: 50, rows: 10, aggregate: "invoice")
+        try writer.write(transactions: 2, rows: 500)
+        let special = try XCTUnwrap(try outbox.admin.value("""
+            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, headers)
+            VALUES ('special', 'key with space', 'Odd', '"text"',
+                    '{"traceparent": "00-abc-01", "two words": "x", "multi": "line1\\nline2", "Nats-Rollup": "all"}')
+            RETURNING id
+            """))
+        let written = try outbox.currentLSN()
+
+        eventually(timeout: 60, "1,701 events in the stream, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= 1_701 }
+        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let messages = try client.messages("OUTBOX")
+        XCTAssertEqual(messages.count, 1_701)
+        let specialMessage = try XCTUnwrap(messages.first { $0.header("Nats-Msg-Id") == special })
+        XCTAssertEqual(specialMessage.subject, "outbox.event.special")
+        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.keyHeader), "key with space")
+        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.typeHeader), "Odd")
+        XCTAssertEqual(specialMessage.header("traceparent"), "00-abc-01")
+        XCTAssertEqual(specialMessage.header("two_words"), "x", "invalid header name characters become _")
+        XCTAssertEqual(specialMessage.header("multi"), "line1 line2", "line breaks in header values become spaces")
+        XCTAssertNil(specialMessage.header("Nats-Rollup"), "event headers cannot steer the server")
+        XCTAssertEqual(String(decoding: specialMessage.data, as: UTF8.self), "\"text\"", "payload as stored")
+        XCTAssertEqual(spout.stderr.components(separatedBy: "Nats-").count - 1, 1, "one warning about the Nats-* header: \(spout.stderr)")
+
+        assertExactlyOnceInOrder(messages.filter { $0.subject != "outbox.event.special" }, ids: writer.ids)
+        XCTAssertEqual(Set(messages.map(\.subject)), ["outbox.event.order", "outbox.event.invoice", "outbox.event.special"])
+    }
+
+    /// SIGKILL of spout in the middle of a stream, then a restart: the re-published events
+    /// that had landed are dropped by the stream (Nats-Msg-Id), so each event is stored once.
+    func testSpoutCrashAndRestartStoresEachEventOnce() throws {
+        let server = try NATSServer()
+        let client = try JetStreamTestClient(server.url)
+        try client.addStream("OUTBOX", subjects: ["outbox.event.>"])
+        let outbox = try OutboxFixture("natscrash")
+        defer { outbox.tearDown() }
+
+        let first = try SpoutProcess(["run", "--sink", server.url, "--max-in-flight", "50"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let writer = try Writer(outbox)
+        let failure = LockedBox<String?>(nil)
+        let writing = Thread {
+            do { try writer.write(transactions: 300, rows: 10) } catch { failure.mutate { $0 = "\(error)" } }
+        }
+        writing.start()
+        eventually("first run delivered some events") { client.count("OUTBOX") >= 800 }
+        first.signal(SIGKILL)
+        first.waitForExit()
+        let storedAtCrash = client.count("OUTBOX")
+        eventually("writer finished") { writing.isFinished }
+        XCTAssertNil(failure.value)
+        XCTAssertLessThan(storedAtCrash, 3_000, "spout died mid-stream")
+        let confirmedAtCrash = try XCTUnwrap(try outbox.confirmedFlush)
+
+        let second = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
+        let written = try outbox.currentLSN()
+        eventually(timeout: 60, "3,000 events, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= 3_000 }
+        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        XCTAssertLessThan(confirmedAtCrash, written, "the restart had unconfirmed events to publish again")
+        second.signal(SIGTERM)
+        XCTAssertEqual(second.waitForExit(), 0, second.stderr)
+
+        assertExactlyOnceInOrder(try client.messages("OUTBOX"), ids: writer.ids)
+    }
+
+    /// nats-server SIGKILLed and restarted on the same port and store while events flow:
+    /// nothing is lost or stored twice, per-key order holds, spout warns once, and while the
+    /// server is down the slot does not confirm events written meanwhile.
+    func testServerRestartLosesNothingAndHoldsTheSlot() throws {
+        let server = try NATSServer()
+        let client = try JetStreamTestClient(server.url)
+        try client.addStream("OUTBOX", subjects: ["outbox.event.>"])
+        let outbox = try OutboxFixture("natsrestart")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+
+        let writer = try Writer(outbox)
+        let failure = LockedBox<String?>(nil)
+        let writing = Thread {
+            do { try writer.write(transactions: 600, rows: 5, pause: 3_000) } catch { failure.mutate { $0 = "\(error)" } }
+        }
+        writing.start()
+        eventually("events flowing") { client.count("OUTBOX") >= 500 }
+        // Stopped first, so that publishes sent meanwhile sit in its socket buffer and die
+        // with it: those must be published again, in order.
+        server.pause()
+        usleep(500_000)
+        server.kill()
+        XCTAssertFalse(writing.isFinished, "the server died while events were still being written")
+
+        // Written while the server is down: it cannot have been delivered, so the slot must stay before it.
+        let marker = try OutboxFixture.Marker(outbox)
+        let outageEnd = Date().addingTimeInterval(3)
+        var highest = LSN.zero
+        while Date() < outageEnd {
+            highest = max(highest, try XCTUnwrap(try outbox.confirmedFlush))
+            usleep(100_000)
+        }
+        XCTAssertLessThanOrEqual(highest, marker.before, "confirmed past an event the broker never had")
+        XCTAssertTrue(spout.process.isRunning, "spout waits for the broker instead of failing: \(spout.stderr)")
+        XCTAssertTrue(try outbox.slotIsActive)
+
+        try server.start()
+        eventually("writer finished") { writing.isFinished }
+        XCTAssertNil(failure.value)
+        let total = writer.ids.count + marker.ids.count
+        XCTAssertEqual(total, 3_010)
+        let written = try outbox.currentLSN()
+        eventually(timeout: 90, "\(total) events after the restart, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(total) }
+        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let messages = try client.messages("OUTBOX")
+        assertExactlyOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
+        XCTAssertEqual(Set(messages.filter { $0.header(NATSJetStreamSink.keyHeader) == "marker" }.compactMap { $0.header("Nats-Msg-Id") }),
+                       Set(marker.ids))
+        let outageWarnings = spout.stderr.split(separator: "\n").filter { $0.contains("is unavailable") }
+        XCTAssertEqual(outageWarnings.count, 1, "one warning per outage: \(spout.stderr)")
+        XCTAssertTrue(spout.stderr.contains("is back after"), spout.stderr)
+    }
+
+    /// nats-server stops answering (SIGSTOP) for longer than the PubAck timeout, then
+    /// continues: spout gives up the connection, re-publishes in order on a new one, and the
+    /// stream drops what the old connection delivered late. Each event once, in order.
+    func testHungServerTimesOutAndRecovers() throws {
+        let server = try NATSServer()
+        let client = try JetStreamTestClient(server.url)
+        try client.addStream("OUTBOX", subjects: ["outbox.event.>"])
+        let outbox = try OutboxFixture("natshung")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+
+        let writer = try Writer(outbox)
+        let failure = LockedBox<String?>(nil)
+        let writing = Thread {
+            do { try writer.write(transactions: 400, rows: 5, pause: 20_000) } catch { failure.mutate { $0 = "\(error)" } }
+        }
+        writing.start()
+        eventually("events flowing") { client.count("OUTBOX") >= 300 }
+        server.pause()
+        let marker = try OutboxFixture.Marker(outbox)
+        eventually(timeout: 30, "a warning that NATS stopped answering") { spout.stderr.contains("is unavailable") }
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), marker.before, "confirmed past an event the broker never acknowledged")
+        server.resume()
+
+        eventually(timeout: 60, "writer finished") { writing.isFinished }
+        XCTAssertNil(failure.value)
+        let total = writer.ids.count + marker.ids.count
+        let written = try outbox.currentLSN()
+        eventually(timeout: 90, "\(total) events after the server continued, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(total) }
+        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let messages = try client.messages("OUTBOX")
+        assertExactlyOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
+        XCTAssertEqual(messages.filter { $0.header(NATSJetStreamSink.keyHeader) == "marker" }.count, marker.ids.count)
+    }
+
+    /// No stream captures the topic: spout stops with one error line that names the subject
+    /// and says how to create the stream, and does not confirm the event.
+    func testMissingStreamStopsWithOneClearError() throws {
+        let server = try NATSServer()
+        let outbox = try OutboxFixture("natsmissing")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url, "--shutdown-timeout", "1"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let before = try outbox.currentLSN()
+        try outbox.insert(outbox.admin, rows: 1)
+
+        let status = spout.waitForExit(timeout: 30)
+        XCTAssertNotNil(status, "spout stops")
+        XCTAssertNotEqual(status, 0)
+        let errorLines = spout.stderr.split(separator: "\n").filter { $0.contains("error") }
+        XCTAssertEqual(errorLines.count, 1, spout.stderr)
+        let line = String(errorLines.first ?? "")
+        XCTAssertTrue(line.contains("\"outbox.event.order\""), line)
+        XCTAssertTrue(line.contains("nats stream add"), line)
+        XCTAssertTrue(line.contains("--subjects 'outbox.event.>'"), line)
+        XCTAssertTrue(line.contains("--nats-create-stream"), line)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before, "the event is not confirmed")
+    }
+
+    /// `--nats-create-stream` creates a file-storage stream for the first topic and adds
+    /// later topics to it. The server is not running when spout starts: spout waits for it.
+    func testCreateStreamOptionAndBrokerStartingLate() throws {
+        let server = try NATSServer(startNow: false)
+        let outbox = try OutboxFixture("natscreate")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url, "--nats-create-stream", "SPOUT_EVENTS"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        eventually("a warning that NATS is unreachable") { spout.stderr.contains("is unavailable") }
+        let writer = try Writer(outbox)
+        let before = try outbox.currentLSN()
+        try writer.write(transactions: 1, rows: 5)
+        usleep(1_000_000)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before, "nothing confirmed while NATS is down")
+        XCTAssertTrue(spout.process.isRunning, spout.stderr)
+        try server.start()
+        try writer.write(transactions: 1, rows: 5, aggregate: "invoice")
+
+        let client = try JetStreamTestClient(server.url)
+        eventually("10 events in SPOUT_EVENTS") { client.count("SPOUT_EVENTS") >= 10 }
+        let stream = try XCTUnwrap(try client.stream("SPOUT_EVENTS"))
+        XCTAssertEqual(Set(stream.subjects), ["outbox.event.order", "outbox.event.invoice"])
+        XCTAssertTrue(stream.fileStorage)
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        assertExactlyOnceInOrder(try client.messages("SPOUT_EVENTS"), ids: writer.ids)
+        XCTAssertTrue(spout.stderr.contains("created JetStream stream SPOUT_EVENTS"), spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("added subject outbox.event.invoice"), spout.stderr)
+    }
+
+    /// nats://user:password@host with a server list whose first server is down; a wrong
+    /// password is a clear startup error that does not show the password; bad URLs are
+    /// rejected before connecting.
+    func testCredentialsServerListAndBadURLs() throws {
+        for bad in ["nats://", "nats://host:notaport", "nats://host:70000", "nats://h1,h2:1,", "nats://a/b", "nats://:pw@host"] {
+            XCTAssertThrowsError(try SinkURL.makeSink(bad), bad) { error in
+                guard case SpoutError.invalidOption = error else { return XCTFail("\(bad): \(error)") }
+            }
+        }
+        XCTAssertThrowsError(try SinkURL.makeSink("nats://user:hunter2@host:x")) { error in
+            XCTAssertFalse("\(error)".contains("hunter2"), "\(error)")
+        }
+
+        let server = try NATSServer(extraArguments: ["--user", "spout", "--pass", "s3cret-pw"])
+        let unused = try NATSServer(startNow: false)
+        let outbox = try OutboxFixture("natsauth")
+        defer { outbox.tearDown() }
+
+        let rejected = try SpoutProcess(["run", "--sink", "nats://spout:wrong-pw@127.0.0.1:\(server.port)"] + outbox.arguments)
+        XCTAssertNotEqual(rejected.waitForExit(timeout: 30), 0)
+        XCTAssertTrue(rejected.stderr.contains("rejected the credentials"), rejected.stderr)
+        XCTAssertFalse(rejected.stderr.contains("wrong-pw"), rejected.stderr)
+
+        let url = "nats://spout:s3cret-pw@127.0.0.1:\(unused.port),127.0.0.1:\(server.port)"
+        let spout = try SpoutProcess(["run", "--sink", url, "--nats-create-stream", "AUTH"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let writer = try Writer(outbox)
+        try writer.write(transactions: 3, rows: 1)
+        let client = try JetStreamTestClient("nats://spout:s3cret-pw@127.0.0.1:\(server.port)")
+        eventually("3 events in AUTH") { client.count("AUTH") >= 3 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertFalse(spout.stderr.contains("s3cret-pw"), spout.stderr)
+        assertExactlyOnceInOrder(try client.messages("AUTH"), ids: writer.ids)
+    }
+}
+
+extension OutboxFixture {
+    /// Ten events with key `marker`, and the WAL position just before them.
+    struct Marker {
+        let before: LSN
+        let ids: [String]
+
+        init(_ outbox: OutboxFixture) throws {
+            let connection = try TestDatabase.connect()
+            before = try outbox.currentLSN()
+            ids = try outbox.insert(connection, rows: 10, key: { _ in "marker" }, payload: { "{\"seq\": \($0)}" })
+        }
+    }
+}
