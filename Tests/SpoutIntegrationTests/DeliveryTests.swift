@@ -183,8 +183,11 @@ final class DeliveryTests: XCTestCase {
         defer { outbox.tearDown() }
         XCTAssertEqual(try outbox.admin.value("SHOW wal_sender_timeout"), "10s")
         let spout = try SpoutProcess(["run"] + outbox.arguments, stdoutPipe: true)
-        try eventually("slot active") { try outbox.slotIsActive }
-        let pid = try outbox.admin.value("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")
+        var pid: String?
+        try eventually("slot active with a walsender PID") {
+            pid = try outbox.admin.value("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")
+            return pid != nil
+        }
         // About 3 MB of lines: far more than a pipe holds.
         for batch in 0..<10 {
             try outbox.insert(outbox.admin, rows: 1000, key: { "b\(batch)-\($0)" }, payload: { "{\"pad\": \"\(String(repeating: "x", count: 200))\", \"n\": \($0)}" })
