@@ -57,7 +57,7 @@ struct Run: ParsableCommand {
     var maxInFlightBytesFlag: Int?
 
     @Option(name: .customLong("spool-memory-bytes"), help: ArgumentHelp(
-        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file (default: 16777216). [SPOUT_SPOOL_MEMORY_BYTES]",
+        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file (default: 8388608). [SPOUT_SPOOL_MEMORY_BYTES]",
         valueName: "n"))
     var spoolMemoryBytesFlag: Int?
 

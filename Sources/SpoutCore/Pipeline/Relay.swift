@@ -19,7 +19,7 @@ public final class Relay {
         public var shutdownTimeout: Duration = .seconds(30)
         /// Events waiting for their commit or for the sink beyond this many bytes go to a
         /// temporary file, so a huge transaction does not grow memory.
-        public var spoolMemoryBytes = 16 << 20
+        public var spoolMemoryBytes = 8 << 20
         /// Record commit → acknowledgement latency of every event (`latency`).
         public var recordLatency = false
 
