@@ -175,7 +175,7 @@ final class ErrorMessageTests: XCTestCase {
 
     func testUnreachableServer() throws {
         // A port nothing listens on.
-        let port = try XCTUnwrap(freePort())
+        let port = try freeLoopbackPort()
         _ = try assertOneLineError(["run", "--database-url", "postgresql://postgres@127.0.0.1:\(port)/postgres"],
                                    contains: ["cannot connect to PostgreSQL at postgres@127.0.0.1:\(port)/postgres", "Connection refused"])
     }
@@ -228,18 +228,5 @@ final class ErrorMessageTests: XCTestCase {
         _ = try assertOneLineError(["run", "--start-lsn", "nonsense"], contains: ["--start-lsn nonsense is not an LSN"])
         _ = try assertOneLineError(["run", "--topic", "a.{b"], contains: ["invalid topic template"])
         _ = try assertOneLineError(["run", "--sink", "carrier-pigeon://x"], contains: ["unknown sink"])
-    }
-
-    private func freePort() -> Int? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
     }
 }

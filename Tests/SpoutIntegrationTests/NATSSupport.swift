@@ -21,7 +21,7 @@ final class NATSServer {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("spout-nats-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("store"), withIntermediateDirectories: true)
         self.extraArguments = extraArguments
-        port = try Self.freePort()
+        port = try freeLoopbackPort()
         guard startNow else { return }
         // Another process may take the free port between probing and binding: try a few.
         for attempt in 1...3 {
@@ -29,7 +29,7 @@ final class NATSServer {
                 try start()
                 return
             } catch where attempt < 3 {
-                port = try Self.freePort()
+                port = try freeLoopbackPort()
             }
         }
     }
@@ -89,22 +89,6 @@ final class NATSServer {
         Glibc.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         self.process = nil
-    }
-
-    private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw XCTSkipFailure("socket() failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw XCTSkipFailure("cannot bind a loopback port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     private static func accepts(port: Int) -> Bool {

@@ -19,7 +19,7 @@ final class RedisServer {
         guard FileManager.default.isExecutableFile(atPath: Self.executable) else {
             throw XCTSkipFailure("\(Self.executable) is missing: apt-get install redis-server")
         }
-        port = try Self.freePort()
+        port = Int32(try freeLoopbackPort())
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("spout-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         self.password = password
@@ -73,24 +73,6 @@ final class RedisServer {
     }
 
     func client() throws -> RedisClient { try RedisClient(port: port, password: password) }
-
-    private static func freePort() throws -> Int32 {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw XCTSkipFailure("socket: \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        guard bound else { throw XCTSkipFailure("bind: \(String(cString: strerror(errno)))") }
-        return Int32(UInt16(bigEndian: address.sin_port))
-    }
 }
 
 /// A reply, as the tests look at it.

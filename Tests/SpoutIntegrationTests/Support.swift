@@ -98,6 +98,22 @@ final class OutboxFixture: @unchecked Sendable {
     }
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on (the kernel picks it).
+func freeLoopbackPort() throws -> Int {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw XCTSkipFailure("socket: \(String(cString: strerror(errno)))") }
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) == 0 && getsockname(descriptor, $0, &length) == 0 }
+    }
+    guard bound else { throw XCTSkipFailure("cannot bind a loopback port: \(String(cString: strerror(errno)))") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
 /// Waits until `condition` holds or `timeout` passes.
 func eventually(timeout: TimeInterval = 30, _ message: @autoclosure () -> String, file: StaticString = #filePath, line: UInt = #line,
                 _ condition: () throws -> Bool) rethrows {

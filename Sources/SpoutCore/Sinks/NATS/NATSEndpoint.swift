@@ -1,3 +1,5 @@
+import Foundation
+
 /// A parsed `nats://` sink URL: `nats://[user:password@|token@]host[:port][,host[:port]…]`.
 ///
 /// Credentials go on the first server and apply to all (libnats takes them as connection
@@ -112,30 +114,12 @@ struct NATSEndpoint: Equatable, Sendable {
         return "nats://\(host):\(port)"
     }
 
+    /// Same decoding as the Redis URL's credentials (Foundation's), with this sink's message.
     private static func percentDecoded(_ text: Substring, display: String) throws(SpoutError) -> String {
-        guard text.contains("%") else { return String(text) }
-        var bytes: [UInt8] = []
-        var iterator = text.utf8.makeIterator()
-        while let byte = iterator.next() {
-            guard byte == UInt8(ascii: "%") else {
-                bytes.append(byte)
-                continue
-            }
-            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
-                throw .invalidOption("--sink \(display): a %-escape in the credentials is not two hex digits")
-            }
-            bytes.append(high << 4 | low)
+        guard let decoded = String(text).removingPercentEncoding else {
+            throw .invalidOption("--sink \(display): a %-escape in the credentials is not two hex digits")
         }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
+        return decoded
     }
 }
 
