@@ -20,8 +20,23 @@ public struct LSN: RawRepresentable, Hashable, Comparable, Sendable, CustomStrin
     }
 
     public var description: String {
-        String(UInt32(truncatingIfNeeded: rawValue >> 32), radix: 16, uppercase: true) + "/"
-            + String(UInt32(truncatingIfNeeded: rawValue), radix: 16, uppercase: true)
+        var bytes: [UInt8] = []
+        appendText(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends `X/X` (upper-case hex, as PostgreSQL prints it) without building a String.
+    public func appendText(to output: inout [UInt8]) {
+        func appendHex(_ value: UInt32) {
+            let digits = Swift.max(1, (32 - value.leadingZeroBitCount + 3) / 4)
+            for index in stride(from: digits - 1, through: 0, by: -1) {
+                let nibble = UInt8(truncatingIfNeeded: value >> UInt32(index * 4)) & 0xF
+                output.append(nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "A") + nibble - 10)
+            }
+        }
+        appendHex(UInt32(truncatingIfNeeded: rawValue >> 32))
+        output.append(UInt8(ascii: "/"))
+        appendHex(UInt32(truncatingIfNeeded: rawValue))
     }
 
     public static func < (lhs: LSN, rhs: LSN) -> Bool { lhs.rawValue < rhs.rawValue }
@@ -50,6 +65,13 @@ public struct PostgresTimestamp: RawRepresentable, Hashable, Comparable, Sendabl
 
     /// ISO-8601 in UTC with microseconds: `2026-11-23T11:20:20.123456Z`.
     public var iso8601: String {
+        var bytes: [UInt8] = []
+        appendISO8601(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the ISO-8601 form without building a String (it is on every stdout line).
+    public func appendISO8601(to output: inout [UInt8]) {
         var micros = unixMicroseconds
         var seconds = micros / 1_000_000
         micros %= 1_000_000
@@ -58,12 +80,36 @@ public struct PostgresTimestamp: RawRepresentable, Hashable, Comparable, Sendabl
         var secondOfDay = seconds % 86_400
         if secondOfDay < 0 { secondOfDay += 86_400; days -= 1 }
         let (year, month, day) = Self.civilDate(daysSinceUnixEpoch: days)
-        func pad(_ value: Int64, _ width: Int) -> String {
-            let digits = String(value)
-            return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
+        func digits(_ value: Int64, _ width: Int) {
+            var value = value.magnitude
+            var count = 1
+            var probe = value
+            while probe >= 10 { probe /= 10; count += 1 }
+            for _ in count..<Swift.max(width, count) { output.append(UInt8(ascii: "0")) }
+            let start = output.count
+            output.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: count))
+            var index = start + count - 1
+            while index >= start {
+                output[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+                index -= 1
+            }
         }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3600, 2)):"
-            + "\(pad(secondOfDay % 3600 / 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(micros, 6))Z"
+        if year < 0 { output.append(UInt8(ascii: "-")) }
+        digits(year, 4)
+        output.append(UInt8(ascii: "-"))
+        digits(month, 2)
+        output.append(UInt8(ascii: "-"))
+        digits(day, 2)
+        output.append(UInt8(ascii: "T"))
+        digits(secondOfDay / 3600, 2)
+        output.append(UInt8(ascii: ":"))
+        digits(secondOfDay % 3600 / 60, 2)
+        output.append(UInt8(ascii: ":"))
+        digits(secondOfDay % 60, 2)
+        output.append(UInt8(ascii: "."))
+        digits(micros, 6)
+        output.append(UInt8(ascii: "Z"))
     }
 
     /// Proleptic Gregorian date of a day count (Howard Hinnant's `civil_from_days`).

@@ -125,9 +125,9 @@ public final class StdoutSink: Sink {
             JSONWriter.appendString(header.value, to: &output)
         }
         key("},\"lsn\":\"")
-        output.append(contentsOf: event.lsn.description.utf8)
+        event.lsn.appendText(to: &output)
         key("\",\"committed_at\":\"")
-        output.append(contentsOf: event.committedAt.iso8601.utf8)
+        event.committedAt.appendISO8601(to: &output)
         key("\"}\n")
     }
 
