@@ -8,6 +8,15 @@ enum JSONWriter {
     }
 
     static func appendString(utf8 bytes: some Collection<UInt8>, to output: inout [UInt8]) {
+        // Most values need no escaping: copy them in one go.
+        let copied: Bool? = bytes.withContiguousStorageIfAvailable { buffer in
+            guard !buffer.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F }) else { return false }
+            output.append(UInt8(ascii: "\""))
+            output.append(contentsOf: buffer)
+            output.append(UInt8(ascii: "\""))
+            return true
+        }
+        if copied == true { return }
         output.append(UInt8(ascii: "\""))
         for byte in bytes {
             switch byte {
