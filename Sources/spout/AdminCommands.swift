@@ -30,15 +30,7 @@ struct Setup: ParsableCommand {
             let createdPublication = try setup.ensurePublication(connection, create: true)
             log.info(createdPublication ? "created publication \"\(setup.publication)\" for \(setup.table) (inserts only)"
                      : "publication \"\(setup.publication)\" exists and publishes \(setup.table)")
-            var created = false
-            if try ReplicationSetup.slotState(connection, slot: setup.slot) == nil {
-                try connection.query(setup.slotSQL, context: "cannot create replication slot \"\(setup.slot)\"")
-                created = true
-            }
-            guard let state = try ReplicationSetup.slotState(connection, slot: setup.slot) else {
-                throw SpoutError.slotMissing(slot: setup.slot)
-            }
-            guard state.plugin == "pgoutput" else { throw SpoutError.slotWrongPlugin(slot: setup.slot, plugin: state.plugin) }
+            let (state, created) = try setup.provideSlot(connection, create: true)
             log.info(created ? "created replication slot \"\(setup.slot)\" at \(state.confirmedFlush?.description ?? "?")"
                      : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))")
         }

@@ -107,8 +107,9 @@ struct Run: ParsableCommand {
             if let start = options.startLSN, start < confirmed {
                 throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)
             }
-            let rows = try connection.query("SELECT pg_current_wal_insert_lsn()", context: "cannot read the WAL position")
-            if let start = options.startLSN, let text = rows.first?.first ?? nil, let current = LSN(text), start > current {
+            if let start = options.startLSN,
+               let text = try connection.query("SELECT pg_current_wal_insert_lsn()", context: "cannot read the WAL position").first?.first ?? nil,
+               let current = LSN(text), start > current {
                 // Confirming a position beyond the WAL would skip whatever is written up to it.
                 throw SpoutError.invalidOption("--start-lsn \(start) is beyond the end of the WAL (\(current)): check the value")
             }

@@ -91,9 +91,9 @@ public struct ReplicationSetup: Sendable {
                          walStatus: row[6], temporary: row[7] == "t")
     }
 
-    /// Makes sure the slot exists, uses pgoutput, is not in use and still has its WAL.
-    /// Returns its state and whether it was created.
-    public func ensureSlot(_ connection: PostgresConnection, create: Bool) throws(SpoutError) -> (state: SlotState, created: Bool) {
+    /// Makes sure the slot exists (creating it when `create`) and uses pgoutput; in use or
+    /// not (what `spout setup` needs). Returns its state and whether it was created.
+    public func provideSlot(_ connection: PostgresConnection, create: Bool) throws(SpoutError) -> (state: SlotState, created: Bool) {
         var created = false
         if try Self.slotState(connection, slot: slot) == nil {
             guard create else { throw .slotMissing(slot: slot) }
@@ -102,6 +102,13 @@ public struct ReplicationSetup: Sendable {
         }
         guard let state = try Self.slotState(connection, slot: slot) else { throw .slotMissing(slot: slot) }
         guard state.plugin == "pgoutput" else { throw .slotWrongPlugin(slot: slot, plugin: state.plugin) }
+        return (state, created)
+    }
+
+    /// Makes sure the slot exists, uses pgoutput, is not in use and still has its WAL.
+    /// Returns its state and whether it was created.
+    public func ensureSlot(_ connection: PostgresConnection, create: Bool) throws(SpoutError) -> (state: SlotState, created: Bool) {
+        let (state, created) = try provideSlot(connection, create: create)
         guard !state.active else { throw .slotActive(slot: slot, pid: state.activePID ?? "?") }
         guard state.walStatus != "lost" else { throw .slotLost(slot: slot) }
         return (state, created)
