@@ -19,6 +19,8 @@ private struct ReferenceModel {
     /// Issued and not acknowledged.
     var pending: Set<UInt64> = []
     var nextTicket: UInt64 = 0
+    /// Tickets below this one belong to committed transactions; those above, to the next commit.
+    var committedTickets: UInt64 = 0
     var open = false
     /// Transactions before this index are fully acknowledged (a cache, advanced by `settle`).
     private(set) var settled = 0
@@ -44,12 +46,20 @@ private struct ReferenceModel {
 
     mutating func begin() { open = true }
 
+    /// A ticket for an event of the open transaction (a streaming sink).
+    mutating func issue() -> UInt64 {
+        pending.insert(nextTicket)
+        nextTicket += 1
+        return nextTicket - 1
+    }
+
     mutating func commit(end: LSN, events: Int) -> UInt64 {
         open = false
         let first = nextTicket
         nextTicket += UInt64(events)
         pending.formUnion(first..<nextTicket)
-        transactions.append(Transaction(end: end, tickets: first..<nextTicket))
+        transactions.append(Transaction(end: end, tickets: committedTickets..<nextTicket))
+        committedTickets = nextTicket
         received = max(received, end)
         settle()
         return first
@@ -74,7 +84,7 @@ private struct ReferenceModel {
             confirmed = max(confirmed, transactions[settled].end)
             settled += 1
         }
-        if settled == transactions.count, !open {
+        if settled == transactions.count, !open, pending.isEmpty {
             confirmed = max(confirmed, followLimit.map { min(received, $0) } ?? received)
         }
     }
@@ -260,10 +270,17 @@ final class AckTrackerTests: XCTestCase {
                     let old = LSN(UInt64.random(in: 0...cursor, using: &random))
                     tracker.observe(walEnd: old)
                     model.observe(old)
-                case 20..<35:
+                case 20..<30:
                     if !model.open {
                         tracker.transactionBegan()
                         model.begin()
+                    }
+                case 30..<35:
+                    // Events handed to a streaming sink before their transaction's Commit.
+                    if model.open, seed % 2 == 0 {
+                        for _ in 0..<Int.random(in: 1...3, using: &random) {
+                            XCTAssertEqual(tracker.issueTicket(), model.issue(), context)
+                        }
                     }
                 case 35..<55:
                     cursor += UInt64.random(in: 1...0x80, using: &random)
@@ -306,6 +323,29 @@ final class AckTrackerTests: XCTestCase {
         XCTAssertGreaterThan(heldBackByOpen, 1000)
         XCTAssertGreaterThan(followedIdle, 1000)
         XCTAssertGreaterThan(clamped, 100)
+    }
+
+    /// Tickets issued inside a transaction (a streaming sink) hold its LSN back until the
+    /// Commit arrived and every one of them is acknowledged, whatever the order.
+    func testTicketsIssuedBeforeCommit() {
+        var tracker = AckTracker(start: start)
+        tracker.transactionBegan()
+        let first = tracker.issueTicket(), second = tracker.issueTicket()
+        tracker.observe(walEnd: LSN(0x100))
+        tracker.acknowledge(second)
+        tracker.acknowledge(first)
+        XCTAssertEqual(tracker.confirmed, start, "acknowledged but not committed")
+        XCTAssertEqual(tracker.transactionCommitted(endLSN: LSN(0x200), eventCount: 0), 2)
+        XCTAssertEqual(tracker.confirmed, LSN(0x200))
+
+        tracker.transactionBegan()
+        let third = tracker.issueTicket()
+        _ = tracker.transactionCommitted(endLSN: LSN(0x300), eventCount: 0)
+        XCTAssertEqual(tracker.confirmed, LSN(0x200), "committed but not acknowledged")
+        XCTAssertEqual(tracker.unacknowledged, 1)
+        tracker.acknowledge(third)
+        XCTAssertEqual(tracker.confirmed, LSN(0x300))
+        XCTAssertTrue(tracker.isIdle)
     }
 
     func testTransactionsWithoutEvents() {

@@ -232,7 +232,7 @@ final class EventMapperTests: XCTestCase {
         XCTAssertTrue(try mapper.register(relation(columns: [("payload", OID.jsonb), ("id", OID.int4)])))
         let event = try XCTUnwrap(try mapper.event(relationOID: 16893, row: row([.value("[1]"), .value("7")]), commit: begin))
         XCTAssertEqual(event, OutboxEvent(id: "7", topic: "events", key: nil, type: nil, payload: Array("[1]".utf8), payloadFormat: .json,
-                                          headers: [], lsn: begin.finalLSN, committedAt: begin.commitTime))
+                                          headers: [], lsn: .zero, committedAt: begin.commitTime))
     }
 
     func testCustomColumnNamesAndReorderedColumns() throws {
@@ -274,7 +274,7 @@ final class EventMapperTests: XCTestCase {
         let event = try XCTUnwrap(try makeMapper().event(relationOID: 16893, row: outboxRow(payload: .value(payload)), commit: begin))
         XCTAssertEqual(event, OutboxEvent(id: "6f1c0d8e-1b7a-4a4e-9d55-0c5d4f1f2a10", topic: "outbox.event.order", key: "o-1",
                                           type: "order.created", payload: Array(payload.utf8), payloadFormat: .json, headers: [],
-                                          lsn: LSN(0x16_B374_D848), committedAt: PostgresTimestamp(rawValue: 762_525_296_789_012)))
+                                          lsn: .zero, committedAt: PostgresTimestamp(rawValue: 762_525_296_789_012)))
     }
 
     func testJSONPayloadKeepsItsText() throws {
@@ -395,7 +395,7 @@ final class EventMapperTests: XCTestCase {
                        [#"{"total": 42.5, "currency": "EUR"}"#, #"{"amount": 42.5}"#, #"{"name": "Zoë"}"#])
         XCTAssertEqual(events.map(\.payloadFormat), [.json, .json, .json])
         XCTAssertEqual(events.map(\.headers), [headers([("trace_id", "abc123")]), [], []])
-        XCTAssertEqual(Set(events.map(\.lsn)), [lsn("0/4209F08")])
+        XCTAssertEqual(Set(events.map(\.lsn)), [.zero], "the commit LSN is set at the Commit, not by the mapper")
         XCTAssertEqual(Set(events.map(\.committedAt)), [PostgresTimestamp(rawValue: 848_748_606_977_000)])
     }
 
@@ -406,7 +406,7 @@ final class EventMapperTests: XCTestCase {
         let event = try XCTUnwrap(try makeMapper().event(message: message(json), commit: begin))
         XCTAssertEqual(event, OutboxEvent(id: "evt-1", topic: "outbox.event.order", key: "o-1", type: "order.created",
                                           payload: Array(#"{"total": 42.5, "items": [1, 2]}"#.utf8), payloadFormat: .json,
-                                          headers: headers([("h", "v"), ("n", "1")]), lsn: begin.finalLSN, committedAt: begin.commitTime))
+                                          headers: headers([("h", "v"), ("n", "1")]), lsn: .zero, committedAt: begin.commitTime))
     }
 
     func testMessageIDFallsBackToItsLSN() throws {
@@ -481,7 +481,7 @@ final class EventMapperTests: XCTestCase {
         else { return XCTFail("fixtures are not logical messages") }
         let event = try XCTUnwrap(try mapper.event(message: transactional, commit: begin))
         XCTAssertEqual(event, OutboxEvent(id: "42", topic: "events", key: nil, type: nil, payload: Array(#""order.created""#.utf8),
-                                          payloadFormat: .json, headers: [], lsn: begin.finalLSN, committedAt: begin.commitTime))
+                                          payloadFormat: .json, headers: [], lsn: .zero, committedAt: begin.commitTime))
         XCTAssertNil(try mapper.event(message: nontransactional, commit: begin))
         // With the default columns the captured message has no payload.
         assertThrows(try makeMapper().event(message: transactional, commit: begin), isMapping(.nullColumn(column: "payload")))
@@ -683,7 +683,7 @@ final class StdoutSinkFormatTests: XCTestCase {
         let output = line(OutboxEvent(id: "e1", topic: "t", key: "k", type: "ty", payload: Array(#"{"a":1}"#.utf8), payloadFormat: .json,
                                       headers: headers([("h", "v")]), lsn: LSN(0x10), committedAt: PostgresTimestamp(rawValue: 0)))
         XCTAssertEqual(String(decoding: output, as: UTF8.self),
-                       #"{"id":"e1","topic":"t","key":"k","type":"ty","payload":{"a":1},"headers":{"h":"v"},"lsn":"0/10","committed_at":"2000-01-01T00:00:00.000000Z"}"# + "\n")
+                       #"{"id":"e1","topic":"t","key":"k","type":"ty","payload":{"a":1},"headers":{"h":"v"},"committed_at":"2000-01-01T00:00:00.000000Z","lsn":"0/10"}"# + "\n")
     }
 
     func testJSONPayloadIsEmbedded() throws {
@@ -756,6 +756,45 @@ final class StdoutSinkFormatTests: XCTestCase {
         XCTAssertEqual(object["payload"] as? Int, 1)
         XCTAssertEqual(object["lsn"] as? String, "0/0")
         XCTAssertEqual(object["committed_at"] as? String, "1999-12-31T23:59:59.999999Z")
+    }
+
+    /// A line spooled before its commit (rendered up to the LSN) comes out exactly as one
+    /// written whole; the pretty format goes through the spool too.
+    func testSpooledLinesMatchWholeLines() throws {
+        let events = [
+            event(payload: Array(#"{"a": [1, 2]}"#.utf8), format: .json),
+            event(payload: Array("plain \"text\"\n".utf8), format: .text),
+            event(payload: [0, 1, 2, 255], format: .binary),
+        ]
+        for format in StdoutSink.Format.allCases {
+            var pipe: [Int32] = [0, 0]
+            XCTAssertEqual(Glibc.pipe(&pipe), 0)
+            let whole = StdoutSink(descriptor: pipe[1], format: format)
+            let spooled = StdoutSink(descriptor: pipe[1], format: format)
+            var wholeTickets: [UInt64] = [], spooledTickets: [UInt64] = []
+            for (index, var event) in events.enumerated() {
+                event.lsn = LSN(UInt64(0x1_0000_0000) + UInt64(index))
+                try whole.send(event, ticket: UInt64(index))
+                try whole.poll { if case let .delivered(ticket) = $0 { wholeTickets.append(ticket) } }
+                let wholeLine = read(pipe[0])
+                var record: [UInt8] = []
+                spooled.spool(event, into: &record)
+                try record.withUnsafeBytes { try spooled.sendSpooled($0, lsn: event.lsn, ticket: UInt64(index)) }
+                try spooled.poll { if case let .delivered(ticket) = $0 { spooledTickets.append(ticket) } }
+                XCTAssertEqual(String(decoding: read(pipe[0]), as: UTF8.self), String(decoding: wholeLine, as: UTF8.self), "\(format) \(index)")
+                XCTAssertTrue(String(decoding: wholeLine, as: UTF8.self).contains("1/" + String(index, radix: 16).uppercased()), "\(format) \(index)")
+            }
+            XCTAssertEqual(wholeTickets, [0, 1, 2])
+            XCTAssertEqual(spooledTickets, [0, 1, 2])
+            close(pipe[0])
+            close(pipe[1])
+        }
+
+        func read(_ descriptor: Int32) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: 1 << 16)
+            let count = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress!, $0.count) }
+            return Array(bytes[..<max(0, count)])
+        }
     }
 
     func testLinesAppend() throws {

@@ -5,8 +5,14 @@ import XCTest
 
 /// A sink that acknowledges only what the test releases, from another thread.
 final class HoldingSink: Sink, @unchecked Sendable {
+    /// false: events arrive as they are decoded, without their commit LSN (Kafka, NATS).
+    let needsCommitLSN: Bool
     private let state = Mutex<(events: [(ticket: UInt64, event: OutboxEvent)], released: Set<UInt64>, reported: Set<UInt64>)>(([], [], []))
     private let wakeup = Wakeup()
+
+    init(needsCommitLSN: Bool = true) {
+        self.needsCommitLSN = needsCommitLSN
+    }
 
     var events: [(ticket: UInt64, event: OutboxEvent)] { state.withLock { $0.events } }
 
@@ -39,7 +45,7 @@ final class RelayRunner: @unchecked Sendable {
     let thread: Thread
     let outcome = LockedBox<Result<Relay.Outcome, SpoutError>?>(nil)
 
-    init(outbox: OutboxFixture, sink: Sink) throws {
+    init(outbox: OutboxFixture, sink: Sink, configure: (inout Relay.Options) -> Void = { _ in }) throws {
         let connection = try PostgresConnection(outbox.url, replication: true)
         let setup = ReplicationSetup(table: TableName(schema: "public", name: outbox.table), publication: outbox.publication, slot: outbox.slot)
         try setup.ensurePublication(connection, create: true)
@@ -49,6 +55,7 @@ final class RelayRunner: @unchecked Sendable {
         let mapping = OutboxMapping(table: setup.table, topic: try TopicTemplate("outbox.event.{aggregate_type}"))
         var options = Relay.Options()
         options.shutdownTimeout = .seconds(2)
+        configure(&options)
         let relay = Relay(stream: stream, mapper: EventMapper(mapping: mapping), sink: sink, start: start, options: options, log: Log(level: .warning))
         let stop = stop
         let outcome = outcome
@@ -80,45 +87,87 @@ struct UncheckedBox<T>: @unchecked Sendable {
 final class AckGatingTests: XCTestCase {
     /// The slot's confirmed_flush_lsn never passes the newest transaction whose events (and
     /// all earlier ones) the sink acknowledged; once the sink acknowledges, it gets there.
+    /// For a sink that takes events after their Commit (stdout, Redis lsn ids), and one that
+    /// takes them as they are decoded (Kafka, NATS).
     func testConfirmedFlushWaitsForAcknowledgements() throws {
+        for needsCommitLSN in [true, false] {
+            try confirmedFlushWaitsForAcknowledgements(sink: HoldingSink(needsCommitLSN: needsCommitLSN))
+        }
+    }
+
+    private func confirmedFlushWaitsForAcknowledgements(sink: HoldingSink) throws {
+        let mode = sink.needsCommitLSN ? "after commit" : "as decoded"
         let outbox = try OutboxFixture("gating")
         defer { outbox.tearDown() }
-        let sink = HoldingSink()
         let runner = try RelayRunner(outbox: outbox, sink: sink)
         defer { _ = runner.finish() }
         try eventually("slot active") { try outbox.slotIsActive }
-        let startedAt = try XCTUnwrap(try outbox.confirmedFlush)
 
-        // Three transactions of two events each.
+        // Three transactions of two events each; WAL positions before each and after the last.
+        // The commit of transaction i ends after before[i] and at or before before[i + 1].
+        var before: [LSN] = []
         for transaction in 0..<3 {
+            before.append(try outbox.currentLSN())
             try outbox.insert(outbox.admin, rows: 2, key: { "t\(transaction)-\($0)" })
         }
-        try eventually("sink holds 6 events") { sink.events.count == 6 }
-        let lsns = sink.events.map(\.event.lsn)
-        XCTAssertEqual(Set(lsns).count, 3)
-        let (first, second, third) = (lsns[0], lsns[2], lsns[4])
-        XCTAssertTrue(first > startedAt && first < second && second < third)
+        before.append(try outbox.currentLSN())
+        try eventually("sink holds 6 events (\(mode))") { sink.events.count == 6 }
+        if sink.needsCommitLSN {
+            let lsns = sink.events.map(\.event.lsn)
+            for (index, lsn) in lsns.enumerated() {
+                XCTAssertTrue(lsn > before[index / 2] && lsn <= before[index / 2 + 1], "event \(index) has its commit LSN")
+            }
+        } else {
+            XCTAssertEqual(Set(sink.events.map(\.event.lsn)), [.zero], "no commit LSN before the Commit")
+        }
+        XCTAssertEqual(sink.events.map(\.ticket), Array(0..<6), "tickets in commit order (\(mode))")
 
         // Nothing acknowledged: status updates keep going (every second), the slot stays put.
         sleep(3)
-        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), first)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before[0], mode)
 
         // Out of order: all of the third transaction and half of the second.
         sink.release([sink.events[4].ticket, sink.events[5].ticket, sink.events[2].ticket])
         sleep(2)
-        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), first, "nothing of the first transaction is acknowledged")
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before[0], "nothing of the first transaction is acknowledged (\(mode))")
 
         sink.release([sink.events[0].ticket, sink.events[1].ticket])
-        try eventually(timeout: 10, "confirmed reaches the first transaction") { try outbox.confirmedFlush == first }
+        try eventually(timeout: 10, "confirmed reaches the first transaction (\(mode))") { try XCTUnwrap(try outbox.confirmedFlush) > before[0] }
         sleep(2)
-        XCTAssertEqual(try outbox.confirmedFlush, first, "the second transaction still has an unacknowledged event")
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before[1], "the second transaction still has an unacknowledged event (\(mode))")
 
         sink.release([sink.events[3].ticket])
-        try eventually(timeout: 10, "confirmed reaches the third transaction") { try XCTUnwrap(try outbox.confirmedFlush) >= third }
+        try eventually(timeout: 10, "confirmed reaches the third transaction (\(mode))") { try XCTUnwrap(try outbox.confirmedFlush) > before[2] }
 
-        guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop cleanly: \(String(describing: runner.outcome.value))") }
+        guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop cleanly (\(mode)): \(String(describing: runner.outcome.value))") }
     }
 
+    /// A sink that takes events as they are decoded gets a transaction bigger than the window
+    /// in window-sized parts, before its Commit: reading waits for acknowledgements, and the
+    /// slot does not move until the last event is acknowledged.
+    func testWindowBoundsATransactionHandedOverAsDecoded() throws {
+        let outbox = try OutboxFixture("window")
+        defer { outbox.tearDown() }
+        let sink = HoldingSink(needsCommitLSN: false)
+        let runner = try RelayRunner(outbox: outbox, sink: sink) { $0.maxInFlightEvents = 100 }
+        defer { _ = runner.finish() }
+        try eventually("slot active") { try outbox.slotIsActive }
+        let before = try outbox.currentLSN()
+        try outbox.insert(outbox.admin, rows: 1000)
+        var released = 0
+        while released < 1000 {
+            try eventually("the sink holds the next part of the transaction") { sink.events.count >= released + 100 }
+            usleep(200_000)
+            XCTAssertEqual(sink.events.count, released + 100, "the window holds exactly 100 events")
+            XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before, "\(released) of 1000 acknowledged")
+            sink.release(sink.events[released..<released + 100].map(\.ticket))
+            released += 100
+        }
+        try eventually(timeout: 10, "confirmed passes the transaction") { try XCTUnwrap(try outbox.confirmedFlush) > before }
+        XCTAssertEqual(sink.events.map(\.ticket), Array(0..<1000))
+        XCTAssertEqual(Set(sink.events.map(\.event.id)).count, 1000)
+        guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop cleanly: \(String(describing: runner.outcome.value))") }
+    }
     /// A stop while the sink still holds events: the relay waits (bounded), confirms only
     /// what was acknowledged, and stops.
     func testShutdownConfirmsOnlyAcknowledged() throws {

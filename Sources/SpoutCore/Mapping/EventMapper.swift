@@ -71,8 +71,8 @@ public struct EventMapper: Sendable {
         layouts[relationOID].flatMap { row.string(at: $0.id) }
     }
 
-    /// Maps an inserted row; `nil` when the row is not in the outbox table. The event's `lsn`
-    /// and `committedAt` are those of the transaction, known at its commit.
+    /// Maps an inserted row; `nil` when the row is not in the outbox table. The event's
+    /// `committedAt` is the transaction's; its `lsn` stays zero until the Commit (the spool sets it).
     public func event(relationOID: UInt32, row: TupleData, commit: PgOutputMessage.Begin) throws(MappingError) -> OutboxEvent? {
         guard let layout = layouts[relationOID] else { return nil }
         guard let id = row.string(at: layout.id) else { throw .nullColumn(column: mapping.columns.id) }
@@ -92,7 +92,7 @@ public struct EventMapper: Sendable {
         return OutboxEvent(id: id, topic: topic, key: layout.aggregateID.flatMap { row.string(at: $0) },
                            type: layout.eventType.flatMap { row.string(at: $0) }, payload: payload,
                            payloadFormat: layout.payloadFormat, headers: headers,
-                           lsn: commit.finalLSN, committedAt: commit.commitTime)
+                           lsn: .zero, committedAt: commit.commitTime)
     }
 
     /// Maps a transactional logical message with the outbox prefix: a JSON object with the
@@ -133,7 +133,7 @@ public struct EventMapper: Sendable {
         }
         return OutboxEvent(id: text(names.id) ?? "lsn:\(message.lsn)", topic: topic, key: text(names.aggregateID),
                            type: text(names.eventType), payload: payload, payloadFormat: .json, headers: headers,
-                           lsn: commit.finalLSN, committedAt: commit.commitTime)
+                           lsn: .zero, committedAt: commit.commitTime)
     }
 
     /// A JSON object of header names to values; string values are taken as they are,

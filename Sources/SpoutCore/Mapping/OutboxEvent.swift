@@ -27,7 +27,8 @@ public struct OutboxEvent: Equatable, Sendable {
     public var payload: [UInt8]
     public var payloadFormat: PayloadFormat
     public var headers: [Header]
-    /// The commit `end_lsn` of the event's transaction.
+    /// The commit `end_lsn` of the event's transaction; zero for a sink that said it does not
+    /// need it (`Sink.needsCommitLSN`), which gets events before their Commit arrives.
     public var lsn: LSN
     public var committedAt: PostgresTimestamp
 

@@ -58,8 +58,17 @@ public struct AckTracker: Sendable {
         transactionOpen = true
     }
 
-    /// A Commit arrived for a transaction with `eventCount` events. Returns the first of the
-    /// `eventCount` consecutive tickets to hand to the sink with those events, in order.
+    /// A ticket for an event of the open transaction, handed to the sink before its Commit
+    /// arrives. The transaction's LSN becomes confirmable only after the Commit, once this
+    /// ticket and every earlier one are acknowledged.
+    public mutating func issueTicket() -> UInt64 {
+        defer { nextTicket += 1 }
+        return nextTicket
+    }
+
+    /// A Commit arrived for a transaction with `eventCount` events not yet ticketed (those
+    /// ticketed with `issueTicket` while it was open belong to it too). Returns the first of
+    /// the `eventCount` consecutive tickets to hand to the sink with those events, in order.
     public mutating func transactionCommitted(endLSN: LSN, eventCount: Int) -> UInt64 {
         transactionOpen = false
         let first = nextTicket

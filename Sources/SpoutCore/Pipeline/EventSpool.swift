@@ -1,35 +1,39 @@
 import Foundation
 
-/// The events between the replication stream and the sink, in commit order: those of the
-/// transaction being received and those committed but not yet handed to the sink.
+/// The events between the replication stream and a sink that needs their commit LSN, in
+/// commit order: those of the transaction being received and those committed but not yet
+/// handed to the sink.
 ///
-/// Memory is bounded: past `memoryLimit` bytes, events go to an unlinked temporary file
-/// and come back in order, so a million-row transaction or a long backlog takes the same
-/// memory as a small one. Events of the open transaction do not know their commit LSN yet;
-/// `commit(endLSN:)` records it and `popCommitted()` stamps it on the way out.
+/// Events are kept as records the sink wrote itself (`Sink.spool(_:into:)`), often already
+/// rendered, so handing them out after the Commit is little more than a copy. Memory is
+/// bounded: past `memoryLimit` bytes, records go to an unlinked temporary file and come
+/// back in order, so a million-row transaction or a long backlog takes the same memory as a
+/// small one. `commit(endLSN:committedAt:)` records a transaction's LSN, which
+/// `popCommitted` hands out with each of its records.
 final class EventSpool {
+    struct Commit {
+        var endLSN: LSN
+        var committedAt: PostgresTimestamp
+    }
+
     private let memoryLimit: Int
 
-    // Oldest to newest: front (memory) → file → back (memory, written to the file in batches).
-    private var front: [OutboxEvent] = []
+    // Oldest to newest: front (memory) → file → back (memory, written to the file in
+    // batches). Each record is framed as a little-endian UInt32 length and its bytes.
+    private var front: [UInt8] = []
     private var frontHead = 0
-    private var back: [OutboxEvent] = []
-    private var backBytes = 0
-    private var memoryBytes = 0
+    private var back: [UInt8] = []
 
     private var file: Int32 = -1
-    private var fileEvents = 0
     private var readOffset: off_t = 0
     private var writeOffset: off_t = 0
-    private var readBuffer: [UInt8] = []
-    private var readBufferHead = 0
 
-    /// Committed transactions not yet fully popped: how many events each has left, and its LSN.
-    private var commits: [(remaining: Int, endLSN: LSN)] = []
+    /// Committed transactions not yet fully popped: how many records each has left.
+    private var commits: [(remaining: Int, commit: Commit)] = []
     private var commitsHead = 0
-    /// Events appended since the last commit (the open transaction).
+    /// Records appended since the last commit (the open transaction).
     private(set) var openCount = 0
-    /// Committed events not yet popped.
+    /// Committed records not yet popped.
     private(set) var committedCount = 0
 
     private static let backBatchBytes = 1 << 20
@@ -42,45 +46,34 @@ final class EventSpool {
         if file >= 0 { close(file) }
     }
 
-    /// Appends an event of the open transaction.
-    func append(_ event: OutboxEvent) throws(SpoutError) {
-        let size = event.approximateSize
+    /// Appends a record of the open transaction, written by `write` (which only appends).
+    func append(_ write: (inout [UInt8]) -> Void) throws(SpoutError) {
         openCount += 1
-        if fileEvents == 0, back.isEmpty, memoryBytes + size <= memoryLimit {
-            front.append(event)
-            memoryBytes += size
+        releasePopped()
+        if readOffset == writeOffset, back.isEmpty, front.count - frontHead < memoryLimit {
+            Self.frame(into: &front, write)
             return
         }
-        back.append(event)
-        backBytes += size
-        if backBytes >= Self.backBatchBytes { try flushBack() }
+        Self.frame(into: &back, write)
+        if back.count >= Self.backBatchBytes { try flushBack() }
     }
 
-    /// The open transaction committed with this end LSN.
-    func commit(endLSN: LSN) {
-        if openCount > 0 { commits.append((openCount, endLSN)) }
+    /// The open transaction committed.
+    func commit(endLSN: LSN, committedAt: PostgresTimestamp) {
+        if openCount > 0 { commits.append((openCount, Commit(endLSN: endLSN, committedAt: committedAt))) }
         committedCount += openCount
         openCount = 0
     }
 
-    /// The oldest committed event, stamped with its transaction's commit LSN; nil when none.
-    func popCommitted() throws(SpoutError) -> OutboxEvent? {
-        guard committedCount > 0, commitsHead < commits.count else { return nil }
-        if frontHead == front.count { try refillFront() }
-        guard frontHead < front.count else { return nil }
-        var event = front[frontHead]
-        front[frontHead] = Self.placeholder
-        frontHead += 1
-        memoryBytes -= event.approximateSize
-        if frontHead == front.count {
-            front.removeAll(keepingCapacity: front.capacity <= 65_536)
-            frontHead = 0
-        } else if frontHead >= 4096, frontHead * 2 > front.count {
-            // The open transaction keeps `front` from emptying: drop the popped slots.
-            front.removeFirst(frontHead)
-            frontHead = 0
+    /// Hands the oldest committed record to `body` with its transaction's commit; false when
+    /// nothing is committed. The bytes are valid only inside `body`.
+    func popCommitted(_ body: (UnsafeRawBufferPointer, Commit) throws(SpoutError) -> Void) throws(SpoutError) -> Bool {
+        guard committedCount > 0, commitsHead < commits.count else { return false }
+        releasePopped()
+        guard let range = try nextRecord() else {
+            throw .spoolFailed("the event spool lost \(committedCount) committed events")
         }
-        event.lsn = commits[commitsHead].endLSN
+        let commit = commits[commitsHead].commit
         commits[commitsHead].remaining -= 1
         if commits[commitsHead].remaining == 0 {
             commitsHead += 1
@@ -93,81 +86,115 @@ final class EventSpool {
             }
         }
         committedCount -= 1
-        return event
+        let result: Result<Void, SpoutError> = front.withUnsafeBytes { bytes in
+            do throws(SpoutError) {
+                try body(UnsafeRawBufferPointer(rebasing: bytes[range]), commit)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try result.get()
+        return true
     }
 
-    private static let placeholder = OutboxEvent(id: "", topic: "", key: nil, type: nil, payload: [], payloadFormat: .text,
-                                                 headers: [], lsn: .zero, committedAt: PostgresTimestamp(rawValue: 0))
+    private static func frame(into buffer: inout [UInt8], _ write: (inout [UInt8]) -> Void) {
+        let start = buffer.count
+        buffer.append(contentsOf: [0, 0, 0, 0] as [UInt8])
+        write(&buffer)
+        let length = UInt32(truncatingIfNeeded: buffer.count - start - 4)
+        buffer[start] = UInt8(truncatingIfNeeded: length)
+        buffer[start + 1] = UInt8(truncatingIfNeeded: length >> 8)
+        buffer[start + 2] = UInt8(truncatingIfNeeded: length >> 16)
+        buffer[start + 3] = UInt8(truncatingIfNeeded: length >> 24)
+    }
+
+    /// Forgets popped records at the front: all of them once the front is used up, or the
+    /// popped half when the open transaction keeps the front from emptying.
+    private func releasePopped() {
+        if frontHead == front.count {
+            if frontHead > 0 {
+                front.removeAll(keepingCapacity: front.capacity <= 2 * memoryLimit + Self.backBatchBytes)
+                frontHead = 0
+            }
+        } else if frontHead >= 1 << 20, frontHead * 2 > front.count {
+            front.removeFirst(frontHead)
+            frontHead = 0
+        }
+    }
+
+    /// The byte range (in `front`) of the next record, loading it from the file or the back
+    /// buffer when the front has no whole record; nil when the spool is empty.
+    private func nextRecord() throws(SpoutError) -> Range<Int>? {
+        while true {
+            let available = front.count - frontHead
+            var needed = 4
+            if available >= 4 {
+                let length = Int(front[frontHead]) | Int(front[frontHead + 1]) << 8 | Int(front[frontHead + 2]) << 16
+                    | Int(front[frontHead + 3]) << 24
+                if available - 4 >= length {
+                    let start = frontHead + 4
+                    frontHead = start + length
+                    return start..<start + length
+                }
+                needed = 4 + length
+            }
+            if readOffset < writeOffset {
+                try readFile(needed: needed - available)
+            } else if available == 0, !back.isEmpty {
+                // Nothing on disk: the back buffer is next in line.
+                swap(&front, &back)
+                back.removeAll(keepingCapacity: true)
+                frontHead = 0
+            } else {
+                return nil
+            }
+        }
+    }
 
     // MARK: The file
 
     private func flushBack() throws(SpoutError) {
         guard !back.isEmpty else { return }
         if file < 0 { try openFile() }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(backBytes + back.count * 32)
-        for event in back { SpooledEvent.encode(event, into: &bytes) }
         var written = 0
-        while written < bytes.count {
-            let result = bytes.withUnsafeBytes { pwrite(file, $0.baseAddress! + written, $0.count - written, writeOffset + off_t(written)) }
+        while written < back.count {
+            let result = back.withUnsafeBytes { pwrite(file, $0.baseAddress! + written, $0.count - written, writeOffset + off_t(written)) }
             guard result > 0 else {
                 if result < 0, errno == EINTR { continue }
                 throw .spoolFailed("cannot write the event spool: \(String(cString: strerror(errno)))")
             }
             written += result
         }
-        writeOffset += off_t(bytes.count)
-        fileEvents += back.count
+        writeOffset += off_t(back.count)
         back.removeAll(keepingCapacity: true)
-        backBytes = 0
     }
 
-    private func refillFront() throws(SpoutError) {
-        if fileEvents == 0 {
-            // Nothing on disk: the back buffer is next in line.
-            swap(&front, &back)
+    /// Moves at least `needed` more bytes (half the memory limit when there are) from the
+    /// file to the end of the front.
+    private func readFile(needed: Int) throws(SpoutError) {
+        if frontHead > 0 {
+            front.removeFirst(frontHead)
             frontHead = 0
-            memoryBytes = backBytes
-            backBytes = 0
-            return
         }
-        var loadedBytes = 0
-        while fileEvents > 0, loadedBytes < memoryLimit / 2 || front.isEmpty {
-            let event = try readEvent()
-            front.append(event)
-            loadedBytes += event.approximateSize
-            fileEvents -= 1
+        let want = Int(min(off_t(max(needed, memoryLimit / 2)), writeOffset - readOffset))
+        let oldCount = front.count
+        front.append(contentsOf: repeatElement(0, count: want))
+        var loaded = 0
+        while loaded < want {
+            let result = front.withUnsafeMutableBytes { pread(file, $0.baseAddress! + oldCount + loaded, want - loaded, readOffset + off_t(loaded)) }
+            guard result > 0 else {
+                if result < 0, errno == EINTR { continue }
+                throw .spoolFailed("cannot read the event spool: \(result < 0 ? String(cString: strerror(errno)) : "unexpected end")")
+            }
+            loaded += result
         }
-        memoryBytes = loadedBytes
-        if fileEvents == 0 {
+        readOffset += off_t(want)
+        if readOffset == writeOffset {
             // Drained: start the file over.
             readOffset = 0
             writeOffset = 0
-            readBuffer.removeAll(keepingCapacity: true)
-            readBufferHead = 0
             _ = ftruncate(file, 0)
-        }
-    }
-
-    private func readEvent() throws(SpoutError) -> OutboxEvent {
-        while true {
-            var reader = SpooledEvent.Reader(bytes: readBuffer, offset: readBufferHead)
-            if let event = reader.decode() {
-                readBufferHead = reader.offset
-                return event
-            }
-            // Need more bytes: keep the unread tail and read the next block.
-            readBuffer.removeFirst(readBufferHead)
-            readBufferHead = 0
-            let oldCount = readBuffer.count
-            let want = max(1 << 20, reader.needed)
-            readBuffer.append(contentsOf: repeatElement(0, count: want))
-            let result = readBuffer.withUnsafeMutableBytes { pread(file, $0.baseAddress! + oldCount, want, readOffset) }
-            guard result > 0 else {
-                throw .spoolFailed("cannot read the event spool: \(result < 0 ? String(cString: strerror(errno)) : "unexpected end")")
-            }
-            readBuffer.removeLast(want - result)
-            readOffset += off_t(result)
         }
     }
 
@@ -184,92 +211,65 @@ final class EventSpool {
     }
 }
 
-/// The spool file's record of one event: length-prefixed fields, little-endian.
-enum SpooledEvent {
-    static func encode(_ event: OutboxEvent, into bytes: inout [UInt8]) {
+/// The spool record of a whole event (what a sink that does not render its own records
+/// gets back): length-prefixed fields, little-endian.
+public enum SpooledEvent {
+    public static func encode(_ event: OutboxEvent, into bytes: inout [UInt8]) {
         func integer<T: FixedWidthInteger>(_ value: T) {
             withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
         }
         func field(_ value: some Collection<UInt8>) {
-            integer(UInt32(value.count))
+            integer(UInt32(truncatingIfNeeded: value.count))
             bytes.append(contentsOf: value)
         }
         func optional(_ value: String?) {
             if let value { bytes.append(1); field(value.utf8) } else { bytes.append(0) }
         }
-        let start = bytes.count
-        integer(UInt32(0))  // record length, patched below
         field(event.id.utf8)
         field(event.topic.utf8)
         optional(event.key)
         optional(event.type)
         bytes.append(event.payloadFormat == .json ? 0 : event.payloadFormat == .text ? 1 : 2)
         field(event.payload)
-        integer(UInt32(event.headers.count))
+        integer(UInt32(truncatingIfNeeded: event.headers.count))
         for header in event.headers {
             field(header.name.utf8)
             field(header.value.utf8)
         }
         integer(event.committedAt.rawValue)
-        let length = UInt32(bytes.count - start - 4).littleEndian
-        withUnsafeBytes(of: length) { bytes.replaceSubrange(start..<start + 4, with: $0) }
     }
 
-    /// Decodes from bytes Spout wrote itself; `nil` (with `needed`) when the record is incomplete.
-    struct Reader {
-        let bytes: [UInt8]
-        var offset: Int
-        var needed = 0
-
-        init(bytes: [UInt8], offset: Int) {
-            self.bytes = bytes
-            self.offset = offset
-        }
-
-        mutating func decode() -> OutboxEvent? {
-            guard bytes.count - offset >= 4 else { needed = 4; return nil }
-            let length = Int(integer(at: offset, as: UInt32.self))
-            guard bytes.count - offset - 4 >= length else { needed = length + 4; return nil }
-            var cursor = offset + 4
-            func next<T: FixedWidthInteger>(_ type: T.Type) -> T {
-                defer { cursor += MemoryLayout<T>.size }
-                return integer(at: cursor, as: T.self)
-            }
-            func string() -> String {
-                let count = Int(next(UInt32.self))
-                defer { cursor += count }
-                return String(decoding: bytes[cursor..<cursor + count], as: UTF8.self)
-            }
-            func optional() -> String? {
-                let present = bytes[cursor]
-                cursor += 1
-                return present == 1 ? string() : nil
-            }
-            let id = string()
-            let topic = string()
-            let key = optional()
-            let type = optional()
-            let format: OutboxEvent.PayloadFormat = switch bytes[cursor] { case 0: .json; case 1: .text; default: .binary }
-            cursor += 1
-            let payloadCount = Int(next(UInt32.self))
-            let payload = Array(bytes[cursor..<cursor + payloadCount])
-            cursor += payloadCount
-            let headerCount = Int(next(UInt32.self))
-            var headers: [OutboxEvent.Header] = []
-            headers.reserveCapacity(headerCount)
-            for _ in 0..<headerCount { headers.append(OutboxEvent.Header(name: string(), value: string())) }
-            let committedAt = PostgresTimestamp(rawValue: next(Int64.self))
-            offset += 4 + length
-            return OutboxEvent(id: id, topic: topic, key: key, type: type, payload: payload, payloadFormat: format,
-                               headers: headers, lsn: .zero, committedAt: committedAt)
-        }
-
-        private func integer<T: FixedWidthInteger>(at position: Int, as: T.Type) -> T {
+    /// The event in a record `encode` wrote, with `lsn`; nil when the record is damaged.
+    public static func decode(_ record: UnsafeRawBufferPointer, lsn: LSN) -> OutboxEvent? {
+        var cursor = 0
+        func integer<T: FixedWidthInteger>(_: T.Type) -> T? {
+            guard record.count - cursor >= MemoryLayout<T>.size else { return nil }
             var value = T.zero
-            withUnsafeMutableBytes(of: &value) { target in
-                for index in 0..<MemoryLayout<T>.size { target[index] = bytes[position + index] }
-            }
+            withUnsafeMutableBytes(of: &value) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: record[cursor..<cursor + MemoryLayout<T>.size])) }
+            cursor += MemoryLayout<T>.size
             return T(littleEndian: value)
         }
+        func bytes() -> UnsafeRawBufferPointer? {
+            guard let count = integer(UInt32.self).map(Int.init), record.count - cursor >= count else { return nil }
+            defer { cursor += count }
+            return UnsafeRawBufferPointer(rebasing: record[cursor..<cursor + count])
+        }
+        func string() -> String? { bytes().map { String(decoding: $0, as: UTF8.self) } }
+        func optional() -> String?? {
+            guard let present = integer(UInt8.self) else { return nil }
+            guard present == 1 else { return .some(nil) }
+            return string().map { .some($0) }
+        }
+        guard let id = string(), let topic = string(), let key = optional(), let type = optional(),
+              let format = integer(UInt8.self), let payload = bytes(), let headerCount = integer(UInt32.self) else { return nil }
+        var headers: [OutboxEvent.Header] = []
+        for _ in 0..<min(Int(headerCount), record.count) {
+            guard let name = string(), let value = string() else { return nil }
+            headers.append(OutboxEvent.Header(name: name, value: value))
+        }
+        guard headers.count == Int(headerCount), let committedAt = integer(Int64.self), cursor == record.count else { return nil }
+        return OutboxEvent(id: id, topic: topic, key: key, type: type, payload: Array(payload),
+                           payloadFormat: format == 0 ? .json : format == 1 ? .text : .binary,
+                           headers: headers, lsn: lsn, committedAt: PostgresTimestamp(rawValue: committedAt))
     }
 }

@@ -53,7 +53,11 @@ public final class Relay {
     private var transaction: PgOutputMessage.Begin?
     private var skippingTransaction = false
 
-    // Its events, and committed events waiting for room in the in-flight window, in ticket order.
+    /// The sink takes events as they are decoded (it does not need their commit LSN): the
+    /// window alone bounds what is read, inside a transaction too.
+    private let streaming: Bool
+    // For a sink that needs the commit LSN: the open transaction's events, and committed
+    // events waiting for room in the in-flight window, in ticket order.
     private let spool: EventSpool
     private var nextDispatchTicket: UInt64 = 0
     // Sizes of dispatched events by ticket (a ring as wide as the window) for the byte window.
@@ -83,6 +87,7 @@ public final class Relay {
         inFlightCommitTimes = options.recordLatency
             ? [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: inFlightSizes.count) : []
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
+        streaming = !sink.needsCommitLSN
         lastStatusAt = clock.now - options.statusInterval
         lastSentFlush = start
         if let end = options.endLSN, end <= tracker.confirmed { reachedEnd = true }
@@ -118,15 +123,25 @@ public final class Relay {
 
     // MARK: Reading
 
-    private var windowHasRoom: Bool {
-        tracker.unacknowledged < options.maxInFlightEvents && inFlightBytes < options.maxInFlightBytes
+    /// Whether another event may be handed to the sink now.
+    private var dispatchHasRoom: Bool {
+        nextDispatchTicket - tracker.acknowledgedBelow < UInt64(inFlightSizes.count)
+            && (dispatchedUnacknowledged == 0 || inFlightBytes < options.maxInFlightBytes)
     }
 
-    /// Reads what libpq has buffered, up to a batch, while the window has room. Inside a
-    /// transaction it keeps reading: events are released only at Commit.
+    /// Whether to read the next message. A streaming sink reads while the window has room;
+    /// otherwise reading goes on inside a transaction (its events wait in the spool for the
+    /// Commit) and stops between transactions while the window is full.
+    private var canRead: Bool {
+        if reachedEnd { return false }
+        if streaming { return dispatchHasRoom }
+        return transaction != nil || (tracker.unacknowledged < options.maxInFlightEvents && inFlightBytes < options.maxInFlightBytes)
+    }
+
+    /// Reads what libpq has buffered, up to a batch, while `canRead`.
     private func readAvailable() throws(SpoutError) -> Int {
         var count = 0
-        while !reachedEnd, count < 4096, transaction != nil || windowHasRoom {
+        while count < 4096, canRead {
             let gotMessage = try stream.read { (read: ReplicationStream.Read) throws(SpoutError) -> Bool in
                 switch read {
                 case let .message(bytes):
@@ -187,7 +202,7 @@ public final class Relay {
                 throw .unmappableEvent(error, eventID: mapper.rowID(relationOID: insert.relationOID, row: insert.new),
                                        lsn: begin.finalLSN)
             }
-            if let event { try spool.append(event) }
+            if let event { try accept(event) }
         case let .message(logical):
             guard logical.prefix == mapper.mapping.messagePrefix else { return }
             guard logical.isTransactional, let begin = transaction else {
@@ -203,15 +218,20 @@ public final class Relay {
             do { event = try mapper.event(message: logical, commit: begin) } catch {
                 throw .unmappableEvent(error, eventID: nil, lsn: logical.lsn)
             }
-            if let event { try spool.append(event) }
+            if let event { try accept(event) }
         case let .commit(commit):
             guard transaction != nil else {
                 throw .protocolViolation(.invalidValue(message: "Commit", field: "transaction", value: 0), context: "Commit without Begin")
             }
+            let begin = transaction
             transaction = nil
-            let count = spool.openCount
-            spool.commit(endLSN: commit.endLSN)
-            _ = tracker.transactionCommitted(endLSN: commit.endLSN, eventCount: count)
+            if streaming {
+                _ = tracker.transactionCommitted(endLSN: commit.endLSN, eventCount: 0)
+            } else {
+                let count = spool.openCount
+                spool.commit(endLSN: commit.endLSN, committedAt: begin?.commitTime ?? commit.commitTime)
+                _ = tracker.transactionCommitted(endLSN: commit.endLSN, eventCount: count)
+            }
             statistics.transactions += 1
             // Every later transaction commits after this one: nothing more can be inside the end.
             if let end = options.endLSN, commit.endLSN >= end { reachedEnd = true }
@@ -227,20 +247,35 @@ public final class Relay {
 
     // MARK: Sink
 
-    private func dispatch() throws(SpoutError) {
-        while spool.committedCount > 0,
-              nextDispatchTicket - tracker.acknowledgedBelow < UInt64(inFlightSizes.count),
-              dispatchedUnacknowledged == 0 || inFlightBytes < options.maxInFlightBytes,
-              let event = try spool.popCommitted() {
-            let size = event.approximateSize
-            do { try sink.send(event, ticket: nextDispatchTicket) } catch { throw .sink(error) }
-            let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
-            inFlightSizes[slot] = size
-            if options.recordLatency { inFlightCommitTimes[slot] = event.committedAt }
-            inFlightBytes += size
-            dispatchedUnacknowledged += 1
-            nextDispatchTicket += 1
+    /// A decoded event: straight to a streaming sink (`canRead` made room), else to the spool.
+    private func accept(_ event: OutboxEvent) throws(SpoutError) {
+        guard streaming else {
+            try spool.append { sink.spool(event, into: &$0) }
+            return
         }
+        let ticket = tracker.issueTicket()
+        do { try sink.send(event, ticket: ticket) } catch { throw .sink(error) }
+        dispatched(size: event.approximateSize, committedAt: event.committedAt)
+    }
+
+    /// Hands committed events from the spool to the sink while the window has room.
+    private func dispatch() throws(SpoutError) {
+        while spool.committedCount > 0, dispatchHasRoom {
+            let popped = try spool.popCommitted { (record, commit) throws(SpoutError) in
+                do throws(SinkError) { try sink.sendSpooled(record, lsn: commit.endLSN, ticket: nextDispatchTicket) } catch { throw .sink(error) }
+                dispatched(size: record.count + 64, committedAt: commit.committedAt)
+            }
+            guard popped else { break }
+        }
+    }
+
+    private func dispatched(size: Int, committedAt: PostgresTimestamp) {
+        let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
+        inFlightSizes[slot] = size
+        if options.recordLatency { inFlightCommitTimes[slot] = committedAt }
+        inFlightBytes += size
+        dispatchedUnacknowledged += 1
+        nextDispatchTicket += 1
     }
 
     private func pollSink() throws(SpoutError) -> Int {
@@ -284,7 +319,7 @@ public final class Relay {
         var timeout = max(.zero, min(untilStatus, .milliseconds(500)))
         // A sink that holds events but has no wakeup descriptor is polled.
         if dispatchedUnacknowledged > 0, sink.wakeupDescriptor == nil { timeout = min(timeout, .milliseconds(1)) }
-        try stream.wait(readingSocket: !reachedEnd && (transaction != nil || windowHasRoom), others: others, timeout: timeout)
+        try stream.wait(readingSocket: canRead, others: others, timeout: timeout)
     }
 
     /// Status goes out when the server asks, when the confirmable LSN moved (at most every

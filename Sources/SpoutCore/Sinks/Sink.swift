@@ -8,6 +8,20 @@ public protocol Sink: AnyObject {
     /// Accepts one event. Must not block for long: the relay bounds what is in flight.
     func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError)
 
+    /// Whether the sink needs an event's commit LSN (`OutboxEvent.lsn`), which PostgreSQL
+    /// sends only after the transaction's last row. A sink that does not gets each event as
+    /// soon as it is decoded, with `lsn` zero, so its work overlaps the server's. One that
+    /// does gets a transaction's events after its Commit, from the relay's spool.
+    var needsCommitLSN: Bool { get }
+
+    /// Writes an event that waits in the spool for its commit. The default keeps the whole
+    /// event; a sink may write it already rendered, so `sendSpooled` is little more than a copy.
+    func spool(_ event: OutboxEvent, into record: inout [UInt8])
+
+    /// Accepts a spooled event, now that its commit LSN is known. The bytes are those
+    /// `spool(_:into:)` wrote, valid only during the call.
+    func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError)
+
     /// Makes progress (flushes, reads acknowledgements) and reports each finished ticket.
     func poll(_ report: (SinkCompletion) -> Void) throws(SinkError)
 
@@ -17,6 +31,21 @@ public protocol Sink: AnyObject {
 
     /// Flushes what it can and releases resources.
     func close()
+}
+
+extension Sink {
+    public var needsCommitLSN: Bool { true }
+
+    public func spool(_ event: OutboxEvent, into record: inout [UInt8]) {
+        SpooledEvent.encode(event, into: &record)
+    }
+
+    public func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError) {
+        guard let event = SpooledEvent.decode(record, lsn: lsn) else {
+            throw SinkError(.permanent, "the event spool is damaged (a record of \(record.count) bytes does not decode)")
+        }
+        try send(event, ticket: ticket)
+    }
 }
 
 public enum SinkCompletion: Sendable {

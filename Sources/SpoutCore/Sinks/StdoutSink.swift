@@ -5,7 +5,7 @@ import Foundation
 /// poll, not one per event.
 public final class StdoutSink: Sink {
     public enum Format: String, Sendable, CaseIterable {
-        /// One JSON object per line: id, topic, key, type, payload, headers, lsn, committed_at.
+        /// One JSON object per line: id, topic, key, type, payload, headers, committed_at, lsn.
         case json
         /// Human-readable, colored when `color` is set (for `spout tail` on a terminal).
         case pretty
@@ -47,6 +47,29 @@ public final class StdoutSink: Sink {
         }
         pending.append((ticket, buffer.count))
         if buffer.count - written >= 1 << 16 { try flush() }
+    }
+
+    public func spool(_ event: OutboxEvent, into record: inout [UInt8]) {
+        switch format {
+        // The line up to its LSN, which comes last: sending it later is a copy.
+        case .json: Self.appendJSONLineHead(event, to: &record)
+        case .pretty: SpooledEvent.encode(event, into: &record)
+        }
+    }
+
+    public func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError) {
+        switch format {
+        case .json:
+            buffer.append(contentsOf: record)
+            Self.appendJSONLineTail(lsn: lsn, to: &buffer)
+            pending.append((ticket, buffer.count))
+            if buffer.count - written >= 1 << 16 { try flush() }
+        case .pretty:
+            guard let event = SpooledEvent.decode(record, lsn: lsn) else {
+                throw SinkError(.permanent, "the event spool is damaged (a record of \(record.count) bytes does not decode)")
+            }
+            try send(event, ticket: ticket)
+        }
     }
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
@@ -92,6 +115,12 @@ public final class StdoutSink: Sink {
     /// column's own line breaks removed), text as a string, bytea as base64 with
     /// `"payload_encoding":"base64"`.
     public static func appendJSONLine(_ event: OutboxEvent, to output: inout [UInt8]) {
+        appendJSONLineHead(event, to: &output)
+        appendJSONLineTail(lsn: event.lsn, to: &output)
+    }
+
+    /// The JSON line up to the value of its last field, the LSN.
+    static func appendJSONLineHead(_ event: OutboxEvent, to output: inout [UInt8]) {
         func key(_ name: StaticString) {
             output.append(contentsOf: UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
         }
@@ -124,11 +153,16 @@ public final class StdoutSink: Sink {
             output.append(UInt8(ascii: ":"))
             JSONWriter.appendString(header.value, to: &output)
         }
-        key("},\"lsn\":\"")
-        event.lsn.appendText(to: &output)
-        key("\",\"committed_at\":\"")
+        key("},\"committed_at\":\"")
         event.committedAt.appendISO8601(to: &output)
-        key("\"}\n")
+        key("\",\"lsn\":\"")
+    }
+
+    static func appendJSONLineTail(lsn: LSN, to output: inout [UInt8]) {
+        lsn.appendText(to: &output)
+        output.append(UInt8(ascii: "\""))
+        output.append(UInt8(ascii: "}"))
+        output.append(UInt8(ascii: "\n"))
     }
 
     private func appendPretty(_ event: OutboxEvent) {

@@ -136,6 +136,9 @@ public final class KafkaSink: Sink {
 
     // MARK: Sink
 
+    /// Kafka messages do not carry the commit LSN: events go out as they are decoded.
+    public var needsCommitLSN: Bool { false }
+
     public var wakeupDescriptor: Int32? { producer.wakeupDescriptor }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {

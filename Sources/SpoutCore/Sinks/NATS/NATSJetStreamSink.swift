@@ -94,6 +94,9 @@ public final class NATSJetStreamSink: Sink {
 
     deinit { close() }
 
+    /// NATS messages do not carry the commit LSN: events go out as they are decoded.
+    public var needsCommitLSN: Bool { false }
+
     public var wakeupDescriptor: Int32? { wakeup.descriptor }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {

@@ -97,6 +97,9 @@ public final class RedisStreamSink: Sink {
 
     deinit { close() }
 
+    /// Only `--redis-ids lsn` builds entry ids from the commit LSN; otherwise events go out as they are decoded.
+    public var needsCommitLSN: Bool { lsnIDs }
+
     public var wakeupDescriptor: Int32? {
         switch phase {
         case let .handshaking(connection, _, _):
