@@ -81,11 +81,20 @@ class Servers:
     def kafka(self, binary):
         process = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.processes.append(process)
+        self.kafka_mock = process
         line = process.stdout.readline().strip()
         match = re.search(r"(\d+\.\d+\.\d+\.\d+:\d+)", line)
         if not match:
             raise RuntimeError(f"spout-kafka-mock printed {line!r}")
         return f"kafka://{match.group(1)}"
+
+    def kafka_command(self, command):
+        """A fault-injection or admin command to the mock cluster (see spout-kafka-mock)."""
+        self.kafka_mock.stdin.write(command + "\n")
+        self.kafka_mock.stdin.flush()
+        reply = self.kafka_mock.stdout.readline().strip()
+        if not reply.startswith("OK"):
+            raise RuntimeError(f"spout-kafka-mock: {command}: {reply}")
 
     def stop(self):
         for process in self.processes:
@@ -229,7 +238,7 @@ def main():
                     log(f"drain {backlog}: spout → {name} {rate:,.0f} ev/s ({rate / reference:.2f}×)")
 
         if "latency" not in skip:
-            results["latency"] = latency(db, url, pg_bin, spout, targets, extra, options)
+            results["latency"] = latency(db, url, pg_bin, spout, targets, extra, options, servers)
 
         if "footprint" not in skip:
             for backlog, make in [(f"{options.footprint_events // 1000}k single-row transactions", db.backlog_single_row_transactions),
@@ -262,24 +271,26 @@ def main():
     log(f"wrote {options.json}")
 
 
-def latency(db, url, pg_bin, spout, targets, extra, options):
-    """A steady rate from several connections (pgbench --rate); Spout records commit → ack."""
+LATENCY_TOPIC = "outbox.event.order"
+KAFKA_PARTITIONS = 4
+
+
+def latency(db, url, pg_bin, spout, targets, extra, options, servers):
+    """A steady rate from several connections (pgbench --rate). Spout records commit → broker
+    acknowledgement (--report-latency); a consumer records commit → receive, from the
+    insert time pgbench writes into each payload."""
     rows = []
-    script = os.path.join(tempfile.mkdtemp(prefix="spout-bench-"), "insert.sql")
+    script = os.path.join(servers.tmp, "insert.sql")
     with open(script, "w") as out:
         out.write("\\set id random(1, 1000)\n"
                   "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) "
-                  "VALUES ('order', :id, 'OrderPlaced', jsonb_build_object('id', :id));\n")
-    for name, target in targets.items():
-        db.reset()
-        spout_process = subprocess.Popen([spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
-                                          "--report-latency", "--log-level", "info"] + extra.get(name, []),
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 30
-        while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name}' AND active") != "1":
-            if time.time() > deadline:
-                raise RuntimeError(f"spout → {name} did not start")
-            time.sleep(0.1)
+                  "VALUES ('order', :id, 'OrderPlaced', "
+                  "jsonb_build_object('id', :id, 't', extract(epoch FROM clock_timestamp())));\n")
+    consumer_script = os.path.join(ROOT, "scripts", "bench_consumer.py")
+    if "kafka" in targets:
+        servers.kafka_command(f"create-topic {LATENCY_TOPIC} {KAFKA_PARTITIONS}")
+
+    def steady_load(name):
         # Warm-up: the first events create the topic/stream and fetch metadata; a second of
         # that would otherwise be the p99.
         db.sql("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) "
@@ -289,15 +300,71 @@ def latency(db, url, pg_bin, spout, targets, extra, options):
         bench = subprocess.run([os.path.join(pg_bin, "pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(options.rate),
                                 "-T", str(options.latency_seconds), "-f", script, url], capture_output=True, text=True)
         time.sleep(2)
-        spout_process.send_signal(signal.SIGTERM)
-        _, errors = spout_process.communicate(timeout=60)
-        match = re.search(r"count=(\d+) p50=(\d+)us p99=(\d+)us p99\.9=(\d+)us max=(\d+)us", errors)
         tps = re.search(r"tps = ([\d.]+)", bench.stdout)
+        return float(tps.group(1)) if tps else None
+
+    # The reference: PostgreSQL's own client on the same load, commit → received.
+    db.reset()
+    db.create_slot("lat_recvlogical")
+    reference = subprocess.Popen([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "lat_recvlogical", "--start",
+                                  "-o", "proto_version=1", "-o", "publication_names=spout", "-f", "-"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    consumer = subprocess.Popen([sys.executable, consumer_script, "recvlogical"], stdin=reference.stdout,
+                                stdout=subprocess.PIPE, text=True)
+    reference.stdout.close()
+    if consumer.stdout.readline().strip() != "ready":
+        raise RuntimeError("the pg_recvlogical reader did not start")
+    rate = steady_load("pg_recvlogical")
+    reference.send_signal(signal.SIGINT)
+    reference.wait(timeout=60)
+    received = json.loads(consumer.stdout.read().strip().splitlines()[-1])
+    consumer.wait(timeout=30)
+    rows.append({"sink": "pg_recvlogical", "events": None, "rate": rate, "p50_ms": None, "p99_ms": None,
+                 "p99_9_ms": None, "max_ms": None, "consumer": received, "decoded_p50_ms": None, "decoded_p99_ms": None})
+    db.sql("SELECT pg_drop_replication_slot('lat_recvlogical')")
+
+    for name, target in targets.items():
+        db.reset()
+        if name == "stdout":
+            spout_process = subprocess.Popen([spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
+                                              "--report-latency", "--log-level", "info"] + extra.get(name, []),
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            consumer = subprocess.Popen([sys.executable, consumer_script, "stdout"], stdin=spout_process.stdout,
+                                        stdout=subprocess.PIPE, text=True)
+            spout_process.stdout.close()
+        else:
+            arguments = {"redis": [target, LATENCY_TOPIC], "nats": [target, LATENCY_TOPIC],
+                         "kafka": [target, LATENCY_TOPIC, str(KAFKA_PARTITIONS)]}[name]
+            consumer = subprocess.Popen([sys.executable, consumer_script, name] + arguments, stdout=subprocess.PIPE, text=True)
+        if consumer.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {name} consumer did not start")
+        if name != "stdout":
+            spout_process = subprocess.Popen([spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
+                                              "--report-latency", "--log-level", "info"] + extra.get(name, []),
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name}' AND active") != "1":
+            if time.time() > deadline:
+                raise RuntimeError(f"spout → {name} did not start")
+            time.sleep(0.1)
+        rate = steady_load(name)
+        spout_process.send_signal(signal.SIGTERM)
+        errors = spout_process.stderr.read()
+        spout_process.wait(timeout=60)
+        if name != "stdout":
+            consumer.send_signal(signal.SIGTERM)
+        received = json.loads(consumer.stdout.read().strip().splitlines()[-1])
+        consumer.wait(timeout=30)
+        match = re.search(r"commit→ack: count=(\d+) p50=(\d+)us p99=(\d+)us p99\.9=(\d+)us max=(\d+)us", errors)
+        decoded = re.search(r"commit→decoded: count=\d+ p50=(\d+)us p99=(\d+)us", errors)
         if not match:
             raise RuntimeError(f"no latency report from spout → {name}: {errors[-500:]}")
         count, p50, p99, p999, worst = (int(v) for v in match.groups())
-        rows.append({"sink": name, "events": count, "rate": float(tps.group(1)) if tps else None,
-                     "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "p99_9_ms": p999 / 1000, "max_ms": worst / 1000})
+        rows.append({"sink": name, "events": count, "rate": rate,
+                     "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "p99_9_ms": p999 / 1000, "max_ms": worst / 1000,
+                     "consumer": received,
+                     "decoded_p50_ms": int(decoded.group(1)) / 1000 if decoded else None,
+                     "decoded_p99_ms": int(decoded.group(2)) / 1000 if decoded else None})
         db.sql(f"SELECT pg_drop_replication_slot('lat_{name}')")
     return rows
 
@@ -325,12 +392,19 @@ def print_table(results):
         for row in results["drain"]:
             print(f"{row['backlog']:34} {row['runner']:22} {row['events_per_s']:>12,.0f} {row['ratio']:>17.2f}")
     if results["latency"]:
-        print("\nLatency, commit → broker acknowledgement (Spout's HDR histogram)")
-        print(f"{'sink':10} {'events':>8} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
+        def ms(value):
+            return f"{value:.2f}" if value is not None else "-"
+        print("\nLatency: commit → broker acknowledgement (Spout's HDR histogram) | commit → consumer receives"
+              " | commit → decoded by Spout")
+        print(f"{'sink':14} {'events':>8} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | "
+              f"{'received':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | {'p50 ms':>7} {'p99 ms':>7}")
         for row in results["latency"]:
             rate = f"{row['rate']:.0f}" if row["rate"] else "-"
-            print(f"{row['sink']:10} {row['events']:>8} {rate:>8} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                  f"{row['p99_9_ms']:>9.2f} {row['max_ms']:>8.2f}")
+            c = row.get("consumer") or {}
+            print(f"{row['sink']:14} {row['events'] or '-':>8} {rate:>8} {ms(row['p50_ms']):>8} {ms(row['p99_ms']):>8} "
+                  f"{ms(row['p99_9_ms']):>9} {ms(row['max_ms']):>8} | {c.get('count', 0):>8} {ms(c.get('p50_ms')):>8} "
+                  f"{ms(c.get('p99_ms')):>8} {ms(c.get('p99_9_ms')):>9} {ms(c.get('max_ms')):>8} | "
+                  f"{ms(row.get('decoded_p50_ms')):>7} {ms(row.get('decoded_p99_ms')):>7}")
     if results["footprint"]:
         print("\nFootprint, stdout sink (pg_recvlogical alongside)")
         print(f"{'backlog':34} {'peak RSS MiB':>13} {'CPU s/100k':>11} {'× pg_recvlogical speed':>23} {'recvlogical RSS':>16}")

@@ -123,7 +123,10 @@ struct Run: ParsableCommand {
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log)
             let outcome = try relay.run(until: stop)
             log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.tracker.confirmed)")
-            if reportLatency { log.info("latency commit→ack: \(relay.latency.summary)") }
+            if reportLatency {
+                log.info("latency commit→ack: \(relay.latency.summary)")
+                log.info("latency commit→decoded: \(relay.decodeLatency.summary)")
+            }
         }
     }
 }

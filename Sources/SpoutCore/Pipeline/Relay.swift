@@ -47,7 +47,10 @@ public final class Relay {
 
     public private(set) var tracker: AckTracker
     public private(set) var statistics = Statistics()
+    /// Commit → sink acknowledgement, per event (with `recordLatency`).
     public private(set) var latency = LatencyRecorder()
+    /// Commit → decoded by spout, per event (with `recordLatency`): the server's share of `latency`.
+    public private(set) var decodeLatency = LatencyRecorder()
 
     // The transaction being received (between Begin and Commit).
     private var transaction: PgOutputMessage.Begin?
@@ -249,6 +252,7 @@ public final class Relay {
 
     /// A decoded event: straight to a streaming sink (`canRead` made room), else to the spool.
     private func accept(_ event: OutboxEvent) throws(SpoutError) {
+        if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
         guard streaming else {
             try spool.append { sink.spool(event, into: &$0) }
             return
