@@ -1,4 +1,5 @@
 import CNats
+import Foundation
 import Synchronization
 
 /// Where one connection's publish acknowledgements land. libnats calls the ack handler on
@@ -12,9 +13,6 @@ final class NATSAckInbox: Sendable {
     }
 
     private struct State {
-        /// In-flight messages by the address of their `natsMsg` (the ack handler gets that
-        /// message back) → ticket.
-        var tickets: [UInt: UInt64] = [:]
         var completions: [Completion] = []
         var closedReason: String?
         var asyncError: String?
@@ -25,24 +23,14 @@ final class NATSAckInbox: Sendable {
 
     init(wakeup: Wakeup, capacity: Int) {
         var initial = State()
-        initial.tickets.reserveCapacity(capacity)
         initial.completions.reserveCapacity(capacity)
         state = Mutex(initial)
         self.wakeup = wakeup
     }
 
-    func expect(message: UInt, ticket: UInt64) {
-        state.withLock { _ = $0.tickets.updateValue(ticket, forKey: message) }
-    }
-
-    func forget(message: UInt) {
-        state.withLock { _ = $0.tickets.removeValue(forKey: message) }
-    }
-
-    /// Called by libnats threads.
-    func complete(message: UInt, failure: NATSFailure?) {
+    /// Called by libnats threads with a PubAck (or its failure) for `ticket`.
+    func complete(ticket: UInt64, failure: NATSFailure?) {
         let signal = state.withLock { state -> Bool in
-            guard let ticket = state.tickets.removeValue(forKey: message) else { return false }
             state.completions.append(Completion(ticket: ticket, failure: failure))
             // One wakeup per batch: the sink takes all completions at once.
             return state.completions.count == 1
@@ -104,18 +92,78 @@ enum NATSCallbackRegistry {
     }
 }
 
+/// The PubAck inbox's wire format.
+enum PubAck {
+    /// The ticket in a PubAck subject's last token; nil when it is not a number.
+    static func ticket(subject: UnsafePointer<CChar>) -> UInt64? {
+        let length = strlen(subject)
+        let bytes = UnsafeRawBufferPointer(start: subject, count: length)
+        let start = (bytes.lastIndex(of: UInt8(ascii: ".")) ?? -1) + 1
+        guard start < length else { return nil }
+        var value: UInt64 = 0
+        for byte in bytes[start...] {
+            let digit = byte &- UInt8(ascii: "0")
+            guard digit < 10 else { return nil }
+            let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times.addingReportingOverflow(UInt64(digit))
+            guard !overflow1, !overflow2 else { return nil }
+            value = sum
+        }
+        return value
+    }
+
+    /// nil for a PubAck that stored the message (`{"stream":…,"seq":…}`, possibly
+    /// `"duplicate":true`); the JetStream error otherwise
+    /// (`{"error":{"code":…,"err_code":…,"description":"…"}}`).
+    static func failure(_ data: UnsafeRawBufferPointer) -> NATSFailure? {
+        let bytes = Array(data)
+        guard let error = find(Array(#""error""#.utf8), in: bytes, from: 0) else {
+            if find(Array(#""seq""#.utf8), in: bytes, from: 0) != nil { return nil }
+            return NATSFailure(status: NATS_ERR, text: "unexpected PubAck: \(String(decoding: bytes.prefix(200), as: UTF8.self))")
+        }
+        var code = 0
+        if let start = find(Array(#""err_code""#.utf8), in: bytes, from: error) {
+            var cursor = start + 10
+            while cursor < bytes.count, bytes[cursor] == UInt8(ascii: ":") || bytes[cursor] == UInt8(ascii: " ") { cursor += 1 }
+            while cursor < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[cursor]), code < 1_000_000 {
+                code = code * 10 + Int(bytes[cursor] - UInt8(ascii: "0"))
+                cursor += 1
+            }
+        }
+        var text = "JetStream error"
+        if let start = find(Array(#""description""#.utf8), in: bytes, from: error),
+           let open = bytes[(start + 13)...].firstIndex(of: UInt8(ascii: "\"")) {
+            var close = open + 1
+            while close < bytes.count, bytes[close] != UInt8(ascii: "\"") || bytes[close - 1] == UInt8(ascii: "\\") { close += 1 }
+            text = String(decoding: bytes[(open + 1)..<min(close, bytes.count)], as: UTF8.self)
+        }
+        return NATSFailure(status: NATS_ERR, errorCode: code, text: text)
+    }
+
+    private static func find(_ needle: [UInt8], in bytes: [UInt8], from start: Int) -> Int? {
+        guard bytes.count >= needle.count, start <= bytes.count - needle.count else { return nil }
+        for index in start...(bytes.count - needle.count) where bytes[index] == needle[0] {
+            if bytes[index..<index + needle.count].elementsEqual(needle) { return index }
+        }
+        return nil
+    }
+}
+
 /// The C callbacks libnats calls on its threads; their closure argument is a registry key.
 enum NATSCallbacks {
-    static let ack: jsPubAckHandler = { _, message, _, failure, closure in
-        if let inbox = NATSCallbackRegistry.inbox(closure) {
-            let failure = failure.map { pointer in
-                NATSFailure(status: pointer.pointee.Err, errorCode: Int(pointer.pointee.ErrCode.rawValue),
-                            text: pointer.pointee.ErrText.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(pointer.pointee.Err)))
-            }
-            inbox.complete(message: UInt(bitPattern: message), failure: failure)
+    /// A message on the PubAck inbox: `<prefix>.<ticket>` carrying the stream's PubAck, or a
+    /// "no responders" status when no stream captures the subject.
+    static let pubAck: natsMsgHandler = { _, _, message, closure in
+        defer { natsMsg_Destroy(message) }
+        guard let inbox = NATSCallbackRegistry.inbox(closure), let subject = natsMsg_GetSubject(message),
+              let ticket = PubAck.ticket(subject: subject) else { return }
+        if natsMsg_IsNoResponders(message) {
+            inbox.complete(ticket: ticket, failure: NATSFailure(status: NATS_NO_RESPONDERS))
+            return
         }
-        // The ack handler owns the message (nats.h, jsPubAckHandler).
-        natsMsg_Destroy(message)
+        let length = Int(natsMsg_GetDataLength(message))
+        let data = natsMsg_GetData(message).map { UnsafeRawBufferPointer(start: $0, count: length) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        inbox.complete(ticket: ticket, failure: PubAck.failure(data))
     }
 
     static let closed: natsConnectionHandler = { connection, closure in

@@ -44,7 +44,10 @@ struct NATSFailure: Error, Sendable, CustomStringConvertible {
 }
 
 /// One libnats connection and its JetStream context: owns the C handles, publishes
-/// asynchronously and answers stream questions. It does not reconnect by itself — a lost
+/// asynchronously and answers stream questions. A publish is a core NATS publish whose
+/// reply subject is this connection's PubAck inbox followed by the event's ticket; the
+/// stream answers there with its PubAck. (libnats' own async JetStream publish keeps a hash
+/// of every message and parses each PubAck as full JSON: several times the CPU per event.) It does not reconnect by itself — a lost
 /// connection closes, and the sink opens a new one and re-publishes in ticket order — so
 /// nothing published after a loss can overtake what the loss swallowed.
 final class NATSConnection {
@@ -59,7 +62,9 @@ final class NATSConnection {
     private var options: OpaquePointer?
     private var connection: OpaquePointer?
     private var jetStream: OpaquePointer?
-    private var publishOptions = jsPubOptions()
+    private var ackSubscription: OpaquePointer?
+    /// `_INBOX.<unique>.`: a PubAck's subject is this followed by the ticket, in decimal.
+    private var replyPrefix: [CChar] = []
 
     init(endpoint: NATSEndpoint, maxPendingAcks: Int, wakeup: Wakeup) throws(NATSFailure) {
         inbox = NATSAckInbox(wakeup: wakeup, capacity: maxPendingAcks)
@@ -105,13 +110,17 @@ final class NATSConnection {
         var jsOptions = jsOptions()
         try check(jsOptions_Init(&jsOptions))
         jsOptions.Wait = Self.requestTimeoutMilliseconds
-        jsOptions.PublishAsync.MaxPending = Int64(maxPendingAcks)
-        jsOptions.PublishAsync.StallWait = Self.requestTimeoutMilliseconds
-        jsOptions.PublishAsync.AckHandler = NATSCallbacks.ack
-        jsOptions.PublishAsync.AckHandlerClosure = closure
         try check(natsConnection_JetStream(&jetStream, connection, &jsOptions))
-        try check(jsPubOptions_Init(&publishOptions))
-        publishOptions.MaxWait = Self.ackTimeoutMilliseconds
+
+        var unique: UnsafeMutablePointer<CChar>?
+        try check(natsInbox_Create(&unique))
+        defer { natsInbox_Destroy(unique) }
+        guard let unique else { throw NATSFailure(status: NATS_NO_MEMORY) }
+        let prefix = String(cString: unique) + "."
+        replyPrefix = Array(prefix.utf8CString.dropLast())
+        try check(natsConnection_Subscribe(&ackSubscription, connection, prefix + "*", NATSCallbacks.pubAck, closure))
+        // The sink keeps at most `maxPendingAcks` publishes outstanding: their PubAcks always fit.
+        try check(natsSubscription_SetPendingLimits(ackSubscription, Int32(clamping: max(65_536, 2 * maxPendingAcks)), -1))
     }
 
     /// Frees the handles. Unacknowledged messages are dropped; the sink publishes them again.
@@ -120,21 +129,14 @@ final class NATSConnection {
         NATSCallbackRegistry.remove(closure)
         self.closure = nil
         // The context before the connection it uses (nats.h, natsConnection_JetStream).
+        if let ackSubscription { natsSubscription_Destroy(ackSubscription) }
         if let jetStream { jsCtx_Destroy(jetStream) }
         if let connection { natsConnection_Destroy(connection) }
         if let options { natsOptions_Destroy(options) }
+        ackSubscription = nil
         jetStream = nil
         connection = nil
         options = nil
-    }
-
-    /// Waits (bounded) until every published message has its PubAck.
-    func waitForAcks(milliseconds: Int64) {
-        guard let jetStream else { return }
-        var options = jsPubOptions()
-        jsPubOptions_Init(&options)
-        options.MaxWait = milliseconds
-        _ = js_PublishAsyncComplete(jetStream, &options)
     }
 
     var maxPayload: Int {
@@ -149,11 +151,14 @@ final class NATSConnection {
     /// `Spout-Key` and `Spout-Event-Type`, then the event's own headers.
     /// - Returns: whether an event header named `Nats-…` was left out.
     func publish(_ event: OutboxEvent, ticket: UInt64) throws(NATSFailure) -> Bool {
-        guard let jetStream else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        guard let connection else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
         guard event.payload.count <= Int(Int32.max) else { throw NATSFailure(status: NATS_MAX_PAYLOAD) }
         var message: OpaquePointer?
+        var reply = replyPrefix
+        Self.appendDecimal(ticket, to: &reply)
+        reply.append(0)
         let created = event.payload.withUnsafeBytes { payload in
-            natsMsg_Create(&message, event.topic, nil, payload.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(payload.count))
+            natsMsg_Create(&message, event.topic, reply, payload.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(payload.count))
         }
         try check(created)
         var droppedReserved = false
@@ -174,17 +179,26 @@ final class NATSConnection {
             natsMsg_Destroy(message)
             throw error
         }
-        let address = UInt(bitPattern: message)
-        // Registered first: the PubAck may be handled before js_PublishMsgAsync returns.
-        inbox.expect(message: address, ticket: ticket)
-        let status = js_PublishMsgAsync(jetStream, &message, &publishOptions)
-        if status != NATS_OK {
-            // libnats handed the message back (`message` is still set) and will not call the handler for it.
-            inbox.forget(message: address)
-            natsMsg_Destroy(message)
-            throw NATSFailure(status: status)
-        }
+        // Copied into the connection's buffer: the message is ours to free either way.
+        let status = natsConnection_PublishMsg(connection, message)
+        natsMsg_Destroy(message)
+        if status != NATS_OK { throw NATSFailure(status: status) }
         return droppedReserved
+    }
+
+    private static func appendDecimal(_ value: UInt64, to bytes: inout [CChar]) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var rest = value
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            for index in stride(from: count - 1, through: 0, by: -1) { bytes.append(CChar(bitPattern: buffer[index])) }
+        }
     }
 
     // MARK: Streams

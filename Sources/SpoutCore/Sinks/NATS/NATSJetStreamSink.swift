@@ -24,6 +24,8 @@ public final class NATSJetStreamSink: Sink {
         var event: OutboxEvent
         var ticket: UInt64
         var state: State
+        /// When it was last published (its PubAck is due within the ack timeout).
+        var publishedAt: ContinuousClock.Instant?
     }
 
     private struct Outage {
@@ -100,13 +102,14 @@ public final class NATSJetStreamSink: Sink {
     public var wakeupDescriptor: Int32? { wakeup.descriptor }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
-        entries.append(Entry(event: event, ticket: ticket, state: .waiting))
+        entries.append(Entry(event: event, ticket: ticket, state: .waiting, publishedAt: nil))
         publishWaiting()
     }
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
         wakeup.drain()
         collectCompletions()
+        checkAckTimeout()
         if let outage, connection == nil, clock.now >= outage.nextAttempt { reconnect() }
         publishWaiting()
         for ticket in deliveredTickets { report(.delivered(ticket: ticket)) }
@@ -118,7 +121,12 @@ public final class NATSJetStreamSink: Sink {
 
     public func close() {
         guard let connection else { return }
-        if outstanding > 0 { connection.waitForAcks(milliseconds: 2_000) }
+        // Bounded: PubAcks still on their way are worth a short wait, not a hang.
+        let deadline = clock.now + .seconds(2)
+        while outstanding > 0, self.connection != nil, clock.now < deadline {
+            collectCompletions()
+            if outstanding > 0 { usleep(5_000) }
+        }
         connection.close()
         self.connection = nil
     }
@@ -167,6 +175,7 @@ public final class NATSJetStreamSink: Sink {
                 return
             }
             entries[cursor].state = .published
+            entries[cursor].publishedAt = clock.now
             outstanding += 1
             cursor += 1
         }
@@ -250,6 +259,18 @@ public final class NATSJetStreamSink: Sink {
         }
         completions.removeAll(keepingCapacity: true)
         if let reason = transient ?? closedReason { beginOutage(reason) }
+    }
+
+    /// The oldest outstanding publish has waited longer than the ack timeout: the server or
+    /// the stream is stuck (or the PubAck was lost). Re-publishing on a new connection is safe:
+    /// the stream drops duplicates by `Nats-Msg-Id`.
+    private func checkAckTimeout() {
+        guard connection != nil, outstanding > 0 else { return }
+        var index = head
+        while index < cursor, entries[index].state != .published { index += 1 }
+        guard index < cursor, let publishedAt = entries[index].publishedAt,
+              clock.now - publishedAt > .milliseconds(NATSConnection.ackTimeoutMilliseconds) else { return }
+        beginOutage("no PubAck for subject \"\(entries[index].event.topic)\" within \(NATSConnection.ackTimeoutMilliseconds / 1000) s")
     }
 
     private func index(of ticket: UInt64) -> Int? {
