@@ -350,7 +350,9 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
         rate = steady_load(name)
         spout_process.send_signal(signal.SIGTERM)
         errors = spout_process.stderr.read()
-        spout_process.wait(timeout=60)
+        _, _, usage = os.wait4(spout_process.pid, 0)
+        spout_process.returncode = 0
+        cpu = usage.ru_utime + usage.ru_stime
         if name != "stdout":
             consumer.send_signal(signal.SIGTERM)
         received = json.loads(consumer.stdout.read().strip().splitlines()[-1])
@@ -360,7 +362,7 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
         if not match:
             raise RuntimeError(f"no latency report from spout → {name}: {errors[-500:]}")
         count, p50, p99, p999, worst = (int(v) for v in match.groups())
-        rows.append({"sink": name, "events": count, "rate": rate,
+        rows.append({"sink": name, "events": count, "rate": rate, "spout_cpu_s_per_1k": 1000 * cpu / max(count, 1),
                      "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "p99_9_ms": p999 / 1000, "max_ms": worst / 1000,
                      "consumer": received,
                      "decoded_p50_ms": int(decoded.group(1)) / 1000 if decoded else None,
