@@ -204,6 +204,8 @@ def main():
             targets["nats"] = servers.nats()
         if "kafka" in sinks:
             targets["kafka"] = servers.kafka(kafka_mock)
+            # Created up front with a known partition count, which the latency consumer assigns.
+            servers.kafka_command(f"create-topic {LATENCY_TOPIC} {KAFKA_PARTITIONS}")
         targets = {name: targets[name] for name in sinks if name in targets}
         extra = {"nats": ["--nats-create-stream", "OUTBOX"], "kafka": ["--kafka-property", "linger.ms=1"]}
 
@@ -287,9 +289,6 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
                   "VALUES ('order', :id, 'OrderPlaced', "
                   "jsonb_build_object('id', :id, 't', extract(epoch FROM clock_timestamp())));\n")
     consumer_script = os.path.join(ROOT, "scripts", "bench_consumer.py")
-    if "kafka" in targets:
-        servers.kafka_command(f"create-topic {LATENCY_TOPIC} {KAFKA_PARTITIONS}")
-
     def steady_load(name):
         # Warm-up: the first events create the topic/stream and fetch metadata; a second of
         # that would otherwise be the p99.
