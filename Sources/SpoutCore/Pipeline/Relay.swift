@@ -71,6 +71,10 @@ public final class Relay {
     /// Tickets the sink reported as failed: out of flight, never acknowledged.
     private var failedTickets: Set<UInt64> = []
 
+    /// The newest transaction read committed this long ago (microseconds), as of its Begin.
+    private var behindMicros: Int64 = 0
+    /// Messages the last `readAvailable` read.
+    private var lastReadCount = 0
     private var reachedEnd = false
     private var replyRequested = false
     private var lastStatusAt: ContinuousClock.Instant
@@ -141,9 +145,13 @@ public final class Relay {
         return transaction != nil || (tracker.unacknowledged < options.maxInFlightEvents && inFlightBytes < options.maxInFlightBytes)
     }
 
-    /// Reads what libpq has buffered, up to a batch, while `canRead`.
+    /// Reads what libpq has buffered, up to a batch, while `canRead`. Replaying a backlog, it
+    /// also reads the socket again (a few times) when the buffer runs dry, rather than
+    /// waiting in poll(2) for every few messages.
     private func readAvailable() throws(SpoutError) -> Int {
         var count = 0
+        var socketReads = 0
+        defer { lastReadCount = count }
         while count < 4096, canRead {
             let gotMessage = try stream.read { (read: ReplicationStream.Read) throws(SpoutError) -> Bool in
                 switch read {
@@ -156,7 +164,12 @@ public final class Relay {
                     throw SpoutError.connectionLost(detail: "the server ended replication")
                 }
             }
-            guard gotMessage else { break }
+            guard gotMessage else {
+                guard behindMicros > Self.catchUpMicros, socketReads < 4 else { break }
+                socketReads += 1
+                try stream.readSocket()
+                continue
+            }
             count += 1
         }
         return count
@@ -168,6 +181,8 @@ public final class Relay {
         switch frame {
         case let .keepalive(walEnd, _, reply):
             if reply { replyRequested = true }
+            // The server waits for WAL: whatever backlog there was is read.
+            if transaction == nil { behindMicros = 0 }
             if let end = options.endLSN, transaction == nil, walEnd >= end { reachedEnd = true }
             tracker.observe(walEnd: walEnd)
         case let .xLogData(_, walEnd, _, payloadOffset):
@@ -190,6 +205,7 @@ public final class Relay {
                 return
             }
             transaction = begin
+            behindMicros = LatencyRecorder.nowMicros() - begin.commitTime.unixMicroseconds
             skippingTransaction = options.startLSN.map { begin.finalLSN < $0 } ?? false
             tracker.transactionBegan()
         case let .relation(relation):
@@ -316,6 +332,9 @@ public final class Relay {
 
     // MARK: Waiting and status
 
+    /// Transactions older than this when read mean a backlog is being replayed.
+    static let catchUpMicros: Int64 = 100_000
+
     private func waitForWork(stop: StopSignal) throws(SpoutError) {
         var others = [stop.descriptor]
         if let wakeup = sink.wakeupDescriptor { others.append(wakeup) }
@@ -323,7 +342,16 @@ public final class Relay {
         var timeout = max(.zero, min(untilStatus, .milliseconds(500)))
         // A sink that holds events but has no wakeup descriptor is polled.
         if dispatchedUnacknowledged > 0, sink.wakeupDescriptor == nil { timeout = min(timeout, .milliseconds(1)) }
-        try stream.wait(readingSocket: canRead, others: others, timeout: timeout)
+        let reading = canRead
+        if reading, behindMicros > Self.catchUpMicros, lastReadCount < 256 {
+            // Replaying a backlog faster than the server sends it: the server sends every
+            // message on its own, and waking for each costs more CPU than the messages (on a
+            // small machine, CPU the walsender needs). A millisecond's pause lets a batch
+            // gather; next to the backlog's age it adds nothing. Live traffic (read within
+            // the threshold) is never held back.
+            try stream.wait(readingSocket: false, others: others, timeout: min(timeout, .milliseconds(1)))
+        }
+        try stream.wait(readingSocket: reading, others: others, timeout: timeout)
     }
 
     /// Status goes out when the server asks, when the confirmable LSN moved (at most every

@@ -127,6 +127,12 @@ public final class ReplicationStream {
         }
     }
 
+    /// Moves what the socket holds into libpq's buffer (one non-blocking read), without
+    /// waiting for it to become readable.
+    public func readSocket() throws(SpoutError) {
+        guard PQconsumeInput(connection.handle) == 1 else { throw .connectionLost(detail: connection.lastErrorMessage) }
+    }
+
     /// Sends a standby status update (`'r'`).
     public func send(_ update: StandbyStatusUpdate) throws(SpoutError) {
         let bytes = update.encode()
