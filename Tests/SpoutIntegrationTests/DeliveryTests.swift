@@ -151,6 +151,43 @@ final class DeliveryTests: XCTestCase {
         XCTAssertEqual(Set(secondEvents.compactMap { $0["id"] as? String }).count, secondEvents.count)
     }
 
+    /// A backlog written while spout was not running (the replay path: spout reads the
+    /// socket in batches when transactions are older than 100 ms): 3,000 single-row
+    /// transactions, one 20,000-row transaction and one more row arrive once, in commit order,
+    /// with commit LSNs that only grow.
+    func testBacklogWrittenWhileStoppedArrivesOnceInOrder() throws {
+        let outbox = try OutboxFixture("backlog")
+        defer { outbox.tearDown() }
+        XCTAssertEqual(try SpoutProcess.run(["setup"] + outbox.arguments).status, 0)
+        try outbox.admin.sql("""
+            DO $$ BEGIN FOR i IN 1..3000 LOOP
+              INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
+                   VALUES ('single', (i % 7)::text, 'Created', jsonb_build_object('seq', i));
+              COMMIT; END LOOP; END $$
+            """)
+        try outbox.admin.sql("""
+            INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
+            SELECT 'bulk', (i % 7)::text, 'Imported', jsonb_build_object('seq', 3000 + i) FROM generate_series(1, 20000) i
+            """)
+        try outbox.admin.sql("""
+            INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
+                 VALUES ('single', '0', 'Created', jsonb_build_object('seq', 23001))
+            """)
+        let end = try outbox.currentLSN()
+        usleep(300_000)
+        let run = try SpoutProcess.run(["run", "--end-lsn", end.description, "--max-in-flight", "500"] + outbox.arguments, timeout: 120)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let events = run.stdout.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+        let sequences = events.compactMap { ($0["payload"] as? [String: Any])?["seq"] as? Int }
+        XCTAssertEqual(sequences, Array(1...23_001))
+        XCTAssertEqual(Set(events.compactMap { $0["id"] as? String }).count, 23_001)
+        let lsns = events.compactMap { ($0["lsn"] as? String).flatMap { LSN($0) } }
+        XCTAssertEqual(lsns.count, 23_001)
+        XCTAssertEqual(Set(lsns).count, 3_002, "one commit LSN per transaction")
+        XCTAssertTrue(zip(lsns, lsns.dropFirst()).allSatisfy { $0 <= $1 }, "commit order")
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), try XCTUnwrap(lsns.last))
+    }
+
     /// A 50,000-row transaction with a 64 KiB spool: events go through the spool file and
     /// still arrive once, in order, with the transaction's LSN.
     func testLargeTransactionThroughTheSpool() throws {
