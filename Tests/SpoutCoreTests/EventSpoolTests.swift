@@ -79,6 +79,14 @@ final class EventSpoolTests: XCTestCase {
         XCTAssertEqual(out, records)
     }
 
+    /// Commit times come from the wire: any value gives an age, never a trap.
+    func testAgeOfNonsenseCommitTimesSaturates() {
+        let now = LatencyRecorder.nowMicros()
+        XCTAssertEqual(LatencyRecorder.age(of: PostgresTimestamp(rawValue: Int64.min), at: now), Int64.max)
+        XCTAssertLessThan(LatencyRecorder.age(of: PostgresTimestamp(rawValue: Int64.max), at: now), 0)
+        XCTAssertEqual(LatencyRecorder.age(of: PostgresTimestamp(unixMicroseconds: now - 5), at: now), 5)
+    }
+
     func testDamagedRecordsDoNotDecode() {
         var bytes: [UInt8] = []
         SpooledEvent.encode(event(3), into: &bytes)

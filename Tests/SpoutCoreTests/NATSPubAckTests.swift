@@ -23,6 +23,8 @@ final class NATSPubAckTests: XCTestCase {
         XCTAssertNil(failure(#"{"stream":"OUTBOX","seq":17}"#))
         XCTAssertNil(failure(#"{"stream":"OUTBOX","seq":17,"duplicate":true}"#))
         XCTAssertNil(failure(#"{"stream":"OUTBOX", "domain":"hub", "seq": 3}"#))
+        XCTAssertNil(failure(#"{"stream":"error","seq":5}"#), "a stream named error")
+        XCTAssertNil(failure(#"{"stream":"S","domain":"error","seq":5,"duplicate":true}"#), "a domain named error")
     }
 
     func testErrorsCarryCodeAndDescription() throws {

@@ -48,14 +48,14 @@ final class EventSpool {
 
     /// Appends a record of the open transaction, written by `write` (which only appends).
     func append(_ write: (inout [UInt8]) -> Void) throws(SpoutError) {
-        openCount += 1
         releasePopped()
         if readOffset == writeOffset, back.isEmpty, front.count - frontHead < memoryLimit {
-            Self.frame(into: &front, write)
-            return
+            try Self.frame(into: &front, write)
+        } else {
+            try Self.frame(into: &back, write)
+            if back.count >= Self.backBatchBytes { try flushBack() }
         }
-        Self.frame(into: &back, write)
-        if back.count >= Self.backBatchBytes { try flushBack() }
+        openCount += 1
     }
 
     /// The open transaction committed.
@@ -98,11 +98,16 @@ final class EventSpool {
         return true
     }
 
-    private static func frame(into buffer: inout [UInt8], _ write: (inout [UInt8]) -> Void) {
+    private static func frame(into buffer: inout [UInt8], _ write: (inout [UInt8]) -> Void) throws(SpoutError) {
         let start = buffer.count
         buffer.append(contentsOf: [0, 0, 0, 0] as [UInt8])
         write(&buffer)
-        let length = UInt32(truncatingIfNeeded: buffer.count - start - 4)
+        guard buffer.count - start - 4 <= Int(UInt32.max) else {
+            let size = buffer.count - start - 4
+            buffer.removeSubrange(start...)
+            throw .spoolFailed("an event of \(size) bytes is too large for the event spool (at most 4 GiB)")
+        }
+        let length = UInt32(buffer.count - start - 4)
         buffer[start] = UInt8(truncatingIfNeeded: length)
         buffer[start + 1] = UInt8(truncatingIfNeeded: length >> 8)
         buffer[start + 2] = UInt8(truncatingIfNeeded: length >> 16)

@@ -10,7 +10,14 @@ public struct LatencyRecorder: Sendable {
     public init() {}
 
     mutating func record(committedAt: PostgresTimestamp, acknowledgedAt nowMicros: Int64) {
-        _ = histogram.record(UInt64(Swift.max(0, nowMicros - committedAt.unixMicroseconds)))
+        _ = histogram.record(UInt64(Swift.max(0, Self.age(of: committedAt, at: nowMicros))))
+    }
+
+    /// Microseconds from `committedAt` to `nowMicros`, saturating: the commit time comes from
+    /// the wire.
+    static func age(of committedAt: PostgresTimestamp, at nowMicros: Int64) -> Int64 {
+        let (age, overflow) = nowMicros.subtractingReportingOverflow(committedAt.unixMicroseconds)
+        return overflow ? (committedAt.unixMicroseconds < 0 ? Int64.max : Int64.min) : age
     }
 
     public var count: UInt64 { histogram.totalCount }

@@ -205,7 +205,7 @@ public final class Relay {
                 return
             }
             transaction = begin
-            behindMicros = LatencyRecorder.nowMicros() - begin.commitTime.unixMicroseconds
+            behindMicros = LatencyRecorder.age(of: begin.commitTime, at: LatencyRecorder.nowMicros())
             skippingTransaction = options.startLSN.map { begin.finalLSN < $0 } ?? false
             tracker.transactionBegan()
         case let .relation(relation):

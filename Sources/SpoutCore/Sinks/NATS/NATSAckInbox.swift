@@ -117,7 +117,8 @@ enum PubAck {
     /// (`{"error":{"code":…,"err_code":…,"description":"…"}}`).
     static func failure(_ data: UnsafeRawBufferPointer) -> NATSFailure? {
         let bytes = Array(data)
-        guard let error = find(Array(#""error""#.utf8), in: bytes, from: 0) else {
+        // The key with an object value: a stream or domain named "error" is not an error.
+        guard let error = find(Array(#""error":{"#.utf8), in: bytes, from: 0) ?? find(Array(#""error": {"#.utf8), in: bytes, from: 0) else {
             if find(Array(#""seq""#.utf8), in: bytes, from: 0) != nil { return nil }
             return NATSFailure(status: NATS_ERR, text: "unexpected PubAck: \(String(decoding: bytes.prefix(200), as: UTF8.self))")
         }

@@ -274,9 +274,12 @@ public final class NATSJetStreamSink: Sink {
     }
 
     private func index(of ticket: UInt64) -> Int? {
+        // The ticket comes from a PubAck subject (the network): no arithmetic that can trap.
         guard head < entries.count, ticket >= entries[head].ticket else { return nil }
-        let guess = head + Int(ticket - entries[head].ticket)
-        if guess < entries.count, entries[guess].ticket == ticket { return guess }
+        let offset = ticket - entries[head].ticket
+        guard offset < UInt64(entries.count - head) else { return nil }
+        let guess = head + Int(offset)
+        if entries[guess].ticket == ticket { return guess }
         // Tickets from the relay are consecutive; this is only a fallback.
         var low = head, high = entries.count - 1
         while low <= high {
