@@ -103,20 +103,18 @@ final class AckGatingTests: XCTestCase {
         defer { _ = runner.finish() }
         try eventually("slot active") { try outbox.slotIsActive }
 
-        // Three transactions of two events each; WAL positions before each and after the last.
-        // The commit of transaction i ends after before[i] and at or before before[i + 1].
-        var before: [LSN] = []
+        // Three transactions of two events each, and their exact commit end LSNs. (The idle
+        // slot may follow the server's position into a transaction not yet sent; never to its end.)
+        try outbox.createProbe()
         for transaction in 0..<3 {
-            before.append(try outbox.currentLSN())
             try outbox.insert(outbox.admin, rows: 2, key: { "t\(transaction)-\($0)" })
         }
-        before.append(try outbox.currentLSN())
+        let ends = try outbox.commitEnds()
+        XCTAssertEqual(ends.count, 3)
+        guard ends.count == 3 else { return }
         try eventually("sink holds 6 events (\(mode))") { sink.events.count == 6 }
         if sink.needsCommitLSN {
-            let lsns = sink.events.map(\.event.lsn)
-            for (index, lsn) in lsns.enumerated() {
-                XCTAssertTrue(lsn > before[index / 2] && lsn <= before[index / 2 + 1], "event \(index) has its commit LSN")
-            }
+            XCTAssertEqual(sink.events.map(\.event.lsn), [ends[0], ends[0], ends[1], ends[1], ends[2], ends[2]], "each event has its commit LSN")
         } else {
             XCTAssertEqual(Set(sink.events.map(\.event.lsn)), [.zero], "no commit LSN before the Commit")
         }
@@ -124,20 +122,20 @@ final class AckGatingTests: XCTestCase {
 
         // Nothing acknowledged: status updates keep going (every second), the slot stays put.
         sleep(3)
-        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before[0], mode)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), ends[0], mode)
 
         // Out of order: all of the third transaction and half of the second.
         sink.release([sink.events[4].ticket, sink.events[5].ticket, sink.events[2].ticket])
         sleep(2)
-        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before[0], "nothing of the first transaction is acknowledged (\(mode))")
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), ends[0], "nothing of the first transaction is acknowledged (\(mode))")
 
         sink.release([sink.events[0].ticket, sink.events[1].ticket])
-        try eventually(timeout: 10, "confirmed reaches the first transaction (\(mode))") { try XCTUnwrap(try outbox.confirmedFlush) > before[0] }
+        try eventually(timeout: 10, "confirmed reaches the first transaction (\(mode))") { try XCTUnwrap(try outbox.confirmedFlush) == ends[0] }
         sleep(2)
-        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before[1], "the second transaction still has an unacknowledged event (\(mode))")
+        XCTAssertEqual(try XCTUnwrap(try outbox.confirmedFlush), ends[0], "the second transaction still has an unacknowledged event (\(mode))")
 
         sink.release([sink.events[3].ticket])
-        try eventually(timeout: 10, "confirmed reaches the third transaction (\(mode))") { try XCTUnwrap(try outbox.confirmedFlush) > before[2] }
+        try eventually(timeout: 10, "confirmed reaches the third transaction (\(mode))") { try XCTUnwrap(try outbox.confirmedFlush) >= ends[2] }
 
         guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop cleanly (\(mode)): \(String(describing: runner.outcome.value))") }
     }
@@ -152,18 +150,19 @@ final class AckGatingTests: XCTestCase {
         let runner = try RelayRunner(outbox: outbox, sink: sink) { $0.maxInFlightEvents = 100 }
         defer { _ = runner.finish() }
         try eventually("slot active") { try outbox.slotIsActive }
-        let before = try outbox.currentLSN()
+        try outbox.createProbe()
         try outbox.insert(outbox.admin, rows: 1000)
+        let end = try XCTUnwrap(try outbox.commitEnds().first)
         var released = 0
         while released < 1000 {
             try eventually("the sink holds the next part of the transaction") { sink.events.count >= released + 100 }
             usleep(200_000)
             XCTAssertEqual(sink.events.count, released + 100, "the window holds exactly 100 events")
-            XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before, "\(released) of 1000 acknowledged")
+            XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), end, "\(released) of 1000 acknowledged")
             sink.release(sink.events[released..<released + 100].map(\.ticket))
             released += 100
         }
-        try eventually(timeout: 10, "confirmed passes the transaction") { try XCTUnwrap(try outbox.confirmedFlush) > before }
+        try eventually(timeout: 10, "confirmed reaches the transaction's end") { try XCTUnwrap(try outbox.confirmedFlush) >= end }
         XCTAssertEqual(sink.events.map(\.ticket), Array(0..<1000))
         XCTAssertEqual(Set(sink.events.map(\.event.id)).count, 1000)
         guard case .success(.stopped)? = runner.finish() else { return XCTFail("relay did not stop cleanly: \(String(describing: runner.outcome.value))") }
