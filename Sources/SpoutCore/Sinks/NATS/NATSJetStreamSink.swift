@@ -142,6 +142,14 @@ public final class NATSJetStreamSink: Sink {
                 cursor += 1
                 continue
             case .failed:
+                // Nothing after a permanently failed event goes out, and the relay stops: fail
+                // what waits behind it now, rather than leave the relay's shutdown to time out.
+                for later in (cursor + 1)..<entries.count where entries[later].state == .waiting {
+                    entries[later].state = .failed
+                    let event = entries[later].event
+                    failures.append((entries[later].ticket, SinkError(.permanent, "not published: an earlier event failed permanently",
+                                                                       eventID: event.id, topic: event.topic)))
+                }
                 return
             case .waiting:
                 break
