@@ -105,13 +105,14 @@ final class AckGatingTests: XCTestCase {
 
         // Three transactions of two events each, and their exact commit end LSNs. (The idle
         // slot may follow the server's position into a transaction not yet sent; never to its end.)
-        try outbox.createProbe()
+        let witness = try CommitWitness(outbox)
+        var ends: [LSN] = []
         for transaction in 0..<3 {
-            try outbox.insert(outbox.admin, rows: 2, key: { "t\(transaction)-\($0)" })
+            let (_, xid) = try CommitWitness.transaction(outbox.admin) {
+                try outbox.insert(outbox.admin, rows: 2, key: { "t\(transaction)-\($0)" })
+            }
+            ends.append(try witness.commitLSN(xid: xid))
         }
-        let ends = try outbox.commitEnds()
-        XCTAssertEqual(ends.count, 3)
-        guard ends.count == 3 else { return }
         try eventually("sink holds 6 events (\(mode))") { sink.events.count == 6 }
         if sink.needsCommitLSN {
             XCTAssertEqual(sink.events.map(\.event.lsn), [ends[0], ends[0], ends[1], ends[1], ends[2], ends[2]], "each event has its commit LSN")
@@ -150,9 +151,9 @@ final class AckGatingTests: XCTestCase {
         let runner = try RelayRunner(outbox: outbox, sink: sink) { $0.maxInFlightEvents = 100 }
         defer { _ = runner.finish() }
         try eventually("slot active") { try outbox.slotIsActive }
-        try outbox.createProbe()
-        try outbox.insert(outbox.admin, rows: 1000)
-        let end = try XCTUnwrap(try outbox.commitEnds().first)
+        let witness = try CommitWitness(outbox)
+        let (_, xid) = try CommitWitness.transaction(outbox.admin) { try outbox.insert(outbox.admin, rows: 1000) }
+        let end = try witness.commitLSN(xid: xid)
         var released = 0
         while released < 1000 {
             try eventually("the sink holds the next part of the transaction") { sink.events.count >= released + 100 }

@@ -285,9 +285,11 @@ final class DeliveryTests: XCTestCase {
         try outbox.admin.sql("INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload, tenant_id) VALUES ('a', '1', 'Good', '{}', 'acme')")
         try eventually("first event") { spout.lines.count == 1 }
         let good = try XCTUnwrap(LSN(try XCTUnwrap(spout.events.first?["lsn"] as? String)))
-        try outbox.createProbe()
-        let badID = try XCTUnwrap(try outbox.admin.value(
-            "INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload) VALUES ('a', '2', 'Bad', '{}') RETURNING id"))
+        let witness = try CommitWitness(outbox)
+        let (inserted, badXID) = try CommitWitness.transaction(outbox.admin) {
+            try outbox.admin.value("INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload) VALUES ('a', '2', 'Bad', '{}') RETURNING id")
+        }
+        let badID = try XCTUnwrap(inserted)
         let status = spout.waitForExit(timeout: 30)
         XCTAssertNotNil(status)
         XCTAssertNotEqual(status, 0)
@@ -299,8 +301,7 @@ final class DeliveryTests: XCTestCase {
         // Up to the good transaction (or idle WAL after it), never the bad one.
         let confirmed = try XCTUnwrap(try outbox.confirmedFlush)
         XCTAssertGreaterThanOrEqual(confirmed, good)
-        let badEnd = try XCTUnwrap(try outbox.commitEnds().first)
-        XCTAssertLessThan(confirmed, badEnd, "confirmed the unmappable transaction")
+        XCTAssertLessThan(confirmed, try witness.commitLSN(xid: badXID), "confirmed the unmappable transaction")
     }
 }
 

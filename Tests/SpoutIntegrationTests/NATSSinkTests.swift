@@ -238,8 +238,8 @@ final class NATSSinkTests: XCTestCase {
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
-        try outbox.createProbe()
-        try outbox.insert(outbox.admin, rows: 5)
+        let witness = try CommitWitness(outbox)
+        let (_, xid) = try CommitWitness.transaction(outbox.admin) { try outbox.insert(outbox.admin, rows: 5) }
 
         // At once: the events behind the failed one are never sent, so there is nothing to
         // wait for (the default shutdown timeout is 30 s).
@@ -254,8 +254,7 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertTrue(line.contains("--subjects 'outbox.event.>'"), line)
         XCTAssertTrue(line.contains("--nats-create-stream"), line)
         // The idle slot may have followed the WAL into the transaction, never to its commit end.
-        let commitEnd = try XCTUnwrap(try outbox.commitEnds().first)
-        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), commitEnd, "the event is not confirmed")
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), try witness.commitLSN(xid: xid), "the event is not confirmed")
     }
 
     /// `--nats-create-stream` creates a file-storage stream for the first topic and adds
@@ -268,11 +267,10 @@ final class NATSSinkTests: XCTestCase {
         try eventually("slot active") { try outbox.slotIsActive }
         eventually("a warning that NATS is unreachable") { spout.stderr.contains("is unavailable") }
         let writer = try Writer(outbox)
-        try outbox.createProbe()
-        try writer.write(transactions: 1, rows: 5)
+        let witness = try CommitWitness(outbox)
+        let (_, xid) = try CommitWitness.transaction(writer.connection) { try writer.write(transactions: 1, rows: 5) }
         usleep(1_000_000)
-        let end = try XCTUnwrap(try outbox.commitEnds().first)
-        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), end, "nothing confirmed while NATS is down")
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), try witness.commitLSN(xid: xid), "nothing confirmed while NATS is down")
         XCTAssertTrue(spout.process.isRunning, spout.stderr)
         try server.start()
         try writer.write(transactions: 1, rows: 5, aggregate: "invoice")

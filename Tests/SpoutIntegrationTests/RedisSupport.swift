@@ -192,33 +192,3 @@ final class RedisClient {
         }
     }
 }
-
-/// The commit LSNs (`end_lsn`, what spout confirms) of chosen transactions, read back through
-/// a `test_decoding` slot created before them. It lets a test say "the slot stayed before
-/// this transaction" exactly, whatever else writes WAL meanwhile.
-final class CommitWitness {
-    let slot: String
-    private let admin: PostgresConnection
-
-    init(_ outbox: OutboxFixture) throws {
-        admin = outbox.admin
-        slot = "witness_" + outbox.slot
-        try admin.sql("SELECT pg_create_logical_replication_slot('\(slot)', 'test_decoding')")
-    }
-
-    deinit { _ = try? admin.sql("SELECT pg_drop_replication_slot('\(slot)')") }
-
-    /// Runs `body` in a transaction on `connection`; returns its result and the transaction's id.
-    static func transaction<Result>(_ connection: PostgresConnection, _ body: () throws -> Result) throws -> (Result, xid: String) {
-        try connection.sql("BEGIN")
-        let result = try body()
-        let xid = try XCTUnwrap(try connection.value("SELECT (txid_current() % 4294967296)::text"))
-        try connection.sql("COMMIT")
-        return (result, xid)
-    }
-
-    func commitLSN(xid: String) throws -> LSN {
-        try XCTUnwrap(try admin.lsn("SELECT lsn FROM pg_logical_slot_peek_changes('\(slot)', NULL, NULL) WHERE data = 'COMMIT \(xid)'"),
-                      "no commit of transaction \(xid) in the witness slot")
-    }
-}

@@ -67,7 +67,7 @@ final class OutboxFixture: @unchecked Sendable {
             if active != "t" { break }
             usleep(100_000)
         }
-        _ = try? admin.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('\(slot)', '\(slot)_probe')")
+        _ = try? admin.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '\(slot)'")
         _ = try? admin.sql("DROP PUBLICATION IF EXISTS \(publication)")
         _ = try? admin.sql("DROP TABLE IF EXISTS public.\(table)")
     }
@@ -81,23 +81,6 @@ final class OutboxFixture: @unchecked Sendable {
     }
 
     func currentLSN() throws -> LSN { try admin.lsn("SELECT pg_current_wal_insert_lsn()") ?? .zero }
-
-    /// A second slot on the outbox's publication, created now: `commitEnds()` reads the exact
-    /// commit end LSN of each transaction that comes after (without consuming anything).
-    func createProbe() throws {
-        try admin.sql("SELECT pg_create_logical_replication_slot('\(slot)_probe', 'pgoutput')")
-    }
-
-    func commitEnds() throws -> [LSN] {
-        // pgoutput's Commit: 'C', flags, commit LSN, end LSN (bytes 10–17), timestamp.
-        try admin.sql("""
-            SELECT to_hex(v >> 32) || '/' || to_hex(v & 4294967295)
-              FROM (SELECT ('x' || encode(substring(data FROM 11 FOR 8), 'hex'))::bit(64)::bigint AS v
-                      FROM pg_logical_slot_peek_binary_changes('\(slot)_probe', NULL, NULL,
-                           'proto_version', '1', 'publication_names', '\(publication)')
-                     WHERE get_byte(data, 0) = 67) commits
-            """).compactMap { $0.first.flatMap { $0 }.flatMap { LSN($0) } }
-    }
 
     /// Inserts `rows` events in one transaction on `connection`; returns their ids.
     @discardableResult
@@ -229,5 +212,35 @@ final class SpoutProcess {
     deinit {
         if process.isRunning { signal(SIGKILL); process.waitUntilExit() }
         try? FileManager.default.removeItem(at: stdoutURL.deletingLastPathComponent())
+    }
+}
+
+/// The commit LSNs (`end_lsn`, what spout confirms) of chosen transactions, read back through
+/// a `test_decoding` slot created before them. It lets a test say "the slot stayed before
+/// this transaction" exactly, whatever else writes WAL meanwhile.
+final class CommitWitness {
+    let slot: String
+    private let admin: PostgresConnection
+
+    init(_ outbox: OutboxFixture) throws {
+        admin = outbox.admin
+        slot = "witness_" + outbox.slot
+        try admin.sql("SELECT pg_create_logical_replication_slot('\(slot)', 'test_decoding')")
+    }
+
+    deinit { _ = try? admin.sql("SELECT pg_drop_replication_slot('\(slot)')") }
+
+    /// Runs `body` in a transaction on `connection`; returns its result and the transaction's id.
+    static func transaction<Result>(_ connection: PostgresConnection, _ body: () throws -> Result) throws -> (Result, xid: String) {
+        try connection.sql("BEGIN")
+        let result = try body()
+        let xid = try XCTUnwrap(try connection.value("SELECT (txid_current() % 4294967296)::text"))
+        try connection.sql("COMMIT")
+        return (result, xid)
+    }
+
+    func commitLSN(xid: String) throws -> LSN {
+        try XCTUnwrap(try admin.lsn("SELECT lsn FROM pg_logical_slot_peek_changes('\(slot)', NULL, NULL) WHERE data = 'COMMIT \(xid)'"),
+                      "no commit of transaction \(xid) in the witness slot")
     }
 }
