@@ -19,6 +19,18 @@ final class NATSPubAckTests: XCTestCase {
         XCTAssertNil(PubAck.ticket(subject: ""))
     }
 
+    /// The ticket written into a reply subject (`JSONWriter.appendDecimal`) reads back.
+    func testTicketRoundTripsThroughTheReplySubject() {
+        for ticket: UInt64 in [0, 7, 10, 99, 100, 4_096, 1_234_567_890, UInt64.max] {
+            var subject = Array("_INBOX.x1.".utf8)
+            JSONWriter.appendDecimal(ticket, to: &subject)
+            XCTAssertEqual(String(decoding: subject, as: UTF8.self), "_INBOX.x1.\(ticket)")
+            subject.append(0)
+            let parsed = subject.withUnsafeBytes { PubAck.ticket(subject: $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
+            XCTAssertEqual(parsed, ticket)
+        }
+    }
+
     func testStoredAndDuplicateAreDelivered() {
         XCTAssertNil(failure(#"{"stream":"OUTBOX","seq":17}"#))
         XCTAssertNil(failure(#"{"stream":"OUTBOX","seq":17,"duplicate":true}"#))

@@ -2,6 +2,18 @@
 enum JSONWriter {
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
+    /// An unsigned integer in decimal (a JSON number; also Redis entry ids and NATS reply subjects).
+    static func appendDecimal(_ value: UInt64, to output: inout [UInt8]) {
+        var divisor: UInt64 = 1
+        while value / divisor >= 10 { divisor *= 10 }
+        var rest = value
+        while divisor > 0 {
+            output.append(UInt8(ascii: "0") + UInt8(rest / divisor))
+            rest %= divisor
+            divisor /= 10
+        }
+    }
+
     static func appendString(_ string: String, to output: inout [UInt8]) {
         var string = string
         string.withUTF8 { appendString(utf8: $0, to: &output) }

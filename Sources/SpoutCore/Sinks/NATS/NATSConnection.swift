@@ -64,7 +64,7 @@ final class NATSConnection {
     private var jetStream: OpaquePointer?
     private var ackSubscription: OpaquePointer?
     /// `_INBOX.<unique>.`: a PubAck's subject is this followed by the ticket, in decimal.
-    private var replyPrefix: [CChar] = []
+    private var replyPrefix: [UInt8] = []
 
     init(endpoint: NATSEndpoint, maxPendingAcks: Int, wakeup: Wakeup) throws(NATSFailure) {
         inbox = NATSAckInbox(wakeup: wakeup, capacity: maxPendingAcks)
@@ -117,7 +117,7 @@ final class NATSConnection {
         defer { natsInbox_Destroy(unique) }
         guard let unique else { throw NATSFailure(status: NATS_NO_MEMORY) }
         let prefix = String(cString: unique) + "."
-        replyPrefix = Array(prefix.utf8CString.dropLast())
+        replyPrefix = Array(prefix.utf8)
         try check(natsConnection_Subscribe(&ackSubscription, connection, prefix + "*", NATSCallbacks.pubAck, closure))
         // The sink keeps at most `maxPendingAcks` publishes outstanding: their PubAcks always fit.
         try check(natsSubscription_SetPendingLimits(ackSubscription, Int32(clamping: max(65_536, 2 * maxPendingAcks)), -1))
@@ -155,10 +155,13 @@ final class NATSConnection {
         guard event.payload.count <= Int(Int32.max) else { throw NATSFailure(status: NATS_MAX_PAYLOAD) }
         var message: OpaquePointer?
         var reply = replyPrefix
-        Self.appendDecimal(ticket, to: &reply)
+        JSONWriter.appendDecimal(ticket, to: &reply)
         reply.append(0)
-        let created = event.payload.withUnsafeBytes { payload in
-            natsMsg_Create(&message, event.topic, reply, payload.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(payload.count))
+        let created = reply.withUnsafeBytes { reply in
+            event.payload.withUnsafeBytes { payload in
+                natsMsg_Create(&message, event.topic, reply.baseAddress?.assumingMemoryBound(to: CChar.self),
+                               payload.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(payload.count))
+            }
         }
         try check(created)
         var droppedReserved = false
@@ -184,21 +187,6 @@ final class NATSConnection {
         natsMsg_Destroy(message)
         if status != NATS_OK { throw NATSFailure(status: status) }
         return droppedReserved
-    }
-
-    private static func appendDecimal(_ value: UInt64, to bytes: inout [CChar]) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        var rest = value
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            repeat {
-                buffer[count] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-                count += 1
-            } while rest > 0
-            for index in stride(from: count - 1, through: 0, by: -1) { bytes.append(CChar(bitPattern: buffer[index])) }
-        }
     }
 
     // MARK: Streams

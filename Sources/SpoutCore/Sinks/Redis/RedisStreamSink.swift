@@ -388,9 +388,9 @@ public final class RedisStreamSink: Sink {
         }
         if lsnIDs {
             command.add { bytes in
-                Self.appendDecimal(event.lsn.rawValue, to: &bytes)
+                JSONWriter.appendDecimal(event.lsn.rawValue, to: &bytes)
                 bytes.append(UInt8(ascii: "-"))
-                Self.appendDecimal(UInt64(entry.position), to: &bytes)
+                JSONWriter.appendDecimal(UInt64(entry.position), to: &bytes)
             }
         } else {
             command.add("*")
@@ -510,16 +510,6 @@ public final class RedisStreamSink: Sink {
         signal(SIGPIPE, SIG_IGN)
     }
 
-    private static func appendDecimal(_ value: UInt64, to bytes: inout [UInt8]) {
-        var divisor: UInt64 = 1
-        while value / divisor >= 10 { divisor *= 10 }
-        var rest = value
-        while divisor > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(rest / divisor))
-            rest %= divisor
-            divisor /= 10
-        }
-    }
 }
 
 /// What an error reply from Redis means for the sink.
