@@ -165,7 +165,7 @@ public final class Relay {
                 }
             }
             guard gotMessage else {
-                guard behindMicros > Self.catchUpMicros, socketReads < 4 else { break }
+                guard isCatchingUp, socketReads < 4 else { break }
                 socketReads += 1
                 try stream.readSocket()
                 continue
@@ -335,6 +335,9 @@ public final class Relay {
     /// Transactions older than this when read mean a backlog is being replayed.
     static let catchUpMicros: Int64 = 100_000
 
+    /// Replaying a backlog: the newest transaction read was older than `catchUpMicros`.
+    private var isCatchingUp: Bool { behindMicros > Self.catchUpMicros }
+
     private func waitForWork(stop: StopSignal) throws(SpoutError) {
         var others = [stop.descriptor]
         if let wakeup = sink.wakeupDescriptor { others.append(wakeup) }
@@ -343,7 +346,7 @@ public final class Relay {
         // A sink that holds events but has no wakeup descriptor is polled.
         if dispatchedUnacknowledged > 0, sink.wakeupDescriptor == nil { timeout = min(timeout, .milliseconds(1)) }
         let reading = canRead
-        if reading, behindMicros > Self.catchUpMicros, lastReadCount < 256 {
+        if reading, isCatchingUp, lastReadCount < 256 {
             // Replaying a backlog faster than the server sends it: the server sends every
             // message on its own, and waking for each costs more CPU than the messages (on a
             // small machine, CPU the walsender needs). A millisecond's pause lets a batch

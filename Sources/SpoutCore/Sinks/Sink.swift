@@ -41,10 +41,17 @@ extension Sink {
     }
 
     public func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError) {
-        guard let event = SpooledEvent.decode(record, lsn: lsn) else {
+        try send(SpooledEvent.event(record, lsn: lsn), ticket: ticket)
+    }
+}
+
+extension SpooledEvent {
+    /// The event in a record `encode` wrote, for a sink's `sendSpooled`.
+    static func event(_ record: UnsafeRawBufferPointer, lsn: LSN) throws(SinkError) -> OutboxEvent {
+        guard let event = decode(record, lsn: lsn) else {
             throw SinkError(.permanent, "the event spool is damaged (a record of \(record.count) bytes does not decode)")
         }
-        try send(event, ticket: ticket)
+        return event
     }
 }
 

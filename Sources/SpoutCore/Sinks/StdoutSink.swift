@@ -65,10 +65,7 @@ public final class StdoutSink: Sink {
             pending.append((ticket, buffer.count))
             if buffer.count - written >= 1 << 16 { try flush() }
         case .pretty:
-            guard let event = SpooledEvent.decode(record, lsn: lsn) else {
-                throw SinkError(.permanent, "the event spool is damaged (a record of \(record.count) bytes does not decode)")
-            }
-            try send(event, ticket: ticket)
+            try send(SpooledEvent.event(record, lsn: lsn), ticket: ticket)
         }
     }
 
