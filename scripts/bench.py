@@ -153,6 +153,12 @@ class Database:
                      SELECT 'order', (i % 100)::text, 'OrderPlaced', {self.PAYLOAD} FROM generate_series(1, {count}) i""")
 
 
+def recvlogical(pg_bin, url, slot, *arguments):
+    """pg_recvlogical reading `slot` with pgoutput (protocol 1) on the bench publication."""
+    return [os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", slot, "--start",
+            "-o", "proto_version=1", "-o", "publication_names=spout", *arguments]
+
+
 def timed(args, stdout=subprocess.DEVNULL, env=None):
     """Runs a command to completion: wall seconds, peak RSS (KiB), CPU seconds, stderr."""
     started = time.monotonic()
@@ -223,10 +229,8 @@ def main():
                 end = db.wal_insert_lsn()
                 db.wait_flushed(end)
                 # An unmeasured first pass reads the WAL into the page cache, so no runner pays for it.
-                timed([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "warmup", "--start",
-                       "-o", "proto_version=1", "-o", "publication_names=spout", "-E", end, "-f", "/dev/null"])
-                elapsed, _, _, _ = timed([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "recvlogical", "--start",
-                                          "-o", "proto_version=1", "-o", "publication_names=spout", "-E", end, "-f", "/dev/null"])
+                timed(recvlogical(pg_bin, url, "warmup", "-E", end, "-f", "/dev/null"))
+                elapsed, _, _, _ = timed(recvlogical(pg_bin, url, "recvlogical", "-E", end, "-f", "/dev/null"))
                 reference = options.events / elapsed
                 results["drain"].append({"backlog": backlog, "runner": "pg_recvlogical", "seconds": elapsed,
                                          "events_per_s": reference, "ratio": 1.0})
@@ -252,9 +256,7 @@ def main():
                 make(options.footprint_events)
                 end = db.wal_insert_lsn()
                 db.wait_flushed(end)
-                ref_elapsed, ref_rss, ref_cpu, _ = timed([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "recvlogical",
-                                                          "--start", "-o", "proto_version=1", "-o", "publication_names=spout",
-                                                          "-E", end, "-f", "/dev/null"])
+                ref_elapsed, ref_rss, ref_cpu, _ = timed(recvlogical(pg_bin, url, "recvlogical", "-E", end, "-f", "/dev/null"))
                 elapsed, rss, cpu, _ = timed([spout, "run", "--database-url", url, "--slot", "spout_stdout", "--no-create",
                                               "--end-lsn", end, "--log-level", "warning"])
                 per = options.footprint_events / 100_000
@@ -289,6 +291,12 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
                   "VALUES ('order', :id, 'OrderPlaced', "
                   "jsonb_build_object('id', :id, 't', extract(epoch FROM clock_timestamp())));\n")
     consumer_script = os.path.join(ROOT, "scripts", "bench_consumer.py")
+    def report(consumer):
+        """The consumer's JSON summary (its last line), once it exits."""
+        received = json.loads(consumer.stdout.read().strip().splitlines()[-1])
+        consumer.wait(timeout=30)
+        return received
+
     def steady_load(name):
         # Warm-up: the first events create the topic/stream and fetch metadata; a second of
         # that would otherwise be the p99.
@@ -305,8 +313,7 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
     # The reference: PostgreSQL's own client on the same load, commit → received.
     db.reset()
     db.create_slot("lat_recvlogical")
-    reference = subprocess.Popen([os.path.join(pg_bin, "pg_recvlogical"), "-d", url, "-S", "lat_recvlogical", "--start",
-                                  "-o", "proto_version=1", "-o", "publication_names=spout", "-f", "-"],
+    reference = subprocess.Popen(recvlogical(pg_bin, url, "lat_recvlogical", "-f", "-"),
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     consumer = subprocess.Popen([sys.executable, consumer_script, "recvlogical"], stdin=reference.stdout,
                                 stdout=subprocess.PIPE, text=True)
@@ -316,18 +323,17 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
     rate = steady_load("pg_recvlogical")
     reference.send_signal(signal.SIGINT)
     reference.wait(timeout=60)
-    received = json.loads(consumer.stdout.read().strip().splitlines()[-1])
-    consumer.wait(timeout=30)
+    received = report(consumer)
     rows.append({"sink": "pg_recvlogical", "events": None, "rate": rate, "p50_ms": None, "p99_ms": None,
                  "p99_9_ms": None, "max_ms": None, "consumer": received, "decoded_p50_ms": None, "decoded_p99_ms": None})
     db.sql("SELECT pg_drop_replication_slot('lat_recvlogical')")
 
     for name, target in targets.items():
         db.reset()
+        spout_run = [spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
+                     "--report-latency", "--log-level", "info"] + extra.get(name, [])
         if name == "stdout":
-            spout_process = subprocess.Popen([spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
-                                              "--report-latency", "--log-level", "info"] + extra.get(name, []),
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            spout_process = subprocess.Popen(spout_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             consumer = subprocess.Popen([sys.executable, consumer_script, "stdout"], stdin=spout_process.stdout,
                                         stdout=subprocess.PIPE, text=True)
             spout_process.stdout.close()
@@ -338,9 +344,7 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
         if consumer.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {name} consumer did not start")
         if name != "stdout":
-            spout_process = subprocess.Popen([spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
-                                              "--report-latency", "--log-level", "info"] + extra.get(name, []),
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            spout_process = subprocess.Popen(spout_run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name}' AND active") != "1":
             if time.time() > deadline:
@@ -354,8 +358,7 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
         cpu = usage.ru_utime + usage.ru_stime
         if name != "stdout":
             consumer.send_signal(signal.SIGTERM)
-        received = json.loads(consumer.stdout.read().strip().splitlines()[-1])
-        consumer.wait(timeout=30)
+        received = report(consumer)
         match = re.search(r"commit→ack: count=(\d+) p50=(\d+)us p99=(\d+)us p99\.9=(\d+)us max=(\d+)us", errors)
         decoded = re.search(r"commit→decoded: count=\d+ p50=(\d+)us p99=(\d+)us", errors)
         if not match:
