@@ -45,8 +45,7 @@ public final class StdoutSink: Sink {
         case .json: Self.appendJSONLine(event, to: &buffer)
         case .pretty: appendPretty(event)
         }
-        pending.append((ticket, buffer.count))
-        if buffer.count - written >= 1 << 16 { try flush() }
+        try lineAppended(ticket: ticket)
     }
 
     public func spool(_ event: OutboxEvent, into record: inout [UInt8]) {
@@ -62,11 +61,16 @@ public final class StdoutSink: Sink {
         case .json:
             buffer.append(contentsOf: record)
             Self.appendJSONLineTail(lsn: lsn, to: &buffer)
-            pending.append((ticket, buffer.count))
-            if buffer.count - written >= 1 << 16 { try flush() }
+            try lineAppended(ticket: ticket)
         case .pretty:
             try send(SpooledEvent.event(record, lsn: lsn), ticket: ticket)
         }
+    }
+
+    /// The line for `ticket` ends at the buffer's end; write once 64 KiB are waiting.
+    private func lineAppended(ticket: UInt64) throws(SinkError) {
+        pending.append((ticket, buffer.count))
+        if buffer.count - written >= 1 << 16 { try flush() }
     }
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
