@@ -290,11 +290,7 @@ final class DeliveryTests: XCTestCase {
             try outbox.admin.value("INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload) VALUES ('a', '2', 'Bad', '{}') RETURNING id")
         }
         let badID = try XCTUnwrap(inserted)
-        let status = spout.waitForExit(timeout: 30)
-        XCTAssertNotNil(status)
-        XCTAssertNotEqual(status, 0)
-        let errorLines = spout.stderr.split(separator: "\n").filter { $0.contains("error") }
-        XCTAssertEqual(errorLines.count, 1, spout.stderr)
+        spout.waitForFailure(timeout: 30)
         XCTAssertTrue(spout.stderr.contains(badID), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("{tenant_id}"), spout.stderr)
         XCTAssertEqual(spout.lines.count, 1)

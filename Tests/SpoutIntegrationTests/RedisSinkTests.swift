@@ -354,11 +354,7 @@ final class RedisSinkTests: XCTestCase {
         let (badIDs, badXID) = try CommitWitness.transaction(writer) { try outbox.insert(writer, rows: 1, aggregate: "blocked") }
         let bad = try XCTUnwrap(badIDs.first)
 
-        let status = spout.waitForExit(timeout: 30)
-        XCTAssertNotNil(status)
-        XCTAssertNotEqual(status, 0)
-        let errors = spout.stderr.split(separator: "\n").filter { $0.contains("error") }
-        XCTAssertEqual(errors.count, 1, spout.stderr)
+        spout.waitForFailure(timeout: 30)
         XCTAssertTrue(spout.stderr.contains(bad), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("outbox.event.blocked"), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("WRONGTYPE"), spout.stderr)

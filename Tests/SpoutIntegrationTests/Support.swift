@@ -201,6 +201,19 @@ final class SpoutProcess {
         return process.terminationStatus
     }
 
+    /// Waits for spout to stop on an error: a non-zero exit within `timeout` and exactly one
+    /// error line on stderr, which it returns (empty when the checks failed).
+    @discardableResult
+    func waitForFailure(timeout: TimeInterval, _ message: @autoclosure () -> String = "spout stops",
+                        file: StaticString = #filePath, line: UInt = #line) -> String {
+        let status = waitForExit(timeout: timeout)
+        XCTAssertNotNil(status, message(), file: file, line: line)
+        XCTAssertNotEqual(status, 0, file: file, line: line)
+        let errorLines = stderr.split(separator: "\n").filter { $0.contains("error") }
+        XCTAssertEqual(errorLines.count, 1, stderr, file: file, line: line)
+        return String(errorLines.first ?? "")
+    }
+
     /// Runs spout to completion.
     static func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60) throws
         -> (status: Int32?, stdout: String, stderr: String) {
