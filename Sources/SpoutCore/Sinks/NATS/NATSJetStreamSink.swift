@@ -61,6 +61,9 @@ public final class NATSJetStreamSink: Sink {
     private var failures: [(ticket: UInt64, error: SinkError)] = []
     private var outage: Outage?
     private var warnedReservedHeader = false
+    /// The last error the server sent on this connection outside any reply (e.g. a
+    /// permissions violation): the likely reason a PubAck never came.
+    private var serverError: String?
 
     public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         endpoint = try NATSEndpoint(url)
@@ -235,6 +238,7 @@ public final class NATSJetStreamSink: Sink {
     private func collectCompletions() {
         guard let connection else { return }
         let (closedReason, asyncError) = connection.inbox.take(into: &completions)
+        if let asyncError { serverError = asyncError }
         var transient: String?
         for completion in completions {
             guard let index = index(of: completion.ticket), entries[index].state == .published else { continue }
@@ -253,9 +257,6 @@ public final class NATSJetStreamSink: Sink {
             entries[index].state = .waiting
             if transient == nil {
                 switch failure.status {
-                case NATS_TIMEOUT:
-                    transient = "no PubAck for subject \"\(event.topic)\" within \(NATSConnection.ackTimeoutMilliseconds / 1000) s"
-                        + (asyncError.map { " (server said: \($0))" } ?? "")
                 case NATS_NO_RESPONDERS:
                     // The stream went away or is not ready: look it up again before re-publishing.
                     readySubjects.remove(event.topic)
@@ -278,7 +279,8 @@ public final class NATSJetStreamSink: Sink {
         while index < cursor, entries[index].state != .published { index += 1 }
         guard index < cursor, let publishedAt = entries[index].publishedAt,
               clock.now - publishedAt > .milliseconds(NATSConnection.ackTimeoutMilliseconds) else { return }
-        beginOutage("no PubAck for subject \"\(entries[index].event.topic)\" within \(NATSConnection.ackTimeoutMilliseconds / 1000) s")
+        beginOutage("no PubAck for subject \"\(entries[index].event.topic)\" within \(NATSConnection.ackTimeoutMilliseconds / 1000) s"
+                    + (serverError.map { " (server said: \($0))" } ?? ""))
     }
 
     private func index(of ticket: UInt64) -> Int? {
@@ -322,6 +324,7 @@ public final class NATSJetStreamSink: Sink {
             connection.close()
             self.connection = nil
         }
+        serverError = nil
         for index in head..<entries.count where entries[index].state == .published { entries[index].state = .waiting }
         outstanding = 0
         cursor = head
