@@ -282,6 +282,29 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertTrue(spout.stderr.contains("added subject outbox.event.invoice"), spout.stderr)
     }
 
+    /// The stream is deleted while spout runs: the next publishes get "no responders", spout
+    /// looks the stream up again, creates it (--nats-create-stream) and re-publishes; the new
+    /// stream holds every event written after the deletion, once and in order.
+    func testStreamDeletedWhileRunningIsCreatedAgain() throws {
+        let server = try NATSServer()
+        let outbox = try OutboxFixture("natsdeleted")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url, "--nats-create-stream", "AGAIN"] + outbox.arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        let writer = try Writer(outbox)
+        try writer.write(transactions: 1, rows: 5)
+        let client = try JetStreamTestClient(server.url)
+        eventually("5 events in AGAIN") { client.count("AGAIN") == 5 }
+        try client.deleteStream("AGAIN")
+        try writer.write(transactions: 2, rows: 5)
+        eventually("the 10 later events in a new AGAIN") { client.count("AGAIN") >= 10 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        assertExactlyOnceInOrder(try client.messages("AGAIN"), ids: Array(writer.ids.suffix(10)))
+        XCTAssertTrue(spout.stderr.contains("no JetStream stream answered a publish"), spout.stderr)
+        XCTAssertEqual(spout.stderr.components(separatedBy: "created JetStream stream AGAIN").count - 1, 2, spout.stderr)
+    }
+
     /// nats://user:password@host with a server list whose first server is down; a wrong
     /// password is a clear startup error that does not show the password; bad URLs are
     /// rejected before connecting.

@@ -152,6 +152,11 @@ final class JetStreamTestClient {
         try check(status, "add stream \(name) (JetStream error \(code.rawValue))")
     }
 
+    func deleteStream(_ name: String) throws {
+        var code = jsErrCode(0)
+        try check(js_DeleteStream(jetStream, name, nil, &code), "delete stream \(name) (JetStream error \(code.rawValue))")
+    }
+
     struct StreamSummary {
         var messages: UInt64
         var firstSequence: UInt64

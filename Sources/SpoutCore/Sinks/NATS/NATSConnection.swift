@@ -43,32 +43,53 @@ struct NATSFailure: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// One libnats connection and its JetStream context: owns the C handles, publishes
-/// asynchronously and answers stream questions. A publish is a core NATS publish whose
-/// reply subject is this connection's PubAck inbox followed by the event's ticket; the
-/// stream answers there with its PubAck. (libnats' own async JetStream publish keeps a hash
-/// of every message and parses each PubAck as full JSON: several times the CPU per event.) It does not reconnect by itself — a lost
-/// connection closes, and the sink opens a new one and re-publishes in ticket order — so
-/// nothing published after a loss can overtake what the loss swallowed.
+/// A publishing connection and an admin connection to the same NATS servers. Both share
+/// the endpoint's options; neither reconnects by itself — a lost connection closes, and the
+/// sink opens a new pair and re-publishes in ticket order — so nothing published after a
+/// loss can overtake what the loss swallowed.
+///
+/// The publishing connection runs in libnats' external event-loop mode on the relay thread
+/// (`NATSEventLoop`): a publish is a core NATS publish whose reply subject is this
+/// connection's PubAck inbox followed by the event's ticket, the stream answers there, and
+/// a synchronous subscription holds the PubAcks until `receive` takes them. No libnats
+/// thread and no thread hop is involved per event. (libnats' own async JetStream publish
+/// keeps a hash of every message, parses each PubAck as full JSON and delivers it on its own
+/// thread: several times the CPU per event.) JetStream API requests (stream lookup and
+/// creation) wait for their reply, which a single-threaded loop cannot read while it waits,
+/// so they go over the admin connection, whose reader is a libnats thread.
 final class NATSConnection {
+    struct Completion: Sendable {
+        var ticket: UInt64
+        /// nil: the stream stored the message (a PubAck, possibly flagged duplicate).
+        var failure: NATSFailure?
+    }
+
     /// How long a PubAck may take before the publish counts as failed (transient).
     static let ackTimeoutMilliseconds: Int64 = 10_000
     /// Connect timeout per server, and the wait for JetStream API requests.
     static let connectTimeoutMilliseconds: Int64 = 2_000
     static let requestTimeoutMilliseconds: Int64 = 5_000
+    /// Publishes are written out once this many bytes wait, and at the end of every relay round.
+    static let flushBytes = 64 << 10
 
-    let inbox: NATSAckInbox
+    let events: NATSConnectionEvents
     private var closure: UnsafeMutableRawPointer?
-    private var options: OpaquePointer?
-    private var connection: OpaquePointer?
+    private var publisherOptions: OpaquePointer?
+    private var adminOptions: OpaquePointer?
+    private var publisher: OpaquePointer?
+    private var admin: OpaquePointer?
     private var jetStream: OpaquePointer?
     private var ackSubscription: OpaquePointer?
     /// `_INBOX.<unique>.`: a PubAck's subject is this followed by the ticket, in decimal.
     private var replyPrefix: [UInt8] = []
+    private var unflushedBytes = 0
+    /// Messages done with, destroyed together: libnats frees each on its collector thread and
+    /// wakes that thread when it sleeps, so one by one costs a thread wakeup per message.
+    private var spent: [OpaquePointer] = []
 
-    init(endpoint: NATSEndpoint, maxPendingAcks: Int, wakeup: Wakeup) throws(NATSFailure) {
-        inbox = NATSAckInbox(wakeup: wakeup, capacity: maxPendingAcks)
-        closure = NATSCallbackRegistry.register(inbox)
+    init(endpoint: NATSEndpoint, maxPendingAcks: Int, loop: NATSEventLoop, wakeup: Wakeup) throws(NATSFailure) {
+        events = NATSConnectionEvents(loop: loop, wakeup: wakeup)
+        closure = NATSCallbackRegistry.register(events)
         do {
             try open(endpoint: endpoint, maxPendingAcks: maxPendingAcks)
         } catch {
@@ -79,38 +100,57 @@ final class NATSConnection {
 
     deinit { close() }
 
-    private func open(endpoint: NATSEndpoint, maxPendingAcks: Int) throws(NATSFailure) {
+    private func makeOptions(_ endpoint: NATSEndpoint, name: String) throws(NATSFailure) -> OpaquePointer? {
+        var options: OpaquePointer?
         try check(natsOptions_Create(&options))
-        var servers = endpoint.servers.map { strdup($0) }
-        defer { servers.forEach { free($0) } }
-        try servers.withUnsafeMutableBufferPointer { buffer throws(NATSFailure) in
-            try buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { rebound throws(NATSFailure) in
-                try check(natsOptions_SetServers(options, rebound.baseAddress, Int32(rebound.count)))
+        do {
+            var servers = endpoint.servers.map { strdup($0) }
+            defer { servers.forEach { free($0) } }
+            try servers.withUnsafeMutableBufferPointer { buffer throws(NATSFailure) in
+                try buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { rebound throws(NATSFailure) in
+                    try check(natsOptions_SetServers(options, rebound.baseAddress, Int32(rebound.count)))
+                }
             }
+            switch endpoint.credentials {
+            case .none: break
+            case let .user(user, password): try check(natsOptions_SetUserInfo(options, user, password))
+            case let .token(token): try check(natsOptions_SetToken(options, token))
+            }
+            try check(natsOptions_SetName(options, name))
+            try check(natsOptions_SetNoRandomize(options, true))
+            try check(natsOptions_SetAllowReconnect(options, false))
+            try check(natsOptions_SetTimeout(options, Self.connectTimeoutMilliseconds))
+            // An idle connection to a vanished server is noticed within about 15 s.
+            try check(natsOptions_SetPingInterval(options, 5_000))
+            try check(natsOptions_SetMaxPingsOut(options, 2))
+        } catch {
+            natsOptions_Destroy(options)
+            throw error
         }
-        switch endpoint.credentials {
-        case .none: break
-        case let .user(user, password): try check(natsOptions_SetUserInfo(options, user, password))
-        case let .token(token): try check(natsOptions_SetToken(options, token))
-        }
-        try check(natsOptions_SetName(options, "spout"))
-        try check(natsOptions_SetNoRandomize(options, true))
-        try check(natsOptions_SetAllowReconnect(options, false))
-        try check(natsOptions_SetTimeout(options, Self.connectTimeoutMilliseconds))
-        // libnats writes on the publishing (relay) thread when its buffer is full; without a
-        // deadline a server that stopped reading would block that thread for good.
-        try check(natsOptions_SetWriteDeadline(options, Self.connectTimeoutMilliseconds))
-        // An idle connection to a vanished server is noticed within about 15 s.
-        try check(natsOptions_SetPingInterval(options, 5_000))
-        try check(natsOptions_SetMaxPingsOut(options, 2))
-        try check(natsOptions_SetClosedCB(options, NATSCallbacks.closed, closure))
-        try check(natsOptions_SetErrorHandler(options, NATSCallbacks.error, closure))
-        try check(natsConnection_Connect(&connection, options))
+        return options
+    }
 
+    private func open(endpoint: NATSEndpoint, maxPendingAcks: Int) throws(NATSFailure) {
+        adminOptions = try makeOptions(endpoint, name: "spout-admin")
+        // A request writes on the relay thread; without a deadline a server that stopped
+        // reading would block that thread for good.
+        try check(natsOptions_SetWriteDeadline(adminOptions, Self.connectTimeoutMilliseconds))
+        try check(natsConnection_Connect(&admin, adminOptions))
         var jsOptions = jsOptions()
         try check(jsOptions_Init(&jsOptions))
         jsOptions.Wait = Self.requestTimeoutMilliseconds
-        try check(natsConnection_JetStream(&jetStream, connection, &jsOptions))
+        try check(natsConnection_JetStream(&jetStream, admin, &jsOptions))
+
+        publisherOptions = try makeOptions(endpoint, name: "spout")
+        // The event loop is this connection's registry key; the callbacks find it there.
+        try check(natsOptions_SetEventLoop(publisherOptions, closure, NATSCallbacks.attach, NATSCallbacks.read,
+                                           NATSCallbacks.write, NATSCallbacks.detach))
+        // With an external loop, "as soon as possible" only asks the loop for a write event;
+        // `flush` writes. (Otherwise libnats waits for a flusher thread it does not start.)
+        try check(natsOptions_SetSendAsap(publisherOptions, true))
+        try check(natsOptions_SetClosedCB(publisherOptions, NATSCallbacks.closed, closure))
+        try check(natsOptions_SetErrorHandler(publisherOptions, NATSCallbacks.error, closure))
+        try check(natsConnection_Connect(&publisher, publisherOptions))
 
         var unique: UnsafeMutablePointer<CChar>?
         try check(natsInbox_Create(&unique))
@@ -118,30 +158,97 @@ final class NATSConnection {
         guard let unique else { throw NATSFailure(status: NATS_NO_MEMORY) }
         let prefix = String(cString: unique) + "."
         replyPrefix = Array(prefix.utf8)
-        try check(natsConnection_Subscribe(&ackSubscription, connection, prefix + "*", NATSCallbacks.pubAck, closure))
+        try check(natsConnection_SubscribeSync(&ackSubscription, publisher, prefix + "*"))
         // The sink keeps at most `maxPendingAcks` publishes outstanding: their PubAcks always fit.
         try check(natsSubscription_SetPendingLimits(ackSubscription, Int32(clamping: max(65_536, 2 * maxPendingAcks)), -1))
+        flush()
     }
 
     /// Frees the handles. Unacknowledged messages are dropped; the sink publishes them again.
     func close() {
+        destroySpent()
         guard let closure else { return }
         NATSCallbackRegistry.remove(closure)
         self.closure = nil
+        _ = events.loop.detach()
         // The context before the connection it uses (nats.h, natsConnection_JetStream).
         if let ackSubscription { natsSubscription_Destroy(ackSubscription) }
         if let jetStream { jsCtx_Destroy(jetStream) }
-        if let connection { natsConnection_Destroy(connection) }
-        if let options { natsOptions_Destroy(options) }
+        if let publisher { natsConnection_Destroy(publisher) }
+        if let admin { natsConnection_Destroy(admin) }
+        if let publisherOptions { natsOptions_Destroy(publisherOptions) }
+        if let adminOptions { natsOptions_Destroy(adminOptions) }
         ackSubscription = nil
         jetStream = nil
-        connection = nil
-        options = nil
+        publisher = nil
+        admin = nil
+        publisherOptions = nil
+        adminOptions = nil
     }
 
     var maxPayload: Int {
-        guard let connection else { return 0 }
-        return Int(natsConnection_GetMaxPayload(connection))
+        guard let publisher else { return 0 }
+        return Int(natsConnection_GetMaxPayload(publisher))
+    }
+
+    // MARK: Reading and writing (the event loop)
+
+    /// Writes what libnats holds for the server, as far as the socket takes it; the rest goes
+    /// when the loop reports the socket writable. A write error closes the connection, which
+    /// `receive` reports.
+    func flush() {
+        unflushedBytes = 0
+        destroySpent()
+        guard let publisher, events.loop.wantsWrite else { return }
+        natsConnection_ProcessWriteEvent(publisher)
+    }
+
+    private func destroySpent() {
+        for message in spent { natsMsg_Destroy(message) }
+        spent.removeAll(keepingCapacity: true)
+    }
+
+    /// Reads what the server sent (a few socket reads at most) and moves the PubAcks into
+    /// `completions`, in arrival order. Returns why the connection is unusable, if it is: the
+    /// sink then re-publishes on a new one. "No responders" comes without its subject (libnats'
+    /// synchronous subscription drops it), so it cannot name a ticket.
+    func receive(into completions: inout [Completion]) -> NATSFailure? {
+        guard let publisher, let ackSubscription else { return NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        flush()
+        for _ in 0..<8 {
+            natsConnection_ProcessReadEvent(publisher)
+            var taken = 0
+            while true {
+                var message: OpaquePointer?
+                let status = natsSubscription_NextMsg(&message, ackSubscription, 0)
+                guard status == NATS_OK, let message else {
+                    if status == NATS_TIMEOUT { break }
+                    if natsConnection_IsClosed(publisher) { return closedFailure(publisher) }
+                    if status == NATS_SLOW_CONSUMER {
+                        return NATSFailure(status: status, text: "PubAcks arrived faster than spout took them and some were dropped")
+                    }
+                    return NATSFailure(status: status)
+                }
+                spent.append(message)
+                taken += 1
+                guard let subject = natsMsg_GetSubject(message), let ticket = PubAck.ticket(subject: subject) else { continue }
+                let length = Int(natsMsg_GetDataLength(message))
+                let data = natsMsg_GetData(message).map { UnsafeRawBufferPointer(start: $0, count: length) }
+                    ?? UnsafeRawBufferPointer(start: nil, count: 0)
+                completions.append(Completion(ticket: ticket, failure: PubAck.failure(data)))
+            }
+            if taken == 0 { break }
+        }
+        destroySpent()
+        if natsConnection_IsClosed(publisher) { return closedFailure(publisher) }
+        return nil
+    }
+
+    private func closedFailure(_ connection: OpaquePointer) -> NATSFailure {
+        var text: UnsafePointer<CChar>?
+        let status = natsConnection_GetLastError(connection, &text)
+        let detail = status == NATS_OK ? nil : text.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
+        return NATSFailure(status: NATS_CONNECTION_CLOSED, text: "the connection was lost" + (detail.map { " (\($0))" } ?? ""))
     }
 
     // MARK: Publishing
@@ -151,7 +258,7 @@ final class NATSConnection {
     /// `Spout-Key` and `Spout-Event-Type`, then the event's own headers.
     /// - Returns: whether an event header named `Nats-…` was left out.
     func publish(_ event: OutboxEvent, ticket: UInt64) throws(NATSFailure) -> Bool {
-        guard let connection else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
+        guard let connection = publisher else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
         guard event.payload.count <= Int(Int32.max) else { throw NATSFailure(status: NATS_MAX_PAYLOAD) }
         var message: OpaquePointer?
         var reply = replyPrefix
@@ -184,8 +291,10 @@ final class NATSConnection {
         }
         // Copied into the connection's buffer: the message is ours to free either way.
         let status = natsConnection_PublishMsg(connection, message)
-        natsMsg_Destroy(message)
+        if let message { spent.append(message) }
         if status != NATS_OK { throw NATSFailure(status: status) }
+        unflushedBytes += event.payload.count + reply.count + event.topic.utf8.count + 64
+        if unflushedBytes >= Self.flushBytes { flush() }
         return droppedReserved
     }
 

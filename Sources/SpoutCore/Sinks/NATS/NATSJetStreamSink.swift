@@ -45,6 +45,7 @@ public final class NATSJetStreamSink: Sink {
     private let createStream: String?
     private let log: Log
     private let wakeup = Wakeup()
+    private let loop: NATSEventLoop
     private let publishWindow: Int
     private let clock = ContinuousClock()
 
@@ -56,7 +57,7 @@ public final class NATSJetStreamSink: Sink {
     private var cursor = 0
     private var outstanding = 0
     private var readySubjects: Set<String> = []
-    private var completions: [NATSAckInbox.Completion] = []
+    private var completions: [NATSConnection.Completion] = []
     private var deliveredTickets: [UInt64] = []
     private var failures: [(ticket: UInt64, error: SinkError)] = []
     private var outage: Outage?
@@ -77,8 +78,11 @@ public final class NATSJetStreamSink: Sink {
         publishWindow = max(1, min(options.maxInFlightEvents, 4096))
         deliveredTickets.reserveCapacity(publishWindow)
         completions.reserveCapacity(publishWindow)
+        do { loop = try NATSEventLoop(wakeup: wakeup) } catch {
+            throw .sink(SinkError(.permanent, "cannot set up polling for NATS: \(error)"))
+        }
         do {
-            let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: publishWindow, wakeup: wakeup)
+            let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: publishWindow, loop: loop, wakeup: wakeup)
             try connection.checkJetStream()
             self.connection = connection
         } catch {
@@ -102,7 +106,7 @@ public final class NATSJetStreamSink: Sink {
     /// NATS messages do not carry the commit LSN: events go out as they are decoded.
     public var needsCommitLSN: Bool { false }
 
-    public var wakeupDescriptor: Int32? { wakeup.descriptor }
+    public var wakeupDescriptor: Int32? { loop.descriptor }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
         entries.append(Entry(event: event, ticket: ticket, state: .waiting, publishedAt: nil))
@@ -115,6 +119,7 @@ public final class NATSJetStreamSink: Sink {
         checkAckTimeout()
         if let outage, connection == nil, clock.now >= outage.nextAttempt { reconnect() }
         publishWaiting()
+        connection?.flush()
         for ticket in deliveredTickets { report(.delivered(ticket: ticket)) }
         deliveredTickets.removeAll(keepingCapacity: true)
         for failure in failures { report(.failed(ticket: failure.ticket, failure.error)) }
@@ -128,7 +133,10 @@ public final class NATSJetStreamSink: Sink {
         let deadline = clock.now + .seconds(2)
         while outstanding > 0, self.connection != nil, clock.now < deadline {
             collectCompletions()
-            if outstanding > 0 { usleep(5_000) }
+            if outstanding > 0 {
+                var ready = pollfd(fd: loop.descriptor, events: Int16(POLLIN), revents: 0)
+                _ = Glibc.poll(&ready, 1, 5)
+            }
         }
         connection.close()
         self.connection = nil
@@ -237,7 +245,8 @@ public final class NATSJetStreamSink: Sink {
 
     private func collectCompletions() {
         guard let connection else { return }
-        let (closedReason, asyncError) = connection.inbox.take(into: &completions)
+        let broken = connection.receive(into: &completions)
+        let (closedReason, asyncError) = connection.events.take()
         if let asyncError { serverError = asyncError }
         var transient: String?
         for completion in completions {
@@ -267,6 +276,15 @@ public final class NATSJetStreamSink: Sink {
             }
         }
         completions.removeAll(keepingCapacity: true)
+        if transient == nil, let broken {
+            if broken.status == NATS_NO_RESPONDERS {
+                // The PubAck that says so carries no subject: look every stream up again.
+                readySubjects.removeAll()
+                transient = "no JetStream stream answered a publish (was a stream deleted?)"
+            } else {
+                transient = broken.description
+            }
+        }
         if let reason = transient ?? closedReason { beginOutage(reason) }
     }
 
@@ -342,7 +360,7 @@ public final class NATSJetStreamSink: Sink {
     private func reconnect() {
         outage?.attempts += 1
         do {
-            let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: publishWindow, wakeup: wakeup)
+            let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: publishWindow, loop: loop, wakeup: wakeup)
             self.connection = connection
             outage?.reconnected = true
             log.debug("connected to NATS at \(endpoint.redacted); re-publishing \(entries.count - head) unacknowledged events")
