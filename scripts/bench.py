@@ -6,7 +6,7 @@ Starts its own PostgreSQL, Redis, NATS JetStream and mock Kafka cluster on loopb
 one table and writes it as JSON (bench/results.json by default).
 
     scripts/bench.py [--events 200000] [--footprint-events 1000000] [--latency-seconds 30]
-                     [--rate 5000] [--sinks stdout,redis,nats,kafka] [--json FILE]
+                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka] [--json FILE]
 """
 import argparse
 import json
@@ -122,8 +122,8 @@ class Database:
         return self.sql("SELECT pg_current_wal_insert_lsn()")
 
     def wait_flushed(self, lsn):
-        # synchronous_commit is off on the bench server: wait until the WAL is on disk, where
-        # the walsender can read it.
+        # The walsender sends only flushed WAL: the backlog is complete once the flush position
+        # passed its end.
         while self.sql(f"SELECT pg_current_wal_flush_lsn() >= '{lsn}'::pg_lsn") != "t":
             time.sleep(0.05)
 
@@ -180,6 +180,8 @@ def main():
     parser.add_argument("--footprint-events", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=int, default=30)
     parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--light-rate", type=int, default=1000,
+                        help="a second latency run at this rate, where the machine has CPU to spare (0: none)")
     parser.add_argument("--sinks", default="stdout,redis,nats,kafka")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
@@ -244,7 +246,8 @@ def main():
                     log(f"drain {backlog}: spout → {name} {rate:,.0f} ev/s ({rate / reference:.2f}×)")
 
         if "latency" not in skip:
-            results["latency"] = latency(db, url, pg_bin, spout, targets, extra, options, servers)
+            for rate in [options.rate] + ([options.light_rate] if options.light_rate > 0 else []):
+                results["latency"] += latency(db, url, pg_bin, spout, targets, extra, rate, options.latency_seconds, servers)
 
         if "footprint" not in skip:
             for backlog, make in [(f"{options.footprint_events // 1000}k single-row transactions", db.backlog_single_row_transactions),
@@ -279,7 +282,16 @@ LATENCY_TOPIC = "outbox.event.order"
 KAFKA_PARTITIONS = 4
 
 
-def latency(db, url, pg_bin, spout, targets, extra, options, servers):
+def cpu_times():
+    """The machine's CPU time so far (/proc/stat, in ticks): busy, steal, total."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle, steal = values[3] + values[4], values[7] if len(values) > 7 else 0
+    total = sum(values[:8])
+    return total - idle - steal, steal, total
+
+
+def latency(db, url, pg_bin, spout, targets, extra, target_rate, seconds, servers):
     """A steady rate from several connections (pgbench --rate). Spout records commit → broker
     acknowledgement (--report-latency); a consumer records commit → receive, from the
     insert time pgbench writes into each payload."""
@@ -303,12 +315,18 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
         db.sql("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) "
                "SELECT 'order', i::text, 'Warmup', '{}' FROM generate_series(1, 10) i")
         time.sleep(3)
-        log(f"latency: {options.rate} events/s for {options.latency_seconds} s → {name}")
-        bench = subprocess.run([os.path.join(pg_bin, "pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(options.rate),
-                                "-T", str(options.latency_seconds), "-f", script, url], capture_output=True, text=True)
+        log(f"latency: {target_rate} events/s for {seconds} s → {name}")
+        before = cpu_times()
+        bench = subprocess.run([os.path.join(pg_bin, "pgbench"), "-n", "-c", "4", "-j", "2", "-R", str(target_rate),
+                                "-T", str(seconds), "-f", script, url], capture_output=True, text=True)
+        after = cpu_times()
         time.sleep(2)
         tps = re.search(r"tps = ([\d.]+)", bench.stdout)
-        return float(tps.group(1)) if tps else None
+        total = max(1, after[2] - before[2])
+        # How loaded the machine was while the load ran (everything on it, not just spout).
+        machine = {"busy_percent": round(100 * (after[0] - before[0]) / total, 1),
+                   "steal_percent": round(100 * (after[1] - before[1]) / total, 1)}
+        return (float(tps.group(1)) if tps else None), machine
 
     # The reference: PostgreSQL's own client on the same load, commit → received.
     db.reset()
@@ -320,12 +338,13 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
     reference.stdout.close()
     if consumer.stdout.readline().strip() != "ready":
         raise RuntimeError("the pg_recvlogical reader did not start")
-    rate = steady_load("pg_recvlogical")
+    rate, machine = steady_load("pg_recvlogical")
     reference.send_signal(signal.SIGINT)
     reference.wait(timeout=60)
     received = report(consumer)
-    rows.append({"sink": "pg_recvlogical", "events": None, "rate": rate, "p50_ms": None, "p99_ms": None,
-                 "p99_9_ms": None, "max_ms": None, "consumer": received, "decoded_p50_ms": None, "decoded_p99_ms": None})
+    rows.append({"sink": "pg_recvlogical", "target_rate": target_rate, "events": None, "rate": rate, "machine": machine,
+                 "p50_ms": None, "p99_ms": None, "p99_9_ms": None, "max_ms": None, "consumer": received,
+                 "decoded_p50_ms": None, "decoded_p99_ms": None})
     db.sql("SELECT pg_drop_replication_slot('lat_recvlogical')")
 
     for name, target in targets.items():
@@ -350,7 +369,7 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
             if time.time() > deadline:
                 raise RuntimeError(f"spout → {name} did not start")
             time.sleep(0.1)
-        rate = steady_load(name)
+        rate, machine = steady_load(name)
         spout_process.send_signal(signal.SIGTERM)
         errors = spout_process.stderr.read()
         _, _, usage = os.wait4(spout_process.pid, 0)
@@ -364,7 +383,8 @@ def latency(db, url, pg_bin, spout, targets, extra, options, servers):
         if not match:
             raise RuntimeError(f"no latency report from spout → {name}: {errors[-500:]}")
         count, p50, p99, p999, worst = (int(v) for v in match.groups())
-        rows.append({"sink": name, "events": count, "rate": rate, "spout_cpu_s_per_1k": 1000 * cpu / max(count, 1),
+        rows.append({"sink": name, "target_rate": target_rate, "events": count, "rate": rate, "machine": machine,
+                     "spout_cpu_s_per_1k": 1000 * cpu / max(count, 1),
                      "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "p99_9_ms": p999 / 1000, "max_ms": worst / 1000,
                      "consumer": received,
                      "decoded_p50_ms": int(decoded.group(1)) / 1000 if decoded else None,
@@ -399,16 +419,22 @@ def print_table(results):
         def ms(value):
             return f"{value:.2f}" if value is not None else "-"
         print("\nLatency: commit → broker acknowledgement (Spout's HDR histogram) | commit → consumer receives"
-              " | commit → decoded by Spout")
+              " | commit → decoded by Spout | machine CPU busy (steal) while the load ran")
         print(f"{'sink':14} {'events':>8} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | "
-              f"{'received':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | {'p50 ms':>7} {'p99 ms':>7}")
+              f"{'received':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | {'p50 ms':>7} {'p99 ms':>7} | {'busy':>11}")
+        shown_rate = None
         for row in results["latency"]:
+            if row.get("target_rate") != shown_rate:
+                shown_rate = row.get("target_rate")
+                print(f"— at {shown_rate} events/s")
+            busy = row.get("machine") or {}
             rate = f"{row['rate']:.0f}" if row["rate"] else "-"
             c = row.get("consumer") or {}
             print(f"{row['sink']:14} {row['events'] or '-':>8} {rate:>8} {ms(row['p50_ms']):>8} {ms(row['p99_ms']):>8} "
                   f"{ms(row['p99_9_ms']):>9} {ms(row['max_ms']):>8} | {c.get('count', 0):>8} {ms(c.get('p50_ms')):>8} "
                   f"{ms(c.get('p99_ms')):>8} {ms(c.get('p99_9_ms')):>9} {ms(c.get('max_ms')):>8} | "
-                  f"{ms(row.get('decoded_p50_ms')):>7} {ms(row.get('decoded_p99_ms')):>7}")
+                  f"{ms(row.get('decoded_p50_ms')):>7} {ms(row.get('decoded_p99_ms')):>7} | "
+                  f"{busy.get('busy_percent', 0):>4.0f}% ({busy.get('steal_percent', 0):.0f}%)")
     if results["footprint"]:
         print("\nFootprint, stdout sink (pg_recvlogical alongside)")
         print(f"{'backlog':34} {'peak RSS MiB':>13} {'CPU s/100k':>11} {'× pg_recvlogical speed':>23} {'recvlogical RSS':>16}")
