@@ -166,15 +166,18 @@ final class NATSConnection {
 
     /// Frees the handles. Unacknowledged messages are dropped; the sink publishes them again.
     func close() {
-        destroySpent()
         guard let closure else { return }
+        // With libnats' buffer empty, closing does not wait for a PONG (500 ms) that only
+        // this thread could read.
+        flush()
         NATSCallbackRegistry.remove(closure)
         self.closure = nil
-        _ = events.loop.detach()
-        // The context before the connection it uses (nats.h, natsConnection_JetStream).
-        if let ackSubscription { natsSubscription_Destroy(ackSubscription) }
-        if let jetStream { jsCtx_Destroy(jetStream) }
+        _ = events.loop.detach(owner: Int(bitPattern: closure))
+        // The connection before its subscription: a closed connection queues no UNSUB.
         if let publisher { natsConnection_Destroy(publisher) }
+        if let ackSubscription { natsSubscription_Destroy(ackSubscription) }
+        // The context before the connection it uses (nats.h, natsConnection_JetStream).
+        if let jetStream { jsCtx_Destroy(jetStream) }
         if let admin { natsConnection_Destroy(admin) }
         if let publisherOptions { natsOptions_Destroy(publisherOptions) }
         if let adminOptions { natsOptions_Destroy(adminOptions) }
@@ -292,7 +295,10 @@ final class NATSConnection {
         // Copied into the connection's buffer: the message is ours to free either way.
         let status = natsConnection_PublishMsg(connection, message)
         if let message { spent.append(message) }
-        if status != NATS_OK { throw NATSFailure(status: status) }
+        if status != NATS_OK {
+            if natsConnection_IsClosed(connection) { throw closedFailure(connection) }
+            throw NATSFailure(status: status)
+        }
         unflushedBytes += event.payload.count + reply.count + event.topic.utf8.count + 64
         if unflushedBytes >= Self.flushBytes { flush() }
         return droppedReserved

@@ -7,9 +7,11 @@ import Synchronization
 /// mode, so none of its threads reads, writes or delivers PubAcks: the sink calls
 /// `natsConnection_ProcessReadEvent` / `ProcessWriteEvent` itself, on the relay thread, when
 /// this set says so. libnats asks for write polling from its timer thread too (PINGs), so the
-/// registration is guarded.
+/// registration is guarded, and it belongs to one connection (`owner`, its registry key): a
+/// late callback of a connection already replaced cannot touch its successor's socket.
 final class NATSEventLoop: Sendable {
     private struct Registration {
+        var owner = 0
         var socket: Int32 = -1
         var reading = false
         var writing = false
@@ -37,44 +39,54 @@ final class NATSEventLoop: Sendable {
     /// `ProcessWriteEvent` must not be called otherwise: an empty write counts as a lost connection.
     var wantsWrite: Bool { registration.withLock { $0.socket >= 0 && $0.writing } }
 
-    func attach(socket: Int32) -> natsStatus {
+    func attach(socket: Int32, owner: Int) -> natsStatus {
         registration.withLock { state in
-            if state.socket >= 0, state.socket != socket { _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, state.socket, nil) }
-            state = Registration(socket: socket, reading: true, writing: false)
-            return update(state, operation: EPOLL_CTL_ADD)
+            if state.socket >= 0 { _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, state.socket, nil) }
+            let attached = Registration(owner: owner, socket: socket, reading: true, writing: false)
+            guard update(attached, operation: EPOLL_CTL_ADD) else {
+                state = Registration()
+                return NATS_SYS_ERROR
+            }
+            state = attached
+            return NATS_OK
         }
     }
 
-    func setReading(_ on: Bool) -> natsStatus {
-        registration.withLock { state in
-            guard state.socket >= 0 else { return NATS_OK }
-            state.reading = on
-            return update(state, operation: EPOLL_CTL_MOD)
-        }
+    func setReading(_ on: Bool, owner: Int) -> natsStatus {
+        change(owner: owner) { $0.reading = on }
     }
 
-    func setWriting(_ on: Bool) -> natsStatus {
-        registration.withLock { state in
-            guard state.socket >= 0 else { return NATS_OK }
-            state.writing = on
-            return update(state, operation: EPOLL_CTL_MOD)
-        }
+    func setWriting(_ on: Bool, owner: Int) -> natsStatus {
+        change(owner: owner) { $0.writing = on }
     }
 
-    func detach() -> natsStatus {
+    func detach(owner: Int) -> natsStatus {
         registration.withLock { state in
+            guard state.owner == owner else { return NATS_OK }
             if state.socket >= 0 { _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, state.socket, nil) }
             state = Registration()
             return NATS_OK
         }
     }
 
-    private func update(_ state: Registration, operation: Int32) -> natsStatus {
+    /// Applies `edit` to the owner's registration, keeping the old one if epoll refuses.
+    private func change(owner: Int, _ edit: (inout Registration) -> Void) -> natsStatus {
+        registration.withLock { state in
+            guard state.owner == owner, state.socket >= 0 else { return NATS_OK }
+            var changed = state
+            edit(&changed)
+            guard update(changed, operation: EPOLL_CTL_MOD) else { return NATS_SYS_ERROR }
+            state = changed
+            return NATS_OK
+        }
+    }
+
+    private func update(_ state: Registration, operation: Int32) -> Bool {
         var events: UInt32 = 0
         if state.reading { events |= EPOLLIN.rawValue }
         if state.writing { events |= EPOLLOUT.rawValue }
         var event = epoll_event(events: events, data: epoll_data_t(fd: state.socket))
-        return epoll_ctl(descriptor, operation, state.socket, &event) == 0 ? NATS_OK : NATS_SYS_ERROR
+        return epoll_ctl(descriptor, operation, state.socket, &event) == 0
     }
 }
 
@@ -222,18 +234,18 @@ enum NATSCallbacks {
     // The external event loop: `loop` is the registry key, kept as the user data.
     static let attach: natsEvLoop_Attach = { userData, loop, _, socket in
         userData?.pointee = loop
-        return NATSCallbackRegistry.events(loop)?.loop.attach(socket: Int32(socket)) ?? NATS_OK
+        return NATSCallbackRegistry.events(loop)?.loop.attach(socket: Int32(socket), owner: Int(bitPattern: loop)) ?? NATS_OK
     }
 
     static let read: natsEvLoop_ReadAddRemove = { userData, add in
-        NATSCallbackRegistry.events(userData)?.loop.setReading(add) ?? NATS_OK
+        NATSCallbackRegistry.events(userData)?.loop.setReading(add, owner: Int(bitPattern: userData)) ?? NATS_OK
     }
 
     static let write: natsEvLoop_WriteAddRemove = { userData, add in
-        NATSCallbackRegistry.events(userData)?.loop.setWriting(add) ?? NATS_OK
+        NATSCallbackRegistry.events(userData)?.loop.setWriting(add, owner: Int(bitPattern: userData)) ?? NATS_OK
     }
 
     static let detach: natsEvLoop_Detach = { userData in
-        NATSCallbackRegistry.events(userData)?.loop.detach() ?? NATS_OK
+        NATSCallbackRegistry.events(userData)?.loop.detach(owner: Int(bitPattern: userData)) ?? NATS_OK
     }
 }

@@ -132,6 +132,7 @@ public final class NATSJetStreamSink: Sink {
         // Bounded: PubAcks still on their way are worth a short wait, not a hang.
         let deadline = clock.now + .seconds(2)
         while outstanding > 0, self.connection != nil, clock.now < deadline {
+            wakeup.drain()
             collectCompletions()
             if outstanding > 0 {
                 var ready = pollfd(fd: loop.descriptor, events: Int16(POLLIN), revents: 0)
@@ -184,12 +185,16 @@ public final class NATSJetStreamSink: Sink {
                     log.warning("event headers named Nats-… are not passed to NATS (they would steer the server); first seen on event \"\(entries[cursor].event.id)\"")
                 }
             } catch {
-                if error.isConnectivityProblem {
-                    beginOutage(error.description)
-                } else if error.status == NATS_MAX_PAYLOAD {
+                switch error.status {
+                case NATS_MAX_PAYLOAD:
                     fail(cursor, "the message (\(entries[cursor].event.payload.count) bytes of payload plus headers) exceeds the NATS server's max_payload of \(connection.maxPayload) bytes: raise max_payload in the nats-server configuration")
-                } else {
+                case NATS_NO_SERVER_SUPPORT:
+                    fail(cursor, "the NATS server does not support message headers, which spout needs (Nats-Msg-Id): use nats-server 2.2 or newer")
+                case NATS_INVALID_SUBJECT:
                     fail(cursor, "cannot publish to NATS: \(error)")
+                default:
+                    // The connection's trouble, not the event's: publish it again on a new one.
+                    beginOutage(error.description)
                 }
                 return
             }
