@@ -215,7 +215,7 @@ def main():
             # Created up front with a known partition count, which the latency consumer assigns.
             servers.kafka_command(f"create-topic {LATENCY_TOPIC} {KAFKA_PARTITIONS}")
         targets = {name: targets[name] for name in sinks if name in targets}
-        extra = {"nats": ["--nats-create-stream", "OUTBOX"], "kafka": ["--kafka-property", "linger.ms=1"]}
+        extra = {"nats": ["--nats-create-stream", "OUTBOX"]}
 
         if "drain" not in skip:
             for backlog, make in [("200k single-row transactions", db.backlog_single_row_transactions),
