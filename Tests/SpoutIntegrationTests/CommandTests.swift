@@ -217,8 +217,16 @@ final class ErrorMessageTests: XCTestCase {
         let outbox = try OutboxFixture("active")
         defer { outbox.tearDown() }
         let first = try SpoutProcess(["run"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
-        let pid = try XCTUnwrap(try outbox.admin.value("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'"))
+        // Creating the slot makes it active for a moment too: wait for the walsender streaming it.
+        var streamer: String?
+        try eventually("slot streaming") {
+            streamer = try outbox.admin.value("""
+                SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name = '\(outbox.slot)' AND r.state IN ('catchup', 'streaming')
+                """)
+            return streamer != nil
+        }
+        let pid = try XCTUnwrap(streamer)
         _ = try assertOneLineError(["run"] + outbox.arguments, contains: ["replication slot \"\(outbox.slot)\" is in use", "PID \(pid)"])
         first.signal(SIGTERM)
         XCTAssertEqual(first.waitForExit(), 0, first.stderr)

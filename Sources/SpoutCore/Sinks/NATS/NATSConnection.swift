@@ -248,10 +248,15 @@ final class NATSConnection {
     }
 
     private func closedFailure(_ connection: OpaquePointer) -> NATSFailure {
+        NATSFailure(status: NATS_CONNECTION_CLOSED, text: Self.lostText(connection))
+    }
+
+    /// "the connection was lost (why)", from the closed connection's last error.
+    static func lostText(_ connection: OpaquePointer) -> String {
         var text: UnsafePointer<CChar>?
         let status = natsConnection_GetLastError(connection, &text)
         let detail = status == NATS_OK ? nil : text.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
-        return NATSFailure(status: NATS_CONNECTION_CLOSED, text: "the connection was lost" + (detail.map { " (\($0))" } ?? ""))
+        return "the connection was lost" + (detail.map { " (\($0))" } ?? "")
     }
 
     // MARK: Publishing

@@ -217,11 +217,8 @@ enum PubAck {
 /// The C callbacks libnats calls; their closure (and event-loop) argument is a registry key.
 enum NATSCallbacks {
     static let closed: natsConnectionHandler = { connection, closure in
-        guard let events = NATSCallbackRegistry.events(closure) else { return }
-        var text: UnsafePointer<CChar>?
-        let status = natsConnection_GetLastError(connection, &text)
-        let detail = status == NATS_OK ? nil : text.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
-        events.connectionClosed(reason: "the connection was lost" + (detail.map { " (\($0))" } ?? ""))
+        guard let events = NATSCallbackRegistry.events(closure), let connection else { return }
+        events.connectionClosed(reason: NATSConnection.lostText(connection))
     }
 
     static let error: natsErrHandler = { connection, _, status, closure in
