@@ -49,6 +49,13 @@ final class NATSPubAckTests: XCTestCase {
         XCTAssertEqual(quoted.text, #"say \"no\""#)
     }
 
+    func testHeaderValuesStayOnOneLine() {
+        XCTAssertEqual(NATSWireRules.headerValue("8d0e-42"), "8d0e-42")
+        XCTAssertEqual(NATSWireRules.headerValue("a\nb\r\nc\rd"), "a b c d")
+        XCTAssertEqual(NATSWireRules.headerValue(""), "")
+        XCTAssertEqual(NATSWireRules.headerValue(String(repeating: "é", count: 40) + "\n"), String(repeating: "é", count: 40) + " ")
+    }
+
     func testGarbageIsAFailureNotACrash() throws {
         for body in ["", "{", "not json", #"{"error""#, #"{"error":{"err_code":"#, #"{"error":{"description":"#] {
             let result = try XCTUnwrap(failure(body), body)

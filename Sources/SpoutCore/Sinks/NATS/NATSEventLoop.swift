@@ -180,6 +180,8 @@ enum PubAck {
     /// `"duplicate":true`); the JetStream error otherwise
     /// (`{"error":{"code":…,"err_code":…,"description":"…"}}`).
     static func failure(_ data: UnsafeRawBufferPointer) -> NATSFailure? {
+        // The common case, a stored message, without copying the bytes: no "error" at all.
+        if !contains(data, #""error""#), contains(data, #""seq""#) { return nil }
         let bytes = Array(data)
         // The key with an object value: a stream or domain named "error" is not an error.
         guard let error = find(Array(#""error":{"#.utf8), in: bytes, from: 0) ?? find(Array(#""error": {"#.utf8), in: bytes, from: 0) else {
@@ -203,6 +205,17 @@ enum PubAck {
             text = String(decoding: bytes[(open + 1)..<min(close, bytes.count)], as: UTF8.self)
         }
         return NATSFailure(status: NATS_ERR, errorCode: code, text: text)
+    }
+
+    private static func contains(_ data: UnsafeRawBufferPointer, _ needle: StaticString) -> Bool {
+        let pattern = UnsafeBufferPointer(start: needle.utf8Start, count: needle.utf8CodeUnitCount)
+        guard let first = pattern.first, let base = data.baseAddress, data.count >= pattern.count else { return false }
+        var index = 0
+        while index <= data.count - pattern.count {
+            if data[index] == first, memcmp(base + index, needle.utf8Start, pattern.count) == 0 { return true }
+            index += 1
+        }
+        return false
     }
 
     private static func find(_ needle: [UInt8], in bytes: [UInt8], from start: Int) -> Int? {

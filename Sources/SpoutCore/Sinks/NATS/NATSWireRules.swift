@@ -46,7 +46,11 @@ enum NATSWireRules {
 
     /// A header value on one line: CR and LF become spaces.
     static func headerValue(_ value: String) -> String {
-        guard value.utf8.contains(where: { $0 == 0x0A || $0 == 0x0D }) else { return value }
+        let isLineBreak = { (byte: UInt8) in byte == 0x0A || byte == 0x0D }
+        // Every event's id, key and type pass here: scan the bytes in place when they are contiguous.
+        let hasLineBreak = value.utf8.withContiguousStorageIfAvailable { $0.contains(where: isLineBreak) }
+            ?? value.utf8.contains(where: isLineBreak)
+        guard hasLineBreak else { return value }
         return String(value.map { $0 == "\n" || $0 == "\r" || $0 == "\r\n" ? " " : $0 })
     }
 
