@@ -269,16 +269,9 @@ public final class NATSJetStreamSink: Sink {
                 continue
             }
             entries[index].state = .waiting
-            if transient == nil {
-                switch failure.status {
-                case NATS_NO_RESPONDERS:
-                    // The stream went away or is not ready: look it up again before re-publishing.
-                    readySubjects.remove(event.topic)
-                    transient = "no JetStream stream answered on subject \"\(event.topic)\""
-                default:
-                    transient = "JetStream did not store an event on subject \"\(event.topic)\": \(failure)"
-                }
-            }
+            // A PubAck names a JetStream error; "no responders" never gets here (`receive`
+            // reports it without a ticket, as `broken`).
+            if transient == nil { transient = "JetStream did not store an event on subject \"\(event.topic)\": \(failure)" }
         }
         completions.removeAll(keepingCapacity: true)
         if transient == nil, let broken {
