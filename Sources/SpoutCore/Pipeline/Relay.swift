@@ -110,7 +110,7 @@ public final class Relay {
         do {
             while true {
                 if stop.isRequested {
-                    log.info("stopping: waiting up to \(options.shutdownTimeout.secondsText) s for \(dispatchedUnacknowledged) acknowledgements")
+                    log.info("stopping: waiting up to \(options.shutdownTimeout.secondsText) s for \(dispatchedUnacknowledged + spool.committedCount) acknowledgements")
                     try drain(deadline: clock.now + options.shutdownTimeout)
                     return .stopped
                 }
@@ -127,11 +127,22 @@ public final class Relay {
                 if read == 0, completed == 0 { try waitForWork(stop: stop) }
             }
         } catch {
+            let error = naming(transaction, in: error)
             if case .connectionLost = error { throw error }
             // Deliver and confirm what came before the failure; nothing after it is confirmed.
             try? drain(deadline: clock.now + options.shutdownTimeout)
             throw error
         }
+    }
+
+    /// A server error in the middle of a transaction (say, WAL bytes that are not valid in
+    /// the client encoding, from an SQL_ASCII database) names that transaction and how to skip
+    /// it: the error comes again on every start otherwise.
+    private func naming(_ open: PgOutputMessage.Begin?, in error: SpoutError) -> SpoutError {
+        guard let open, case let .server(serverError, context) = error else { return error }
+        return .server(serverError, while: "\(context) in the transaction that commits at \(open.finalLSN) (xid \(open.xid)); it recurs on "
+                       + "every start: fix the cause, or skip that whole transaction (all its events, and only them) with "
+                       + "spout run --start-lsn \(open.finalLSN.advanced(by: 1)) and your other options, then deliver its events by hand")
     }
 
     // MARK: Reading
@@ -441,8 +452,11 @@ public final class Relay {
     /// out even when the sink fails meanwhile; the first failure is rethrown after it.
     private func drain(deadline: ContinuousClock.Instant) throws(SpoutError) {
         var failure: SpoutError?
-        while dispatchedUnacknowledged > 0, clock.now < deadline {
+        // Committed transactions still in the spool go out too: after a poison event, all
+        // before it must be confirmed, or skipping just its transaction would skip them too.
+        while dispatchedUnacknowledged > 0 || spool.committedCount > 0, clock.now < deadline {
             do {
+                try dispatch()
                 if try pollSink() == 0 {
                     try sendStatusIfDue()
                     var others: [Int32] = []
@@ -454,8 +468,8 @@ public final class Relay {
                 break
             }
         }
-        if dispatchedUnacknowledged > 0, failure == nil {
-            log.warning("\(dispatchedUnacknowledged) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
+        if dispatchedUnacknowledged + spool.committedCount > 0, failure == nil {
+            log.warning("\(dispatchedUnacknowledged + spool.committedCount) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
         }
         if failure == nil {
             do { try verifyBeforeFinalStatus() } catch { failure = error }

@@ -30,6 +30,9 @@ public final class PostgresConnection {
             PQfinish(connection)
             throw .connectionFailed(target: target, detail: detail)
         }
+        // libpq prints server NOTICEs raw to stderr ("relation … already exists, skipping"):
+        // Spout reports what matters itself, escaped.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
     }
 

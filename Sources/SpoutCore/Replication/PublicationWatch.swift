@@ -169,10 +169,10 @@ public final class PublicationWatch: Sendable {
                 + "(SELECT pg_replication_slot_advance('\(setup.slot)', pg_current_wal_lsn())), " + backfill
         }
         guard publicationOID == identity.publicationOID else {
-            return "publication \"\(publication)\" was dropped and created again while spout ran (oid \(identity.publicationOID), now \(publicationOID)). "
-                + "PostgreSQL decodes the WAL with the catalog as of each change, so the slot cannot use the new publication for WAL written "
-                + "before it existed: streaming would fail with \"publication does not exist\" on every start. To recover: advance the slot past "
-                + "the re-creation (SELECT pg_replication_slot_advance('\(setup.slot)', pg_current_wal_lsn())), " + backfill
+            return "publication \"\(publication)\" was dropped and created again while spout ran (oid \(identity.publicationOID), now \(publicationOID)): "
+                + "inserts between the drop and the re-creation were never published, so spout stopped before confirming past the change. "
+                + "To recover: re-publish outbox rows written in between from the table and restart spout (if the slot still holds WAL "
+                + "from before the re-creation with changes in it, PostgreSQL refuses to decode it, and spout then says how to skip it)"
         }
         guard published else {
             return "publication \"\(publication)\" no longer publishes the outbox table \(table): inserts written since never reach the slot, "
