@@ -209,3 +209,43 @@ final class SlotSafetyTests: XCTestCase {
         XCTAssertTrue(row.contains("invalidated (wal_removed)"), list.stdout)
     }
 }
+
+/// sql/role.sql's least-privilege role runs spout after the owner's `spout setup`: it can
+/// stream, check the publication and record the slot's progress.
+final class LeastPrivilegeTests: XCTestCase {
+    func testTheRoleFromRoleSQLRuns() throws {
+        let outbox = try OutboxFixture("leastpriv")
+        defer { outbox.tearDown() }
+        let role = "role_\(outbox.slot)"
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let script = try String(contentsOf: repository.appendingPathComponent("sql/role.sql"), encoding: .utf8)
+            .replacingOccurrences(of: "public.outbox ", with: "public.\(outbox.table) ")
+            .replacingOccurrences(of: "public.outbox;", with: "public.\(outbox.table);")
+            .replacingOccurrences(of: "ROLE spout ", with: "ROLE \(role) ")
+            .replacingOccurrences(of: "TO spout;", with: "TO \(role);")
+        try outbox.admin.sql(script)
+        defer {
+            _ = try? outbox.admin.sql("REVOKE ALL ON public.spout_slots FROM \(role)")
+            _ = try? outbox.admin.sql("REVOKE ALL ON SCHEMA public FROM \(role)")
+            _ = try? outbox.admin.sql("DROP OWNED BY \(role)")
+            _ = try? outbox.admin.sql("DROP ROLE \(role)")
+        }
+        let setup = try SpoutProcess.run(["setup"] + outbox.arguments)
+        XCTAssertEqual(setup.status, 0, setup.stderr)
+        var components = try XCTUnwrap(URLComponents(string: outbox.url))
+        components.user = role
+        let arguments = ["run", "--no-create", "--database-url", try XCTUnwrap(components.string), "--table", "public.\(outbox.table)",
+                         "--publication", outbox.publication, "--slot", outbox.slot]
+        let spout = try SpoutProcess(arguments)
+        try eventually("slot active") { try outbox.slotIsActive }
+        try outbox.insert(outbox.admin, rows: 2)
+        try eventually("two events: \(spout.stderr)") { spout.events.count == 2 }
+        let confirmed = try XCTUnwrap(try outbox.confirmedFlush)
+        try eventually("the role records the slot's progress") {
+            try outbox.admin.lsn("SELECT confirmed_lsn FROM public.spout_slots WHERE slot_name = '\(outbox.slot)'") ?? .zero >= confirmed
+        }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertFalse(spout.stderr.contains("warning"), spout.stderr)
+    }
+}
