@@ -35,8 +35,11 @@ struct SinkOptionGroup: ParsableArguments {
         for property in kafkaProperties {
             // Never echo the item: `sasl.password:secret` (":" for "=") is all secret after the name.
             guard let equals = property.value.firstIndex(of: "="), equals != property.value.startIndex else {
-                let name = property.value.prefix { $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" || $0 == "-" }
-                throw property.invalidWithoutValue("\(name.isEmpty ? "a property" : "\"\(name)…\"") is not name=value (e.g. linger.ms=5)")
+                // librdkafka names are lower case: a glued-on value (`sasl.passwordHunter2`) is cut off,
+                // and a secret-looking name is not shown at all.
+                let name = property.value.prefix { ($0.isLowercase || $0.isNumber || "._-".contains($0)) && $0.isASCII }
+                let shown = name.isEmpty || Redaction.isSecretName(String(name)) ? "a secret or malformed property" : "\"\(name)…\""
+                throw property.invalidWithoutValue("\(shown) is not name=value (e.g. linger.ms=5)")
             }
             options.kafkaProperties.append((String(property.value[..<equals]), String(property.value[property.value.index(after: equals)...])))
         }
