@@ -111,12 +111,20 @@ final class ConfigurationTests: XCTestCase {
                                                  environment: useFlag ? [:] : [variable: value])
                     let source = useFlag ? "--\(option) \(value)" : "\(variable)=\(value)"
                     eventually("\(source): streaming or exit") { spout.stderr.contains("streaming") || !spout.process.isRunning }
-                    if spout.process.isRunning { spout.signal(SIGTERM) }
+                    if spout.process.isRunning {
+                        // Two transactions through the spool and the window: sizes derived from
+                        // the option are used, not just parsed.
+                        try outbox.insert(outbox.admin, rows: 1)
+                        try outbox.insert(outbox.admin, rows: 1)
+                        eventually("\(source): two events") { spout.lines.count >= 2 || !spout.process.isRunning }
+                        spout.signal(SIGTERM)
+                    }
                     let status = spout.waitForExit(timeout: 30)
                     XCTAssertEqual(spout.process.terminationReason, .exit, "\(source): killed by signal \(status ?? -1)")
                     if valid {
                         XCTAssertEqual(status, 0, "\(source): \(spout.stderr)")
                         XCTAssertTrue(spout.stderr.contains("streaming"), "\(source): \(spout.stderr)")
+                        XCTAssertEqual(spout.lines.count, 2, "\(source): both events delivered")
                     } else {
                         XCTAssertEqual(status, 64, "\(source): \(spout.stderr)")
                         XCTAssertEqual(spout.stderr.split(separator: "\n").count, 1, spout.stderr)
