@@ -14,7 +14,8 @@ enum Setting: String, CaseIterable {
     case logLevel = "log-level"
     case sink, kafkaProperty = "kafka-property", redisMaxLength = "redis-maxlen", redisIDs = "redis-ids"
     case natsCreateStream = "nats-create-stream"
-    case startLSN = "start-lsn", endLSN = "end-lsn", noCreate = "no-create", maxInFlight = "max-in-flight"
+    case startLSN = "start-lsn", endLSN = "end-lsn", noCreate = "no-create", recreateLostSlot = "recreate-lost-slot"
+    case maxInFlight = "max-in-flight"
     case maxInFlightBytes = "max-in-flight-bytes", spoolMemoryBytes = "spool-memory-bytes"
     case shutdownTimeout = "shutdown-timeout"
     case format
