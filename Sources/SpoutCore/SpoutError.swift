@@ -12,9 +12,17 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case publicationMissing(publication: String, table: String)
     case publicationLacksTable(publication: String, table: String)
     case slotMissing(slot: String)
-    case slotActive(slot: String, pid: String)
+    case slotActive(slot: String, pid: String, client: String?)
     case slotWrongPlugin(slot: String, plugin: String)
-    case slotLost(slot: String)
+    /// PostgreSQL invalidated the slot (`reason`: wal_removed, rows_removed, …).
+    case slotLost(slot: String, reason: String)
+    /// A slot Spout created (its `SlotMarker`) no longer exists.
+    case slotVanished(slot: String, marker: SlotMarker, currentLSN: LSN?)
+    case slotUnusable(slot: String, reason: String, fix: String)
+    /// The slot marker table cannot be read or written.
+    case slotMarker(String)
+    /// The outbox table or the publication changed under a running Spout.
+    case publicationChanged(String)
     case startBeforeSlot(start: LSN, slot: String, confirmed: LSN)
     case invalidOption(String)
     case protocolViolation(DecodingError, context: String)
@@ -42,12 +50,28 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
             "publication \"\(publication)\" does not publish \(table): ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE \(table), or name another with --publication"
         case let .slotMissing(slot):
             "replication slot \"\(slot)\" does not exist: create it with spout setup (spout run creates it too, unless --no-create)"
-        case let .slotActive(slot, pid):
-            "replication slot \"\(slot)\" is in use by another process (PID \(pid)): stop the other spout or consumer, or use another --slot"
+        case let .slotActive(slot, pid, client):
+            // The PID is the walsender's, a database backend: name the client so nobody kills the server's process.
+            "replication slot \"\(slot)\" is in use by \(client.map { "\"\($0)\"" } ?? "another client") (its walsender is server PID \(pid), "
+                + "a PostgreSQL backend: stop the client, not that PID): stop the other spout or consumer, or use another --slot"
         case let .slotWrongPlugin(slot, plugin):
             "replication slot \"\(slot)\" uses the \(plugin) plugin, spout needs pgoutput: drop it (spout slot drop \(slot)) or use another --slot"
-        case let .slotLost(slot):
-            "replication slot \"\(slot)\" is invalidated (PostgreSQL removed WAL it needed, see max_slot_wal_keep_size): events in that WAL are gone from the slot; drop and recreate it, and backfill from the table"
+        case let .slotLost(slot, reason):
+            "replication slot \"\(slot)\" is invalidated (\(reason)\(reason == "wal_removed" ? ": PostgreSQL removed WAL it needed, see max_slot_wal_keep_size" : "")): "
+                + "events in that WAL are gone from the slot; backfill them from the table, then create a new slot with spout setup --recreate-lost-slot"
+        case let .slotVanished(slot, marker, current):
+            "replication slot \"\(slot)\" is gone: spout created it\(marker.createdAt.map { " at \($0)" } ?? "")"
+                + "\(marker.createdLSN.map { " (LSN \($0))" } ?? "") and last saw it confirmed up to \(marker.confirmedLSN?.description ?? "its start")"
+                + "\(marker.seenAt.map { " at \($0)" } ?? ""), but it was dropped (by hand, or lost in a restore or failover). "
+                + "Events committed after \(marker.confirmedLSN?.description ?? "that")\(current.map { " up to now (\($0))" } ?? "") were not delivered by spout "
+                + "and a new slot would never see them: re-publish outbox rows created since \(marker.seenAt ?? marker.createdAt ?? "then") from the table, "
+                + "then create a new slot with spout setup --recreate-lost-slot (or spout run --recreate-lost-slot)"
+        case let .slotUnusable(slot, reason, fix):
+            "replication slot \"\(slot)\" \(reason): \(fix)"
+        case let .slotMarker(message):
+            message
+        case let .publicationChanged(message):
+            message
         case let .startBeforeSlot(start, slot, confirmed):
             "--start-lsn \(start) is before what slot \"\(slot)\" still holds (confirmed_flush_lsn \(confirmed)): PostgreSQL can only replay from \(confirmed) on"
         case let .invalidOption(message):
@@ -55,7 +79,10 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
         case let .protocolViolation(error, context):
             "unexpected data from PostgreSQL (\(context)): \(error)"
         case let .unmappableEvent(error, eventID, lsn):
-            "cannot map outbox event \(eventID.map { "\"\($0)\"" } ?? "") in the transaction at \(lsn): \(error); fix the row (the slot stays before it), then restart"
+            "cannot map outbox event \(eventID.map { "\"\($0)\" " } ?? "")in the transaction that commits at \(lsn): \(error). "
+                + "The slot stays before that transaction, and the WAL holds the row as it was inserted, so changing the row now changes nothing: "
+                + "fix the mapping (e.g. --topic) if it is wrong, or skip that whole transaction (all its events, and only them) with "
+                + "spout run --start-lsn \(lsn.advanced(by: 1)) and your other options, then deliver its events by hand"
         case let .sink(error):
             error.description
         case let .spoolFailed(message):

@@ -13,6 +13,8 @@ struct Setup: ParsableCommand {
     @Flag(name: .customLong("print"), help: "Print the SQL instead of running it.")
     var printOnly = false
 
+    @OptionGroup var lostSlot: LostSlotOption
+
     func run() throws {
         try reportingErrors {
             let log = try logging.log()
@@ -20,17 +22,20 @@ struct Setup: ParsableCommand {
             if printOnly {
                 print("-- Publication: inserts into the outbox only (cleanup deletes are not events).")
                 print(setup.publicationSQL)
+                print("-- Where spout remembers the slots it created, so that a lost slot is noticed (the run role needs")
+                print("-- SELECT, INSERT, UPDATE on it, see sql/role.sql).")
+                print(SlotMarker.createSQL(schema: setup.table.schema))
                 print("-- Logical replication slot with the pgoutput plugin.")
                 print(setup.slotSQL)
                 return
             }
-            let connection = try PostgresConnection(database.databaseURL)
+            let connection = try PostgresConnection(database.databaseURL, applicationName: PostgresConnection.applicationName("setup"))
             try ReplicationSetup.checkServer(connection)
             try setup.checkTable(connection)
             let createdPublication = try setup.ensurePublication(connection, create: true)
             log.info(createdPublication ? "created publication \"\(setup.publication)\" for \(setup.table) (inserts only)"
                      : "publication \"\(setup.publication)\" exists and publishes \(setup.table)")
-            let (state, created) = try setup.provideSlot(connection, create: true)
+            let (state, created) = try setup.provideSlot(connection, create: true, recreateLost: try lostSlot.isSet, log: log)
             log.info(created ? "created replication slot \"\(setup.slot)\" at \(state.confirmedFlush?.description ?? "?")"
                      : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))")
         }
@@ -92,14 +97,18 @@ struct Slot: ParsableCommand {
         func run() throws {
             try reportingErrors {
                 let connection = try PostgresConnection(database.databaseURL)
+                // An invalidated slot is not merely "inactive": it can never stream again.
                 let rows = try connection.query("""
-                    SELECT slot_name, plugin, database, CASE WHEN active THEN 'active' ELSE 'inactive' END,
-                           confirmed_flush_lsn, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-                      FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY slot_name
+                    SELECT s.slot_name, s.plugin, s.database,
+                           CASE WHEN \(ReplicationSetup.invalidationSQL(connection)) IS NOT NULL
+                                THEN 'invalidated (' || \(ReplicationSetup.invalidationSQL(connection)) || ')'
+                                WHEN s.active THEN 'active' ELSE 'inactive' END,
+                           s.confirmed_flush_lsn, pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint
+                      FROM pg_replication_slots s WHERE s.slot_type = 'logical' ORDER BY s.slot_name
                     """, context: "cannot read pg_replication_slots")
                 print(["SLOT", "PLUGIN", "DATABASE", "STATE", "CONFIRMED", "WAL HELD"].map { $0.padding(toLength: 18, withPad: " ", startingAt: 0) }.joined())
                 for row in rows {
-                    var cells = row.map { $0 ?? "-" }
+                    var cells = row.map { Log.escaped($0 ?? "-") }
                     if let bytes = row[5].flatMap({ Int64($0) }) { cells[5] = formatBytes(bytes) }
                     print(cells.map { $0.padding(toLength: max(18, $0.count + 1), withPad: " ", startingAt: 0) }.joined())
                 }
@@ -117,8 +126,10 @@ struct Slot: ParsableCommand {
             try reportingErrors {
                 let connection = try PostgresConnection(database.databaseURL)
                 guard let state = try ReplicationSetup.slotState(connection, slot: name) else { throw SpoutError.slotMissing(slot: name) }
-                guard !state.active else { throw SpoutError.slotActive(slot: name, pid: state.activePID ?? "?") }
+                guard !state.active else { throw SpoutError.slotActive(slot: name, pid: state.activePID ?? "?", client: state.activeClient) }
                 try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(name)))", context: "cannot drop slot \"\(name)\"")
+                // Dropping through spout is the explicit choice: forget the slot, so the next run creates a new one.
+                try SlotMarker.remove(connection, schema: try database.table().schema, slot: name)
                 Log().info("dropped replication slot \"\(name)\"")
             }
         }
@@ -131,4 +142,13 @@ func formatBytes(_ bytes: Int64) -> String {
     var unit = 0
     while abs(value) >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@ (%lld bytes)", value, units[unit], bytes)
+}
+
+/// The explicit choice to replace a slot Spout created and lost (or one PostgreSQL invalidated).
+struct LostSlotOption: ParsableArguments {
+    @Flag(name: .customLong("recreate-lost-slot"), help: ArgumentHelp(
+        "Create a new slot in place of one spout created and lost (dropped, or invalidated); events committed meanwhile are not recovered: backfill them. [SPOUT_RECREATE_LOST_SLOT]"))
+    var flag = false
+
+    var isSet: Bool { get throws { try Environment.flag(.recreateLostSlot, given: flag) } }
 }

@@ -263,6 +263,12 @@ struct MappingOptions: ParsableArguments {
         "Transactional pg_logical_emit_message prefix whose JSON content is an event (default: outbox). [SPOUT_MESSAGE_PREFIX]", valueName: "prefix"))
     var messagePrefix: String?
 
+    /// The mapping's columns (id, payload, topic placeholders) against the table's, at startup
+    /// rather than at the first event.
+    func check(_ mapper: EventMapper, against table: ReplicationSetup.TableInfo) throws {
+        do { try mapper.checkColumns(table.columns) } catch { throw SpoutError.invalidOption(error.description) }
+    }
+
     func mapping(table: TableName) throws -> OutboxMapping {
         var columns = OutboxMapping.Columns()
         columns.id = Environment.value(.idColumn, flag: idColumn) ?? columns.id

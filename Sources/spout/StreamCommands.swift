@@ -50,6 +50,8 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("no-create"), help: "Fail instead of creating a missing publication or slot. [SPOUT_NO_CREATE]")
     var noCreateFlag = false
 
+    @OptionGroup var lostSlot: LostSlotOption
+
     // Numbers are parsed by spout, not ArgumentParser: one error line naming the range and the
     // source, and `.unconditional` so that `--max-in-flight -1` is a value, not an option.
     @Option(name: .customLong("max-in-flight"), parsing: .unconditional, help: ArgumentHelp(
@@ -96,21 +98,28 @@ struct Run: ParsableCommand {
             _ = try sinkOptions.options(maxInFlightEvents: options.maxInFlightEvents)
             let create = try !Environment.flag(.noCreate, given: noCreateFlag)
             let setup = try database.setup()
-            let mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
+            var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
             let sink = try sinkOptions.makeSink(maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 
-            let connection = try PostgresConnection(database.databaseURL, replication: true)
+            let connection = try PostgresConnection(database.databaseURL, replication: true,
+                                                    applicationName: PostgresConnection.applicationName("run"))
             try ReplicationSetup.checkServer(connection)
-            try setup.checkTable(connection)
+            let table = try setup.checkTable(connection)
+            try mapping.check(mapper, against: table)
+            mapper.outboxOID = table.oid
             if try setup.ensurePublication(connection, create: create) {
                 log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)")
             }
-            let (slot, created) = try setup.ensureSlot(connection, create: create)
+            let (slot, created) = try setup.ensureSlot(connection, create: create, recreateLost: try lostSlot.isSet, log: log)
             if created { log.info("created replication slot \"\(setup.slot)\"") }
             let confirmed = slot.confirmedFlush ?? .zero
             if let start = options.startLSN, start < confirmed {
                 throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)
+            }
+            if let end = options.endLSN, end < confirmed {
+                throw SpoutError.invalidOption("--end-lsn \(end) is before what slot \"\(setup.slot)\" still holds (confirmed_flush_lsn \(confirmed)): "
+                                               + "those transactions were delivered and confirmed, the slot cannot replay them; give an end at or after \(confirmed)")
             }
             if let start = options.startLSN,
                let text = try connection.query("SELECT pg_current_wal_insert_lsn()", context: "cannot read the WAL position").first?.first ?? nil,
@@ -119,13 +128,18 @@ struct Run: ParsableCommand {
                 throw SpoutError.invalidOption("--start-lsn \(start) is beyond the end of the WAL (\(current)): check the value")
             }
             let start = max(options.startLSN ?? confirmed, confirmed)
+            let identity = PublicationWatch.Identity(tableOID: table.oid, publicationOID: try setup.publicationOID(connection))
+            let watch = PublicationWatch(conninfo: database.databaseURL, setup: setup, identity: identity, verified: start,
+                                         markSlot: true, log: log)
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
             log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))")
+            watch.start()
+            defer { watch.stop() }
 
             let stop = StopSignal()
             let handlers = installStopHandlers(stop)
             defer { handlers.forEach { $0.cancel() } }
-            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log)
+            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)
             let outcome = try relay.run(until: stop)
             log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.tracker.confirmed)")
             if reportLatency {
@@ -158,12 +172,15 @@ struct Tail: ParsableCommand {
                 format = chosen
             }
             var setup = try database.setup()
-            let mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
+            var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
             let pid = ProcessInfo.processInfo.processIdentifier
             setup.slot = "spout_tail_\(pid)"
-            let connection = try PostgresConnection(database.databaseURL, replication: true, applicationName: "spout tail")
+            let connection = try PostgresConnection(database.databaseURL, replication: true,
+                                                    applicationName: PostgresConnection.applicationName("tail"))
             try ReplicationSetup.checkServer(connection)
-            try setup.checkTable(connection)
+            let table = try setup.checkTable(connection)
+            try mapping.check(mapper, against: table)
+            mapper.outboxOID = table.oid
             var temporaryPublication: String?
             if try ReplicationSetup.publicationExists(connection, name: setup.publication) == false {
                 setup.publication = "spout_tail_\(pid)"
@@ -183,8 +200,13 @@ struct Tail: ParsableCommand {
                 }
             }
             let start = try setup.createTemporarySlot(connection)
+            let identity = PublicationWatch.Identity(tableOID: table.oid, publicationOID: try setup.publicationOID(connection))
+            let watch = PublicationWatch(conninfo: database.databaseURL, setup: setup, identity: identity, verified: start,
+                                         markSlot: false, log: log)
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
             log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops")
+            watch.start()
+            defer { watch.stop() }
 
             let sink = StdoutSink(format: format, color: terminal && format == .pretty)
             defer { sink.close() }
@@ -193,7 +215,7 @@ struct Tail: ParsableCommand {
             defer { handlers.forEach { $0.cancel() } }
             var options = Relay.Options()
             options.shutdownTimeout = .seconds(5)
-            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log)
+            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)
             _ = try relay.run(until: stop)
         }
     }

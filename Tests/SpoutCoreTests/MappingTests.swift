@@ -199,10 +199,24 @@ final class EventMapperTests: XCTestCase {
         XCTAssertFalse(mapper.isOutbox(relationOID: 999))
         XCTAssertTrue(mapper.isOutbox(relationOID: 16893))
 
-        // The same oid re-sent under another name (ALTER TABLE ... RENAME) is no longer the outbox.
+        XCTAssertEqual(mapper.otherRelationName(200), "public.orders")
+        XCTAssertEqual(mapper.otherRelationName(201), "other.outbox")
+
+        // Without the startup OID, the same oid re-sent under another name is not the outbox.
         XCTAssertFalse(try mapper.register(outboxRelation().renamed("outbox_old")))
         XCTAssertFalse(mapper.isOutbox(relationOID: 16893))
         XCTAssertNil(try mapper.event(relationOID: 16893, row: outboxRow(), commit: begin))
+    }
+
+    func testRenamedOutboxIsFollowedByItsOID() throws {
+        // ALTER TABLE outbox RENAME TO outbox2 while spout runs: the WAL's Relation carries the
+        // new name, and the table is the same one (issue: a renamed outbox was skipped silently).
+        var mapper = EventMapper(mapping: try defaultMapping(), outboxOID: 16893)
+        XCTAssertTrue(try mapper.register(outboxRelation().renamed("outbox2")))
+        XCTAssertTrue(mapper.isOutbox(relationOID: 16893))
+        XCTAssertNotNil(try mapper.event(relationOID: 16893, row: outboxRow(), commit: begin))
+        XCTAssertTrue(try mapper.register(outboxRelation()))
+        XCTAssertTrue(mapper.isOutbox(relationOID: 16893))
     }
 
     func testEmptyNamespaceIsPgCatalog() throws {
@@ -403,7 +417,7 @@ final class EventMapperTests: XCTestCase {
 
     func testTransactionalOutboxMessage() throws {
         let json = #"{"id": "evt-1", "aggregate_type": "order", "aggregate_id": "o-1", "event_type": "order.created", "payload": {"total": 42.5, "items": [1, 2]}, "headers": {"h": "v", "n": 1, "z": null}}"#
-        let event = try XCTUnwrap(try makeMapper().event(message: message(json), commit: begin))
+        let event = try XCTUnwrap(try makeMapper().event(message: message(json), committedAt: begin.commitTime))
         XCTAssertEqual(event, OutboxEvent(id: "evt-1", topic: "outbox.event.order", key: "o-1", type: "order.created",
                                           payload: Array(#"{"total": 42.5, "items": [1, 2]}"#.utf8), payloadFormat: .json,
                                           headers: headers([("h", "v"), ("n", "1")]), lsn: .zero, committedAt: begin.commitTime))
@@ -411,64 +425,64 @@ final class EventMapperTests: XCTestCase {
 
     func testMessageIDFallsBackToItsLSN() throws {
         let mapper = try makeMapper()
-        let event = try XCTUnwrap(try mapper.event(message: message(#"{"aggregate_type": "order", "payload": [1]}"#, lsn: lsn("0/3E3F518")), commit: begin))
+        let event = try XCTUnwrap(try mapper.event(message: message(#"{"aggregate_type": "order", "payload": [1]}"#, lsn: lsn("0/3E3F518")), committedAt: begin.commitTime))
         XCTAssertEqual(event.id, "lsn:0/3E3F518")
         XCTAssertEqual(event.payload, Array("[1]".utf8))
         XCTAssertNil(event.key)
         XCTAssertNil(event.type)
         XCTAssertEqual(event.headers, [])
-        let nullID = try XCTUnwrap(try mapper.event(message: message(#"{"id": null, "aggregate_type": "o", "payload": 1}"#, lsn: lsn("16/B374D848")), commit: begin))
+        let nullID = try XCTUnwrap(try mapper.event(message: message(#"{"id": null, "aggregate_type": "o", "payload": 1}"#, lsn: lsn("16/B374D848")), committedAt: begin.commitTime))
         XCTAssertEqual(nullID.id, "lsn:16/B374D848")
-        let numeric = try XCTUnwrap(try mapper.event(message: message(#"{"id": 42, "aggregate_type": "o", "payload": 1}"#), commit: begin))
+        let numeric = try XCTUnwrap(try mapper.event(message: message(#"{"id": 42, "aggregate_type": "o", "payload": 1}"#), committedAt: begin.commitTime))
         XCTAssertEqual(numeric.id, "42")
     }
 
     func testMessagePayloadKinds() throws {
         let mapper = try makeMapper()
         func payload(_ value: String) throws -> [UInt8] {
-            try XCTUnwrap(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": "# + value + "}"), commit: begin)).payload
+            try XCTUnwrap(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": "# + value + "}"), committedAt: begin.commitTime)).payload
         }
         XCTAssertEqual(try payload(#""hello \"you\"\n""#), Array(#""hello \"you\"\n""#.utf8), "a string stays a JSON string")
         XCTAssertEqual(try payload(#""\u00e9""#), Array("\"é\"".utf8))
         XCTAssertEqual(try payload("-12.5e-3"), Array("-12.5e-3".utf8))
         XCTAssertEqual(try payload("true"), Array("true".utf8))
         XCTAssertEqual(try payload("[ ]"), Array("[ ]".utf8))
-        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": null}"#), commit: begin),
+        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": null}"#), committedAt: begin.commitTime),
                      isMapping(.nullColumn(column: "payload")))
-        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t"}"#), commit: begin), isMapping(.nullColumn(column: "payload")))
-        assertThrows(try mapper.event(message: message(#"{"payload": 1}"#), commit: begin), isMapping(.emptyTopicPart(column: "aggregate_type")))
-        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": 1, "headers": "x"}"#), commit: begin),
+        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t"}"#), committedAt: begin.commitTime), isMapping(.nullColumn(column: "payload")))
+        assertThrows(try mapper.event(message: message(#"{"payload": 1}"#), committedAt: begin.commitTime), isMapping(.emptyTopicPart(column: "aggregate_type")))
+        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": 1, "headers": "x"}"#), committedAt: begin.commitTime),
                      isMapping(.invalidHeaders(reason: "a string, not an object")))
-        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": 1, "headers": [1]}"#), commit: begin),
+        assertThrows(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": 1, "headers": [1]}"#), committedAt: begin.commitTime),
                      { error in if case .invalidHeaders = error as? MappingError { true } else { false } })
-        XCTAssertEqual(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": 1, "headers": null}"#), commit: begin)?.headers, [])
+        XCTAssertEqual(try mapper.event(message: message(#"{"aggregate_type": "t", "payload": 1, "headers": null}"#), committedAt: begin.commitTime)?.headers, [])
     }
 
     func testOtherMessagesAreNotEvents() throws {
         let mapper = try makeMapper()
         let json = #"{"aggregate_type": "order", "payload": {}}"#
-        XCTAssertNil(try mapper.event(message: message(json, transactional: false), commit: begin))
-        XCTAssertNil(try mapper.event(message: message(json, prefix: "audit"), commit: begin))
-        XCTAssertNil(try mapper.event(message: message(json, prefix: "outbox2"), commit: begin))
-        XCTAssertNil(try mapper.event(message: message("not json", prefix: "audit"), commit: begin), "other prefixes are not parsed")
-        XCTAssertNil(try mapper.event(message: message("not json", transactional: false), commit: begin))
+        XCTAssertNotNil(try mapper.event(message: message(json, transactional: false), committedAt: begin.commitTime),
+                        "non-transactional messages are events too")
+        XCTAssertNil(try mapper.event(message: message(json, prefix: "audit"), committedAt: begin.commitTime))
+        XCTAssertNil(try mapper.event(message: message(json, prefix: "outbox2"), committedAt: begin.commitTime))
+        XCTAssertNil(try mapper.event(message: message("not json", prefix: "audit"), committedAt: begin.commitTime), "other prefixes are not parsed")
 
         var custom = EventMapper(mapping: OutboxMapping(table: TableName(schema: "public", name: "outbox"), topic: try TopicTemplate("x"),
                                                         messagePrefix: "events"))
         XCTAssertFalse(try custom.register(relation(name: "other", columns: [])))
-        XCTAssertNil(try custom.event(message: message(json), commit: begin))
-        XCTAssertEqual(try custom.event(message: message(json, prefix: "events"), commit: begin)?.topic, "x")
+        XCTAssertNil(try custom.event(message: message(json), committedAt: begin.commitTime))
+        XCTAssertEqual(try custom.event(message: message(json, prefix: "events"), committedAt: begin.commitTime)?.topic, "x")
     }
 
     func testMalformedMessagesThrow() throws {
         let mapper = try makeMapper()
         for json in ["", "not json", "[1]", #""text""#, #"{"payload": 1"#, #"{"payload": 1} x"#, #"{"payload": }"#, #"{payload: 1}"#,
                      #"{"payload": tru}"#, #"{"payload": [1,]}"#, "{\"a\": \"\u{01}\"}"] {
-            assertThrows(try mapper.event(message: message(json), commit: begin),
+            assertThrows(try mapper.event(message: message(json), committedAt: begin.commitTime),
                          { error in if case .invalidMessage = error as? MappingError { true } else { false } }, json)
         }
-        assertThrows(try mapper.event(message: message("[1]"), commit: begin), isMapping(.invalidMessage(reason: "expected a JSON object at byte 0")))
-        assertThrows(try mapper.event(message: message(#"{"payload": 1} x"#), commit: begin),
+        assertThrows(try mapper.event(message: message("[1]"), committedAt: begin.commitTime), isMapping(.invalidMessage(reason: "expected a JSON object at byte 0")))
+        assertThrows(try mapper.event(message: message(#"{"payload": 1} x"#), committedAt: begin.commitTime),
                      isMapping(.invalidMessage(reason: "trailing characters after the object at byte 15")))
     }
 
@@ -479,12 +493,15 @@ final class EventMapperTests: XCTestCase {
         guard case let .success(.message(transactional)) = decodeMessage(try Fixtures.bytes("message_transactional.bin")),
               case let .success(.message(nontransactional)) = decodeMessage(try Fixtures.bytes("message_nontransactional.bin"))
         else { return XCTFail("fixtures are not logical messages") }
-        let event = try XCTUnwrap(try mapper.event(message: transactional, commit: begin))
+        let event = try XCTUnwrap(try mapper.event(message: transactional, committedAt: begin.commitTime))
         XCTAssertEqual(event, OutboxEvent(id: "42", topic: "events", key: nil, type: nil, payload: Array(#""order.created""#.utf8),
                                           payloadFormat: .json, headers: [], lsn: .zero, committedAt: begin.commitTime))
-        XCTAssertNil(try mapper.event(message: nontransactional, commit: begin))
+        // A non-transactional message is an event too (pg_logical_emit_message(false, …), as Debezium delivers it).
+        let heartbeat = try XCTUnwrap(try EventMapper(mapping: try defaultMapping(topic: "events", columns: columns))
+            .event(message: nontransactional, committedAt: begin.commitTime))
+        XCTAssertEqual(heartbeat.id, "lsn:0/3E3F5A8")
         // With the default columns the captured message has no payload.
-        assertThrows(try makeMapper().event(message: transactional, commit: begin), isMapping(.nullColumn(column: "payload")))
+        assertThrows(try makeMapper().event(message: transactional, committedAt: begin.commitTime), isMapping(.nullColumn(column: "payload")))
     }
 }
 

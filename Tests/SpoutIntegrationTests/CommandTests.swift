@@ -227,7 +227,10 @@ final class ErrorMessageTests: XCTestCase {
             return streamer != nil
         }
         let pid = try XCTUnwrap(streamer)
-        _ = try assertOneLineError(["run"] + outbox.arguments, contains: ["replication slot \"\(outbox.slot)\" is in use", "PID \(pid)"])
+        // The PID in PostgreSQL's message is the walsender's (a database backend): spout names its client instead.
+        _ = try assertOneLineError(["run"] + outbox.arguments, contains: [
+            "replication slot \"\(outbox.slot)\" is in use by \"spout run host=", "pid=\(first.process.processIdentifier)",
+            "server PID \(pid)", "not that PID"])
         first.signal(SIGTERM)
         XCTAssertEqual(first.waitForExit(), 0, first.stderr)
     }

@@ -213,12 +213,12 @@ final class DeliveryTests: XCTestCase {
     }
 
     /// A reader that stops reading (a full stdout pipe, like a stalled broker): spout keeps
-    /// sending status updates, so the walsender (wal_sender_timeout = 10 s in the test server)
+    /// sending status updates, so the walsender (wal_sender_timeout = 5 s in the test server)
     /// does not drop it; nothing is confirmed that was not written; then everything arrives.
     func testStalledReaderKeepsTheConnectionAlive() throws {
         let outbox = try OutboxFixture("stalled")
         defer { outbox.tearDown() }
-        XCTAssertEqual(try outbox.admin.value("SHOW wal_sender_timeout"), "10s")
+        XCTAssertEqual(try outbox.admin.value("SHOW wal_sender_timeout"), "5s")
         let spout = try SpoutProcess(["run"] + outbox.arguments, stdoutPipe: true)
         var pid: String?
         try eventually("slot active with a walsender PID") {

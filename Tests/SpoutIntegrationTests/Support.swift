@@ -11,6 +11,13 @@ enum TestDatabase {
         return url
     }
 
+    /// The test server's URL for another database on it.
+    static func url(database: String) throws -> String {
+        var components = try XCTUnwrap(URLComponents(string: try url()))
+        components.path = "/" + database
+        return try XCTUnwrap(components.string)
+    }
+
     static func connect() throws -> PostgresConnection { try PostgresConnection(try url()) }
 
     /// A unique name for this test's table, publication and slot.

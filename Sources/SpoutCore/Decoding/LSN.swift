@@ -8,6 +8,12 @@ public struct LSN: RawRepresentable, Hashable, Comparable, Sendable, CustomStrin
 
     public static let zero = LSN(0)
 
+    /// `bytes` further on, saturating at the end of the LSN space.
+    public func advanced(by bytes: UInt64) -> LSN {
+        let (sum, overflow) = rawValue.addingReportingOverflow(bytes)
+        return LSN(overflow ? .max : sum)
+    }
+
     /// Parses `X/X` as PostgreSQL prints it (`16/B374D848`); `nil` when malformed.
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)

@@ -15,9 +15,15 @@ public struct EventMapper: Sendable {
     }
 
     private var layouts: [UInt32: RowLayout] = [:]
+    /// The outbox table's OID when Spout started: a Relation with this OID is the outbox
+    /// under whatever name (a rename is the same table; the WAL's Relation carries the new name).
+    public var outboxOID: UInt32?
+    /// `schema.name` of relations that are not the outbox, for errors about their rows.
+    private var otherRelations: [UInt32: String] = [:]
 
-    public init(mapping: OutboxMapping) {
+    public init(mapping: OutboxMapping, outboxOID: UInt32? = nil) {
         self.mapping = mapping
+        self.outboxOID = outboxOID
     }
 
     /// PostgreSQL type oids (`pg_type.dat`).
@@ -27,42 +33,55 @@ public struct EventMapper: Sendable {
         static let jsonb: UInt32 = 3802
     }
 
-    /// Records a Relation message. Returns true when it is the outbox table; throws when the
-    /// outbox table lacks a column the mapping needs.
+    /// Records a Relation message. Returns true when it is the outbox table: its configured
+    /// name, or the OID the outbox had at startup under another name; throws when the outbox
+    /// table lacks a column the mapping needs.
     @discardableResult
     public mutating func register(_ relation: PgOutputMessage.Relation) throws(MappingError) -> Bool {
         let schema = relation.namespace.isEmpty ? "pg_catalog" : relation.namespace
-        guard schema == mapping.table.schema, relation.name == mapping.table.name else {
+        guard (schema == mapping.table.schema && relation.name == mapping.table.name) || relation.oid == outboxOID else {
             layouts[relation.oid] = nil
+            otherRelations[relation.oid] = "\(schema).\(relation.name)"
             return false
         }
-        let names = mapping.columns
         var positions: [String: (index: Int, type: UInt32)] = [:]
         for (index, column) in relation.columns.enumerated() { positions[column.name] = (index, column.typeOID) }
-        func required(_ name: String, _ flag: String) throws(MappingError) -> (index: Int, type: UInt32) {
-            guard let position = positions[name] else {
-                throw .missingColumn(table: mapping.table.description, column: name,
-                                     hint: "name the right column with \(flag), or check that the publication's table is the outbox")
-            }
-            return position
-        }
-        let id = try required(names.id, "--id-column")
-        let payload = try required(names.payload, "--payload-column")
+        try checkColumns(Set(positions.keys))
+        let names = mapping.columns
+        let id = positions[names.id]?.index ?? 0
+        let payloadType = positions[names.payload]?.type ?? 0
         var topicColumns: [String: Int] = [:]
-        for column in mapping.topic.columns {
-            topicColumns[column] = try required(column, "--topic (placeholders name columns)").index
-        }
-        let format: OutboxEvent.PayloadFormat = switch payload.type {
+        for column in mapping.topic.columns { topicColumns[column] = positions[column]?.index }
+        let format: OutboxEvent.PayloadFormat = switch payloadType {
         case TypeOID.json, TypeOID.jsonb: .json
         case TypeOID.bytea: .binary
         default: .text
         }
         layouts[relation.oid] = RowLayout(
-            id: id.index, payload: payload.index, payloadFormat: format,
+            id: id, payload: positions[names.payload]?.index ?? 0, payloadFormat: format,
             aggregateID: positions[names.aggregateID]?.index, eventType: positions[names.eventType]?.index,
             headers: positions[names.headers]?.index, topicColumns: topicColumns)
+        otherRelations[relation.oid] = nil
         return true
     }
+
+    /// Throws when a table with these columns lacks one the mapping needs: the id, the
+    /// payload, every topic placeholder. Spout checks the table at startup with it, and
+    /// every Relation message.
+    public func checkColumns(_ columns: Set<String>) throws(MappingError) {
+        func required(_ name: String, _ flag: String) throws(MappingError) {
+            guard columns.contains(name) else {
+                throw .missingColumn(table: mapping.table.description, column: name,
+                                     hint: "name the right column with \(flag), or check that the publication's table is the outbox")
+            }
+        }
+        try required(mapping.columns.id, "--id-column")
+        try required(mapping.columns.payload, "--payload-column")
+        for column in mapping.topic.columns { try required(column, "--topic (placeholders name columns)") }
+    }
+
+    /// `schema.name` of a relation that is not the outbox (from its Relation message).
+    public func otherRelationName(_ relationOID: UInt32) -> String? { otherRelations[relationOID] }
 
     public func isOutbox(relationOID: UInt32) -> Bool { layouts[relationOID] != nil }
 
@@ -95,10 +114,11 @@ public struct EventMapper: Sendable {
                            lsn: .zero, committedAt: commit.commitTime)
     }
 
-    /// Maps a transactional logical message with the outbox prefix: a JSON object with the
-    /// same fields as an outbox row. Without an `id`, the message's LSN is its stable id.
-    public func event(message: PgOutputMessage.LogicalMessage, commit: PgOutputMessage.Begin) throws(MappingError) -> OutboxEvent? {
-        guard message.isTransactional, message.prefix == mapping.messagePrefix else { return nil }
+    /// Maps a logical message with the outbox prefix: a JSON object with the same fields as an
+    /// outbox row. Without an `id`, the message's LSN is its stable id. `committedAt` is its
+    /// transaction's commit time (for a non-transactional message, when Spout read it).
+    public func event(message: PgOutputMessage.LogicalMessage, committedAt: PostgresTimestamp) throws(MappingError) -> OutboxEvent? {
+        guard message.prefix == mapping.messagePrefix else { return nil }
         let members: [(key: String, value: JSONScanner.Value)]
         do {
             members = try JSONScanner.objectMembers(message.content[...])
@@ -133,7 +153,7 @@ public struct EventMapper: Sendable {
         }
         return OutboxEvent(id: text(names.id) ?? "lsn:\(message.lsn)", topic: topic, key: text(names.aggregateID),
                            type: text(names.eventType), payload: payload, payloadFormat: .json, headers: headers,
-                           lsn: .zero, committedAt: commit.commitTime)
+                           lsn: .zero, committedAt: committedAt)
     }
 
     /// A JSON object of header names to values; string values are taken as they are,

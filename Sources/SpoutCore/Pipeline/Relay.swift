@@ -41,6 +41,8 @@ public final class Relay {
     private let stream: ReplicationStream
     private var mapper: EventMapper
     private let sink: Sink
+    /// Verifies that the table and publication did not change; idle positions are confirmed only as far as it verified.
+    private let watch: PublicationWatch?
     private let options: Options
     private let log: Log
     private let clock = ContinuousClock()
@@ -79,17 +81,19 @@ public final class Relay {
     private var replyRequested = false
     private var lastStatusAt: ContinuousClock.Instant
     private var lastSentFlush = LSN.zero
-    private var warnedNonTransactionalMessage = false
+    private var warnedRename: String?
 
     /// - Parameter start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
-    public init(stream: ReplicationStream, mapper: EventMapper, sink: Sink, start: LSN, options: Options, log: Log) {
+    public init(stream: ReplicationStream, mapper: EventMapper, sink: Sink, start: LSN, options: Options, log: Log,
+                watch: PublicationWatch? = nil) {
         self.stream = stream
         self.mapper = mapper
         self.sink = sink
+        self.watch = watch
         self.options = options
         self.log = log
         tracker = AckTracker(start: max(start, options.startLSN ?? start))
-        tracker.followLimit = options.endLSN
+        tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch?.verified)
         inFlightSizes = [Int](repeating: 0, count: max(1, options.maxInFlightEvents))
         inFlightCommitTimes = options.recordLatency
             ? [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: inFlightSizes.count) : []
@@ -106,6 +110,7 @@ public final class Relay {
         do {
             while true {
                 if stop.isRequested {
+                    log.info("stopping: waiting up to \(options.shutdownTimeout.secondsText) s for \(dispatchedUnacknowledged + spool.committedCount) acknowledgements")
                     try drain(deadline: clock.now + options.shutdownTimeout)
                     return .stopped
                 }
@@ -114,6 +119,7 @@ public final class Relay {
                 let completed = try pollSink()
                 try sendStatusIfDue()
                 if reachedEnd, transaction == nil, spool.committedCount == 0, dispatchedUnacknowledged == 0 {
+                    try verifyBeforeFinalStatus()
                     try sendStatus()
                     stream.finish()
                     return .reachedEnd
@@ -121,11 +127,22 @@ public final class Relay {
                 if read == 0, completed == 0 { try waitForWork(stop: stop) }
             }
         } catch {
+            let error = naming(transaction, in: error)
             if case .connectionLost = error { throw error }
             // Deliver and confirm what came before the failure; nothing after it is confirmed.
             try? drain(deadline: clock.now + options.shutdownTimeout)
             throw error
         }
+    }
+
+    /// A server error in the middle of a transaction (say, WAL bytes that are not valid in
+    /// the client encoding, from an SQL_ASCII database) names that transaction and how to skip
+    /// it: the error comes again on every start otherwise.
+    private func naming(_ open: PgOutputMessage.Begin?, in error: SpoutError) -> SpoutError {
+        guard let open, case let .server(serverError, context) = error else { return error }
+        return .server(serverError, while: "\(context) in the transaction that commits at \(open.finalLSN) (xid \(open.xid)); it recurs on "
+                       + "every start: fix the cause, or skip that whole transaction (all its events, and only them) with "
+                       + "spout run --start-lsn \(open.finalLSN.advanced(by: 1)) and your other options, then deliver its events by hand")
     }
 
     // MARK: Reading
@@ -209,13 +226,25 @@ public final class Relay {
             skippingTransaction = options.startLSN.map { begin.finalLSN < $0 } ?? false
             tracker.transactionBegan()
         case let .relation(relation):
-            do {
-                if try mapper.register(relation) { log.debug("outbox relation \(relation.namespace).\(relation.name) oid \(relation.oid)") }
-            } catch {
-                throw .invalidOption(error.description)
+            let isOutbox: Bool
+            do { isOutbox = try mapper.register(relation) } catch { throw .invalidOption(error.description) }
+            guard isOutbox else { return }
+            log.debug("outbox relation \(relation.namespace).\(relation.name) oid \(relation.oid)")
+            let name = "\(relation.namespace).\(relation.name)"
+            if name != mapper.mapping.table.description, warnedRename != name {
+                warnedRename = name
+                log.warning("the outbox table \(mapper.mapping.table) (oid \(relation.oid)) is named \(name) in the WAL: it was renamed; "
+                            + "spout follows the same table (by oid), and needs --table \(name) on its next start if the name stays")
             }
         case let .insert(insert):
             guard let begin = transaction, !skippingTransaction else { return }
+            guard mapper.isOutbox(relationOID: insert.relationOID) else {
+                // Every insert the publication sends is an event or an error, never dropped unnoticed.
+                let name = mapper.otherRelationName(insert.relationOID) ?? "oid \(insert.relationOID)"
+                throw .publicationChanged("an insert into \(name) arrived through the publication in the transaction that commits at \(begin.finalLSN), "
+                                          + "but spout maps only the outbox table \(mapper.mapping.table): give spout a publication of its own "
+                                          + "(only the outbox table) or remove \(name) from it (ALTER PUBLICATION … DROP TABLE), then restart")
+            }
             let event: OutboxEvent?
             do { event = try mapper.event(relationOID: insert.relationOID, row: insert.new, commit: begin) } catch {
                 throw .unmappableEvent(error, eventID: mapper.rowID(relationOID: insert.relationOID, row: insert.new),
@@ -224,18 +253,11 @@ public final class Relay {
             if let event { try accept(event) }
         case let .message(logical):
             guard logical.prefix == mapper.mapping.messagePrefix else { return }
-            guard logical.isTransactional, let begin = transaction else {
-                if !warnedNonTransactionalMessage {
-                    warnedNonTransactionalMessage = true
-                    log.warning("ignoring a non-transactional logical message with prefix \"\(logical.prefix)\" at \(logical.lsn): "
-                                + "only pg_logical_emit_message(true, ...) is delivered with its transaction's guarantees")
-                }
-                return
-            }
+            guard let begin = transaction else { return try acceptNonTransactional(logical) }
             guard !skippingTransaction else { return }
             let event: OutboxEvent?
-            do { event = try mapper.event(message: logical, commit: begin) } catch {
-                throw .unmappableEvent(error, eventID: nil, lsn: logical.lsn)
+            do { event = try mapper.event(message: logical, committedAt: begin.commitTime) } catch {
+                throw .unmappableEvent(error, eventID: nil, lsn: begin.finalLSN)
             }
             if let event { try accept(event) }
         case let .commit(commit):
@@ -262,6 +284,33 @@ public final class Relay {
             // Spout does not ask for streaming or two-phase; the server sends none of these.
             throw .protocolViolation(.unknownMessageType(0), context: "streamed or two-phase message that spout did not request")
         }
+    }
+
+    /// `pg_logical_emit_message(false, …)`: written to the WAL at once, whatever the
+    /// transaction around it does (it survives a rollback), and sent by the server outside any
+    /// transaction. It is delivered as a transaction of its own at its LSN, in arrival order;
+    /// once acknowledged, the position just past it is confirmed (the server decodes a message
+    /// again only from its own LSN on).
+    private func acceptNonTransactional(_ logical: PgOutputMessage.LogicalMessage) throws(SpoutError) {
+        if let end = options.endLSN, logical.lsn >= end {
+            reachedEnd = true
+            return
+        }
+        if let start = options.startLSN, logical.lsn < start { return }
+        let event: OutboxEvent?
+        do { event = try mapper.event(message: logical, committedAt: PostgresTimestamp(unixMicroseconds: LatencyRecorder.nowMicros())) } catch {
+            throw .unmappableEvent(error, eventID: nil, lsn: logical.lsn)
+        }
+        guard let event else { return }
+        tracker.transactionBegan()
+        try accept(event)
+        if streaming {
+            _ = tracker.transactionCommitted(endLSN: logical.lsn.advanced(by: 1), eventCount: 0)
+        } else {
+            spool.commit(endLSN: logical.lsn, committedAt: event.committedAt)
+            _ = tracker.transactionCommitted(endLSN: logical.lsn.advanced(by: 1), eventCount: 1)
+        }
+        statistics.transactions += 1
     }
 
     // MARK: Sink
@@ -360,10 +409,30 @@ public final class Relay {
     /// Status goes out when the server asks, when the confirmable LSN moved (at most every
     /// 10 ms), and at least every `statusInterval` so the walsender never times out.
     private func sendStatusIfDue() throws(SpoutError) {
+        if let watch {
+            if let failure = watch.failure { throw failure }
+            tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch.verified)
+        }
         let now = clock.now
         let moved = tracker.confirmed != lastSentFlush && now - lastStatusAt >= .milliseconds(10)
         guard replyRequested || moved || now - lastStatusAt >= options.statusInterval else { return }
         try sendStatus()
+    }
+
+    /// The idle position is followed up to the replay's end and what the watch verified.
+    static func followLimit(end: LSN?, verified: LSN?) -> LSN? {
+        switch (end, verified) {
+        case let (end?, verified?): min(end, verified)
+        case let (end, verified): end ?? verified
+        }
+    }
+
+    /// Before the last status update: one more check, so the idle position it confirms is verified up to now.
+    private func verifyBeforeFinalStatus() throws(SpoutError) {
+        guard let watch else { return }
+        watch.checkNow(timeout: .seconds(5))
+        if let failure = watch.failure { throw failure }
+        tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch.verified)
     }
 
     private func sendStatus() throws(SpoutError) {
@@ -383,8 +452,11 @@ public final class Relay {
     /// out even when the sink fails meanwhile; the first failure is rethrown after it.
     private func drain(deadline: ContinuousClock.Instant) throws(SpoutError) {
         var failure: SpoutError?
-        while dispatchedUnacknowledged > 0, clock.now < deadline {
+        // Committed transactions still in the spool go out too: after a poison event, all
+        // before it must be confirmed, or skipping just its transaction would skip them too.
+        while dispatchedUnacknowledged > 0 || spool.committedCount > 0, clock.now < deadline {
             do {
+                try dispatch()
                 if try pollSink() == 0 {
                     try sendStatusIfDue()
                     var others: [Int32] = []
@@ -396,11 +468,22 @@ public final class Relay {
                 break
             }
         }
-        if dispatchedUnacknowledged > 0, failure == nil {
-            log.warning("\(dispatchedUnacknowledged) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
+        if dispatchedUnacknowledged + spool.committedCount > 0, failure == nil {
+            log.warning("\(dispatchedUnacknowledged + spool.committedCount) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
+        }
+        if failure == nil {
+            do { try verifyBeforeFinalStatus() } catch { failure = error }
         }
         do { try sendStatus() } catch { failure = failure ?? error }
         stream.finish()
         if let failure { throw failure }
+    }
+}
+
+extension Duration {
+    /// Whole or fractional seconds, as a person writes them (`30`, `2.5`).
+    var secondsText: String {
+        let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
+        return seconds == seconds.rounded() ? String(Int64(seconds)) : String(format: "%.3g", seconds)
     }
 }

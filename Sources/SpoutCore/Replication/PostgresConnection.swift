@@ -31,10 +31,23 @@ public final class PostgresConnection {
             PQfinish(connection)
             throw .connectionFailed(target: target, detail: detail)
         }
+        // libpq prints server NOTICEs raw to stderr ("relation … already exists, skipping"):
+        // Spout reports what matters itself, escaped.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
     }
 
     deinit { PQfinish(handle) }
+
+    /// `spout ROLE host=HOST pid=PID`: what `pg_stat_activity` and a "slot in use" error show of
+    /// Spout's connections, so people stop the right process (not the walsender's backend).
+    /// PostgreSQL keeps 63 bytes of printable ASCII.
+    public static func applicationName(_ role: String) -> String {
+        var host = [CChar](repeating: 0, count: 256)
+        let hostName = gethostname(&host, host.count) == 0 ? String(cString: host) : "?"
+        let name = "spout \(role) host=\(hostName) pid=\(getpid())"
+        return String(String.UnicodeScalarView(name.unicodeScalars.filter { $0.isASCII && $0.value >= 0x20 && $0.value < 0x7F }).prefix(63))
+    }
 
     public var serverVersion: Int { Int(PQserverVersion(handle)) }
     var socket: Int32 { PQsocket(handle) }

@@ -41,6 +41,13 @@ public struct ReplicationSetup: Sendable {
         public var restartLSN: LSN?
         public var walStatus: String?
         public var temporary: Bool
+        public var twoPhase: Bool
+        /// Why PostgreSQL invalidated the slot (`invalidation_reason` on 17+, `conflicting`
+        /// on 16, `wal_status = lost` everywhere), nil while it is usable.
+        public var invalidation: String?
+        /// Who streams from the slot: the `application_name`/address of its walsender's
+        /// client (Spout names itself "spout run host=… pid=…").
+        public var activeClient: String?
     }
 
     /// Checks what `run` and `tail` need of the server: version and `wal_level`.
@@ -50,13 +57,22 @@ public struct ReplicationSetup: Sendable {
         guard level == "logical" else { throw .walLevelNotLogical(current: level ?? "unknown") }
     }
 
-    public func checkTable(_ connection: PostgresConnection) throws(SpoutError) {
+    /// The outbox table as it is now: its OID (which Spout follows through renames) and columns.
+    public struct TableInfo: Sendable {
+        public var oid: UInt32
+        public var columns: Set<String>
+    }
+
+    @discardableResult
+    public func checkTable(_ connection: PostgresConnection) throws(SpoutError) -> TableInfo {
         let rows = try connection.query("""
-            SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            SELECT c.oid, a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
              WHERE n.nspname = \(SQL.literal(table.schema)) AND c.relname = \(SQL.literal(table.name))
                AND c.relkind IN ('r', 'p')
             """, context: "cannot look up table \(table)")
-        guard !rows.isEmpty else { throw .tableMissing(table: table.description) }
+        guard let oid = rows.first?.first.flatMap({ $0.flatMap { UInt32($0) } }) else { throw .tableMissing(table: table.description) }
+        return TableInfo(oid: oid, columns: Set(rows.compactMap { $0.count > 1 ? $0[1] : nil }))
     }
 
     /// Makes sure the publication exists and publishes the table. Returns true when it was created.
@@ -72,7 +88,30 @@ public struct ReplicationSetup: Sendable {
                AND schemaname = \(SQL.literal(table.schema)) AND tablename = \(SQL.literal(table.name))
             """, context: "cannot look up publication \"\(publication)\"")
         guard !publishes.isEmpty else { throw .publicationLacksTable(publication: publication, table: table.sql) }
+        // Every insert the publication sends must be an event: a publication shared with other
+        // tables (or FOR ALL TABLES) would stop spout at their first insert, so say it now.
+        let others = try connection.query("""
+            SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables
+             WHERE pubname = \(SQL.literal(publication))
+               AND NOT (schemaname = \(SQL.literal(table.schema)) AND tablename = \(SQL.literal(table.name)))
+             ORDER BY 1 LIMIT 6
+            """, context: "cannot look up publication \"\(publication)\"").compactMap { $0.first ?? nil }
+        if !others.isEmpty {
+            let list = others.prefix(5).joined(separator: ", ") + (others.count > 5 ? ", …" : "")
+            throw .publicationChanged("publication \"\(publication)\" publishes other tables besides \(table) (\(list)): spout maps only the "
+                                      + "outbox, and an insert into another table would stop it. Give spout a publication of its own "
+                                      + "(--publication NAME; spout setup creates it for the outbox only) or ALTER PUBLICATION "
+                                      + "\(SQL.identifier(publication)) DROP TABLE the others")
+        }
         return !exists
+    }
+
+    /// The publication's OID: a dropped and recreated publication has another one.
+    public func publicationOID(_ connection: PostgresConnection) throws(SpoutError) -> UInt32 {
+        let text = try connection.query("SELECT oid FROM pg_publication WHERE pubname = \(SQL.literal(publication))",
+                                        context: "cannot look up publication \"\(publication)\"").first?.first ?? nil
+        guard let oid = text.flatMap({ UInt32($0) }) else { throw .publicationMissing(publication: publication, table: table.sql) }
+        return oid
     }
 
     public static func publicationExists(_ connection: PostgresConnection, name: String) throws(SpoutError) -> Bool {
@@ -82,35 +121,87 @@ public struct ReplicationSetup: Sendable {
 
     public static func slotState(_ connection: PostgresConnection, slot: String) throws(SpoutError) -> SlotState? {
         let rows = try connection.query("""
-            SELECT plugin, database, active, active_pid, confirmed_flush_lsn, restart_lsn, wal_status, temporary
-              FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot))
+            SELECT s.plugin, s.database, s.active, s.active_pid, s.confirmed_flush_lsn, s.restart_lsn, s.wal_status,
+                   s.temporary, s.two_phase,
+                   \(invalidationSQL(connection)),
+                   (SELECT NULLIF(concat_ws(' from ', NULLIF(a.application_name, ''), COALESCE(a.client_hostname, host(a.client_addr))), '')
+                      FROM pg_stat_activity a WHERE a.pid = s.active_pid)
+              FROM pg_replication_slots s WHERE s.slot_name = \(SQL.literal(slot))
             """, context: "cannot look up replication slot \"\(slot)\"")
-        guard let row = rows.first, row.count == 8 else { return nil }
+        guard let row = rows.first, row.count == 11 else { return nil }
         return SlotState(plugin: row[0] ?? "", database: row[1], active: row[2] == "t", activePID: row[3],
                          confirmedFlush: row[4].flatMap { LSN($0) }, restartLSN: row[5].flatMap { LSN($0) },
-                         walStatus: row[6], temporary: row[7] == "t")
+                         walStatus: row[6], temporary: row[7] == "t", twoPhase: row[8] == "t", invalidation: row[9],
+                         activeClient: row[10])
     }
 
-    /// Makes sure the slot exists (creating it when `create`) and uses pgoutput; in use or
-    /// not (what `spout setup` needs). Returns its state and whether it was created.
-    public func provideSlot(_ connection: PostgresConnection, create: Bool) throws(SpoutError) -> (state: SlotState, created: Bool) {
-        var created = false
-        if try Self.slotState(connection, slot: slot) == nil {
-            guard create else { throw .slotMissing(slot: slot) }
-            try connection.query(slotSQL, context: "cannot create replication slot \"\(slot)\"")
-            created = true
-        }
-        guard let state = try Self.slotState(connection, slot: slot) else { throw .slotMissing(slot: slot) }
+    /// Why a slot of `pg_replication_slots s` is invalidated, or NULL. The columns differ by
+    /// version: `conflicting` (16), `invalidation_reason` (17); `wal_status = 'lost'` everywhere.
+    public static func invalidationSQL(_ connection: PostgresConnection) -> String {
+        let version = connection.serverVersion
+        let reason = version >= 170000 ? "s.invalidation_reason"
+            : version >= 160000 ? "CASE WHEN s.conflicting THEN 'rows_removed' END" : "NULL::text"
+        return "COALESCE(\(reason), CASE WHEN s.wal_status = 'lost' THEN 'wal_removed' END)"
+    }
+
+    /// What a run needs of a slot beyond its existence: pgoutput, this database, no two-phase
+    /// decoding (PostgreSQL then sends prepared transactions even unasked, which Spout does not
+    /// stream), and WAL it still has.
+    func checkUsable(_ state: SlotState, database: String?) throws(SpoutError) {
         guard state.plugin == "pgoutput" else { throw .slotWrongPlugin(slot: slot, plugin: state.plugin) }
-        return (state, created)
+        if let database, let slotDatabase = state.database, slotDatabase != database {
+            throw .slotUnusable(slot: slot, reason: "belongs to database \"\(slotDatabase)\", not \"\(database)\" (logical slots are per database)",
+                                fix: "connect to \(slotDatabase) with --database-url, or use another --slot")
+        }
+        guard !state.twoPhase else {
+            throw .slotUnusable(slot: slot, reason: "was created with two_phase = true: PostgreSQL then sends prepared transactions, which spout does not stream",
+                                fix: "drop it once it is confirmed (spout slot drop \(slot)) and let spout create a new one, or use another --slot")
+        }
+        if let reason = state.invalidation { throw .slotLost(slot: slot, reason: reason) }
     }
 
-    /// Makes sure the slot exists, uses pgoutput, is not in use and still has its WAL.
+    /// Makes sure the slot exists (creating it when `create`) and can be streamed; in use or
+    /// not (what `spout setup` needs). A slot Spout created and that is gone is refused (its
+    /// events are lost: see `SlotMarker`) unless `recreateLost`. Returns its state and whether
+    /// it was created.
+    public func provideSlot(_ connection: PostgresConnection, create: Bool, recreateLost: Bool = false,
+                            log: Log = Log()) throws(SpoutError) -> (state: SlotState, created: Bool) {
+        let database = try connection.query("SELECT current_database()", context: "cannot read the database name").first?.first ?? nil
+        let marker = try SlotMarker.read(connection, schema: table.schema, slot: slot)
+        var existing = try Self.slotState(connection, slot: slot)
+        if let state = existing, state.invalidation != nil, recreateLost, !state.active {
+            try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(slot)))", context: "cannot drop the invalidated slot \"\(slot)\"")
+            log.warning("dropped the invalidated replication slot \"\(slot)\" (--recreate-lost-slot)")
+            existing = nil
+        }
+        if let state = existing {
+            try checkUsable(state, database: database)
+            if marker == nil { try SlotMarker.adopt(connection, schema: table.schema, slot: slot, log: log) }
+            return (state, false)
+        }
+        if let marker, !recreateLost {
+            let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
+            throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
+        }
+        guard create || (marker != nil && recreateLost) else { throw .slotMissing(slot: slot) }
+        // The marker first: a slot Spout cannot remember having created would go unnoticed when lost.
+        try SlotMarker.prepare(connection, schema: table.schema, slot: slot)
+        try connection.query(slotSQL, context: "cannot create replication slot \"\(slot)\"")
+        guard let state = try Self.slotState(connection, slot: slot) else { throw .slotMissing(slot: slot) }
+        try SlotMarker.recordCreation(connection, schema: table.schema, slot: slot, at: state.confirmedFlush)
+        if let marker {
+            log.warning("created a new replication slot \"\(slot)\" in place of the lost one (--recreate-lost-slot); "
+                        + "events committed after \(marker.confirmedLSN?.description ?? "?") were not delivered by spout: backfill them")
+        }
+        return (state, true)
+    }
+
+    /// Makes sure the slot exists, can be streamed and is not in use.
     /// Returns its state and whether it was created.
-    public func ensureSlot(_ connection: PostgresConnection, create: Bool) throws(SpoutError) -> (state: SlotState, created: Bool) {
-        let (state, created) = try provideSlot(connection, create: create)
-        guard !state.active else { throw .slotActive(slot: slot, pid: state.activePID ?? "?") }
-        guard state.walStatus != "lost" else { throw .slotLost(slot: slot) }
+    public func ensureSlot(_ connection: PostgresConnection, create: Bool, recreateLost: Bool = false,
+                           log: Log = Log()) throws(SpoutError) -> (state: SlotState, created: Bool) {
+        let (state, created) = try provideSlot(connection, create: create, recreateLost: recreateLost, log: log)
+        guard !state.active else { throw .slotActive(slot: slot, pid: state.activePID ?? "?", client: state.activeClient) }
         return (state, created)
     }
 

@@ -6,6 +6,8 @@ import Foundation
 public final class ReplicationStream {
     public let connection: PostgresConnection
     public let protocolVersion: Int
+    private let slot: String
+    private let publication: String
     private var ended = false
 
     /// The highest pgoutput protocol the server speaks: 4 on 16+, 3 on 15, 2 on 14.
@@ -21,6 +23,8 @@ public final class ReplicationStream {
     /// Sends `START_REPLICATION`; on return the connection is in CopyBoth mode.
     public init(connection: PostgresConnection, slot: String, publication: String, start: LSN) throws(SpoutError) {
         self.connection = connection
+        self.slot = slot
+        self.publication = publication
         protocolVersion = Self.protocolVersion(forServer: connection.serverVersion)
         var options = ["\"proto_version\" '\(protocolVersion)'",
                        "\"publication_names\" \(SQL.literal(SQL.identifier(publication)))"]
@@ -32,12 +36,19 @@ public final class ReplicationStream {
         defer { PQclear(result) }
         guard PQresultStatus(result) == PGRES_COPY_BOTH else {
             let error = connection.error(from: result, context: "cannot start streaming from slot \"\(slot)\"")
-            if case let .server(serverError, _) = error, serverError.sqlState == "55006" {
-                throw .slotActive(slot: slot, pid: Self.pid(in: serverError.message) ?? "?")
+            guard case let .server(serverError, _) = error else { throw error }
+            if serverError.sqlState == "55006" {
+                let pid = Self.pid(in: serverError.message)
+                let client = try? pid.flatMap { pid in
+                    try connection.query("""
+                        SELECT NULLIF(concat_ws(' from ', NULLIF(application_name, ''), COALESCE(client_hostname, host(client_addr))), '')
+                          FROM pg_stat_activity WHERE pid = \(pid)
+                        """, context: "").first?.first ?? nil
+                }
+                throw .slotActive(slot: slot, pid: pid ?? "?", client: client ?? nil)
             }
-            if case let .server(serverError, _) = error, serverError.sqlState == "55000",
-               serverError.message.contains("cannot read from logical replication slot") {
-                throw .slotLost(slot: slot)
+            if serverError.sqlState == "55000", serverError.message.contains("cannot read from logical replication slot") {
+                throw .slotLost(slot: slot, reason: "wal_removed")
             }
             throw error
         }
@@ -85,10 +96,24 @@ public final class ReplicationStream {
         collectResults(until: ContinuousClock.now + .seconds(5)) { result in
             let status = PQresultStatus(result)
             if status != PGRES_COMMAND_OK, status != PGRES_TUPLES_OK, failure == nil {
-                failure = connection.error(from: result, context: "streaming stopped")
+                failure = explained(connection.error(from: result, context: "streaming stopped"))
             }
         }
         if let failure { throw failure }
+    }
+
+    /// pgoutput looks the publication up with the catalog as it was at each decoded change, so a
+    /// publication dropped and created again is "missing" for all WAL written before its
+    /// re-creation — on every start, though it exists now.
+    private func explained(_ error: SpoutError) -> SpoutError {
+        guard case let .server(serverError, _) = error, serverError.sqlState == "42704",
+              serverError.message.contains("publication") else { return error }
+        return .publicationChanged(
+            "PostgreSQL cannot use publication \"\(publication)\" for the WAL slot \"\(slot)\" still holds (\(serverError.message)): the "
+            + "publication was dropped and created again after the slot's position, and PostgreSQL decodes each change with the catalog "
+            + "as it was then, so this repeats on every start. Inserts between the drop and the re-creation were never published. "
+            + "To recover: advance the slot past the re-creation (SELECT pg_replication_slot_advance('\(slot)', pg_current_wal_lsn())), "
+            + "re-publish outbox rows written since spout last ran from the table, then restart spout")
     }
 
     /// Reads the remaining results without blocking past `deadline`. A result still in a

@@ -167,18 +167,26 @@ public final class StdoutSink: Sink {
     }
 
     private func appendPretty(_ event: OutboxEvent) {
-        func styled(_ text: String, _ code: String) -> String { color ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
+        // Row content is escaped: on a terminal its control characters would be commands.
+        func styled(_ text: String, _ code: String) -> String {
+            let safe = Log.escaped(text)
+            return color ? "\u{1B}[\(code)m\(safe)\u{1B}[0m" : safe
+        }
         var line = styled(event.committedAt.iso8601, "2") + " " + styled(event.lsn.description, "2") + " "
             + styled(event.topic, "1;36")
         if let key = event.key { line += " key=" + styled(key, "33") }
         if let type = event.type { line += " type=" + styled(type, "35") }
-        line += " id=" + event.id
-        for header in event.headers { line += " " + styled(header.name, "2") + "=" + header.value }
+        line += " id=" + Log.escaped(event.id)
+        for header in event.headers { line += " " + styled(header.name, "2") + "=" + Log.escaped(header.value) }
         line += "\n  "
         buffer.append(contentsOf: line.utf8)
         switch event.payloadFormat {
-        case .json: JSONScanner.compact(event.payload[...], into: &buffer)
-        case .text: buffer.append(contentsOf: event.payload)
+        case .json:
+            // JSON strings may hold C1 controls and bidirectional overrides unescaped.
+            var compacted: [UInt8] = []
+            JSONScanner.compact(event.payload[...], into: &compacted)
+            buffer.append(contentsOf: Log.escaped(String(decoding: compacted, as: UTF8.self)).utf8)
+        case .text: buffer.append(contentsOf: Log.escaped(String(decoding: event.payload, as: UTF8.self)).utf8)
         case .binary: JSONWriter.appendBase64(event.payload, to: &buffer)
         }
         buffer.append(UInt8(ascii: "\n"))

@@ -1,0 +1,189 @@
+import Foundation
+import Synchronization
+
+/// Watches, on a second (normal) connection of its own thread, that what Spout streams has not
+/// changed under it: the outbox is still the same table (by OID: a rename is the same table)
+/// and still in the same publication (by OID: a dropped and recreated publication is not).
+///
+/// Why: rows written to a recreated table, or to a table the publication dropped, never reach
+/// the slot at all, so the relay cannot notice them; but an idle slot confirms the newest WAL
+/// position, which would confirm past them silently. So the relay follows an idle position
+/// only up to `verified`, a WAL position read just before a check that passed; a failed
+/// check stops the relay with `failure`, before anything past the change is confirmed.
+/// Each round also records the slot's progress in its `SlotMarker`.
+public final class PublicationWatch: Sendable {
+    /// What was verified at startup.
+    public struct Identity: Sendable, Equatable {
+        public var tableOID: UInt32
+        public var publicationOID: UInt32
+
+        public init(tableOID: UInt32, publicationOID: UInt32) {
+            self.tableOID = tableOID
+            self.publicationOID = publicationOID
+        }
+    }
+
+    private struct State {
+        var verified: LSN
+        var failure: SpoutError?
+        var checks = 0
+        var checkRequested = false
+        var stopped = false
+    }
+
+    private let state: Mutex<State>
+    private let wakeThread = Wakeup()
+    private let conninfo: String
+    private let setup: ReplicationSetup
+    private let identity: Identity
+    private let markSlot: Bool
+    private let interval: Duration
+    private let log: Log
+
+    /// - Parameters:
+    ///   - verified: the position the slot stands at (nothing past it is confirmed before the first check).
+    ///   - markSlot: record the slot's progress in its marker (not for `tail`'s temporary slot).
+    public init(conninfo: String, setup: ReplicationSetup, identity: Identity, verified: LSN, markSlot: Bool,
+                interval: Duration = .seconds(2), log: Log) {
+        state = Mutex(State(verified: verified))
+        self.conninfo = conninfo
+        self.setup = setup
+        self.identity = identity
+        self.markSlot = markSlot
+        self.interval = interval
+        self.log = log
+    }
+
+    /// The newest WAL position at which the table and publication were verified unchanged.
+    public var verified: LSN { state.withLock { $0.verified } }
+    /// Set once a check found a change: the relay stops with it.
+    public var failure: SpoutError? { state.withLock { $0.failure } }
+    var checks: Int { state.withLock { $0.checks } }
+
+    public func start() {
+        let thread = Thread { [self] in loop() }
+        thread.name = "spout-watch"
+        thread.start()
+    }
+
+    public func stop() {
+        state.withLock { $0.stopped = true }
+        wakeThread.signal()
+    }
+
+    /// Asks for a check now and waits (at most `timeout`) until one finished: the final status
+    /// update on exit then confirms as far as is verified.
+    public func checkNow(timeout: Duration) {
+        let before = state.withLock { state in
+            state.checkRequested = true
+            return state.checks
+        }
+        wakeThread.signal()
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline, checks == before, failure == nil { usleep(5_000) }
+    }
+
+    private func loop() {
+        var connection: PostgresConnection?
+        var outage = false
+        while !state.withLock({ $0.stopped }) {
+            state.withLock { $0.checkRequested = false }
+            do throws(SpoutError) {
+                let current: PostgresConnection
+                if let connection { current = connection } else {
+                    current = try PostgresConnection(conninfo, applicationName: PostgresConnection.applicationName("watch"))
+                    connection = current
+                }
+                try check(current)
+                if outage {
+                    outage = false
+                    log.info("verifying the outbox table and publication again")
+                }
+            } catch {
+                if case .publicationChanged = error {
+                    state.withLock { $0.failure = error }
+                    return
+                }
+                connection = nil
+                if !outage {
+                    outage = true
+                    log.warning("cannot verify the outbox table and publication (\(error.description)); "
+                                + "an idle slot is not confirmed further until this works again")
+                }
+            }
+            var descriptor = pollfd(fd: wakeThread.descriptor, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(clamping: interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+            if !state.withLock({ $0.checkRequested || $0.stopped }) { _ = poll(&descriptor, 1, milliseconds) }
+            wakeThread.drain()
+        }
+    }
+
+    private func check(_ connection: PostgresConnection) throws(SpoutError) {
+        // The position first: whatever committed before it is visible to the check below.
+        guard let text = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil,
+              let position = LSN(text) else {
+            throw .connectionLost(detail: "pg_current_wal_lsn() returned nothing")
+        }
+        let rows = try connection.query(Self.checkSQL(setup: setup, identity: identity), context: "cannot check the outbox table and publication")
+        guard let row = rows.first, row.count == 4 else { throw .connectionLost(detail: "the watch query returned no row") }
+        if let change = Self.change(setup: setup, identity: identity, tableName: row[0], publicationOID: row[1].flatMap { UInt32($0) },
+                                    published: row[2] == "t", nameOID: row[3].flatMap { UInt32($0) }) {
+            throw .publicationChanged(change)
+        }
+        if markSlot { try? SlotMarker.refresh(connection, schema: setup.table.schema, slot: setup.slot) }
+        state.withLock { state in
+            if position > state.verified { state.verified = position }
+            state.checks += 1
+        }
+    }
+
+    static func checkSQL(setup: ReplicationSetup, identity: Identity) -> String {
+        """
+        SELECT (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = \(identity.tableOID)),
+               (SELECT oid FROM pg_publication WHERE pubname = \(SQL.literal(setup.publication))),
+               EXISTS (SELECT 1 FROM pg_publication_tables pt
+                         JOIN pg_namespace n ON n.nspname = pt.schemaname
+                         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+                        WHERE pt.pubname = \(SQL.literal(setup.publication)) AND c.oid = \(identity.tableOID)),
+               to_regclass(\(SQL.literal(setup.table.sql)))::oid
+        """
+    }
+
+    /// What changed, as the error message; nil when nothing did. Pure, for unit tests.
+    static func change(setup: ReplicationSetup, identity: Identity, tableName: String?, publicationOID: UInt32?,
+                       published: Bool, nameOID: UInt32?) -> String? {
+        let table = setup.table.description
+        let publication = setup.publication
+        let backfill = "re-publish outbox rows written since the change from the table, then restart spout"
+        guard tableName != nil else {
+            let replaced = nameOID.map { " and a new table of that name (oid \($0)) exists" } ?? ""
+            return "the outbox table \(table) (oid \(identity.tableOID)) was dropped while spout ran\(replaced): rows written to a new "
+                + "table are not in publication \"\(publication)\" and never reach the slot, so spout stopped before confirming past the change. "
+                + "To recover: add the new table to the publication (ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE \(setup.table.sql)), "
+                + backfill
+        }
+        guard let publicationOID else {
+            return "publication \"\(publication)\" was dropped while spout ran: nothing written since reaches the slot, so spout stopped before "
+                + "confirming past the change. To recover: create it again (spout setup), advance the slot past the re-creation "
+                + "(SELECT pg_replication_slot_advance('\(setup.slot)', pg_current_wal_lsn())), " + backfill
+        }
+        guard publicationOID == identity.publicationOID else {
+            return "publication \"\(publication)\" was dropped and created again while spout ran (oid \(identity.publicationOID), now \(publicationOID)): "
+                + "inserts between the drop and the re-creation were never published, so spout stopped before confirming past the change. "
+                + "To recover: re-publish outbox rows written in between from the table and restart spout (if the slot still holds WAL "
+                + "from before the re-creation with changes in it, PostgreSQL refuses to decode it, and spout then says how to skip it)"
+        }
+        guard published else {
+            return "publication \"\(publication)\" no longer publishes the outbox table \(table): inserts written since never reach the slot, "
+                + "so spout stopped before confirming past the change. To recover: ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE "
+                + "\(setup.table.sql), " + backfill
+        }
+        if let nameOID, nameOID != identity.tableOID {
+            return "\(table) is now another table (oid \(nameOID)); spout streams oid \(identity.tableOID), now named \(tableName ?? "?"). "
+                + "Rows written to the new \(table) are not in publication \"\(publication)\". To recover: rename the tables back, or add the "
+                + "new one to the publication (ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE \(setup.table.sql)) and " + backfill
+        }
+        return nil
+    }
+}
