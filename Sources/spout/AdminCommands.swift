@@ -52,7 +52,7 @@ struct Status: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let connection = try PostgresConnection(database.databaseURL)
+            let connection = try database.connect()
             let slot = database.slot
             let rows = try connection.query("""
                 SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn, restart_lsn, wal_status,
@@ -66,17 +66,14 @@ struct Status: ParsableCommand {
                           "wal_status", "wal_held_bytes", "lag_bytes", "current_wal_lsn"]
             if json {
                 let numeric: Set<String> = ["active_pid", "wal_held_bytes", "lag_bytes"]
-                let members = zip(fields, row).map { name, value -> String in
-                    let rendered: String
+                print(JSONWriter.object(zip(fields, row).map { name, value in
                     switch (name, value) {
-                    case (_, nil): rendered = "null"
-                    case ("active", let value?): rendered = value == "t" ? "true" : "false"
-                    case (let name, let value?) where numeric.contains(name): rendered = value
-                    case (_, let value?): rendered = "\"\(value)\""
+                    case (_, nil): (name, .null)
+                    case ("active", let value?): (name, .bool(value == "t"))
+                    case (let name, let value?) where numeric.contains(name): (name, Int64(value).map { .integer($0) } ?? .string(value))
+                    case (_, let value?): (name, .string(value))
                     }
-                    return "\"\(name)\":\(rendered)"
-                }
-                print("{" + members.joined(separator: ",") + "}")
+                }))
             } else {
                 for (name, value) in zip(fields, row) {
                     var text = value ?? "-"
@@ -153,5 +150,5 @@ struct LostSlotOption: ParsableArguments {
         "Create a new slot in place of one spout created and lost (dropped, or invalidated); events committed meanwhile are not recovered: backfill them. [SPOUT_RECREATE_LOST_SLOT]"))
     var flag = false
 
-    var isSet: Bool { get throws { try flag || Environment.flag("recreate-lost-slot") } }
+    var isSet: Bool { get throws { try Environment.flag(.recreateLostSlot, given: flag) } }
 }

@@ -3,9 +3,15 @@ import SpoutCore
 
 /// The configuration file: `name = value` lines whose names are the long option names
 /// (`database-url = postgresql://…`, `kafka-property = linger.ms=5`, repeatable), `#` comments.
-/// Precedence: flags, then `SPOUT_*` environment variables, then this file.
+/// Precedence: flags, then `SPOUT_*` environment variables, then this file. A name that is
+/// no option is an error: a typo (`slott = orders`) would otherwise run with the default.
 struct ConfigFile: Sendable {
-    private(set) var values: [String: [String]] = [:]
+    struct Entry: Sendable {
+        var value: String
+        var line: Int
+    }
+
+    private(set) var values: [String: [Entry]] = [:]
     let path: String
 
     init(path: String) throws(SpoutError) {
@@ -14,6 +20,7 @@ struct ConfigFile: Sendable {
             throw .invalidOption("cannot read the config file \(path): check the path given with --config or SPOUT_CONFIG")
         }
         let text = String(decoding: data, as: UTF8.self)
+        let names = Setting.allCases.filter(\.allowedInFile).map(\.rawValue)
         for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
@@ -28,12 +35,18 @@ struct ConfigFile: Sendable {
             guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
                 throw .invalidOption("\(path):\(number + 1): \"\(name)\" is not an option name (use the long flag name without --)")
             }
-            values[name, default: []].append(value)
+            guard names.contains(name) else {
+                let hint = Setting.suggestion(for: name, among: names).map { " — did you mean \($0)?" }
+                    ?? " — the names are the long options without --, see spout help run"
+                throw .invalidOption("unknown option \"\(name)\" in \(path):\(number + 1)\(hint)")
+            }
+            values[name, default: []].append(Entry(value: value, line: number + 1))
         }
     }
 
-    func value(_ name: String) -> String? { values[name]?.last }
-    func all(_ name: String) -> [String] { values[name] ?? [] }
+    func entries(_ name: String) -> [Entry] { values[name] ?? [] }
+
+    var allValues: [String] { values.values.flatMap { $0.map(\.value) } }
 
     /// The file named by `--config PATH` / `--config=PATH` on the command line, or `SPOUT_CONFIG`.
     static let loaded: Result<ConfigFile?, SpoutError> = {

@@ -9,21 +9,45 @@ struct Spout: ParsableCommand {
         abstract: "Streams a PostgreSQL transactional outbox to message brokers, confirming the WAL only after the broker acknowledged.",
         discussion: """
             Every option can also be set with an environment variable: SPOUT_ and the option's name in \
-            upper case with dashes as underscores (--database-url → SPOUT_DATABASE_URL), and a line of a config file \
-            (--config FILE or SPOUT_CONFIG): `database-url = postgresql://…`. Flags win over the environment, \
-            the environment over the file.
+            upper case with dashes as underscores (--database-url → SPOUT_DATABASE_URL; --kafka-property → \
+            SPOUT_KAFKA_PROPERTIES), and a line of a config file (--config FILE or SPOUT_CONFIG): \
+            `database-url = postgresql://…`. Flags win over the environment, the environment over the file. \
+            An unknown key in the file or an unknown SPOUT_* variable is an error (SPOUT_TEST_*, SPOUT_PG_*, \
+            SPOUT_BIN and SPOUT_KAFKA_MOCK_BIN belong to the project's scripts and are ignored). \
+            The command-line switches --json, --print and --report-latency are flags only.
             """,
         subcommands: [Run.self, Tail.self, Setup.self, Status.self, Slot.self]
     )
 }
 
+extension Spout {
+    /// ArgumentParser's own errors can quote an argument (`Unexpected argument 'postgres://u:pw@h'`):
+    /// they pass the same redaction as spout's.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            let message = Redaction.scrub(fullMessage(for: error), secrets: Environment.secrets)
+            if !message.isEmpty {
+                if code == .success { print(message) } else { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            }
+            exit(withError: ExitCode(code.rawValue))
+        }
+    }
+}
+
 /// Exits with one clear line on stderr for a Spout error; anything else goes to ArgumentParser.
+/// The configuration is checked first (file keys, SPOUT_* names), and no message leaves with
+/// a password, token or secret property value in it.
 func reportingErrors(_ body: () throws -> Void) throws {
     do {
         if case let .failure(error) = ConfigFile.loaded { throw error }
+        try Environment.checkVariables()
         try body()
     } catch let error as SpoutError {
-        Log().error(error.description)
+        Log().error(Redaction.scrub(error.description, secrets: Environment.secrets))
         throw ExitCode(error.exitCode)
     }
 }

@@ -52,46 +52,51 @@ struct Run: ParsableCommand {
 
     @OptionGroup var lostSlot: LostSlotOption
 
-    @Option(name: .customLong("max-in-flight"), help: ArgumentHelp("Events handed to the sink and not yet acknowledged, at most (default: 10000). [SPOUT_MAX_IN_FLIGHT]", valueName: "n"))
-    var maxInFlightFlag: Int?
-
-    @Option(name: .customLong("max-in-flight-bytes"), help: ArgumentHelp("Bytes of unacknowledged events, at most (default: 33554432). [SPOUT_MAX_IN_FLIGHT_BYTES]", valueName: "n"))
-    var maxInFlightBytesFlag: Int?
-
-    @Option(name: .customLong("spool-memory-bytes"), help: ArgumentHelp(
-        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file (default: 8388608). [SPOUT_SPOOL_MEMORY_BYTES]",
+    // Numbers are parsed by spout, not ArgumentParser: one error line naming the range and the
+    // source, and `.unconditional` so that `--max-in-flight -1` is a value, not an option.
+    @Option(name: .customLong("max-in-flight"), parsing: .unconditional, help: ArgumentHelp(
+        "Events handed to the sink and not yet acknowledged, at most; \(Limits.maxInFlight.lowerBound) to \(Limits.maxInFlight.upperBound) (default: 10000). [SPOUT_MAX_IN_FLIGHT]",
         valueName: "n"))
-    var spoolMemoryBytesFlag: Int?
+    var maxInFlightFlag: String?
+
+    @Option(name: .customLong("max-in-flight-bytes"), parsing: .unconditional, help: ArgumentHelp(
+        "Bytes of unacknowledged events, at most; \(Limits.maxInFlightBytes.lowerBound) to \(Limits.maxInFlightBytes.upperBound) (default: 33554432). [SPOUT_MAX_IN_FLIGHT_BYTES]",
+        valueName: "n"))
+    var maxInFlightBytesFlag: String?
+
+    @Option(name: .customLong("spool-memory-bytes"), parsing: .unconditional, help: ArgumentHelp(
+        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file; \(Limits.spoolMemoryBytes.lowerBound) to \(Limits.spoolMemoryBytes.upperBound) (default: 8388608). [SPOUT_SPOOL_MEMORY_BYTES]",
+        valueName: "n"))
+    var spoolMemoryBytesFlag: String?
 
     @Flag(name: .customLong("report-latency"), help: "On exit, print commit → acknowledgement latency percentiles to stderr.")
     var reportLatency = false
 
-    @Option(name: .customLong("shutdown-timeout"), help: ArgumentHelp("Seconds to wait for acknowledgements on shutdown (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]", valueName: "seconds"))
-    var shutdownTimeoutFlag: Double?
+    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: ArgumentHelp(
+        "Seconds to wait for acknowledgements on shutdown; 0 to 86400, fractions allowed (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]",
+        valueName: "seconds"))
+    var shutdownTimeoutFlag: String?
 
     func run() throws {
         try reportingErrors {
             let log = try logging.log()
             var options = Relay.Options()
-            options.startLSN = try parseLSN(startLSNFlag ?? Environment.value("start-lsn"), option: "--start-lsn")
-            options.endLSN = try parseLSN(endLSNFlag ?? Environment.value("end-lsn"), option: "--end-lsn")
-            if let start = options.startLSN, let end = options.endLSN, end < start {
-                throw SpoutError.invalidOption("--end-lsn \(end) is before --start-lsn \(start)")
+            let startLSN = Environment.lookup(.startLSN, flag: startLSNFlag), endLSN = Environment.lookup(.endLSN, flag: endLSNFlag)
+            options.startLSN = try parseLSN(startLSN)
+            options.endLSN = try parseLSN(endLSN)
+            if let start = options.startLSN, let end = options.endLSN, end < start, let endLSN, let startLSN {
+                throw SpoutError.invalidOption("\(endLSN.display()) is before \(startLSN.display())")
             }
-            options.maxInFlightEvents = try positive(maxInFlightFlag, "max-in-flight") ?? options.maxInFlightEvents
-            options.maxInFlightBytes = try positive(maxInFlightBytesFlag, "max-in-flight-bytes") ?? options.maxInFlightBytes
-            options.spoolMemoryBytes = try positive(spoolMemoryBytesFlag, "spool-memory-bytes") ?? options.spoolMemoryBytes
+            options.maxInFlightEvents = try Environment.integer(.maxInFlight, flag: maxInFlightFlag, in: Limits.maxInFlight) ?? options.maxInFlightEvents
+            options.maxInFlightBytes = try Environment.integer(.maxInFlightBytes, flag: maxInFlightBytesFlag, in: Limits.maxInFlightBytes)
+                ?? options.maxInFlightBytes
+            options.spoolMemoryBytes = try Environment.integer(.spoolMemoryBytes, flag: spoolMemoryBytesFlag, in: Limits.spoolMemoryBytes)
+                ?? options.spoolMemoryBytes
             options.recordLatency = reportLatency
-            if let seconds = try shutdownTimeoutFlag ?? Environment.value("shutdown-timeout").map(parseSeconds) {
-                guard seconds.isFinite, seconds >= 0, seconds <= 86_400 else {
-                    throw SpoutError.invalidOption("--shutdown-timeout \(seconds) must be between 0 and 86400 seconds")
-                }
-                options.shutdownTimeout = .milliseconds(Int(seconds * 1000))
-            }
-            guard options.maxInFlightEvents <= 10_000_000 else {
-                throw SpoutError.invalidOption("--max-in-flight \(options.maxInFlightEvents) is too large: at most 10000000")
-            }
-            let create = try !(noCreateFlag || Environment.flag("no-create"))
+            options.shutdownTimeout = try seconds(Environment.lookup(.shutdownTimeout, flag: shutdownTimeoutFlag)) ?? options.shutdownTimeout
+            // Every sink option too, before anything connects: a bad value never waits for the database.
+            _ = try sinkOptions.options(maxInFlightEvents: options.maxInFlightEvents)
+            let create = try !Environment.flag(.noCreate, given: noCreateFlag)
             let setup = try database.setup()
             var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
             let sink = try sinkOptions.makeSink(maxInFlightEvents: options.maxInFlightEvents, log: log)
@@ -161,9 +166,10 @@ struct Tail: ParsableCommand {
         try reportingErrors {
             let log = try logging.log()
             let terminal = isatty(STDOUT_FILENO) == 1
-            let formatText = formatFlag ?? Environment.value("format") ?? (terminal ? "pretty" : "json")
-            guard let format = StdoutSink.Format(rawValue: formatText) else {
-                throw SpoutError.invalidOption("--format \(formatText) is not a format: use json or pretty")
+            var format: StdoutSink.Format = terminal ? .pretty : .json
+            if let text = Environment.lookup(.format, flag: formatFlag) {
+                guard let chosen = StdoutSink.Format(rawValue: text.value) else { throw text.invalid("is not a format: use json or pretty") }
+                format = chosen
             }
             var setup = try database.setup()
             var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
@@ -215,18 +221,14 @@ struct Tail: ParsableCommand {
     }
 }
 
-private func positive(_ flag: Int?, _ option: String) throws -> Int? {
-    guard let value = try flag ?? Environment.value(option).map({ text in
-        guard let number = Int(text) else { throw SpoutError.invalidOption("SPOUT_\(option.uppercased().replacingOccurrences(of: "-", with: "_"))=\(text) is not a number") }
-        return number
-    }) else { return nil }
-    guard value > 0 else { throw SpoutError.invalidOption("--\(option) must be positive, not \(value)") }
-    return value
-}
-
-private func parseSeconds(_ text: String) throws -> Double {
-    guard let value = Double(text), value >= 0 else {
-        throw SpoutError.invalidOption("SPOUT_SHUTDOWN_TIMEOUT=\(text) is not a number of seconds")
+/// `--shutdown-timeout`: seconds, fractions allowed, within `Limits.shutdownTimeoutSeconds`.
+private func seconds(_ text: Sourced?) throws -> Duration? {
+    guard let text else { return nil }
+    let range = Limits.shutdownTimeoutSeconds
+    let bounds = "\(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds"
+    guard let seconds = Double(text.value.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
+        throw text.invalid("is not a number of seconds: use \(bounds)")
     }
-    return value
+    guard range.contains(seconds) else { throw text.invalid("is out of range: use \(bounds)") }
+    return .milliseconds(Int((seconds * 1000).rounded()))
 }

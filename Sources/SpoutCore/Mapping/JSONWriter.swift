@@ -1,6 +1,35 @@
-/// Appends JSON to a byte buffer; used by the stdout sink and for headers.
-enum JSONWriter {
+/// Appends JSON to a byte buffer; used by the stdout sink, for headers, and for the
+/// commands' `--json` output (one writer, one escaping).
+public enum JSONWriter {
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// A member value of `object(_:)`.
+    public enum Value: Equatable, Sendable {
+        case string(String)
+        case integer(Int64)
+        case bool(Bool)
+        case null
+    }
+
+    /// One JSON object, members in the order given.
+    public static func object(_ members: [(name: String, value: Value)]) -> String {
+        var output: [UInt8] = [UInt8(ascii: "{")]
+        for (index, member) in members.enumerated() {
+            if index > 0 { output.append(UInt8(ascii: ",")) }
+            appendString(member.name, to: &output)
+            output.append(UInt8(ascii: ":"))
+            switch member.value {
+            case let .string(text): appendString(text, to: &output)
+            case let .integer(number):
+                if number < 0 { output.append(UInt8(ascii: "-")) }
+                appendDecimal(number.magnitude, to: &output)
+            case let .bool(flag): output.append(contentsOf: Array((flag ? "true" : "false").utf8))
+            case .null: output.append(contentsOf: Array("null".utf8))
+            }
+        }
+        output.append(UInt8(ascii: "}"))
+        return String(decoding: output, as: UTF8.self)
+    }
 
     /// An unsigned integer in decimal (a JSON number; also Redis entry ids and NATS reply subjects).
     static func appendDecimal(_ value: UInt64, to output: inout [UInt8]) {

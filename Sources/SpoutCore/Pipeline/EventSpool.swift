@@ -38,9 +38,13 @@ final class EventSpool {
 
     private static let backBatchBytes = 1 << 20
 
+    /// Clamped so that sizes derived from it (`2 * memoryLimit + backBatchBytes`) cannot
+    /// overflow, whatever a caller passes; spout checks the option's range, this is the floor.
     init(memoryLimit: Int) {
-        self.memoryLimit = max(memoryLimit, 1 << 16)
+        self.memoryLimit = min(max(memoryLimit, 1 << 16), Self.largestMemoryLimit)
     }
+
+    static let largestMemoryLimit = 1 << 60
 
     deinit {
         if file >= 0 { close(file) }

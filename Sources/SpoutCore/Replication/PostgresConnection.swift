@@ -10,7 +10,8 @@ public final class PostgresConnection {
     /// Connects with a libpq URL or key/value DSN. `replication` adds
     /// `replication=database` (a walsender that also accepts plain SQL).
     public init(_ conninfo: String, replication: Bool = false, applicationName: String = "spout") throws(SpoutError) {
-        target = Self.describe(conninfo)
+        let parsed = try Self.parse(conninfo)
+        target = parsed.target
         // Defaults first: the user's URL/DSN (expanded from dbname) overrides them. TCP
         // keepalives find a silently dead peer in about a minute instead of hours.
         var keywords = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
@@ -26,7 +27,7 @@ public final class PostgresConnection {
         }
         guard let connection else { throw .connectionFailed(target: target, detail: "out of memory") }
         guard PQstatus(connection) == CONNECTION_OK else {
-            let detail = Self.oneLine(String(cString: PQerrorMessage(connection)))
+            let detail = Redaction.scrub(Self.oneLine(String(cString: PQerrorMessage(connection))), secrets: parsed.secrets)
             PQfinish(connection)
             throw .connectionFailed(target: target, detail: detail)
         }
@@ -97,10 +98,26 @@ public final class PostgresConnection {
     /// `user@host:port/dbname` from a URL or DSN, built from libpq's own parse so that no
     /// password (in the URL, a `password=` key or a query parameter) can slip through.
     public static func describe(_ conninfo: String) -> String {
+        (try? parse(conninfo).target) ?? Redaction.scrub(Redaction.conninfo(conninfo), secrets: Redaction.secrets(in: conninfo))
+    }
+
+    /// libpq's reading of the connection string: the target for messages and the strings
+    /// (passwords) that no message may contain. Parse errors never echo the input: libpq
+    /// quotes the offending part (`invalid percent-encoded token: "pa%zzss"`), password and all.
+    /// How errors about the connection string itself begin (spout names where it was set).
+    public static let urlErrorPrefix = "the database URL"
+
+    static func parse(_ conninfo: String) throws(SpoutError) -> (target: String, secrets: [String]) {
+        var secrets = Redaction.secrets(in: conninfo)
+        let shown = Redaction.scrub(Redaction.conninfo(conninfo), secrets: secrets)
         var errorMessage: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(conninfo, &errorMessage) else {
-            if let errorMessage { PQfreemem(errorMessage) }
-            return "(unparseable connection string)"
+            let reason = errorMessage.map { message in
+                defer { PQfreemem(message) }
+                return withoutQuotedInput(oneLine(String(cString: message)))
+            } ?? "out of memory"
+            throw .invalidOption("\(urlErrorPrefix) \(shown) is not a valid libpq URL or DSN: \(Redaction.scrub(reason, secrets: secrets)); "
+                                 + "percent-encode special characters in a URL's password (e.g. %40 for @, %2F for /)")
         }
         defer { PQconninfoFree(options) }
         var values: [String: String] = [:]
@@ -109,11 +126,39 @@ public final class PostgresConnection {
             if let value = option.pointee.val { values[String(cString: keyword)] = String(cString: value) }
             option += 1
         }
+        if let password = values["password"] { secrets.append(password) }
+        if let password = values["sslpassword"] { secrets.append(password) }
+        // `postgres://u:pa/ss@host` is a password with a "/" to a user, but libpq stops the
+        // user information at the first "/" and reads host "u", port "pa", database "ss@host":
+        // every later message would show the password. Refuse it before connecting.
+        if Redaction.isURI(conninfo), values["password"] == nil, let span = Redaction.userinfo(in: conninfo),
+           conninfo[span].contains(":") {
+            throw .invalidOption("\(urlErrorPrefix) \(shown) has a \"/\" before its last \"@\", which libpq does not read as "
+                                 + "user:password@: percent-encode \"/\" in the password as %2F (or \"@\" in a database name as %40)")
+        }
         let host = values["host"] ?? values["hostaddr"] ?? "localhost"
         let user = values["user"].map { "\($0)@" } ?? ""
         let port = values["port"].map { ":\($0)" } ?? ""
         let database = values["dbname"].map { "/\($0)" } ?? ""
-        return user + host + port + database
+        return (Redaction.scrub(user + host + port + database, secrets: secrets), secrets)
+    }
+
+    /// libpq's parse errors end in the input they choke on, in double quotes; a quoted
+    /// character or two (`matching "]"`) is libpq's own text.
+    private static func withoutQuotedInput(_ message: String) -> String {
+        var result = ""
+        var quoted: String?
+        for character in message {
+            if character == "\"" {
+                if let text = quoted, text.count <= 2 { result += "\"\(text)\"" }
+                quoted = quoted == nil ? "" : nil
+            } else if quoted != nil {
+                quoted?.append(character)
+            } else {
+                result.append(character)
+            }
+        }
+        return result.replacingOccurrences(of: ": ;", with: ";").trimmingCharacters(in: CharacterSet(charactersIn: " :"))
     }
 }
 

@@ -30,6 +30,10 @@ public enum SinkURL {
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
         case "stdout":
+            // stdout:// takes no host or settings: anything after it is a typo, not ignored.
+            guard url[schemeEnd.upperBound...].isEmpty else {
+                throw .invalidOption("--sink \(redacted(url)): stdout:// takes nothing after it; write just stdout://")
+            }
             return StdoutSink()
         case "kafka":
             return try KafkaSink(url: url, options: options, log: log)
@@ -38,15 +42,10 @@ public enum SinkURL {
         case "nats":
             return try NATSJetStreamSink(url: url, options: options, log: log)
         default:
-            throw .invalidOption("unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+            throw .invalidOption("--sink \(redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
         }
     }
 
-    /// The URL without a password (`redis://:secret@host` → `redis://:***@host`).
-    public static func redacted(_ url: String) -> String {
-        guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return url }
-        let credentials = url[schemeEnd.upperBound..<at]
-        guard let colon = credentials.firstIndex(of: ":") else { return url }
-        return String(url[..<url.index(after: colon)]) + "***" + String(url[at...])
-    }
+    /// The URL without a password or token (`redis://:secret@host` → `redis://:***@host`).
+    public static func redacted(_ url: String) -> String { Redaction.url(url) }
 }

@@ -65,14 +65,8 @@ struct NATSEndpoint: Equatable, Sendable {
         }
     }
 
-    /// Redacts before parsing succeeded: everything between `://` and the last `@`
-    /// except a user name before `:`.
-    static func redact(_ url: String) -> String {
-        guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return url }
-        let credentials = url[schemeEnd.upperBound..<at]
-        let kept = credentials.firstIndex(of: ":").map { String(credentials[..<$0]) + ":" } ?? ""
-        return String(url[..<schemeEnd.upperBound]) + kept + "***" + String(url[at...])
-    }
+    /// Redacts before parsing succeeded: the user name stays, a password or token does not.
+    static func redact(_ url: String) -> String { Redaction.url(url) }
 
     private static func credentials(_ text: Substring, display: String) throws(SpoutError) -> Credentials {
         guard let colon = text.firstIndex(of: ":") else {
