@@ -29,7 +29,7 @@ struct Setup: ParsableCommand {
                 print(setup.slotSQL)
                 return
             }
-            let connection = try PostgresConnection(database.databaseURL, applicationName: PostgresConnection.applicationName("setup"))
+            let connection = try database.connect(applicationName: PostgresConnection.applicationName("setup"))
             try ReplicationSetup.checkServer(connection)
             try setup.checkTable(connection)
             let createdPublication = try setup.ensurePublication(connection, create: true)
@@ -96,7 +96,7 @@ struct Slot: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                let connection = try PostgresConnection(database.databaseURL)
+                let connection = try database.connect(applicationName: PostgresConnection.applicationName("admin"))
                 // An invalidated slot is not merely "inactive": it can never stream again.
                 let rows = try connection.query("""
                     SELECT s.slot_name, s.plugin, s.database,
@@ -124,7 +124,7 @@ struct Slot: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                let connection = try PostgresConnection(database.databaseURL)
+                let connection = try database.connect(applicationName: PostgresConnection.applicationName("admin"))
                 guard let state = try ReplicationSetup.slotState(connection, slot: name) else { throw SpoutError.slotMissing(slot: name) }
                 guard !state.active else { throw SpoutError.slotActive(slot: name, pid: state.activePID ?? "?", client: state.activeClient) }
                 try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(name)))", context: "cannot drop slot \"\(name)\"")

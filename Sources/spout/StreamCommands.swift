@@ -102,7 +102,7 @@ struct Run: ParsableCommand {
             let sink = try sinkOptions.makeSink(maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 
-            let connection = try PostgresConnection(database.databaseURL, replication: true,
+            let connection = try database.connect(replication: true,
                                                     applicationName: PostgresConnection.applicationName("run"))
             try ReplicationSetup.checkServer(connection)
             let table = try setup.checkTable(connection)
@@ -175,7 +175,7 @@ struct Tail: ParsableCommand {
             var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
             let pid = ProcessInfo.processInfo.processIdentifier
             setup.slot = "spout_tail_\(pid)"
-            let connection = try PostgresConnection(database.databaseURL, replication: true,
+            let connection = try database.connect(replication: true,
                                                     applicationName: PostgresConnection.applicationName("tail"))
             try ReplicationSetup.checkServer(connection)
             let table = try setup.checkTable(connection)
