@@ -430,7 +430,9 @@ public final class Relay {
     /// Before the last status update: one more check, so the idle position it confirms is verified up to now.
     private func verifyBeforeFinalStatus() throws(SpoutError) {
         guard let watch else { return }
-        watch.checkNow(timeout: .seconds(5))
+        // A status first: the wait below must not let the walsender's timeout run out.
+        try sendStatus()
+        watch.checkNow(timeout: options.statusInterval * 2)
         if let failure = watch.failure { throw failure }
         tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch.verified)
     }
