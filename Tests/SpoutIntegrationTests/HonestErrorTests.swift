@@ -53,7 +53,7 @@ final class HonestErrorTests: XCTestCase {
         try insertForgedRow()
 
         let tail = try SpoutProcess(["tail", "--format", "pretty", "--id-column", "ext_id"] + outbox.arguments)
-        try eventually("tail streams") { tail.stderr.contains("tailing") }
+        try tail.waitUntilStreaming()
         try insertForgedRow()
         try eventually("the event is printed") { tail.stdout.contains("id=x\\nspout: stopped: forged") }
         tail.signal(SIGTERM)
@@ -100,7 +100,7 @@ final class HonestErrorTests: XCTestCase {
         let outbox = try OutboxFixture("nontx")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try spout.waitUntilStreaming()
         let lsn = try XCTUnwrap(try outbox.admin.lsn("""
             SELECT pg_logical_emit_message(false, 'outbox', '{"id": "hb-1", "aggregate_type": "heartbeat", "payload": {"seq": 7}}')
             """))
@@ -126,7 +126,7 @@ final class HonestErrorTests: XCTestCase {
         let outbox = try OutboxFixture("stopping")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--shutdown-timeout", "7"] + outbox.arguments)
-        try eventually("streaming") { spout.stderr.contains("streaming") }
+        try spout.waitUntilStreaming()
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
         XCTAssertTrue(spout.stderr.contains("stopping: waiting up to 7 s for 0 acknowledgements"), spout.stderr)
