@@ -52,7 +52,8 @@ final class NATSSinkTests: XCTestCase {
     }
 
     /// Events on two subjects arrive once each with id, key, type and the event's headers;
-    /// odd header names and values are made NATS-safe and Nats-* event headers are not passed.
+    /// odd header names and values are made NATS-safe (no control character reaches the wire)
+    /// and Nats-* event headers are not passed.
     func testEveryEventArrivesOnceWithHeaders() throws {
         let server = try NATSServer()
         let client = try JetStreamTestClient(server.url)
@@ -68,8 +69,9 @@ final class NATSSinkTests: XCTestCase {
         try writer.write(transactions: 2, rows: 500)
         let special = try XCTUnwrap(try outbox.admin.value("""
             INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, headers)
-            VALUES ('special', 'key with space', 'Odd', '"text"',
-                    '{"traceparent": "00-abc-01", "two words": "x", "multi": "line1\\nline2", "Nats-Rollup": "all"}')
+            VALUES ('special', 'key with space' || chr(27) || '[2J', 'Odd' || chr(127), '"text"',
+                    '{"traceparent": "00-abc-01", "two words": "x", "multi": "line1\\r\\nline2", "Nats-Rollup": "all",
+                      "ctl": "a\\u001b]0;title\\u0007b\\tc\\u0085d", "esc\\u001bname": "1"}')
             RETURNING id
             """))
         let written = try outbox.currentLSN()
@@ -83,11 +85,13 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertEqual(messages.count, 1_701)
         let specialMessage = try XCTUnwrap(messages.first { $0.header("Nats-Msg-Id") == special })
         XCTAssertEqual(specialMessage.subject, "outbox.event.special")
-        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.keyHeader), "key with space")
-        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.typeHeader), "Odd")
+        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.keyHeader), "key with space [2J", "control characters in the key become spaces")
+        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.typeHeader), "Odd ")
         XCTAssertEqual(specialMessage.header("traceparent"), "00-abc-01")
         XCTAssertEqual(specialMessage.header("two_words"), "x", "invalid header name characters become _")
         XCTAssertEqual(specialMessage.header("multi"), "line1 line2", "line breaks in header values become spaces")
+        XCTAssertEqual(specialMessage.header("ctl"), "a ]0;title b c d", "control characters in header values become spaces")
+        XCTAssertEqual(specialMessage.header("esc_name"), "1", "control characters in header names become _")
         XCTAssertNil(specialMessage.header("Nats-Rollup"), "event headers cannot steer the server")
         XCTAssertEqual(String(decoding: specialMessage.data, as: UTF8.self), "\"text\"", "payload as stored")
         XCTAssertEqual(spout.stderr.components(separatedBy: "Nats-").count - 1, 1, "one warning about the Nats-* header: \(spout.stderr)")
