@@ -69,7 +69,7 @@ final class NATSSinkTests: XCTestCase {
         try writer.write(transactions: 2, rows: 500)
         let special = try XCTUnwrap(try outbox.admin.value("""
             INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, headers)
-            VALUES ('special', 'key with space' || chr(27) || '[2J', 'Odd' || chr(127), '"text"',
+            VALUES ('special', 'key with space' || chr(27) || '[2J', 'O' || chr(127) || 'dd', '"text"',
                     '{"traceparent": "00-abc-01", "two words": "x", "multi": "line1\\r\\nline2", "Nats-Rollup": "all",
                       "ctl": "a\\u001b]0;title\\u0007b\\tc\\u0085d", "esc\\u001bname": "1"}')
             RETURNING id
@@ -86,7 +86,7 @@ final class NATSSinkTests: XCTestCase {
         let specialMessage = try XCTUnwrap(messages.first { $0.header("Nats-Msg-Id") == special })
         XCTAssertEqual(specialMessage.subject, "outbox.event.special")
         XCTAssertEqual(specialMessage.header(NATSJetStreamSink.keyHeader), "key with space [2J", "control characters in the key become spaces")
-        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.typeHeader), "Odd ")
+        XCTAssertEqual(specialMessage.header(NATSJetStreamSink.typeHeader), "O dd")
         XCTAssertEqual(specialMessage.header("traceparent"), "00-abc-01")
         XCTAssertEqual(specialMessage.header("two_words"), "x", "invalid header name characters become _")
         XCTAssertEqual(specialMessage.header("multi"), "line1 line2", "line breaks in header values become spaces")
