@@ -29,28 +29,6 @@ final class NATSSinkTests: XCTestCase {
         }
     }
 
-    /// Checks that `messages` hold each of `ids` exactly once with spout's headers, and that
-    /// per subject and key the payload sequence numbers grow with the stream sequence.
-    private func assertExactlyOnceInOrder(_ messages: [StoredNATSMessage], ids: [String], file: StaticString = #filePath, line: UInt = #line) {
-        let stored = messages.compactMap { $0.header("Nats-Msg-Id") }
-        XCTAssertEqual(stored.count, messages.count, "every message has a Nats-Msg-Id", file: file, line: line)
-        XCTAssertEqual(Set(stored).count, stored.count, "no event stored twice", file: file, line: line)
-        XCTAssertEqual(Set(stored), Set(ids), "the stream holds exactly the events written", file: file, line: line)
-        XCTAssertEqual(messages.count, ids.count, file: file, line: line)
-        var lastSequence: [String: Int] = [:]
-        for message in messages {
-            guard let key = message.header(NATSJetStreamSink.keyHeader), let sequence = message.json?["seq"] as? Int else {
-                return XCTFail("message \(message.sequence) lacks Spout-Key or a payload seq: \(message.headers)", file: file, line: line)
-            }
-            XCTAssertEqual(message.header(NATSJetStreamSink.typeHeader), "Created", file: file, line: line)
-            XCTAssertEqual(message.header("h"), "v", "the event's own headers", file: file, line: line)
-            let orderKey = message.subject + "/" + key
-            XCTAssertGreaterThan(sequence, lastSequence[orderKey] ?? -1, "order of key \(orderKey) at stream sequence \(message.sequence)",
-                                 file: file, line: line)
-            lastSequence[orderKey] = sequence
-        }
-    }
-
     /// Events on two subjects arrive once each with id, key, type and the event's headers;
     /// odd header names and values are made NATS-safe (no control character reaches the wire)
     /// and Nats-* event headers are not passed.
@@ -96,7 +74,7 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertEqual(String(decoding: specialMessage.data, as: UTF8.self), "\"text\"", "payload as stored")
         XCTAssertEqual(spout.stderr.components(separatedBy: "Nats-").count - 1, 1, "one warning about the Nats-* header: \(spout.stderr)")
 
-        assertExactlyOnceInOrder(messages.filter { $0.subject != "outbox.event.special" }, ids: writer.ids)
+        assertStoredOnceInOrder(messages.filter { $0.subject != "outbox.event.special" }, ids: writer.ids)
         XCTAssertEqual(Set(messages.map(\.subject)), ["outbox.event.order", "outbox.event.invoice", "outbox.event.special"])
     }
 
@@ -134,7 +112,7 @@ final class NATSSinkTests: XCTestCase {
         second.signal(SIGTERM)
         XCTAssertEqual(second.waitForExit(), 0, second.stderr)
 
-        assertExactlyOnceInOrder(try client.messages("OUTBOX"), ids: writer.ids)
+        assertStoredOnceInOrder(try client.messages("OUTBOX"), ids: writer.ids)
     }
 
     /// nats-server SIGKILLed and restarted on the same port and store while events flow:
@@ -187,7 +165,7 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
 
         let messages = try client.messages("OUTBOX")
-        assertExactlyOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
+        assertStoredOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
         XCTAssertEqual(Set(messages.filter { $0.header(NATSJetStreamSink.keyHeader) == "marker" }.compactMap { $0.header("Nats-Msg-Id") }),
                        Set(marker.ids))
         let outageWarnings = spout.stderr.split(separator: "\n").filter { $0.contains("is unavailable") }
@@ -230,7 +208,7 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
 
         let messages = try client.messages("OUTBOX")
-        assertExactlyOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
+        assertStoredOnceInOrder(messages.filter { $0.header(NATSJetStreamSink.keyHeader) != "marker" }, ids: writer.ids)
         XCTAssertEqual(messages.filter { $0.header(NATSJetStreamSink.keyHeader) == "marker" }.count, marker.ids.count)
     }
 
@@ -281,7 +259,7 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertTrue(stream.fileStorage)
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
-        assertExactlyOnceInOrder(try client.messages("SPOUT_EVENTS"), ids: writer.ids)
+        assertStoredOnceInOrder(try client.messages("SPOUT_EVENTS"), ids: writer.ids)
         XCTAssertTrue(spout.stderr.contains("created JetStream stream SPOUT_EVENTS"), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("added subject outbox.event.invoice"), spout.stderr)
     }
@@ -304,7 +282,7 @@ final class NATSSinkTests: XCTestCase {
         eventually("the 10 later events in a new AGAIN") { client.count("AGAIN") >= 10 }
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
-        assertExactlyOnceInOrder(try client.messages("AGAIN"), ids: Array(writer.ids.suffix(10)))
+        assertStoredOnceInOrder(try client.messages("AGAIN"), ids: Array(writer.ids.suffix(10)))
         XCTAssertTrue(spout.stderr.contains("no JetStream stream answered a publish"), spout.stderr)
         XCTAssertEqual(spout.stderr.components(separatedBy: "created JetStream stream AGAIN").count - 1, 2, spout.stderr)
     }
@@ -342,7 +320,7 @@ final class NATSSinkTests: XCTestCase {
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
         XCTAssertFalse(spout.stderr.contains("s3cret-pw"), spout.stderr)
-        assertExactlyOnceInOrder(try client.messages("AUTH"), ids: writer.ids)
+        assertStoredOnceInOrder(try client.messages("AUTH"), ids: writer.ids)
     }
 }
 
