@@ -43,9 +43,12 @@ final class BrokerOutageTests: XCTestCase {
         nats.pause()
         try cluster.command("broker-down 1")
         let writtenAtDown = (nats: natsWriter.transactions.count, kafka: kafkaWriter.transactions.count)
-        sleep(15)
+        // A subject spout has not used yet: its stream must be looked up from a hung server.
+        let newSubject = try natsOutbox.insert(natsOutbox.admin, rows: 1, aggregate: "invoice", key: { _ in "i" },
+                                               payload: { _ in "{\"seq\": 0}" })
+        try RelayWatch.sample([natsWatch, kafkaWatch], for: 15)
         nats.kill()
-        sleep(15)
+        try RelayWatch.sample([natsWatch, kafkaWatch], for: 15)
         natsWatch.checkOutage("NATS")
         kafkaWatch.checkOutage("Kafka")
         // Committed after the brokers went down, so never acknowledged during the outage.
@@ -63,13 +66,13 @@ final class BrokerOutageTests: XCTestCase {
 
         let natsIDs = natsWriter.ids
         let natsLast = try XCTUnwrap(natsWriter.transactions.last).after
-        eventually(timeout: 90, "\(natsIDs.count) events in NATS, got \(client.count("OUTBOX")); \(natsSpout.stderr)") {
-            client.count("OUTBOX") >= UInt64(natsIDs.count)
+        eventually(timeout: 90, "\(natsIDs.count + 1) events in NATS, got \(client.count("OUTBOX")); \(natsSpout.stderr)") {
+            client.count("OUTBOX") >= UInt64(natsIDs.count + 1)
         }
         try eventually("NATS: the slot confirms everything delivered") { try XCTUnwrap(try natsOutbox.confirmedFlush) >= natsLast }
         natsSpout.signal(SIGTERM)
         XCTAssertEqual(natsSpout.waitForExit(), 0, natsSpout.stderr)
-        assertStoredOnceInOrder(try client.messages("OUTBOX"), ids: natsIDs)
+        assertStoredOnceInOrder(try client.messages("OUTBOX"), ids: natsIDs + newSubject)
 
         let kafkaIDs = kafkaWriter.ids
         let kafkaLast = try XCTUnwrap(kafkaWriter.transactions.last).after
@@ -84,14 +87,20 @@ final class BrokerOutageTests: XCTestCase {
     }
 }
 
-/// Watches a running spout through an outage: its walsender keeps the same connection (no
-/// "replication timeout"), and it sleeps rather than polls.
-struct RelayWatch {
+/// Watches a running spout through an outage: it sends status updates every second as
+/// always (the walsender sees replies no older than `maxReplyAge`), its walsender keeps the
+/// same connection (no "replication timeout"), and it sleeps rather than polls.
+final class RelayWatch {
+    /// The status interval is 1 s: three is a relay held up, not one descheduled for a moment.
+    static let maxReplyAge = 3.0
+
     let spout: SpoutProcess
     let outbox: OutboxFixture
     let walsender: String
     let cpuAtStart: Double
     let startedAt: Date
+    /// The oldest the walsender's last reply from spout was at any sample.
+    private(set) var oldestReply = 0.0
 
     init(_ spout: SpoutProcess, _ outbox: OutboxFixture) throws {
         self.spout = spout
@@ -101,19 +110,35 @@ struct RelayWatch {
         startedAt = Date()
     }
 
+    /// Samples how old the walsender's last reply from each spout is, every 100 ms for `seconds`.
+    static func sample(_ watches: [RelayWatch], for seconds: TimeInterval) throws {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            for watch in watches {
+                let age = try watch.outbox.admin.value("""
+                    SELECT extract(epoch FROM clock_timestamp() - reply_time) FROM pg_stat_replication WHERE pid = \(watch.walsender)
+                    """).flatMap(Double.init) ?? .infinity
+                watch.oldestReply = max(watch.oldestReply, age)
+            }
+            usleep(100_000)
+        }
+    }
+
     /// spout ran all along, on the same walsender, using under 2 % of a CPU (a 1 ms poll
     /// loop costs several times that; sleeping until the next status update costs ~nothing).
     func checkOutage(_ name: String, file: StaticString = #filePath, line: UInt = #line) {
         let wall = Date().timeIntervalSince(startedAt)
         let cpu = (spout.cpuSeconds ?? .infinity) - cpuAtStart
         XCTAssertTrue(spout.process.isRunning, "\(name): spout kept running: \(spout.stderr)", file: file, line: line)
+        XCTAssertLessThan(oldestReply, Self.maxReplyAge, "\(name): spout stopped sending status updates for a while", file: file, line: line)
         XCTAssertEqual(try Self.walsender(outbox), walsender, "\(name): the walsender kept its connection", file: file, line: line)
         let timeouts = TestDatabase.serverLog.split(separator: "\n").filter {
             $0.contains("[\(walsender)]") && $0.contains("terminating walsender process due to replication timeout")
         }
         XCTAssertEqual(timeouts, [], "\(name): the walsender timed out", file: file, line: line)
         XCTAssertLessThan(cpu, 0.02 * wall, "\(name): spout used \(cpu) s of CPU in \(wall) s of outage", file: file, line: line)
-        print("\(name) outage: spout used \(String(format: "%.3f", cpu)) s CPU in \(String(format: "%.1f", wall)) s")
+        print("\(name) outage: spout used \(String(format: "%.3f", cpu)) s CPU in \(String(format: "%.1f", wall)) s; "
+              + "the oldest status update was \(String(format: "%.1f", oldestReply)) s old")
     }
 
     private static func walsender(_ outbox: OutboxFixture) throws -> String? {
