@@ -29,10 +29,10 @@ final class BrokerOutageTests: XCTestCase {
         let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap, topics: [("outbox.event.order", 3)])
 
         // About 250 events a second each.
-        let natsWriter = try SteadyWriter(natsOutbox, rows: 5, pause: 20_000)
-        let kafkaWriter = try SteadyWriter(kafkaOutbox, rows: 5, pause: 20_000)
-        natsWriter.start()
-        kafkaWriter.start()
+        let natsWriter = try OutboxWriter(natsOutbox)
+        let kafkaWriter = try OutboxWriter(kafkaOutbox)
+        natsWriter.start(rows: 5, pause: 20_000)
+        kafkaWriter.start(rows: 5, pause: 20_000)
         eventually("events flowing to NATS") { client.count("OUTBOX") >= 200 }
         XCTAssertTrue(consumer.waitFor(200), "events flowing to Kafka; \(kafkaSpout.stderr)")
 
@@ -42,7 +42,8 @@ final class BrokerOutageTests: XCTestCase {
         // timeout), then is gone (connects refused).
         nats.pause()
         try cluster.command("broker-down 1")
-        let writtenAtDown = (nats: natsWriter.transactions.count, kafka: kafkaWriter.transactions.count)
+        // The transaction after the one a writer may be committing now starts after the brokers went down.
+        let firstAfterDown = (nats: natsWriter.transactions.count + 1, kafka: kafkaWriter.transactions.count + 1)
         // A subject spout has not used yet: its stream must be looked up from a hung server.
         let newSubject = try natsOutbox.insert(natsOutbox.admin, rows: 1, aggregate: "invoice", key: { _ in "i" },
                                                payload: { _ in "{\"seq\": 0}" })
@@ -52,10 +53,10 @@ final class BrokerOutageTests: XCTestCase {
         natsWatch.checkOutage("NATS")
         kafkaWatch.checkOutage("Kafka")
         // Committed after the brokers went down, so never acknowledged during the outage.
-        let firstNATSAfterDown = try XCTUnwrap(natsWriter.transactions.dropFirst(writtenAtDown.nats).first)
-        let firstKafkaAfterDown = try XCTUnwrap(kafkaWriter.transactions.dropFirst(writtenAtDown.kafka).first)
-        XCTAssertLessThan(try XCTUnwrap(try natsOutbox.confirmedFlush), firstNATSAfterDown.after, "NATS: confirmed what the broker never had")
-        XCTAssertLessThan(try XCTUnwrap(try kafkaOutbox.confirmedFlush), firstKafkaAfterDown.after, "Kafka: confirmed what the broker never had")
+        let natsHeld = try XCTUnwrap(natsWriter.transactions.dropFirst(firstAfterDown.nats).first)
+        let kafkaHeld = try XCTUnwrap(kafkaWriter.transactions.dropFirst(firstAfterDown.kafka).first)
+        XCTAssertLessThan(try XCTUnwrap(try natsOutbox.confirmedFlush), natsHeld.after, "NATS: confirmed what the broker never had")
+        XCTAssertLessThan(try XCTUnwrap(try kafkaOutbox.confirmedFlush), kafkaHeld.after, "Kafka: confirmed what the broker never had")
 
         try nats.start()
         try cluster.command("broker-up 1")

@@ -4,31 +4,6 @@ import XCTest
 
 /// The NATS JetStream sink against real `nats-server -js` processes, through the `spout` executable.
 final class NATSSinkTests: XCTestCase {
-    /// Inserts `transactions` transactions of `rows` rows for `aggregate`; keys cycle through
-    /// `keys` values and payloads carry a per-test sequence number in commit order.
-    /// Used by one thread at a time (the test reads `ids` after the writing thread finished).
-    private final class Writer: @unchecked Sendable {
-        let outbox: OutboxFixture
-        let connection: PostgresConnection
-        var sequence = 0
-        var ids: [String] = []
-
-        init(_ outbox: OutboxFixture) throws {
-            self.outbox = outbox
-            connection = try TestDatabase.connect()
-        }
-
-        func write(transactions: Int, rows: Int, aggregate: String = "order", keys: Int = 7, pause: useconds_t = 0) throws {
-            for _ in 0..<transactions {
-                let base = sequence
-                ids += try outbox.insert(connection, rows: rows, aggregate: aggregate, key: { "k\((base + $0) % keys)" },
-                                         payload: { "{\"seq\": \(base + $0)}" })
-                sequence += rows
-                if pause > 0 { usleep(pause) }
-            }
-        }
-    }
-
     /// Events on two subjects arrive once each with id, key, type and the event's headers;
     /// odd header names and values are made NATS-safe (no control character reaches the wire)
     /// and Nats-* event headers are not passed.
@@ -41,7 +16,7 @@ final class NATSSinkTests: XCTestCase {
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
 
-        let writer = try Writer(outbox)
+        let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 200, rows: 1)
         try writer.write(transactions: 50, rows: 10, aggregate: "invoice")
         try writer.write(transactions: 2, rows: 500)
@@ -80,6 +55,7 @@ final class NATSSinkTests: XCTestCase {
 
     /// SIGKILL of spout in the middle of a stream, then a restart: the re-published events
     /// that had landed are dropped by the stream (Nats-Msg-Id), so each event is stored once.
+    /// The writer runs until after the kill, so spout dies mid-stream by construction.
     func testSpoutCrashAndRestartStoresEachEventOnce() throws {
         let server = try NATSServer()
         let client = try JetStreamTestClient(server.url)
@@ -89,26 +65,24 @@ final class NATSSinkTests: XCTestCase {
 
         let first = try SpoutProcess(["run", "--sink", server.url, "--max-in-flight", "50"] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
-        let writer = try Writer(outbox)
-        let failure = LockedBox<String?>(nil)
-        let writing = Thread {
-            do { try writer.write(transactions: 300, rows: 10) } catch { failure.mutate { $0 = "\(error)" } }
-        }
-        writing.start()
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 10, pause: 2_000)
         eventually("first run delivered some events") { client.count("OUTBOX") >= 800 }
+        // Frozen, then killed: the crash happens at one instant the test chose.
+        first.signal(SIGSTOP)
         first.signal(SIGKILL)
         first.waitForExit()
-        let storedAtCrash = client.count("OUTBOX")
-        eventually("writer finished") { writing.isFinished }
-        XCTAssertNil(failure.value)
-        XCTAssertLessThan(storedAtCrash, 3_000, "spout died mid-stream")
         let confirmedAtCrash = try XCTUnwrap(try outbox.confirmedFlush)
+        // Events the first run never saw: the second run has work whatever the first got to.
+        writer.waitForMore(30)
+        try writer.stop()
+        let last = try XCTUnwrap(writer.transactions.last).after
+        XCTAssertLessThan(client.count("OUTBOX"), UInt64(writer.ids.count), "spout died mid-stream")
+        XCTAssertLessThan(confirmedAtCrash, last, "the restart had unconfirmed events to publish again")
 
         let second = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
-        let written = try outbox.currentLSN()
-        eventually(timeout: 60, "3,000 events, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= 3_000 }
-        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
-        XCTAssertLessThan(confirmedAtCrash, written, "the restart had unconfirmed events to publish again")
+        eventually(timeout: 60, "\(writer.ids.count) events, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(writer.ids.count) }
+        try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= last }
         second.signal(SIGTERM)
         XCTAssertEqual(second.waitForExit(), 0, second.stderr)
 
@@ -127,19 +101,15 @@ final class NATSSinkTests: XCTestCase {
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
 
-        let writer = try Writer(outbox)
-        let failure = LockedBox<String?>(nil)
-        let writing = Thread {
-            do { try writer.write(transactions: 600, rows: 5, pause: 3_000) } catch { failure.mutate { $0 = "\(error)" } }
-        }
-        writing.start()
+        // Writes until told: the server dies while events are still being written.
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 5, pause: 3_000)
         eventually("events flowing") { client.count("OUTBOX") >= 500 }
         // Stopped first, so that publishes sent meanwhile sit in its socket buffer and die
         // with it: those must be published again, in order.
         server.pause()
         usleep(500_000)
         server.kill()
-        XCTAssertFalse(writing.isFinished, "the server died while events were still being written")
 
         // Written while the server is down: it cannot have been delivered, so the slot must stay before it.
         let marker = try OutboxFixture.Marker(outbox)
@@ -154,10 +124,9 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertTrue(try outbox.slotIsActive)
 
         try server.start()
-        eventually("writer finished") { writing.isFinished }
-        XCTAssertNil(failure.value)
+        writer.waitForMore(50)
+        try writer.stop()
         let total = writer.ids.count + marker.ids.count
-        XCTAssertEqual(total, 3_010)
         let written = try outbox.currentLSN()
         eventually(timeout: 90, "\(total) events after the restart, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(total) }
         try eventually("the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
@@ -185,12 +154,9 @@ final class NATSSinkTests: XCTestCase {
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
 
-        let writer = try Writer(outbox)
-        let failure = LockedBox<String?>(nil)
-        let writing = Thread {
-            do { try writer.write(transactions: 400, rows: 5, pause: 20_000) } catch { failure.mutate { $0 = "\(error)" } }
-        }
-        writing.start()
+        // Writes until told: events are in flight when the server stops answering.
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 5, pause: 20_000)
         eventually("events flowing") { client.count("OUTBOX") >= 300 }
         server.pause()
         let marker = try OutboxFixture.Marker(outbox)
@@ -198,8 +164,8 @@ final class NATSSinkTests: XCTestCase {
         XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), marker.before, "confirmed past an event the broker never acknowledged")
         server.resume()
 
-        eventually(timeout: 60, "writer finished") { writing.isFinished }
-        XCTAssertNil(failure.value)
+        writer.waitForMore(20)
+        try writer.stop()
         let total = writer.ids.count + marker.ids.count
         let written = try outbox.currentLSN()
         eventually(timeout: 90, "\(total) events after the server continued, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(total) }
@@ -243,7 +209,7 @@ final class NATSSinkTests: XCTestCase {
         let spout = try SpoutProcess(["run", "--sink", server.url, "--nats-create-stream", "SPOUT_EVENTS"] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
         eventually("a warning that NATS is unreachable") { spout.stderr.contains("is unavailable") }
-        let writer = try Writer(outbox)
+        let writer = try OutboxWriter(outbox)
         let witness = try CommitWitness(outbox)
         let (_, xid) = try CommitWitness.transaction(writer.connection) { try writer.write(transactions: 1, rows: 5) }
         usleep(1_000_000)
@@ -273,7 +239,7 @@ final class NATSSinkTests: XCTestCase {
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url, "--nats-create-stream", "AGAIN"] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
-        let writer = try Writer(outbox)
+        let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 1, rows: 5)
         let client = try JetStreamTestClient(server.url)
         eventually("5 events in AGAIN") { client.count("AGAIN") == 5 }
@@ -313,7 +279,7 @@ final class NATSSinkTests: XCTestCase {
         let url = "nats://spout:s3cret-pw@127.0.0.1:\(unused.port),127.0.0.1:\(server.port)"
         let spout = try SpoutProcess(["run", "--sink", url, "--nats-create-stream", "AUTH"] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
-        let writer = try Writer(outbox)
+        let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 3, rows: 1)
         let client = try JetStreamTestClient("nats://spout:s3cret-pw@127.0.0.1:\(server.port)")
         eventually("3 events in AUTH") { client.count("AUTH") >= 3 }

@@ -2,10 +2,11 @@ import Foundation
 import SpoutCore
 import XCTest
 
-/// Inserts outbox transactions on a thread of its own until the test stops it. Crash and
-/// outage tests act while events are still being written: with a writer that runs until
-/// told, "still writing" holds by construction, never by a race between the writer and spout.
-final class SteadyWriter: @unchecked Sendable {
+/// Inserts numbered outbox rows (sequence numbers in commit order in the payload), either
+/// synchronously or on a thread of its own until the test stops it. Crash and outage tests
+/// act while events are still being written: with a writer that runs until told, "still
+/// writing" holds by construction, never by a race between the writer and spout.
+final class OutboxWriter: @unchecked Sendable {
     struct Transaction {
         var ids: [String]
         var keys: [String]
@@ -13,49 +14,53 @@ final class SteadyWriter: @unchecked Sendable {
         var after: LSN
     }
 
+    let connection: PostgresConnection
     private let outbox: OutboxFixture
-    private let connection: PostgresConnection
-    private let rows: Int
-    private let pause: useconds_t
     private let key: @Sendable (Int) -> String
     private let payload: @Sendable (Int) -> String
+    /// Rows written so far; only the thread writing touches it.
+    private var sequence = 0
     private let state = LockedBox<(transactions: [Transaction], stop: Bool, failure: String?)>(([], false, nil))
     private var thread: Thread?
 
-    /// - Parameters:
-    ///   - key, payload: of the row with this sequence number (0, 1, 2, … in commit order).
-    ///   - pause: between transactions, in microseconds.
-    init(_ outbox: OutboxFixture, rows: Int, pause: useconds_t, key: @escaping @Sendable (Int) -> String = { "k\($0 % 7)" },
+    /// - Parameter key, payload: of the row with this sequence number (0, 1, 2, … in commit order).
+    init(_ outbox: OutboxFixture, key: @escaping @Sendable (Int) -> String = { "k\($0 % 7)" },
          payload: @escaping @Sendable (Int) -> String = { "{\"seq\": \($0)}" }) throws {
         self.outbox = outbox
         connection = try TestDatabase.connect()
-        self.rows = rows
-        self.pause = pause
         self.key = key
         self.payload = payload
     }
 
     deinit { if thread != nil { _ = try? stop() } }
 
-    func start() {
+    /// Writes `transactions` transactions of `rows` rows now.
+    func write(transactions: Int, rows: Int, aggregate: String = "order") throws {
+        for _ in 0..<transactions { try writeOne(rows: rows, aggregate: aggregate) }
+    }
+
+    /// Writes transactions of `rows` rows, `pause` microseconds apart, on a thread until `stop`.
+    func start(rows: Int, pause: useconds_t) {
         let thread = Thread { [self] in
-            var sequence = 0
             while !state.value.stop {
-                let base = sequence
-                do {
-                    let keys = (0..<rows).map { key(base + $0) }
-                    let (ids, after) = try outbox.insertReturningLSN(connection, rows: rows, key: { keys[$0] }, payload: { [payload] in payload(base + $0) })
-                    state.mutate { $0.transactions.append(Transaction(ids: ids, keys: keys, after: after)) }
-                } catch {
+                do { try writeOne(rows: rows, aggregate: "order") } catch {
                     state.mutate { $0.failure = "\(error)" }
                     return
                 }
-                sequence += rows
                 usleep(pause)
             }
         }
         self.thread = thread
         thread.start()
+    }
+
+    private func writeOne(rows: Int, aggregate: String) throws {
+        let base = sequence
+        let keys = (0..<rows).map { key(base + $0) }
+        let (ids, after) = try outbox.insertReturningLSN(connection, rows: rows, aggregate: aggregate, key: { keys[$0] },
+                                                         payload: { [payload] in payload(base + $0) })
+        sequence += rows
+        state.mutate { $0.transactions.append(Transaction(ids: ids, keys: keys, after: after)) }
     }
 
     var transactions: [Transaction] { state.value.transactions }
