@@ -72,11 +72,6 @@ final class NATSAdminWorker: Sendable {
         queue.async { connection.close() }
     }
 
-    /// Invokes `body` once `delay` has passed, on this worker's thread.
-    func after(_ delay: Double, _ body: @escaping @Sendable () -> Void) {
-        queue.asyncAfter(deadline: .now() + delay, execute: body)
-    }
-
     /// The results so far, in the order the jobs finished.
     func takeResults(into results: inout [Result]) {
         state.withLock { state in

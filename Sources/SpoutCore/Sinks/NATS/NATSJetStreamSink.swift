@@ -397,6 +397,7 @@ public final class NATSJetStreamSink: Sink {
         outage.nextAttempt = clock.now + .milliseconds(Int(delay * 1000))
         self.outage = outage
         let wakeup = self.wakeup
-        worker.after(delay) { wakeup.signal() }
+        // Not on the worker's queue: a job blocked there would hold the wakeup back.
+        DispatchQueue.global().asyncAfter(deadline: .now() + delay) { wakeup.signal() }
     }
 }
