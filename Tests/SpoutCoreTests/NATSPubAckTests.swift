@@ -56,6 +56,30 @@ final class NATSPubAckTests: XCTestCase {
         XCTAssertEqual(NATSWireRules.headerValue(String(repeating: "é", count: 40) + "\n"), String(repeating: "é", count: 40) + " ")
     }
 
+    /// Row content reaches NATS headers: no control character gets onto the wire raw.
+    func testHeaderValuesCarryNoControlCharacters() {
+        XCTAssertEqual(NATSWireRules.headerValue("a\u{1B}[31mred\u{1B}[0m"), "a [31mred [0m", "ESC")
+        XCTAssertEqual(NATSWireRules.headerValue("cut\u{0}here"), "cut here", "NUL would end the C string")
+        XCTAssertEqual(NATSWireRules.headerValue("tab\tdel\u{7F}bell\u{7}"), "tab del bell ")
+        XCTAssertEqual(NATSWireRules.headerValue("c1\u{85}\u{9B}end"), "c1  end", "C1 controls (NEL, CSI)")
+        XCTAssertEqual(NATSWireRules.headerValue("\r\n\r\n"), "  ", "one space per CR LF")
+        for text in ["é©ü€ 日本", "\u{A0}nbsp\u{BF}", "plain ascii ~!"] {
+            XCTAssertEqual(NATSWireRules.headerValue(text), text, "no controls: unchanged")
+        }
+        for scalar in (0...0x10FF).compactMap(Unicode.Scalar.init) {
+            let cleaned = NATSWireRules.headerValue("a\(Character(scalar))b")
+            XCTAssertFalse(cleaned.unicodeScalars.contains { $0.properties.generalCategory == .control }, "U+\(String(scalar.value, radix: 16))")
+        }
+    }
+
+    /// Header names keep printable ASCII except ':'; control bytes (and everything else) become '_'.
+    func testHeaderNamesCarryNoControlCharacters() {
+        XCTAssertEqual(NATSWireRules.headerName("trace\u{1B}id"), "trace_id")
+        XCTAssertEqual(NATSWireRules.headerName("a\u{0}b\u{7F}c\u{85}d"), "a_b_c_d")
+        XCTAssertEqual(NATSWireRules.headerName("x\r\ny: z"), "x__y__z")
+        XCTAssertEqual(NATSWireRules.headerName("traceparent"), "traceparent")
+    }
+
     func testGarbageIsAFailureNotACrash() throws {
         for body in ["", "{", "not json", #"{"error""#, #"{"error":{"err_code":"#, #"{"error":{"description":"#] {
             let result = try XCTUnwrap(failure(body), body)

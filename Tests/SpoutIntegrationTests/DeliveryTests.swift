@@ -108,24 +108,19 @@ final class DeliveryTests: XCTestCase {
 
         let first = try SpoutProcess(["run", "--max-in-flight", "50"] + outbox.arguments)
         try eventually("slot active") { try outbox.slotIsActive }
-        let background = LockedBox<Set<String>>([])
-        let writing = Thread {
-            guard let connection = try? TestDatabase.connect() else { return }
-            for index in 0..<400 {
-                if let ids = try? outbox.insert(connection, rows: 10, key: { "bg\(index)-\($0)" }) {
-                    background.mutate { $0.formUnion(ids) }
-                }
-            }
-        }
-        writing.start()
+        // Writes until after the kill, so the first run dies mid-stream by construction.
+        let background = try OutboxWriter(outbox, key: { "bg\($0)" })
+        background.start(rows: 10, pause: 1_000)
         try eventually("first run received events") { first.lines.count >= 1_000 }
         first.signal(SIGKILL)
         first.waitForExit()
         let confirmedAtCrash = try XCTUnwrap(try outbox.confirmedFlush)
-        try eventually("writer finished") { writing.isFinished }
-        expected.formUnion(background.value)
+        background.waitForMore(20)
+        try background.stop()
+        XCTAssertLessThan(confirmedAtCrash, try XCTUnwrap(background.transactions.last).after, "the first run died mid-stream")
+        expected.formUnion(background.ids)
         expected.formUnion(try outbox.insert(writer, rows: 100, key: { "after\($0)" }))
-        XCTAssertEqual(expected.count, 4_100)
+        XCTAssertEqual(expected.count, background.ids.count + 100)
 
         try eventually("the killed run's walsender released the slot") { try !outbox.slotIsActive }
         let second = try SpoutProcess(["run"] + outbox.arguments)

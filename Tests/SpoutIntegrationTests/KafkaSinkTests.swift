@@ -294,20 +294,8 @@ final class KafkaSinkTests: XCTestCase {
         let first = try startSpout(outbox, cluster, ["--max-in-flight", "50"])
 
         // The writer keeps going until after the kill, so the first run dies mid-stream.
-        let stopWriting = LockedBox(false)
-        let written = LockedBox<[(ids: [String], after: LSN)]>([])
-        let writing = Thread {
-            guard let connection = try? TestDatabase.connect() else { return }
-            var index = 0
-            while !stopWriting.value, index < 3_000 {
-                if let batch = try? outbox.insertReturningLSN(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" }) {
-                    written.mutate { $0.append(batch) }
-                }
-                index += 1
-                usleep(2_000)
-            }
-        }
-        writing.start()
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 5, pause: 2_000)
         try eventually("first run delivered some") {
             consumer.poll(seconds: 0.1)
             return consumer.messages.count >= 300
@@ -315,14 +303,13 @@ final class KafkaSinkTests: XCTestCase {
         first.signal(SIGKILL)
         first.waitForExit()
         let confirmedAtCrash = try XCTUnwrap(try outbox.confirmedFlush)
-        let writtenAtCrash = written.value.count
-        try eventually("more written after the kill") { written.value.count >= writtenAtCrash + 20 }
-        stopWriting.mutate { $0 = true }
-        try eventually("writer finished") { writing.isFinished }
-        XCTAssertGreaterThan(try XCTUnwrap(written.value.last?.after), confirmedAtCrash, "events were left for the second run")
+        writer.waitForMore(20)
+        try writer.stop()
+        let written = writer.transactions
+        XCTAssertGreaterThan(try XCTUnwrap(written.last?.after), confirmedAtCrash, "events were left for the second run")
 
         let second = try startSpout(outbox, cluster)
-        let all = Set(written.value.flatMap(\.ids))
+        let all = Set(writer.ids)
         try eventually(timeout: 90, "second run delivers the rest") {
             consumer.poll(seconds: 0.2)
             return Set(consumer.messages.compactMap(\.id)).isSuperset(of: all)
@@ -334,14 +321,10 @@ final class KafkaSinkTests: XCTestCase {
         var counts: [String: Int] = [:]
         for message in consumer.messages { counts[message.id ?? "", default: 0] += 1 }
         XCTAssertEqual(Set(counts.keys), all, "nothing lost, nothing foreign")
-        for batch in written.value where batch.after <= confirmedAtCrash {
+        for batch in written where batch.after <= confirmedAtCrash {
             for id in batch.ids { XCTAssertEqual(counts[id], 1, "event \(id) was confirmed before the crash, yet sent again") }
         }
-        var order: [String: [String]] = [:]
-        for (index, batch) in written.value.enumerated() {
-            for (row, id) in batch.ids.enumerated() { order["k\((index * 5 + row) % 7)", default: []].append(id) }
-        }
-        assertPerKeyOrder(consumer.idsByKey, expected: order)
+        assertPerKeyOrder(consumer.idsByKey, expected: writer.idsByKey)
     }
 
     /// Unknown or invalid properties stop spout before it connects anywhere, naming the

@@ -1,5 +1,6 @@
 import CNats
 import Foundation
+import SpoutCore
 import XCTest
 
 /// A `nats-server -js` child process on a free loopback port with its own store directory.
@@ -115,6 +116,28 @@ struct StoredNATSMessage {
     func header(_ name: String) -> String? { headers[name]?.first }
 
     var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] }
+}
+
+/// Checks that `messages` hold each of `ids` exactly once with spout's headers, and that
+/// per subject and key the payload sequence numbers grow with the stream sequence.
+func assertStoredOnceInOrder(_ messages: [StoredNATSMessage], ids: [String], file: StaticString = #filePath, line: UInt = #line) {
+    let stored = messages.compactMap { $0.header("Nats-Msg-Id") }
+    XCTAssertEqual(stored.count, messages.count, "every message has a Nats-Msg-Id", file: file, line: line)
+    XCTAssertEqual(Set(stored).count, stored.count, "no event stored twice", file: file, line: line)
+    XCTAssertEqual(Set(stored), Set(ids), "the stream holds exactly the events written", file: file, line: line)
+    XCTAssertEqual(messages.count, ids.count, file: file, line: line)
+    var lastSequence: [String: Int] = [:]
+    for message in messages {
+        guard let key = message.header(NATSJetStreamSink.keyHeader), let sequence = message.json?["seq"] as? Int else {
+            return XCTFail("message \(message.sequence) lacks Spout-Key or a payload seq: \(message.headers)", file: file, line: line)
+        }
+        XCTAssertEqual(message.header(NATSJetStreamSink.typeHeader), "Created", file: file, line: line)
+        XCTAssertEqual(message.header("h"), "v", "the event's own headers", file: file, line: line)
+        let orderKey = message.subject + "/" + key
+        XCTAssertGreaterThan(sequence, lastSequence[orderKey] ?? -1, "order of key \(orderKey) at stream sequence \(message.sequence)",
+                             file: file, line: line)
+        lastSequence[orderKey] = sequence
+    }
 }
 
 /// The tests' own JetStream client (libnats): creates streams and reads back what spout published.

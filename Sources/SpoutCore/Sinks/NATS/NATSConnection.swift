@@ -57,7 +57,12 @@ struct NATSFailure: Error, Sendable, CustomStringConvertible {
 /// thread: several times the CPU per event.) JetStream API requests (stream lookup and
 /// creation) wait for their reply, which a single-threaded loop cannot read while it waits,
 /// so they go over the admin connection, whose reader is a libnats thread.
-final class NATSConnection {
+///
+/// Threads: `NATSAdminWorker` opens and closes connections and makes the JetStream API
+/// requests; the relay thread publishes, flushes and receives in between. The two sides use
+/// disjoint handles and state, and the sink hands a connection to `close` only after it has
+/// `detach`ed it and stopped publishing on it.
+final class NATSConnection: @unchecked Sendable {
     struct Completion: Sendable {
         var ticket: UInt64
         /// nil: the stream stored the message (a PubAck, possibly flagged duplicate).
@@ -83,6 +88,8 @@ final class NATSConnection {
     /// `_INBOX.<unique>.`: a PubAck's subject is this followed by the ticket, in decimal.
     private var replyPrefix: [UInt8] = []
     private var unflushedBytes = 0
+    /// The loop's write requests may belong to a newer connection by now: never act on them.
+    private var detached = false
     /// Messages done with, destroyed together: libnats frees each on its collector thread and
     /// wakes that thread when it sleeps, so one by one costs a thread wakeup per message.
     private var spent: [OpaquePointer] = []
@@ -132,8 +139,8 @@ final class NATSConnection {
 
     private func open(endpoint: NATSEndpoint, maxPendingAcks: Int) throws(NATSFailure) {
         adminOptions = try makeOptions(endpoint, name: "spout-admin")
-        // A request writes on the relay thread; without a deadline a server that stopped
-        // reading would block that thread for good.
+        // Without a deadline a server that stopped reading would block the admin worker, and
+        // every reconnect queued behind it, for good.
         try check(natsOptions_SetWriteDeadline(adminOptions, Self.connectTimeoutMilliseconds))
         try check(natsConnection_Connect(&admin, adminOptions))
         var jsOptions = jsOptions()
@@ -164,15 +171,24 @@ final class NATSConnection {
         flush()
     }
 
+    /// Takes the socket out of the relay's wait set and silences libnats' callbacks, at once:
+    /// an abandoned connection must not wake the relay while another thread closes it.
+    func detach() {
+        guard let closure, !detached else { return }
+        detached = true
+        NATSCallbackRegistry.remove(closure)
+        // A no-op when a newer connection owns the loop already.
+        _ = events.loop.detach(owner: Int(bitPattern: closure))
+    }
+
     /// Frees the handles. Unacknowledged messages are dropped; the sink publishes them again.
     func close() {
-        guard let closure else { return }
+        guard closure != nil else { return }
         // With libnats' buffer empty, closing does not wait for a PONG (500 ms) that only
-        // this thread could read.
+        // the loop's thread could read. (After `detach` nothing is written any more.)
         flush()
-        NATSCallbackRegistry.remove(closure)
-        self.closure = nil
-        _ = events.loop.detach(owner: Int(bitPattern: closure))
+        detach()
+        closure = nil
         // The connection before its subscription: a closed connection queues no UNSUB.
         if let publisher { natsConnection_Destroy(publisher) }
         if let ackSubscription { natsSubscription_Destroy(ackSubscription) }
@@ -202,7 +218,7 @@ final class NATSConnection {
     func flush() {
         unflushedBytes = 0
         destroySpent()
-        guard let publisher, events.loop.wantsWrite else { return }
+        guard let publisher, !detached, events.loop.wantsWrite else { return }
         natsConnection_ProcessWriteEvent(publisher)
     }
 

@@ -12,6 +12,10 @@ import Foundation
 /// event in ticket order. Whatever the server stored before the failure is a prefix of what
 /// was sent on that connection, so re-sending keeps per-subject order, and the stream's
 /// duplicate window (keyed by `Nats-Msg-Id`) drops the re-sends that had landed.
+///
+/// Reconnecting, stream look-ups and closing an abandoned connection can each block for
+/// seconds; they run on `NATSAdminWorker`'s thread, so the relay keeps answering PostgreSQL.
+/// Publishing waits at the first event whose subject is still being looked up.
 public final class NATSJetStreamSink: Sink {
     /// Header carrying the event's key (aggregate id), when it has one.
     public static let keyHeader = "Spout-Key"
@@ -35,21 +39,21 @@ public final class NATSJetStreamSink: Sink {
         var reconnected = false
     }
 
-    private enum SubjectCheck {
-        case ready
-        case permanent(String)
-        case transient(NATSFailure)
-    }
-
     private let endpoint: NATSEndpoint
-    private let createStream: String?
     private let log: Log
     private let wakeup = Wakeup()
     private let loop: NATSEventLoop
+    private let worker: NATSAdminWorker
     private let publishWindow: Int
     private let clock = ContinuousClock()
 
     private var connection: NATSConnection?
+    /// Numbers the connections, so a stream look-up answered for an abandoned one is ignored.
+    private var generation = 0
+    /// A reconnect is under way on the worker.
+    private var connecting = false
+    /// The subject the worker is looking up; publishing waits at the first event that needs it.
+    private var checkingSubject: String?
     /// Events not yet reported delivered, in ticket order; `entries[head...]` are live.
     private var entries: [Entry] = []
     private var head = 0
@@ -57,6 +61,9 @@ public final class NATSJetStreamSink: Sink {
     private var cursor = 0
     private var outstanding = 0
     private var readySubjects: Set<String> = []
+    /// Subjects no stream captures (or that cannot get one), with the error for their events.
+    private var rejectedSubjects: [String: String] = [:]
+    private var workResults: [NATSAdminWorker.Result] = []
     private var completions: [NATSConnection.Completion] = []
     private var deliveredTickets: [UInt64] = []
     private var failures: [(ticket: UInt64, error: SinkError)] = []
@@ -73,7 +80,6 @@ public final class NATSJetStreamSink: Sink {
                 throw .invalidOption("--nats-create-stream \"\(name)\" is not a JetStream stream name: use letters, digits, - and _ (no '.', '*', '>', '/', spaces)")
             }
         }
-        createStream = options.natsCreateStream
         self.log = log
         publishWindow = max(1, min(options.maxInFlightEvents, 4096))
         deliveredTickets.reserveCapacity(publishWindow)
@@ -81,6 +87,10 @@ public final class NATSJetStreamSink: Sink {
         do { loop = try NATSEventLoop(wakeup: wakeup) } catch {
             throw .sink(SinkError(.permanent, "cannot set up polling for NATS: \(error)"))
         }
+        worker = NATSAdminWorker(endpoint: endpoint, createStream: options.natsCreateStream, maxPendingAcks: publishWindow,
+                                 loop: loop, wakeup: wakeup)
+        // Before the relay runs, blocking is harmless, and a wrong password or a server without
+        // JetStream stops spout at once with its own message.
         do {
             let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: publishWindow, loop: loop, wakeup: wakeup)
             try connection.checkJetStream()
@@ -115,9 +125,14 @@ public final class NATSJetStreamSink: Sink {
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
         wakeup.drain()
+        collectWorkResults()
         collectCompletions()
         checkAckTimeout()
-        if let outage, connection == nil, clock.now >= outage.nextAttempt { reconnect() }
+        if let outage, connection == nil, !connecting, clock.now >= outage.nextAttempt {
+            self.outage?.attempts += 1
+            connecting = true
+            worker.connect()
+        }
         publishWaiting()
         connection?.flush()
         for ticket in deliveredTickets { report(.delivered(ticket: ticket)) }
@@ -128,6 +143,7 @@ public final class NATSJetStreamSink: Sink {
     }
 
     public func close() {
+        worker.shutDown()
         guard let connection else { return }
         // Bounded: PubAcks still on their way are worth a short wait, not a hang.
         let deadline = clock.now + .seconds(2)
@@ -168,16 +184,19 @@ public final class NATSJetStreamSink: Sink {
             }
             let topic = entries[cursor].event.topic
             if !readySubjects.contains(topic) {
-                switch checkSubject(topic, on: connection) {
-                case .ready:
-                    readySubjects.insert(topic)
-                case let .permanent(message):
-                    fail(cursor, message)
-                    return
-                case let .transient(failure):
-                    beginOutage(failure.description)
+                if let problem = rejectedSubjects[topic] {
+                    fail(cursor, problem)
                     return
                 }
+                if let problem = NATSWireRules.subjectProblem(topic) {
+                    fail(cursor, "topic \"\(topic)\" is not a valid NATS subject (\(problem)): change --topic or the values it is built from")
+                    return
+                }
+                if checkingSubject == nil {
+                    checkingSubject = topic
+                    worker.checkSubject(topic, on: connection, generation: generation)
+                }
+                return
             }
             do {
                 if try connection.publish(entries[cursor].event, ticket: entries[cursor].ticket), !warnedReservedHeader {
@@ -205,33 +224,38 @@ public final class NATSJetStreamSink: Sink {
         }
     }
 
-    /// A subject is usable when it is a valid literal subject and a stream captures it
-    /// (created or extended with `--nats-create-stream`). Checked once per subject.
-    private func checkSubject(_ subject: String, on connection: NATSConnection) -> SubjectCheck {
-        if let problem = NATSWireRules.subjectProblem(subject) {
-            return .permanent("topic \"\(subject)\" is not a valid NATS subject (\(problem)): change --topic or the values it is built from")
+    /// Adopts what the worker finished: a new connection, a failed reconnect, a stream look-up.
+    private func collectWorkResults() {
+        worker.takeResults(into: &workResults)
+        for result in workResults {
+            switch result {
+            case let .connected(new):
+                connecting = false
+                connection = new
+                generation += 1
+                outage?.reconnected = true
+                log.debug("connected to NATS at \(endpoint.redacted); re-publishing \(entries.count - head) unacknowledged events")
+                if entries.count == head, let outage { endOutage(outage) }
+            case let .connectFailed(failure):
+                connecting = false
+                log.debug("NATS reconnect failed: \(failure)")
+                scheduleNextAttempt()
+            case let .subjectChecked(subject, check, checkedOn):
+                checkingSubject = nil
+                // Asked on an abandoned connection: the new one asks again.
+                guard checkedOn == generation, connection != nil else { continue }
+                switch check {
+                case let .ready(note):
+                    readySubjects.insert(subject)
+                    if let note { log.info(note) }
+                case let .permanent(message):
+                    rejectedSubjects[subject] = message
+                case let .transient(failure):
+                    beginOutage(failure.description)
+                }
+            }
         }
-        do {
-            if try connection.streamExists(capturing: subject) { return .ready }
-            guard let createStream else {
-                let suggestion = NATSWireRules.suggestedStreamSubject(for: subject)
-                return .permanent("no JetStream stream captures subject \"\(subject)\": create one, e.g. nats stream add OUTBOX --subjects '\(suggestion)' --storage file --defaults, or run spout with --nats-create-stream NAME")
-            }
-            switch try connection.addSubject(subject, toStream: createStream) {
-            case .created: log.info("created JetStream stream \(createStream) (file storage) for subject \(subject)")
-            case .extended: log.info("added subject \(subject) to JetStream stream \(createStream)")
-            }
-            return .ready
-        } catch {
-            if error.isConnectivityProblem { return .transient(error) }
-            if error.status == NATS_NO_RESPONDERS {
-                return .permanent("JetStream is not enabled on the NATS server at \(endpoint.redacted): start nats-server with -js")
-            }
-            if let createStream {
-                return .permanent("cannot create or extend JetStream stream \(createStream) to capture subject \"\(subject)\": \(error)")
-            }
-            return .permanent("cannot look up the JetStream stream for subject \"\(subject)\": \(error)")
-        }
+        workResults.removeAll(keepingCapacity: true)
     }
 
     private func fail(_ index: Int, _ message: String) {
@@ -278,6 +302,7 @@ public final class NATSJetStreamSink: Sink {
             if broken.status == NATS_NO_RESPONDERS {
                 // The PubAck that says so carries no subject: look every stream up again.
                 readySubjects.removeAll()
+                rejectedSubjects.removeAll()
                 transient = "no JetStream stream answered a publish (was a stream deleted?)"
             } else {
                 transient = broken.description
@@ -337,7 +362,8 @@ public final class NATSJetStreamSink: Sink {
     /// published again, in ticket order, on the next connection.
     private func beginOutage(_ reason: String) {
         if let connection {
-            connection.close()
+            connection.detach()
+            worker.close(connection)
             self.connection = nil
         }
         serverError = nil
@@ -353,20 +379,6 @@ public final class NATSJetStreamSink: Sink {
             outage?.reconnected = false
         }
         scheduleNextAttempt()
-    }
-
-    private func reconnect() {
-        outage?.attempts += 1
-        do {
-            let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: publishWindow, loop: loop, wakeup: wakeup)
-            self.connection = connection
-            outage?.reconnected = true
-            log.debug("connected to NATS at \(endpoint.redacted); re-publishing \(entries.count - head) unacknowledged events")
-            if entries.count == head, let outage { endOutage(outage) }
-        } catch {
-            log.debug("NATS reconnect failed: \(error)")
-            scheduleNextAttempt()
-        }
     }
 
     private func endOutage(_ ended: Outage) {
@@ -385,6 +397,7 @@ public final class NATSJetStreamSink: Sink {
         outage.nextAttempt = clock.now + .milliseconds(Int(delay * 1000))
         self.outage = outage
         let wakeup = self.wakeup
+        // Not on the worker's queue: a job blocked there would hold the wakeup back.
         DispatchQueue.global().asyncAfter(deadline: .now() + delay) { wakeup.signal() }
     }
 }

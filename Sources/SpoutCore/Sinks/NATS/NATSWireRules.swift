@@ -44,20 +44,37 @@ enum NATSWireRules {
         return String(scalars)
     }
 
-    /// A header value on one line: CR and LF become spaces.
+    /// A header value NATS carries verbatim and consumers can print: every control character
+    /// (C0 including tab, DEL, C1) becomes a space, a CR LF pair one space. Row content ends up
+    /// here (event headers, key, type); a raw line break would end the header block, a NUL
+    /// would cut the C string short, and an ESC would reach whatever terminal shows the header.
+    /// Returns the value itself (no copy) when it has none.
     static func headerValue(_ value: String) -> String {
-        let isLineBreak = { (byte: UInt8) in byte == 0x0A || byte == 0x0D }
-        // Every event's id, key and type pass here: scan the bytes in place when they are contiguous.
-        let hasLineBreak = value.utf8.withContiguousStorageIfAvailable { $0.contains(where: isLineBreak) }
-            ?? value.utf8.contains(where: isLineBreak)
-        guard hasLineBreak else { return value }
-        return String(value.map { $0 == "\n" || $0 == "\r" || $0 == "\r\n" ? " " : $0 })
+        // Every event's id, key and type pass here: scan the bytes in place when they are
+        // contiguous. 0xC2 leads the UTF-8 of U+0080–U+00BF, which holds the C1 controls.
+        let mayHaveControl = { (byte: UInt8) in byte < 0x20 || byte == 0x7F || byte == 0xC2 }
+        let suspect = value.utf8.withContiguousStorageIfAvailable { $0.contains(where: mayHaveControl) }
+            ?? value.utf8.contains(where: mayHaveControl)
+        guard suspect, value.unicodeScalars.contains(where: isControl) else { return value }
+        var scalars = String.UnicodeScalarView()
+        var afterCR = false
+        for scalar in value.unicodeScalars {
+            defer { afterCR = scalar == "\r" }
+            if scalar == "\n", afterCR { continue }
+            scalars.append(isControl(scalar) ? " " : scalar)
+        }
+        return String(scalars)
     }
 
     /// Headers named `Nats-…` steer the server (`Nats-Expected-Stream`, `Nats-Rollup`, …);
     /// event headers never get to set them.
     static func isReservedHeader(_ name: String) -> Bool {
         name.utf8.count >= 5 && name.utf8.prefix(5).elementsEqual("nats-".utf8, by: { $0 | 0x20 == $1 | 0x20 })
+    }
+
+    /// Unicode's control characters (general category Cc): U+0000–U+001F, U+007F–U+009F.
+    private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
     }
 
     private static func isNameByte(_ byte: UInt8) -> Bool {
