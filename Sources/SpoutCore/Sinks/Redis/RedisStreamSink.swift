@@ -76,8 +76,10 @@ public final class RedisStreamSink: Sink {
         var sent = false
         /// Replies handled: two per offset.
         var replies = 0
-        /// The last generated id of the stream being looked at (nil: no such stream).
+        /// XINFO STREAM of the stream being looked at: its last generated id (nil: no such
+        /// stream) and the highest id deleted from it (XDEL, trimming; Redis 7 and newer).
         var topID: String?
+        var deletedUpTo: String?
         /// One per offset answered.
         var verdicts: [Verdict] = []
         var deadline: ContinuousClock.Instant
@@ -656,6 +658,7 @@ public final class RedisStreamSink: Sink {
             let text = reply.text
             if isInfo, text.contains("no such key") {
                 current.topID = nil
+                current.deletedUpTo = nil
             } else if RedisErrorReply.isTransient(text) {
                 return "\(isInfo ? "XINFO STREAM" : "XRANGE"): \(text)"
             } else {
@@ -667,9 +670,10 @@ public final class RedisStreamSink: Sink {
         } else if isInfo {
             guard reply.kind == .array else { return "unexpected reply to XINFO STREAM" }
             current.topID = reply.value(of: "last-generated-id")?.text
+            current.deletedUpTo = reply.value(of: "max-deleted-entry-id")?.text
         } else {
             guard reply.kind == .array else { return "unexpected reply to XRANGE" }
-            current.verdicts.append(verdict(on: entry, topID: current.topID, atID: reply[0]))
+            current.verdicts.append(verdict(on: entry, topID: current.topID, deletedUpTo: current.deletedUpTo, atID: reply[0]))
         }
         current.replies += 1
         checks = current
@@ -689,24 +693,29 @@ public final class RedisStreamSink: Sink {
         case foreign(String)
     }
 
-    /// What the stream of `entry` holds, from its last generated id (nil: no such stream) and
+    /// What the stream of `entry` holds, from its XINFO (`topID` nil: no such stream) and
     /// what XRANGE found at the entry's id.
-    private func verdict(on entry: Entry, topID: String?, atID found: RedisReply?) -> Verdict {
+    private func verdict(on entry: Entry, topID: String?, deletedUpTo: String?, atID found: RedisReply?) -> Verdict {
         let wanted = RedisEntryID(lsn: entry.event.lsn.rawValue, position: entry.position)
-        var holder: String?
+        let there: String
         if let found {
-            holder = found[1]?.value(of: "id")?.text ?? ""
+            let holder = found[1]?.value(of: "id")?.text
             if holder == entry.event.id { return .holdsEvent }
+            there = holder.map { "its entry at \(wanted) is event \"\($0)\"" } ?? "its entry at \(wanted) is not a Spout event"
         } else {
             guard let topID else { return .below }
             if let top = RedisEntryID(topID), top < wanted { return .below }
+            there = "it has no entry at \(wanted)"
         }
-        let there = holder.map { $0.isEmpty ? "the entry at \(wanted) is not a Spout event" : "the entry at \(wanted) is event \"\($0)\"" }
-            ?? "no entry at \(wanted) is this event"
-        var message = "stream \"\(entry.event.topic)\" already holds ids up to \(topID ?? "unknown"), at or above \(wanted), the id --redis-ids lsn gives "
-            + "this event, and \(there): another writer, server-generated ids, or a restored or recreated database whose LSNs went back "
-            + "put them there; write to a fresh stream (delete or rename \"\(entry.event.topic)\", or route the topic elsewhere with --topic) or use --redis-ids server"
-        if maxLength != nil { message += " (with --redis-maxlen the event's own entry may have been trimmed: keep --redis-maxlen above --max-in-flight)" }
+        let stream = entry.event.topic
+        var message = "stream \"\(stream)\" has ids up to \(topID ?? "?"), at or above \(wanted) (the id --redis-ids lsn gives this event), and \(there): "
+            + "its entries come from another writer, from server-generated ids, or from a database restored or recreated with lower LSNs; "
+            + "write to a fresh stream (delete or rename \"\(stream)\", or route the topic elsewhere with --topic), or use --redis-ids server"
+        if found == nil, let deletedUpTo, let deleted = RedisEntryID(deletedUpTo), wanted <= deleted {
+            // A consumer's XDEL or MAXLEN trimming may have removed the event's own entry; nothing left tells.
+            message += " (entries up to \(deletedUpTo) were deleted or trimmed from it: if this event's entry was one of them, it was delivered, "
+                + "and --redis-ids server gets past it, publishing it once more)"
+        }
         return .foreign(message)
     }
 
