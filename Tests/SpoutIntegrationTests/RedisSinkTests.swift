@@ -12,7 +12,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_fields")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let writer = try TestDatabase.connect()
         let aggregates = ["order", "invoice", "customer"]
@@ -77,7 +77,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_restart")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let written = LockedBox<Set<String>>([])
         // The writer's second half waits for the test: it is what Redis, stopped, leaves unanswered.
@@ -186,7 +186,7 @@ final class RedisSinkTests: XCTestCase {
             return ids
         }
         let first = try SpoutProcess(arguments + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         var expected = try write(0..<100)
         let client = try redis.client()
         try eventually("the first half in Redis") { try client.totalLength("*") >= expected.count }
@@ -224,7 +224,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_foreign")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-ids", "lsn"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try TestDatabase.connect()
         let witness = try CommitWitness(outbox)
         var transactions: [(id: String, xid: String)] = []
@@ -252,7 +252,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_clash")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-ids", "lsn"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try TestDatabase.connect()
         try outbox.insert(writer, rows: 1)
         let delivered = try outbox.currentLSN()
@@ -285,9 +285,11 @@ final class RedisSinkTests: XCTestCase {
         defer { outbox.tearDown() }
         // A small window, so the outage also holds spout back from reading.
         let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-ids", "lsn", "--max-in-flight", "500"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
-        let walsender = "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'"
-        let walsenderPID = try XCTUnwrap(try outbox.admin.value(walsender))
+        var walsenderPID: String?
+        try eventually("spout streams from the slot") {
+            walsenderPID = try outbox.streamingWalsender
+            return walsenderPID != nil
+        }
 
         let writing = LockedBox(true)
         let written = LockedBox<[String]>([])
@@ -314,7 +316,7 @@ final class RedisSinkTests: XCTestCase {
         while Date().timeIntervalSince(outageStart) < 30 {
             usleep(1_000_000)
             XCTAssertTrue(spout.process.isRunning, spout.stderr)
-            XCTAssertEqual(try outbox.admin.value(walsender), walsenderPID, "the walsender timed out or spout reconnected")
+            XCTAssertEqual(try outbox.streamingWalsender, walsenderPID, "the walsender timed out or spout reconnected")
         }
         let cpu = try spout.cpuSeconds - cpuBefore
         let wall = Date().timeIntervalSince(outageStart)
@@ -372,7 +374,7 @@ final class RedisSinkTests: XCTestCase {
         for (url, stream) in [(redis.url + "/0", "outbox.event.default"),
                               ("redis://spouter:us3r-Pa55@127.0.0.1:\(redis.port)", "outbox.event.acl")] {
             let spout = try SpoutProcess(["run", "--sink", url] + outbox.arguments)
-            try eventually("slot active") { try outbox.slotIsActive }
+            try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
             let ids = try outbox.insert(writer, rows: 10, aggregate: String(stream.split(separator: ".").last ?? ""))
             try eventually("10 events in \(stream)") { try client.entries(stream).count >= 10 }
             spout.signal(SIGTERM)
@@ -402,7 +404,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_maxlen")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-maxlen", "100"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try TestDatabase.connect()
         var last = ""
         for index in 0..<10 {
@@ -428,7 +430,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_oom")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         XCTAssertEqual(try client.command("CONFIG", "SET", "maxmemory", "1"), .status("OK"))
 
         let writer = try TestDatabase.connect()
@@ -470,7 +472,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_wrongtype")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try TestDatabase.connect()
         try outbox.insert(writer, rows: 3, aggregate: "fine")
         try eventually("good events delivered") { try client.entries("outbox.event.fine").count == 3 }
@@ -495,7 +497,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_down")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url + "/3"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         try eventually("a warning") { spout.stderr.contains("cannot connect to Redis at 127.0.0.1:\(redis.port)") }
         let writer = try TestDatabase.connect()
         let witness = try CommitWitness(outbox)

@@ -92,6 +92,20 @@ final class RedisServer {
     }
 }
 
+extension OutboxFixture {
+    /// The pid of the walsender streaming the slot (START_REPLICATION done), nil before.
+    /// `slotIsActive` is true already while spout creates the slot, and an insert made then
+    /// may commit before the slot's consistent point and never be decoded.
+    var streamingWalsender: String? {
+        get throws {
+            try admin.value("""
+                SELECT r.pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                WHERE s.slot_name = '\(slot)' AND r.state IN ('catchup', 'streaming')
+                """)
+        }
+    }
+}
+
 extension SpoutProcess {
     /// CPU time (user + system) the process has used so far, from /proc/PID/stat.
     var cpuSeconds: Double {
