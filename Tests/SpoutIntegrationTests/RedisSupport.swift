@@ -106,21 +106,17 @@ extension OutboxFixture {
     }
 }
 
-extension SpoutProcess {
-    /// CPU time (user + system) the process has used so far, from /proc/PID/stat.
-    var cpuSeconds: Double {
-        get throws {
-            let stat = try procFile("/proc/\(process.processIdentifier)/stat")
-            // The command name in parentheses may hold spaces: count fields after its ")".
-            guard let close = stat.lastIndex(of: ")") else { throw XCTSkipFailure("unreadable /proc stat: \(stat)") }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            // Fields 14 and 15 of stat(5), utime and stime; the first after ")" is field 3.
-            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
-                throw XCTSkipFailure("unreadable /proc stat: \(stat)")
-            }
-            return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-        }
+/// CPU time (user + system) `spout` has used so far, from /proc/PID/stat.
+func usedCPUSeconds(_ spout: SpoutProcess) throws -> Double {
+    let stat = try procFile("/proc/\(spout.process.processIdentifier)/stat")
+    // The command name in parentheses may hold spaces: count fields after its ")".
+    guard let close = stat.lastIndex(of: ")") else { throw XCTSkipFailure("unreadable /proc stat: \(stat)") }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // Fields 14 and 15 of proc(5), utime and stime; the first after ")" is field 3.
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
+        throw XCTSkipFailure("unreadable /proc stat: \(stat)")
     }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 /// A reply, as the tests look at it.
