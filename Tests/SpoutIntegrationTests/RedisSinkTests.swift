@@ -96,8 +96,10 @@ final class RedisSinkTests: XCTestCase {
         writing.start()
         defer { secondHalf.signal() }
         var client = try redis.client()
-        try eventually("events reach Redis") { try client.totalLength("*") >= 300 }
-        // Stopped first, then killed once a batch surely waits in its socket, unanswered.
+        // The first half, all in Redis: the reply to its last batch went out with this answer,
+        // so no batch is half-answered when Redis stops.
+        try eventually("the first half in Redis") { try client.totalLength("*") >= 750 }
+        // Stopped first, then killed once a batch of the second half surely waits in its socket, unanswered.
         redis.signal(SIGSTOP)
         secondHalf.signal()
         try eventually("a batch in flight to the stopped Redis") { try redis.hasUnreadInput }
