@@ -12,7 +12,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_fields")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let writer = try TestDatabase.connect()
         let aggregates = ["order", "invoice", "customer"]
@@ -77,12 +77,15 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_restart")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let written = LockedBox<Set<String>>([])
+        // The writer's second half waits for the test: it is what Redis, stopped, leaves unanswered.
+        let secondHalf = DispatchSemaphore(value: 0)
         let writing = Thread {
             guard let connection = try? TestDatabase.connect() else { return }
             for index in 0..<300 {
+                if index == 150 { secondHalf.wait() }
                 if let ids = try? outbox.insert(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" },
                                                 payload: { "{\"seq\": \(index * 5 + $0)}" }) {
                     written.mutate { $0.formUnion(ids) }
@@ -91,11 +94,15 @@ final class RedisSinkTests: XCTestCase {
             }
         }
         writing.start()
+        defer { secondHalf.signal() }
         var client = try redis.client()
-        try eventually("events reach Redis") { try client.totalLength("*") >= 300 }
-        // Stopped first, so that batches are surely in flight, unanswered, when it dies.
+        // The first half, all in Redis: the reply to its last batch went out with this answer,
+        // so no batch is half-answered when Redis stops.
+        try eventually("the first half in Redis") { try client.totalLength("*") >= 750 }
+        // Stopped first, then killed once a batch of the second half surely waits in its socket, unanswered.
         redis.signal(SIGSTOP)
-        usleep(300_000)
+        secondHalf.signal()
+        try eventually("a batch in flight to the stopped Redis") { try redis.hasUnreadInput }
         redis.kill()
 
         // A transaction committed while Redis is down: the slot must stay before its commit.
@@ -147,9 +154,11 @@ final class RedisSinkTests: XCTestCase {
         XCTAssertTrue(warnings.first?.contains("unacknowledged events will be sent again") ?? false, spout.stderr)
     }
 
-    /// `--redis-ids lsn`: spout SIGKILLed mid-stream and restarted, then a full replay of the
-    /// same events through a copy of the slot: every stream holds each event exactly once,
-    /// with the id `<commit LSN>-<position in the transaction>`.
+    /// `--redis-ids lsn`: spout SIGKILLed after a first half of the events, the second half
+    /// written while it is down; then a copy of the slot made before the first event (a
+    /// restart that confirmed nothing: every event of the first half goes out again, each
+    /// already in its stream) and the crashed run's own slot (the second half again): every
+    /// stream holds each event exactly once, with the id `<commit LSN>-<position in the transaction>`.
     func testLSNIdsKeepEveryEventExactlyOnce() throws {
         let redis = try RedisServer()
         let outbox = try OutboxFixture("redis_lsn")
@@ -161,53 +170,174 @@ final class RedisSinkTests: XCTestCase {
         XCTAssertEqual(try SpoutProcess.run(["setup"] + outbox.arguments).status, 0)
         try outbox.admin.sql("SELECT pg_copy_logical_replication_slot('\(outbox.slot)', '\(copy)')")
         let arguments = ["run", "--sink", redis.url, "--redis-ids", "lsn", "--max-in-flight", "50"]
-
-        let written = LockedBox<Set<String>>([])
-        let writing = Thread {
-            guard let connection = try? TestDatabase.connect() else { return }
-            for index in 0..<200 {
-                // Two topics in one transaction: positions count across both.
-                let ids = try? CommitWitness.transaction(connection) {
-                    try outbox.insert(connection, rows: 4, aggregate: "order", key: { "k\($0 % 3)" },
-                                      payload: { "{\"tx\": \(index), \"position\": \($0)}" })
-                        + outbox.insert(connection, rows: 2, aggregate: "invoice", key: { "k\($0 % 3)" },
-                                        payload: { "{\"tx\": \(index), \"position\": \(4 + $0)}" })
-                }.0
-                written.mutate { $0.formUnion(ids ?? []) }
-                usleep(2_000)
-            }
-        }
-        let first = try SpoutProcess(arguments + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
-        writing.start()
-        let client = try redis.client()
-        try eventually("events reach Redis") { try client.totalLength("*") >= 300 }
-        first.signal(SIGKILL)
-        first.waitForExit()
-        try eventually("writer finished") { writing.isFinished }
-        let expected = written.value
-        XCTAssertEqual(expected.count, 1200)
-
-        let second = try SpoutProcess(arguments + outbox.arguments)
-        try eventually(timeout: 60, "second run delivers the rest") { try client.totalLength("*") >= expected.count }
-        let end = try outbox.currentLSN()
-        try eventually("second run confirms everything") { try XCTUnwrap(try outbox.confirmedFlush) >= end }
-        second.signal(SIGTERM)
-        XCTAssertEqual(second.waitForExit(), 0, second.stderr)
-        try checkExactlyOnce(client, expected: expected)
-
-        // The copy of the slot still stands before the first event: everything is published
-        // again and Redis rejects every entry as already there.
         var copyArguments = outbox.arguments
         copyArguments[copyArguments.count - 1] = copy
-        let replay = try SpoutProcess(arguments + copyArguments)
-        try eventually(timeout: 60, "the replay confirms everything") {
-            try XCTUnwrap(try outbox.admin.lsn("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '\(copy)'")) >= end
+
+        let writer = try TestDatabase.connect()
+        func write(_ transactions: Range<Int>) throws -> Set<String> {
+            var ids = Set<String>()
+            for index in transactions {
+                // Two topics in one transaction: positions count across both.
+                ids.formUnion(try CommitWitness.transaction(writer) {
+                    try outbox.insert(writer, rows: 4, aggregate: "order", key: { "k\($0 % 3)" },
+                                      payload: { "{\"tx\": \(index), \"position\": \($0)}" })
+                        + outbox.insert(writer, rows: 2, aggregate: "invoice", key: { "k\($0 % 3)" },
+                                        payload: { "{\"tx\": \(index), \"position\": \(4 + $0)}" })
+                }.0)
+            }
+            return ids
         }
-        replay.signal(SIGTERM)
-        XCTAssertEqual(replay.waitForExit(), 0, replay.stderr)
-        XCTAssertFalse(replay.stderr.contains("error"), replay.stderr)
-        try checkExactlyOnce(client, expected: expected)
+        let first = try SpoutProcess(arguments + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        var expected = try write(0..<100)
+        let client = try redis.client()
+        try eventually("the first half in Redis") { try client.totalLength("*") >= expected.count }
+        // Stopped before the kill, so the crash lands where the test says, not mid-write.
+        first.signal(SIGSTOP)
+        first.signal(SIGKILL)
+        first.waitForExit()
+        expected.formUnion(try write(100..<200))
+        XCTAssertEqual(expected.count, 1200)
+        let end = try outbox.currentLSN()
+
+        for (name, slotArguments, slot) in [("the copy of the slot", copyArguments, copy), ("the crashed run's slot", outbox.arguments, outbox.slot)] {
+            let run = try SpoutProcess(arguments + slotArguments)
+            try eventually(timeout: 60, "\(name) confirms everything") {
+                try XCTUnwrap(try outbox.admin.lsn("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '\(slot)'")) >= end
+            }
+            run.signal(SIGTERM)
+            XCTAssertEqual(run.waitForExit(), 0, run.stderr)
+            XCTAssertFalse(run.stderr.contains("error"), run.stderr)
+            XCTAssertFalse(run.stderr.contains("warning"), run.stderr)
+            try checkExactlyOnce(client, expected: expected)
+        }
+    }
+
+    /// `--redis-ids lsn` on a stream where another writer put an entry with a server id
+    /// (milliseconds since 1970, above every LSN id of the test server): spout stops before
+    /// writing, with one error naming the stream, its top id, the id it wanted and the way
+    /// out, and confirms none of the events.
+    func testLSNIdsStopOnAStreamWithForeignEntries() throws {
+        let redis = try RedisServer()
+        let client = try redis.client()
+        guard case let .string(foreign) = try client.command("XADD", "outbox.event.order", "*", "a", "b") else {
+            return XCTFail("XADD returned no id")
+        }
+        let outbox = try OutboxFixture("redis_foreign")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-ids", "lsn"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try TestDatabase.connect()
+        let witness = try CommitWitness(outbox)
+        var transactions: [(id: String, xid: String)] = []
+        for _ in 0..<5 {
+            let (ids, xid) = try CommitWitness.transaction(writer) { try outbox.insert(writer, rows: 1) }
+            transactions.append((try XCTUnwrap(ids.first), xid))
+        }
+        let firstCommit = try witness.commitLSN(xid: transactions[0].xid)
+
+        let error = spout.waitForFailure(timeout: 30, "spout stops on the foreign stream")
+        for part in ["outbox.event.order", foreign, "\(firstCommit.rawValue)-0", transactions[0].id, "another writer", "--redis-ids server"] {
+            XCTAssertTrue(error.contains(part), "\(part) missing in: \(error)")
+        }
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), firstCommit, "confirmed an event Redis does not have")
+        XCTAssertEqual(try client.command("XLEN", "outbox.event.order"), .integer(1), "nothing written")
+    }
+
+    /// `--redis-ids lsn`: an entry of another event at exactly the id spout wants, put there
+    /// while spout is stopped (the stream already checked and written to): Redis refuses the
+    /// XADD as a duplicate, and spout stops with an error naming both events instead of
+    /// confirming an event it never stored.
+    func testLSNIdsStopOnAnotherEventAtTheirID() throws {
+        let redis = try RedisServer()
+        let client = try redis.client()
+        let outbox = try OutboxFixture("redis_clash")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-ids", "lsn"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try TestDatabase.connect()
+        try outbox.insert(writer, rows: 1)
+        let delivered = try outbox.currentLSN()
+        try eventually("the first event confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= delivered }
+
+        let witness = try CommitWitness(outbox)
+        // Stopped for well under wal_sender_timeout: the entry is there before spout sees the event.
+        spout.signal(SIGSTOP)
+        let (ids, xid) = try CommitWitness.transaction(writer) { try outbox.insert(writer, rows: 1) }
+        let commit = try witness.commitLSN(xid: xid)
+        let wanted = "\(commit.rawValue)-0"
+        XCTAssertEqual(try client.command("XADD", "outbox.event.order", wanted, "id", "someone-else", "payload", "{}"), .string(wanted))
+        spout.signal(SIGCONT)
+
+        let error = spout.waitForFailure(timeout: 30, "spout stops on the clashing entry")
+        for part in ["outbox.event.order", wanted, "someone-else", try XCTUnwrap(ids.first), "--redis-ids server"] {
+            XCTAssertTrue(error.contains(part), "\(part) missing in: \(error)")
+        }
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), commit, "confirmed an event Redis does not have")
+        XCTAssertEqual(try client.command("XLEN", "outbox.event.order"), .integer(2))
+    }
+
+    /// Redis gone for 30 s while a writer keeps inserting, against a server whose
+    /// wal_sender_timeout is 5 s: spout keeps its replication connection (status updates go
+    /// on), sleeps until its reconnect deadlines instead of polling (CPU near zero), and
+    /// once Redis is back delivers every event exactly once, in commit order.
+    func testLongOutageUnderLoadIdlesAndLosesNothing() throws {
+        let redis = try RedisServer()
+        let outbox = try OutboxFixture("redis_outage")
+        defer { outbox.tearDown() }
+        // A small window, so the outage also holds spout back from reading.
+        let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-ids", "lsn", "--max-in-flight", "500"] + outbox.arguments)
+        var walsenderPID: String?
+        try eventually("spout streams from the slot") {
+            walsenderPID = try outbox.streamingWalsender
+            return walsenderPID != nil
+        }
+
+        let writing = LockedBox(true)
+        let written = LockedBox<[String]>([])
+        let writer = Thread {
+            guard let connection = try? TestDatabase.connect() else { return }
+            var sequence = 0
+            while writing.value {
+                if let ids = try? outbox.insert(connection, rows: 2, key: { "k\((sequence + $0) % 3)" }, payload: { "{\"seq\": \(sequence + $0)}" }) {
+                    written.mutate { $0 += ids }
+                    sequence += ids.count
+                }
+                usleep(10_000)
+            }
+        }
+        writer.start()
+        defer { writing.mutate { $0 = false } }
+        var client = try redis.client()
+        try eventually("events reach Redis") { try client.totalLength("*") >= 100 }
+
+        redis.kill()
+        let outageStart = Date()
+        let cpuBefore = try usedCPUSeconds(spout)
+        // This sleep is the outage; each second looks at spout and its walsender.
+        while Date().timeIntervalSince(outageStart) < 30 {
+            usleep(1_000_000)
+            XCTAssertTrue(spout.process.isRunning, spout.stderr)
+            XCTAssertEqual(try outbox.streamingWalsender, walsenderPID, "the walsender timed out or spout reconnected")
+        }
+        let cpu = try usedCPUSeconds(spout) - cpuBefore
+        let wall = Date().timeIntervalSince(outageStart)
+        // Measured: about 0.2 % with the wakeup, 2.3 % with the relay polling the sink every millisecond.
+        XCTAssertLessThan(cpu, 0.01 * wall, "spout used \(cpu) s of CPU in a \(wall) s outage")
+
+        try redis.start()
+        client = try redis.client()
+        writing.mutate { $0 = false }
+        try eventually("writer finished") { writer.isFinished }
+        let expected = written.value
+        try eventually(timeout: 60, "\(expected.count) events after the outage") { try client.totalLength("*") >= expected.count }
+        let end = try outbox.currentLSN()
+        try eventually("everything confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= end }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertEqual(try client.keys("*"), ["outbox.event.order"])
+        XCTAssertEqual(try client.entries("outbox.event.order").compactMap { $0.fields["id"] }, expected, "every event once, in commit order")
+        XCTAssertEqual(spout.stderr.split(separator: "\n").filter { $0.contains("warning") }.count, 1, spout.stderr)
     }
 
     private func checkExactlyOnce(_ client: RedisClient, expected: Set<String>, file: StaticString = #filePath, line: UInt = #line) throws {
@@ -246,7 +376,7 @@ final class RedisSinkTests: XCTestCase {
         for (url, stream) in [(redis.url + "/0", "outbox.event.default"),
                               ("redis://spouter:us3r-Pa55@127.0.0.1:\(redis.port)", "outbox.event.acl")] {
             let spout = try SpoutProcess(["run", "--sink", url] + outbox.arguments)
-            try eventually("slot active") { try outbox.slotIsActive }
+            try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
             let ids = try outbox.insert(writer, rows: 10, aggregate: String(stream.split(separator: ".").last ?? ""))
             try eventually("10 events in \(stream)") { try client.entries(stream).count >= 10 }
             spout.signal(SIGTERM)
@@ -276,7 +406,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_maxlen")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url, "--redis-maxlen", "100"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try TestDatabase.connect()
         var last = ""
         for index in 0..<10 {
@@ -302,7 +432,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_oom")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         XCTAssertEqual(try client.command("CONFIG", "SET", "maxmemory", "1"), .status("OK"))
 
         let writer = try TestDatabase.connect()
@@ -344,7 +474,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_wrongtype")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try TestDatabase.connect()
         try outbox.insert(writer, rows: 3, aggregate: "fine")
         try eventually("good events delivered") { try client.entries("outbox.event.fine").count == 3 }
@@ -369,7 +499,7 @@ final class RedisSinkTests: XCTestCase {
         let outbox = try OutboxFixture("redis_down")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", redis.url + "/3"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         try eventually("a warning") { spout.stderr.contains("cannot connect to Redis at 127.0.0.1:\(redis.port)") }
         let writer = try TestDatabase.connect()
         let witness = try CommitWitness(outbox)

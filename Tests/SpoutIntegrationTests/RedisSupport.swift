@@ -73,6 +73,50 @@ final class RedisServer {
     }
 
     func client() throws -> RedisClient { try RedisClient(port: port, password: password) }
+
+    /// Whether a client connection holds bytes the server has not read yet: with the server
+    /// stopped (SIGSTOP), a command is in flight and unanswered. Read from /proc/net/tcp
+    /// (the server's side of each connection, its receive queue).
+    var hasUnreadInput: Bool {
+        get throws {
+            let table = try procFile("/proc/net/tcp")
+            let local = String(format: "0100007F:%04X", port)
+            return table.split(separator: "\n").dropFirst().contains { line in
+                let columns = line.split(separator: " ")
+                // sl, local_address, rem_address, st (01: established), tx_queue:rx_queue
+                guard columns.count > 4, columns[1] == local, columns[3] == "01" else { return false }
+                let queues = columns[4].split(separator: ":")
+                return queues.count == 2 && (UInt64(queues[1], radix: 16) ?? 0) > 0
+            }
+        }
+    }
+}
+
+extension OutboxFixture {
+    /// The pid of the walsender streaming the slot (START_REPLICATION done), nil before.
+    /// `slotIsActive` is true already while spout creates the slot, and an insert made then
+    /// may commit before the slot's consistent point and never be decoded.
+    var streamingWalsender: String? {
+        get throws {
+            try admin.value("""
+                SELECT r.pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                WHERE s.slot_name = '\(slot)' AND r.state IN ('catchup', 'streaming')
+                """)
+        }
+    }
+}
+
+/// CPU time (user + system) `spout` has used so far, from /proc/PID/stat.
+func usedCPUSeconds(_ spout: SpoutProcess) throws -> Double {
+    let stat = try procFile("/proc/\(spout.process.processIdentifier)/stat")
+    // The command name in parentheses may hold spaces: count fields after its ")".
+    guard let close = stat.lastIndex(of: ")") else { throw XCTSkipFailure("unreadable /proc stat: \(stat)") }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // Fields 14 and 15 of proc(5), utime and stime; the first after ")" is field 3.
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
+        throw XCTSkipFailure("unreadable /proc stat: \(stat)")
+    }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 /// A reply, as the tests look at it.
@@ -190,5 +234,21 @@ final class RedisClient {
             if case let .integer(length) = try command("XLEN", key) { return total + length }
             return total
         }
+    }
+}
+
+/// A /proc file read to its end: they report size 0, and Foundation then stops after one page.
+func procFile(_ path: String) throws -> String {
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else { throw XCTSkipFailure("\(path): \(String(cString: strerror(errno)))") }
+    defer { close(descriptor) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = read(descriptor, &chunk, chunk.count)
+        if count < 0, errno == EINTR { continue }
+        guard count >= 0 else { throw XCTSkipFailure("\(path): \(String(cString: strerror(errno)))") }
+        if count == 0 { return String(decoding: bytes, as: UTF8.self) }
+        bytes += chunk[0..<count]
     }
 }

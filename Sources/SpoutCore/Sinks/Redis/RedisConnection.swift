@@ -142,6 +142,15 @@ struct RedisReply {
         guard index >= 0, index < count, let elements = reply.pointee.element, let element = elements[index] else { return nil }
         return RedisReply(element)
     }
+
+    /// In an array of names and values (XINFO's map, an entry's fields), the value after `name`.
+    func value(of name: String) -> RedisReply? {
+        for index in stride(from: 0, to: count - 1, by: 2) {
+            guard let key = self[index], key.kind == .string || key.kind == .status else { continue }
+            if key.text == name { return self[index + 1] }
+        }
+        return nil
+    }
 }
 
 /// The arguments of one command laid out in one reusable buffer, so building an XADD per

@@ -9,10 +9,15 @@ import Foundation
 /// batch and one batch in flight. Redis discards a whole transaction when it refuses one of
 /// its commands at queue time (OOM, LOADING, BUSY, MISCONF, NOPERM…), so a batch that is
 /// retried never lands behind a later one: per-key order survives every retry, and a stream
-/// never holds an event without the events before it. That is what makes `--redis-ids lsn`
-/// exact: an entry id at or below the stream's top item is an event that is already there.
-/// The reply to EXEC (sent after the AOF is written, and fsynced with `appendfsync always`)
-/// acknowledges the batch's tickets.
+/// never holds an event without the events before it. The reply to EXEC (sent after the AOF
+/// is written, and fsynced with `appendfsync always`) acknowledges the batch's tickets.
+///
+/// With `--redis-ids lsn` a re-sent event finds its entry id taken, and Redis refuses the
+/// XADD. That refusal only says the stream's top id is at or above it; another writer,
+/// server-generated ids or a database restored to older LSNs cause the same. So a refused
+/// event counts as delivered only when the stream holds its own event (`id` field) at that
+/// id; the sink looks (XINFO STREAM, XRANGE id id) once per stream before its first XADD
+/// there, and for every refused XADD: a stream that holds something else stops the sink.
 ///
 /// Lost connections, refused connects and refused batches are retried with exponential
 /// backoff and jitter, resending everything unacknowledged in order; one warning per outage.
@@ -47,6 +52,39 @@ public final class RedisStreamSink: Sink {
         var deadline: ContinuousClock.Instant
     }
 
+    /// What became of one XADD of an executed batch that had refusals.
+    private enum Outcome {
+        case stored
+        /// Refused as at or below the stream's top id: stored before, if the stream says so.
+        case taken
+        case refused(message: String)
+    }
+
+    /// Looks at the streams of some entries (`--redis-ids lsn`): for each, `XINFO STREAM` (its
+    /// top id) then `XRANGE key id id` (what is at the entry's id). At most one of `batch`
+    /// and `checks` is in flight.
+    private struct StreamChecks {
+        enum Purpose {
+            /// Before the first XADD to each of these streams.
+            case firstWrite
+            /// Redis refused these XADDs of the batch `entries[head ..< head + count]` as taken.
+            case takenIDs(count: Int, outcomes: [Outcome])
+        }
+        var purpose: Purpose
+        /// The entries looked at, by offset from `head`.
+        var offsets: [Int]
+        var sent = false
+        /// Replies handled: two per offset.
+        var replies = 0
+        /// XINFO STREAM of the stream being looked at: its last generated id (nil: no such
+        /// stream) and the highest id deleted from it (XDEL, trimming; Redis 7 and newer).
+        var topID: String?
+        var deletedUpTo: String?
+        /// One per offset answered.
+        var verdicts: [Verdict] = []
+        var deadline: ContinuousClock.Instant
+    }
+
     static let maxBatchEvents = 1024
     static let maxBatchBytes = 1 << 20
     static let connectTimeout: Duration = .seconds(5)
@@ -63,7 +101,13 @@ public final class RedisStreamSink: Sink {
     private let clock = ContinuousClock()
 
     private var phase: Phase
+    private let wakeup: RedisWakeup
+    /// Connections made so far: tells the wakeup a new socket from an old one with its number.
+    private var connections = 0
     private var batch: Batch?
+    private var checks: StreamChecks?
+    /// Streams looked at before their first XADD (`--redis-ids lsn`).
+    private var checkedStreams: Set<String> = []
     /// A refused batch is sent again from here on.
     private var batchRetryAt: ContinuousClock.Instant?
     /// Unacknowledged events in ticket order: `entries[head...]`; a batch covers a prefix of them.
@@ -90,9 +134,11 @@ public final class RedisStreamSink: Sink {
         maxLength = options.redisMaxLength.map { Array(String($0).utf8) }
         self.log = log
         phase = .disconnected(retryAt: clock.now)
+        wakeup = try RedisWakeup()
         entries.reserveCapacity(min(options.maxInFlightEvents, 65_536))
         Self.ignoreBrokenPipes()
         try connectAtStartup()
+        updateWakeup()
     }
 
     deinit { close() }
@@ -100,18 +146,8 @@ public final class RedisStreamSink: Sink {
     /// Only `--redis-ids lsn` builds entry ids from the commit LSN; otherwise events go out as they are decoded.
     public var needsCommitLSN: Bool { lsnIDs }
 
-    public var wakeupDescriptor: Int32? {
-        switch phase {
-        case let .handshaking(connection, _, _):
-            return connection.hasUnwrittenOutput ? nil : connection.descriptor
-        case let .ready(connection):
-            // Unwritten commands and a batch waiting for its retry need polling, not replies.
-            if connection.hasUnwrittenOutput || (batch == nil && head < entries.count) { return nil }
-            return connection.descriptor
-        case .disconnected, .connecting:
-            return nil
-        }
-    }
+    /// Always there, also while Redis is down: the relay then sleeps until the next deadline.
+    public var wakeupDescriptor: Int32? { wakeup.descriptor }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
         if let failure { throw failure }
@@ -124,7 +160,30 @@ public final class RedisStreamSink: Sink {
 
     public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
         if let failure { throw failure }
+        defer { updateWakeup() }
         try advance(report)
+    }
+
+    /// Points the wakeup at what `poll` waits for next: the socket (writable while connecting
+    /// or while commands wait to be written, readable for replies) and the next deadline.
+    private func updateWakeup() {
+        let now = clock.now
+        switch phase {
+        case let .disconnected(retryAt):
+            wakeup.watch(socket: nil, connection: connections, reading: false, writing: false,
+                         until: failure == nil ? retryAt : nil, now: now)
+        case let .connecting(connection, deadline):
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: false, writing: true, until: deadline, now: now)
+        case let .handshaking(connection, _, deadline):
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: true,
+                         writing: connection.hasUnwrittenOutput, until: deadline, now: now)
+        case let .ready(connection):
+            var deadline = batch?.deadline ?? checks?.deadline ?? batchRetryAt
+            // Events wait and nothing is in flight: poll has work at once.
+            if deadline == nil, failure == nil, head < entries.count { deadline = now }
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: true,
+                         writing: connection.hasUnwrittenOutput, until: failure == nil ? deadline : nil, now: now)
+        }
     }
 
     public func close() {
@@ -136,6 +195,7 @@ public final class RedisStreamSink: Sink {
         }
         phase = .disconnected(retryAt: clock.now)
         batch = nil
+        checks = nil
     }
 
     // MARK: Connection
@@ -172,6 +232,7 @@ public final class RedisStreamSink: Sink {
                 do {
                     phase = .connecting(try RedisConnection(connectingTo: url.host, port: url.port),
                                         deadline: clock.now + Self.connectTimeout)
+                    connections += 1
                 } catch {
                     retryConnection(after: error.reason, connected: false)
                     return
@@ -245,6 +306,7 @@ public final class RedisStreamSink: Sink {
         try connection.append(&command)
         steps.append(.ping)
         batch = nil
+        checks = nil
         batchRetryAt = nil
         phase = .handshaking(connection, awaiting: steps, deadline: clock.now + Self.connectTimeout)
     }
@@ -297,6 +359,7 @@ public final class RedisStreamSink: Sink {
     /// goes out again, in order, on the next connection.
     private func retryConnection(after reason: String, connected: Bool) {
         batch = nil
+        checks = nil
         batchRetryAt = nil
         phase = .disconnected(retryAt: clock.now + nextBackoff())
         let waiting = entries.count - head
@@ -342,10 +405,16 @@ public final class RedisStreamSink: Sink {
               try connection.withNextReply({ protocolError = handle($0, report) }) {}
         if let protocolError { throw RedisConnection.Failure(reason: protocolError) }
         guard failure == nil else { return }
-        if batch == nil, head < entries.count, batchRetryAt.map({ clock.now >= $0 }) ?? true {
+        if batch == nil, checks == nil, head < entries.count, batchRetryAt.map({ clock.now >= $0 }) ?? true {
             batchRetryAt = nil
-            try sendBatch(on: connection)
+            let count = nextBatchCount()
+            if lsnIDs, let unchecked = firstWritesToUncheckedStreams(count) {
+                checks = StreamChecks(purpose: .firstWrite, offsets: unchecked, deadline: clock.now + Self.replyTimeout)
+            } else {
+                try sendBatch(count, on: connection)
+            }
         }
+        if let pending = checks, !pending.sent { try sendChecks(pending, on: connection) }
         let deadline = clock.now + Self.writeBudget
         while try !connection.write() {
             let left = deadline - clock.now
@@ -353,22 +422,28 @@ public final class RedisStreamSink: Sink {
             let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
             _ = try connection.waitFor(Int16(POLLOUT), milliseconds: Int32(clamping: max(1, milliseconds)))
         }
-        if let batch, clock.now >= batch.deadline {
+        if let deadline = batch?.deadline ?? checks?.deadline, clock.now >= deadline {
             throw RedisConnection.Failure(reason: "no reply within \(Self.replyTimeout)")
         }
     }
 
-    private func sendBatch(on connection: RedisConnection) throws(RedisConnection.Failure) {
-        command.reset()
-        command.add("MULTI")
-        try connection.append(&command)
+    /// How many waiting entries the next batch takes.
+    private func nextBatchCount() -> Int {
         var count = 0
         var bytes = 0
         while head + count < entries.count, count < Self.maxBatchEvents, count == 0 || bytes < Self.maxBatchBytes {
-            let entry = entries[head + count]
-            try appendXADD(entry, on: connection)
-            bytes += entry.event.approximateSize
+            bytes += entries[head + count].event.approximateSize
             count += 1
+        }
+        return count
+    }
+
+    private func sendBatch(_ count: Int, on connection: RedisConnection) throws(RedisConnection.Failure) {
+        command.reset()
+        command.add("MULTI")
+        try connection.append(&command)
+        for offset in 0..<count {
+            try appendXADD(entries[head + offset], on: connection)
         }
         command.reset()
         command.add("EXEC")
@@ -387,11 +462,7 @@ public final class RedisStreamSink: Sink {
             command.add(maxLength)
         }
         if lsnIDs {
-            command.add { bytes in
-                JSONWriter.appendDecimal(event.lsn.rawValue, to: &bytes)
-                bytes.append(UInt8(ascii: "-"))
-                JSONWriter.appendDecimal(UInt64(entry.position), to: &bytes)
-            }
+            addEntryID(of: entry)
         } else {
             command.add("*")
         }
@@ -421,9 +492,19 @@ public final class RedisStreamSink: Sink {
         try connection.append(&command)
     }
 
-    /// Handles one reply of the batch in flight; returns a reason to drop the connection when
-    /// the reply makes no sense there.
+    /// `<commit LSN>-<position in the transaction>`, the entry id of `--redis-ids lsn`.
+    private func addEntryID(of entry: Entry) {
+        command.add { bytes in
+            JSONWriter.appendDecimal(entry.event.lsn.rawValue, to: &bytes)
+            bytes.append(UInt8(ascii: "-"))
+            JSONWriter.appendDecimal(UInt64(entry.position), to: &bytes)
+        }
+    }
+
+    /// Handles one reply of the batch or checks in flight; returns a reason to drop the
+    /// connection when the reply makes no sense there.
     private func handle(_ reply: RedisReply, _ report: (SinkCompletion) -> Void) -> String? {
+        if checks != nil { return handleCheck(reply, report) }
         guard var current = batch else { return "a reply arrived with no command in flight" }
         guard current.queuedRepliesLeft == 0 else {
             let index = current.count + 1 - current.queuedRepliesLeft // 0: MULTI, then the XADDs
@@ -468,23 +549,56 @@ public final class RedisStreamSink: Sink {
     }
 
     private func acknowledge(_ batch: Batch, _ results: RedisReply, _ report: (SinkCompletion) -> Void) {
+        guard (0..<batch.count).contains(where: { results[$0]?.kind == .error }) else {
+            for offset in 0..<batch.count { report(.delivered(ticket: entries[head + offset].ticket)) }
+            return settled(batch.count)
+        }
+        var outcomes: [Outcome] = []
+        var taken: [Int] = []
         for offset in 0..<batch.count {
-            let entry = entries[head + offset]
-            if let result = results[offset], result.kind == .error {
-                let text = result.text
-                // A re-published event whose lsn id is already in the stream.
-                if lsnIDs, RedisErrorReply.isDuplicateID(text) {
-                    report(.delivered(ticket: entry.ticket))
-                } else if failure == nil {
-                    fail(entry, text, report)
-                } else {
-                    report(.failed(ticket: entry.ticket, failure ?? SinkError(.permanent, text)))
-                }
+            guard let result = results[offset], result.kind == .error else {
+                outcomes.append(.stored)
+                continue
+            }
+            let text = result.text
+            if lsnIDs, RedisErrorReply.isTakenID(text) {
+                outcomes.append(.taken)
+                taken.append(offset)
             } else {
-                report(.delivered(ticket: entry.ticket))
+                outcomes.append(.refused(message: "Redis refused the entry: \(text)\(RedisErrorReply.hint(text, url: url))"))
             }
         }
-        head += batch.count
+        if taken.isEmpty {
+            settle(outcomes, report)
+        } else {
+            // Sent by `exchange` once the replies are read; the entries stay until they are answered.
+            checks = StreamChecks(purpose: .takenIDs(count: batch.count, outcomes: outcomes), offsets: taken,
+                                  deadline: clock.now + Self.replyTimeout)
+        }
+    }
+
+    /// Reports a batch with refusals, entry by entry; the first refusal stops the sink.
+    private func settle(_ outcomes: [Outcome], _ report: (SinkCompletion) -> Void) {
+        for (offset, outcome) in outcomes.enumerated() {
+            let entry = entries[head + offset]
+            switch outcome {
+            case .stored:
+                report(.delivered(ticket: entry.ticket))
+            case let .refused(message) where failure == nil:
+                fail(entry, message, report)
+            case let .refused(message):
+                report(.failed(ticket: entry.ticket, failure ?? SinkError(.permanent, message)))
+            case .taken:
+                // Only checks resolve these; an unresolved one is never delivered.
+                report(.failed(ticket: entry.ticket, failure ?? SinkError(.permanent, "entry id taken")))
+            }
+        }
+        settled(outcomes.count)
+    }
+
+    /// Drops the first `count` entries, all reported.
+    private func settled(_ count: Int) {
+        head += count
         if head == entries.count {
             entries.removeAll(keepingCapacity: true)
             head = 0
@@ -495,11 +609,138 @@ public final class RedisStreamSink: Sink {
         if failure == nil { recovered() }
     }
 
-    private func fail(_ entry: Entry, _ text: String, _ report: (SinkCompletion) -> Void) {
-        let error = SinkError(.permanent, "Redis refused the entry: \(text)\(RedisErrorReply.hint(text, url: url))",
-                              eventID: entry.event.id, topic: entry.event.topic)
+    private func fail(_ entry: Entry, _ message: String, _ report: (SinkCompletion) -> Void) {
+        let error = SinkError(.permanent, message, eventID: entry.event.id, topic: entry.event.topic)
         failure = error
         report(.failed(ticket: entry.ticket, error))
+    }
+
+    // MARK: Stream checks (`--redis-ids lsn`)
+
+    /// The first entry of each stream the next `count` entries write to and no check has
+    /// looked at yet, by offset from `head`; nil when there is none (the usual case).
+    private func firstWritesToUncheckedStreams(_ count: Int) -> [Int]? {
+        var offsets: [Int]?
+        var seen: Set<String> = []
+        for offset in 0..<count {
+            let topic = entries[head + offset].event.topic
+            guard !checkedStreams.contains(topic), seen.insert(topic).inserted else { continue }
+            offsets = (offsets ?? []) + [offset]
+        }
+        return offsets
+    }
+
+    private func sendChecks(_ pending: StreamChecks, on connection: RedisConnection) throws(RedisConnection.Failure) {
+        for offset in pending.offsets {
+            let entry = entries[head + offset]
+            command.reset()
+            command.add("XINFO")
+            command.add("STREAM")
+            command.add(entry.event.topic)
+            try connection.append(&command)
+            command.reset()
+            command.add("XRANGE")
+            command.add(entry.event.topic)
+            addEntryID(of: entry)
+            addEntryID(of: entry)
+            try connection.append(&command)
+        }
+        checks?.sent = true
+    }
+
+    private func handleCheck(_ reply: RedisReply, _ report: (SinkCompletion) -> Void) -> String? {
+        guard var current = checks, current.sent, current.replies < current.offsets.count * 2 else {
+            return "a reply arrived with no command in flight"
+        }
+        let entry = entries[head + current.offsets[current.replies / 2]]
+        let isInfo = current.replies % 2 == 0
+        if reply.kind == .error {
+            let text = reply.text
+            if isInfo, text.contains("no such key") {
+                current.topID = nil
+                current.deletedUpTo = nil
+            } else if RedisErrorReply.isTransient(text) {
+                return "\(isInfo ? "XINFO STREAM" : "XRANGE"): \(text)"
+            } else {
+                // A check that cannot run must not let a taken id pass as delivered.
+                fail(entry, "Redis refused \(isInfo ? "XINFO STREAM" : "XRANGE"), which --redis-ids lsn needs to tell its own entries from others': "
+                     + "\(text)\(RedisErrorReply.hint(text, url: url))", report)
+                return nil
+            }
+        } else if isInfo {
+            guard reply.kind == .array else { return "unexpected reply to XINFO STREAM" }
+            current.topID = reply.value(of: "last-generated-id")?.text
+            current.deletedUpTo = reply.value(of: "max-deleted-entry-id")?.text
+        } else {
+            guard reply.kind == .array else { return "unexpected reply to XRANGE" }
+            current.verdicts.append(verdict(on: entry, topID: current.topID, deletedUpTo: current.deletedUpTo, atID: reply[0]))
+        }
+        current.replies += 1
+        checks = current
+        if current.replies == current.offsets.count * 2 {
+            checks = nil
+            resolve(current, report)
+        }
+        return nil
+    }
+
+    private enum Verdict {
+        /// The stream holds this very event at its id: it was stored before.
+        case holdsEvent
+        /// The stream's ids are all below the event's: an XADD will store it.
+        case below
+        /// Anything else: the error that stops the sink.
+        case foreign(String)
+    }
+
+    /// What the stream of `entry` holds, from its XINFO (`topID` nil: no such stream) and
+    /// what XRANGE found at the entry's id.
+    private func verdict(on entry: Entry, topID: String?, deletedUpTo: String?, atID found: RedisReply?) -> Verdict {
+        let wanted = RedisEntryID(lsn: entry.event.lsn.rawValue, position: entry.position)
+        let there: String
+        if let found {
+            let holder = found[1]?.value(of: "id")?.text
+            if holder == entry.event.id { return .holdsEvent }
+            there = holder.map { "its entry at \(wanted) is event \"\($0)\"" } ?? "its entry at \(wanted) is not a Spout event"
+        } else {
+            guard let topID else { return .below }
+            if let top = RedisEntryID(topID), top < wanted { return .below }
+            there = "it has no entry at \(wanted)"
+        }
+        let stream = entry.event.topic
+        var message = "stream \"\(stream)\" has ids up to \(topID ?? "?"), at or above \(wanted) (the id --redis-ids lsn gives this event), and \(there): "
+            + "its entries come from another writer, from server-generated ids, or from a database restored or recreated with lower LSNs; "
+            + "write to a fresh stream (delete or rename \"\(stream)\", or route the topic elsewhere with --topic), or use --redis-ids server"
+        if found == nil, let deletedUpTo, let deleted = RedisEntryID(deletedUpTo), wanted <= deleted {
+            // A consumer's XDEL or MAXLEN trimming may have removed the event's own entry; nothing left tells.
+            message += " (entries up to \(deletedUpTo) were deleted or trimmed from it: if this event's entry was one of them, it was delivered, "
+                + "and --redis-ids server gets past it, publishing it once more)"
+        }
+        return .foreign(message)
+    }
+
+    private func resolve(_ done: StreamChecks, _ report: (SinkCompletion) -> Void) {
+        switch done.purpose {
+        case .firstWrite:
+            for (offset, verdict) in zip(done.offsets, done.verdicts) {
+                let entry = entries[head + offset]
+                if case let .foreign(message) = verdict { return fail(entry, message, report) }
+                checkedStreams.insert(entry.event.topic)
+            }
+        case .takenIDs(_, var outcomes):
+            for (offset, verdict) in zip(done.offsets, done.verdicts) {
+                switch verdict {
+                case .holdsEvent: outcomes[offset] = .stored
+                case let .foreign(message): outcomes[offset] = .refused(message: message)
+                case .below:
+                    // Refused as taken, yet nothing is there now (the stream was deleted meanwhile?): never counted as stored.
+                    let entry = entries[head + offset]
+                    outcomes[offset] = .refused(message: "Redis refused entry id \(RedisEntryID(lsn: entry.event.lsn.rawValue, position: entry.position)) "
+                                                + "in stream \"\(entry.event.topic)\" as taken, yet holds nothing there now: if something deletes entries or the stream, stop it, then restart spout")
+                }
+            }
+            settle(outcomes, report)
+        }
     }
 
     /// hiredis 0.14 writes with write(2), which raises SIGPIPE on a connection the server
@@ -527,7 +768,7 @@ enum RedisErrorReply {
     }
 
     /// XADD with an explicit id at or below the stream's top item.
-    static func isDuplicateID(_ text: String) -> Bool {
+    static func isTakenID(_ text: String) -> Bool {
         text.contains("equal or smaller than the target stream top item")
     }
 
@@ -536,7 +777,7 @@ enum RedisErrorReply {
         let code = text.prefix { $0 != " " }
         switch code {
         case "WRONGTYPE": return " (the key exists and is not a stream: delete or rename it, or route the topic elsewhere with --topic)"
-        case "NOPERM": return " (the Redis user lacks a permission: grant it MULTI, EXEC and XADD on the topic keys, e.g. ACL SETUSER <user> +multi +exec +xadd ~*)"
+        case "NOPERM": return " (the Redis user lacks a permission: grant it MULTI, EXEC, XADD and, for --redis-ids lsn, XINFO and XRANGE on the topic keys, e.g. ACL SETUSER <user> +multi +exec +xadd +xinfo +xrange ~*)"
         case "NOAUTH": return " (Redis requires a password: give it in the URL, redis://:password@\(url.address))"
         case "MOVED", "ASK": return " (Redis Cluster is not supported: point --sink at a standalone server)"
         default:
@@ -544,4 +785,26 @@ enum RedisErrorReply {
             return ""
         }
     }
+}
+
+/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders them.
+struct RedisEntryID: Comparable, CustomStringConvertible {
+    var high: UInt64
+    var low: UInt64
+
+    init(lsn: UInt64, position: UInt32) {
+        high = lsn
+        low = UInt64(position)
+    }
+
+    init?(_ text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let high = UInt64(parts[0]), let low = UInt64(parts[1]) else { return nil }
+        self.high = high
+        self.low = low
+    }
+
+    static func < (lhs: Self, rhs: Self) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
+
+    var description: String { "\(high)-\(low)" }
 }
