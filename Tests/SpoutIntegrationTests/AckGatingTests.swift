@@ -101,7 +101,7 @@ final class AckGatingTests: XCTestCase {
         defer { outbox.tearDown() }
         let runner = try RelayRunner(outbox: outbox, sink: sink)
         defer { _ = runner.finish() }
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         // Three transactions of two events each, and their exact commit end LSNs. (The idle
         // slot may follow the server's position into a transaction not yet sent; never to its end.)
@@ -150,7 +150,7 @@ final class AckGatingTests: XCTestCase {
         let sink = HoldingSink(needsCommitLSN: false)
         let runner = try RelayRunner(outbox: outbox, sink: sink) { $0.maxInFlightEvents = 100 }
         defer { _ = runner.finish() }
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let witness = try CommitWitness(outbox)
         let (_, xid) = try CommitWitness.transaction(outbox.admin) { try outbox.insert(outbox.admin, rows: 1000) }
         let end = try witness.commitLSN(xid: xid)
@@ -176,7 +176,7 @@ final class AckGatingTests: XCTestCase {
         let sink = HoldingSink()
         let runner = try RelayRunner(outbox: outbox, sink: sink)
         defer { _ = runner.finish() }
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         try outbox.insert(outbox.admin, rows: 1)
         try outbox.insert(outbox.admin, rows: 1)
         try eventually("sink holds 2 events") { sink.events.count == 2 }

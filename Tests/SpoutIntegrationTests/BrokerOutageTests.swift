@@ -25,7 +25,7 @@ final class BrokerOutageTests: XCTestCase {
         defer { kafkaOutbox.tearDown() }
         let kafkaSpout = try SpoutProcess(["run", "--sink", cluster.sinkURL, "--kafka-property", "reconnect.backoff.max.ms=1000"]
                                           + window + kafkaOutbox.arguments)
-        try eventually("both slots active") { try natsOutbox.slotIsActive && kafkaOutbox.slotIsActive }
+        try eventually("spout streams from both slots") { try natsOutbox.streamingWalsender != nil && kafkaOutbox.streamingWalsender != nil }
         let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap, topics: [("outbox.event.order", 3)])
 
         // About 250 events a second each.
@@ -148,17 +148,6 @@ final class RelayWatch {
     }
 }
 
-extension SpoutProcess {
-    /// User plus system CPU time so far, from /proc (all threads); nil once it is gone.
-    var cpuSeconds: Double? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
-              let end = stat.lastIndex(of: ")") else { return nil }
-        // After "pid (comm)": state is field 3; utime and stime are fields 14 and 15.
-        let fields = stat[stat.index(after: end)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
-}
 
 extension TestDatabase {
     /// The test server's log (scripts/pg-start writes it to $SPOUT_PG_DIR/server.log); empty if unreadable.

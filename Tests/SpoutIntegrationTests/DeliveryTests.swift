@@ -10,7 +10,7 @@ final class DeliveryTests: XCTestCase {
         let outbox = try OutboxFixture("order")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--report-latency"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         // Per writer: (rows per transaction, transactions). 4 writers × 2,500 events.
         let plans: [[(rows: Int, count: Int)]] = [
@@ -107,7 +107,7 @@ final class DeliveryTests: XCTestCase {
         var expected = Set<String>()
 
         let first = try SpoutProcess(["run", "--max-in-flight", "50"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         // Writes until after the kill, so the first run dies mid-stream by construction.
         let background = try OutboxWriter(outbox, key: { "bg\($0)" })
         background.start(rows: 10, pause: 1_000)
@@ -189,7 +189,7 @@ final class DeliveryTests: XCTestCase {
         let outbox = try OutboxFixture("large")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--spool-memory-bytes", "65536", "--max-in-flight", "100"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         try outbox.admin.sql("""
             INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
             SELECT 'bulk', (i % 10)::text, 'Imported', jsonb_build_object('seq', i, 'pad', repeat('x', 100))
@@ -252,7 +252,7 @@ final class DeliveryTests: XCTestCase {
         defer { _ = try? outbox.admin.sql("DROP TABLE IF EXISTS \(other)") }
 
         let spout = try SpoutProcess(["run"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let before = try XCTUnwrap(try outbox.confirmedFlush)
         for _ in 0..<20 {
             try outbox.admin.sql("INSERT INTO \(other) (filler) SELECT repeat('x', 200) FROM generate_series(1, 2000)")
@@ -276,7 +276,7 @@ final class DeliveryTests: XCTestCase {
         let outbox = try OutboxFixture("unmappable")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--topic", "{tenant_id}.{event_type}"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         try outbox.admin.sql("INSERT INTO \(outbox.table) (aggregate_type, aggregate_id, event_type, payload, tenant_id) VALUES ('a', '1', 'Good', '{}', 'acme')")
         try eventually("first event") { spout.lines.count == 1 }
         let good = try XCTUnwrap(LSN(try XCTUnwrap(spout.events.first?["lsn"] as? String)))

@@ -53,7 +53,7 @@ final class HonestErrorTests: XCTestCase {
         try insertForgedRow()
 
         let tail = try SpoutProcess(["tail", "--format", "pretty", "--id-column", "ext_id"] + outbox.arguments)
-        try tail.waitUntilStreaming()
+        try eventually("tail streams: \(tail.stderr)") { tail.stderr.contains("spout: tailing ") }
         try insertForgedRow()
         try eventually("the event is printed") { tail.stdout.contains("id=x\\nspout: stopped: forged") }
         tail.signal(SIGTERM)
@@ -100,7 +100,7 @@ final class HonestErrorTests: XCTestCase {
         let outbox = try OutboxFixture("nontx")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run"] + outbox.arguments)
-        try spout.waitUntilStreaming()
+        try eventually("spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
         let lsn = try XCTUnwrap(try outbox.admin.lsn("""
             SELECT pg_logical_emit_message(false, 'outbox', '{"id": "hb-1", "aggregate_type": "heartbeat", "payload": {"seq": 7}}')
             """))
@@ -126,7 +126,7 @@ final class HonestErrorTests: XCTestCase {
         let outbox = try OutboxFixture("stopping")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--shutdown-timeout", "7"] + outbox.arguments)
-        try spout.waitUntilStreaming()
+        try eventually("spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
         XCTAssertTrue(spout.stderr.contains("stopping: waiting up to 7 s for 0 acknowledgements"), spout.stderr)

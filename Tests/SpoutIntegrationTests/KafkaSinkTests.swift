@@ -9,7 +9,7 @@ import XCTest
 final class KafkaSinkTests: XCTestCase {
     private func startSpout(_ outbox: OutboxFixture, _ cluster: KafkaMockCluster, _ extra: [String] = []) throws -> SpoutProcess {
         let spout = try SpoutProcess(["run", "--sink", cluster.sinkURL] + extra + outbox.arguments)
-        try eventually("slot active; stderr: \(spout.stderr)") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot; stderr: \(spout.stderr)") { try outbox.streamingWalsender != nil }
         return spout
     }
 

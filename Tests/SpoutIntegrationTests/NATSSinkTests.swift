@@ -14,7 +14,7 @@ final class NATSSinkTests: XCTestCase {
         let outbox = try OutboxFixture("nats")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 200, rows: 1)
@@ -64,7 +64,7 @@ final class NATSSinkTests: XCTestCase {
         defer { outbox.tearDown() }
 
         let first = try SpoutProcess(["run", "--sink", server.url, "--max-in-flight", "50"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try OutboxWriter(outbox)
         writer.start(rows: 10, pause: 2_000)
         eventually("first run delivered some events") { client.count("OUTBOX") >= 800 }
@@ -99,7 +99,7 @@ final class NATSSinkTests: XCTestCase {
         let outbox = try OutboxFixture("natsrestart")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         // Writes until told: the server dies while events are still being written.
         let writer = try OutboxWriter(outbox)
@@ -152,7 +152,7 @@ final class NATSSinkTests: XCTestCase {
         let outbox = try OutboxFixture("natshung")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         // Writes until told: events are in flight when the server stops answering.
         let writer = try OutboxWriter(outbox)
@@ -185,7 +185,7 @@ final class NATSSinkTests: XCTestCase {
         let outbox = try OutboxFixture("natsmissing")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let witness = try CommitWitness(outbox)
         let (_, xid) = try CommitWitness.transaction(outbox.admin) { try outbox.insert(outbox.admin, rows: 5) }
 
@@ -207,7 +207,7 @@ final class NATSSinkTests: XCTestCase {
         let outbox = try OutboxFixture("natscreate")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url, "--nats-create-stream", "SPOUT_EVENTS"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         eventually("a warning that NATS is unreachable") { spout.stderr.contains("is unavailable") }
         let writer = try OutboxWriter(outbox)
         let witness = try CommitWitness(outbox)
@@ -238,7 +238,7 @@ final class NATSSinkTests: XCTestCase {
         let outbox = try OutboxFixture("natsdeleted")
         defer { outbox.tearDown() }
         let spout = try SpoutProcess(["run", "--sink", server.url, "--nats-create-stream", "AGAIN"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 1, rows: 5)
         let client = try JetStreamTestClient(server.url)
@@ -278,7 +278,7 @@ final class NATSSinkTests: XCTestCase {
 
         let url = "nats://spout:s3cret-pw@127.0.0.1:\(unused.port),127.0.0.1:\(server.port)"
         let spout = try SpoutProcess(["run", "--sink", url, "--nats-create-stream", "AUTH"] + outbox.arguments)
-        try eventually("slot active") { try outbox.slotIsActive }
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 3, rows: 1)
         let client = try JetStreamTestClient("nats://spout:s3cret-pw@127.0.0.1:\(server.port)")

@@ -313,14 +313,14 @@ final class RedisSinkTests: XCTestCase {
 
         redis.kill()
         let outageStart = Date()
-        let cpuBefore = try usedCPUSeconds(spout)
+        let cpuBefore = try XCTUnwrap(spout.cpuSeconds)
         // This sleep is the outage; each second looks at spout and its walsender.
         while Date().timeIntervalSince(outageStart) < 30 {
             usleep(1_000_000)
             XCTAssertTrue(spout.process.isRunning, spout.stderr)
             XCTAssertEqual(try outbox.streamingWalsender, walsenderPID, "the walsender timed out or spout reconnected")
         }
-        let cpu = try usedCPUSeconds(spout) - cpuBefore
+        let cpu = try XCTUnwrap(spout.cpuSeconds) - cpuBefore
         let wall = Date().timeIntervalSince(outageStart)
         // Measured: about 0.2 % with the wakeup, 2.3 % with the relay polling the sink every millisecond.
         XCTAssertLessThan(cpu, 0.01 * wall, "spout used \(cpu) s of CPU in a \(wall) s outage")

@@ -92,33 +92,6 @@ final class RedisServer {
     }
 }
 
-extension OutboxFixture {
-    /// The pid of the walsender streaming the slot (START_REPLICATION done), nil before.
-    /// `slotIsActive` is true already while spout creates the slot, and an insert made then
-    /// may commit before the slot's consistent point and never be decoded.
-    var streamingWalsender: String? {
-        get throws {
-            try admin.value("""
-                SELECT r.pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-                WHERE s.slot_name = '\(slot)' AND r.state IN ('catchup', 'streaming')
-                """)
-        }
-    }
-}
-
-/// CPU time (user + system) `spout` has used so far, from /proc/PID/stat.
-func usedCPUSeconds(_ spout: SpoutProcess) throws -> Double {
-    let stat = try procFile("/proc/\(spout.process.processIdentifier)/stat")
-    // The command name in parentheses may hold spaces: count fields after its ")".
-    guard let close = stat.lastIndex(of: ")") else { throw XCTSkipFailure("unreadable /proc stat: \(stat)") }
-    let fields = stat[stat.index(after: close)...].split(separator: " ")
-    // Fields 14 and 15 of proc(5), utime and stime; the first after ")" is field 3.
-    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
-        throw XCTSkipFailure("unreadable /proc stat: \(stat)")
-    }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
 /// A reply, as the tests look at it.
 enum RedisValue: Equatable {
     case string(String)

@@ -87,6 +87,18 @@ final class OutboxFixture: @unchecked Sendable {
         get throws { try admin.value("SELECT active FROM pg_replication_slots WHERE slot_name = '\(slot)'") == "t" }
     }
 
+    /// The pid of the walsender streaming the slot (START_REPLICATION done), nil before.
+    /// `slotIsActive` is true already while spout creates the slot, and an insert made then
+    /// may commit before the slot's consistent point and never be decoded.
+    var streamingWalsender: String? {
+        get throws {
+            try admin.value("""
+                SELECT r.pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                WHERE s.slot_name = '\(slot)' AND r.state IN ('catchup', 'streaming')
+                """)
+        }
+    }
+
     func currentLSN() throws -> LSN { try admin.lsn("SELECT pg_current_wal_insert_lsn()") ?? .zero }
 
     /// Inserts `rows` events in one transaction on `connection`; returns their ids.
@@ -262,5 +274,17 @@ final class CommitWitness {
     func commitLSN(xid: String) throws -> LSN {
         try XCTUnwrap(try admin.lsn("SELECT lsn FROM pg_logical_slot_peek_changes('\(slot)', NULL, NULL) WHERE data = 'COMMIT \(xid)'"),
                       "no commit of transaction \(xid) in the witness slot")
+    }
+}
+
+extension SpoutProcess {
+    /// User plus system CPU time so far, from /proc (all threads); nil once it is gone.
+    var cpuSeconds: Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+              let end = stat.lastIndex(of: ")") else { return nil }
+        // After "pid (comm)": state is field 3; utime and stime are fields 14 and 15.
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }
