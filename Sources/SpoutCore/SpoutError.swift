@@ -27,6 +27,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case invalidOption(String)
     case protocolViolation(DecodingError, context: String)
     case unmappableEvent(MappingError, eventID: String?, lsn: LSN)
+    /// A non-transactional logical message (`lsn`: where its record ends) that cannot be mapped.
+    case unmappableMessage(MappingError, lsn: LSN)
     case sink(SinkError)
     case spoolFailed(String)
 
@@ -83,6 +85,11 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
                 + "The slot stays before that transaction, and the WAL holds the row as it was inserted, so changing the row now changes nothing: "
                 + "fix the mapping (e.g. --topic) if it is wrong, or skip that whole transaction (all its events, and only them) with "
                 + "spout run --start-lsn \(lsn.advanced(by: 1)) and your other options, then deliver its events by hand"
+        case let .unmappableMessage(error, lsn):
+            // The server decodes a non-transactional message only when its record starts at or
+            // after the start position, so starting at its end skips it and nothing else.
+            "cannot map the non-transactional logical message at \(lsn): \(error). The slot stays before it: fix the mapping if it "
+                + "is wrong, or skip that message (and only it) with spout run --start-lsn \(lsn) and your other options"
         case let .sink(error):
             error.description
         case let .spoolFailed(message):

@@ -1,26 +1,6 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import SpoutCore
-
-/// Installs SIGINT/SIGTERM handlers that ask the relay to stop (it then drains and confirms).
-/// A second signal exits at once: nothing more is confirmed, so nothing is lost either.
-func installStopHandlers(_ stop: StopSignal) -> [DispatchSourceSignal] {
-    signal(SIGPIPE, SIG_IGN)
-    return [SIGINT, SIGTERM].map { number in
-        signal(number, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler {
-            if stop.isRequested {
-                Log().warning("second signal: exiting without waiting for acknowledgements")
-                _exit(130)
-            }
-            stop.request()
-        }
-        source.resume()
-        return source
-    }
-}
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -128,20 +108,19 @@ struct Run: ParsableCommand {
                 throw SpoutError.invalidOption("--start-lsn \(start) is beyond the end of the WAL (\(current)): check the value")
             }
             let start = max(options.startLSN ?? confirmed, confirmed)
-            let identity = PublicationWatch.Identity(tableOID: table.oid, publicationOID: try setup.publicationOID(connection))
+            let identity = try setup.identity(connection, tableOID: table.oid)
             let watch = PublicationWatch(conninfo: database.databaseURL, setup: setup, identity: identity, verified: start,
                                          markSlot: true, log: log)
+            // From here on SIGINT/SIGTERM drain and confirm; before, they end spout at once (nothing was confirmed).
+            let stop = StopSignal.forProcessSignals()
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
             log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))")
             watch.start()
             defer { watch.stop() }
 
-            let stop = StopSignal()
-            let handlers = installStopHandlers(stop)
-            defer { handlers.forEach { $0.cancel() } }
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)
             let outcome = try relay.run(until: stop)
-            log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.tracker.confirmed)")
+            log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.confirmed)")
             if reportLatency {
                 log.info("latency commit→ack: \(relay.latency.summary)")
                 log.info("latency commit→decoded: \(relay.decodeLatency.summary)")
@@ -200,9 +179,10 @@ struct Tail: ParsableCommand {
                 }
             }
             let start = try setup.createTemporarySlot(connection)
-            let identity = PublicationWatch.Identity(tableOID: table.oid, publicationOID: try setup.publicationOID(connection))
+            let identity = try setup.identity(connection, tableOID: table.oid)
             let watch = PublicationWatch(conninfo: database.databaseURL, setup: setup, identity: identity, verified: start,
                                          markSlot: false, log: log)
+            let stop = StopSignal.forProcessSignals()
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
             log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops")
             watch.start()
@@ -210,9 +190,6 @@ struct Tail: ParsableCommand {
 
             let sink = StdoutSink(format: format, color: terminal && format == .pretty)
             defer { sink.close() }
-            let stop = StopSignal()
-            let handlers = installStopHandlers(stop)
-            defer { handlers.forEach { $0.cancel() } }
             var options = Relay.Options()
             options.shutdownTimeout = .seconds(5)
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)

@@ -16,11 +16,12 @@ final class LogEscapingTests: XCTestCase {
 /// What the publication watch calls a change (pure: the SQL's answers in, a message or nil out).
 final class PublicationWatchRulesTests: XCTestCase {
     let setup = ReplicationSetup(table: TableName(schema: "public", name: "outbox"), publication: "spout", slot: "spout")
-    let identity = PublicationWatch.Identity(tableOID: 100, publicationOID: 200)
+    let identity = PublicationWatch.Identity(tableOID: 100, publicationOID: 200, membershipOID: 300)
 
-    func change(tableName: String? = "public.outbox", publicationOID: UInt32? = 200, published: Bool = true, nameOID: UInt32? = 100) -> String? {
+    func change(tableName: String? = "public.outbox", publicationOID: UInt32? = 200, published: Bool = true, nameOID: UInt32? = 100,
+                membershipOID: UInt32? = 300) -> String? {
         PublicationWatch.change(setup: setup, identity: identity, tableName: tableName, publicationOID: publicationOID,
-                                published: published, nameOID: nameOID)
+                                published: published, nameOID: nameOID, membershipOID: membershipOID)
     }
 
     func testUnchangedAndRenamedAreFine() {
@@ -35,14 +36,13 @@ final class PublicationWatchRulesTests: XCTestCase {
         XCTAssertTrue(try XCTUnwrap(change(publicationOID: 201)).contains("dropped and created again"))
         XCTAssertTrue(try XCTUnwrap(change(published: false)).contains("no longer publishes the outbox table public.outbox"))
         XCTAssertTrue(try XCTUnwrap(change(tableName: "public.outbox_old", nameOID: 102)).contains("is now another table (oid 102)"))
+        XCTAssertTrue(try XCTUnwrap(change(membershipOID: 301)).contains("removed from publication \"spout\" and added again"))
     }
 
-    func testFollowLimitIsTheLowerOfEndAndVerified() {
-        XCTAssertNil(Relay.followLimit(end: nil, verified: nil))
-        XCTAssertEqual(Relay.followLimit(end: LSN(5), verified: nil), LSN(5))
-        XCTAssertEqual(Relay.followLimit(end: nil, verified: LSN(7)), LSN(7))
-        XCTAssertEqual(Relay.followLimit(end: LSN(9), verified: LSN(7)), LSN(7))
-        XCTAssertEqual(Relay.followLimit(end: LSN(5), verified: LSN(7)), LSN(5))
+    func testNothingIsConfirmedPastTheVerifiedPosition() {
+        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(9), verified: nil), LSN(9), "no watch (tests of the relay alone)")
+        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(9), verified: LSN(7)), LSN(7), "an acknowledged commit past the check waits for it")
+        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(5), verified: LSN(7)), LSN(5))
     }
 
     func testIdleFollowStopsAtTheLimitAndMovesWhenItRises() {

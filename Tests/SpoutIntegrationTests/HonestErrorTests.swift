@@ -121,6 +121,34 @@ final class HonestErrorTests: XCTestCase {
         XCTAssertFalse(spout.stderr.contains("ignoring"), spout.stderr)
     }
 
+    /// A non-transactional message inside a big transaction arrives (and is acknowledged)
+    /// before that transaction, whose commit record may start right where the message record
+    /// ends. Confirming the message must not skip the transaction after a crash.
+    func testNonTransactionalMessageInsideATransactionSurvivesACrash() throws {
+        let outbox = try OutboxFixture("nontxcrash")
+        defer { outbox.tearDown() }
+        // Nobody reads stdout: the transaction's 3000 lines fill the pipe and stay unacknowledged.
+        let stuck = try SpoutProcess(["run"] + outbox.arguments, stdoutPipe: true)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        try outbox.admin.sql("BEGIN")
+        try outbox.insert(outbox.admin, rows: 3000, aggregate: "big", payload: { "{\"n\": \($0), \"pad\": \"\(String(repeating: "x", count: 100))\"}" })
+        let message = try XCTUnwrap(try outbox.admin.lsn("""
+            SELECT pg_logical_emit_message(false, 'outbox', '{"id": "inside", "aggregate_type": "heartbeat", "payload": 1}')
+            """))
+        try outbox.admin.sql("COMMIT")
+        try eventually("the message is acknowledged and confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= message }
+        stuck.signal(SIGKILL)
+        _ = stuck.waitForExit()
+
+        let spout = try SpoutProcess(["run"] + outbox.arguments)
+        try eventually("the transaction arrives after the restart: \(spout.events.count)") {
+            spout.events.filter { $0["topic"] as? String == "outbox.event.big" }.count == 3000
+        }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertFalse(spout.events.contains { $0["id"] as? String == "inside" }, "the confirmed message is not sent again")
+    }
+
     /// The first SIGTERM says what spout waits for.
     func testStoppingSaysWhatItWaitsFor() throws {
         let outbox = try OutboxFixture("stopping")

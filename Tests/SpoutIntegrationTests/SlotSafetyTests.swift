@@ -59,9 +59,42 @@ final class SlotSafetyTests: XCTestCase {
         try outbox.admin.sql("ALTER PUBLICATION \(outbox.publication) DROP TABLE public.\(outbox.table)")
         let beforeLostRows = try outbox.currentLSN()
         try outbox.insert(outbox.admin, rows: 3)
+        // An event that still arrives (a logical message) must not confirm past the lost rows either.
+        try outbox.admin.sql("SELECT pg_logical_emit_message(true, 'outbox', '{\"aggregate_type\": \"m\", \"payload\": 1}')")
         let line = spout.waitForFailure(timeout: 30, "spout notices the publication change")
         XCTAssertTrue(line.contains("no longer publishes the outbox table"), line)
         XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), beforeLostRows)
+    }
+
+    /// Removed from the publication and added again between two checks: still published,
+    /// but the rows in between are lost; the membership row tells.
+    func testTableRemovedAndAddedAgainStopsSpout() throws {
+        let outbox = try OutboxFixture("readded")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        try outbox.admin.sql("ALTER PUBLICATION \(outbox.publication) DROP TABLE public.\(outbox.table)")
+        let beforeLostRows = try outbox.currentLSN()
+        try outbox.insert(outbox.admin, rows: 2)
+        try outbox.admin.sql("ALTER PUBLICATION \(outbox.publication) ADD TABLE public.\(outbox.table)")
+        let line = spout.waitForFailure(timeout: 30, "spout notices the publication change")
+        XCTAssertTrue(line.contains("was removed from publication \"\(outbox.publication)\" and added again"), line)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), beforeLostRows, "nothing past the change")
+    }
+
+    /// A slot creation that failed leaves no "lost slot" behind.
+    func testFailedSlotCreationIsNotALostSlot() throws {
+        let outbox = try OutboxFixture("badslot")
+        defer { outbox.tearDown() }
+        let arguments = ["run", "--database-url", outbox.url, "--table", "public.\(outbox.table)", "--publication", outbox.publication,
+                         "--slot", "Bad-Name"]
+        for _ in 0..<2 {
+            let result = try SpoutProcess.run(arguments)
+            XCTAssertEqual(result.status, 1, result.stderr)
+            XCTAssertTrue(result.stderr.contains("cannot create replication slot \"Bad-Name\""), result.stderr)
+            XCTAssertFalse(result.stderr.contains("is gone"), result.stderr)
+        }
+        _ = try? outbox.admin.sql("DELETE FROM public.spout_slots WHERE slot_name = 'Bad-Name'")
     }
 
     /// A publication dropped and created again: stopped while running, and on the next start

@@ -81,6 +81,11 @@ public final class Relay {
     private var replyRequested = false
     private var lastStatusAt: ContinuousClock.Instant
     private var lastSentFlush = LSN.zero
+    /// Where the watch last verified the table and publication unchanged: nothing past it is confirmed.
+    private var verified: LSN?
+
+    /// The position the last status update confirmed to PostgreSQL.
+    public var confirmed: LSN { lastSentFlush }
     private var warnedRename: String?
 
     /// - Parameter start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
@@ -93,7 +98,8 @@ public final class Relay {
         self.options = options
         self.log = log
         tracker = AckTracker(start: max(start, options.startLSN ?? start))
-        tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch?.verified)
+        tracker.followLimit = options.endLSN
+        verified = watch?.verified
         inFlightSizes = [Int](repeating: 0, count: max(1, options.maxInFlightEvents))
         inFlightCommitTimes = options.recordLatency
             ? [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: inFlightSizes.count) : []
@@ -288,9 +294,11 @@ public final class Relay {
 
     /// `pg_logical_emit_message(false, …)`: written to the WAL at once, whatever the
     /// transaction around it does (it survives a rollback), and sent by the server outside any
-    /// transaction. It is delivered as a transaction of its own at its LSN, in arrival order;
-    /// once acknowledged, the position just past it is confirmed (the server decodes a message
-    /// again only from its own LSN on).
+    /// transaction. It is delivered as a transaction of its own, in arrival order, and once
+    /// acknowledged its LSN is confirmed. pgoutput's message LSN is where the message record
+    /// *ends* (`logicalmsg_decode` queues it at `buf->endptr`): confirming it skips the message
+    /// on a restart, while the commit of a transaction around it, which may start exactly
+    /// there, is still decoded. One byte further would skip that transaction.
     private func acceptNonTransactional(_ logical: PgOutputMessage.LogicalMessage) throws(SpoutError) {
         if let end = options.endLSN, logical.lsn >= end {
             reachedEnd = true
@@ -299,16 +307,16 @@ public final class Relay {
         if let start = options.startLSN, logical.lsn < start { return }
         let event: OutboxEvent?
         do { event = try mapper.event(message: logical, committedAt: PostgresTimestamp(unixMicroseconds: LatencyRecorder.nowMicros())) } catch {
-            throw .unmappableEvent(error, eventID: nil, lsn: logical.lsn)
+            throw .unmappableMessage(error, lsn: logical.lsn)
         }
         guard let event else { return }
         tracker.transactionBegan()
         try accept(event)
         if streaming {
-            _ = tracker.transactionCommitted(endLSN: logical.lsn.advanced(by: 1), eventCount: 0)
+            _ = tracker.transactionCommitted(endLSN: logical.lsn, eventCount: 0)
         } else {
             spool.commit(endLSN: logical.lsn, committedAt: event.committedAt)
-            _ = tracker.transactionCommitted(endLSN: logical.lsn.advanced(by: 1), eventCount: 1)
+            _ = tracker.transactionCommitted(endLSN: logical.lsn, eventCount: 1)
         }
         statistics.transactions += 1
     }
@@ -411,20 +419,21 @@ public final class Relay {
     private func sendStatusIfDue() throws(SpoutError) {
         if let watch {
             if let failure = watch.failure { throw failure }
-            tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch.verified)
+            verified = watch.verified
         }
         let now = clock.now
-        let moved = tracker.confirmed != lastSentFlush && now - lastStatusAt >= .milliseconds(10)
+        let moved = confirmable != lastSentFlush && now - lastStatusAt >= .milliseconds(10)
         guard replyRequested || moved || now - lastStatusAt >= options.statusInterval else { return }
         try sendStatus()
     }
 
-    /// The idle position is followed up to the replay's end and what the watch verified.
-    static func followLimit(end: LSN?, verified: LSN?) -> LSN? {
-        switch (end, verified) {
-        case let (end?, verified?): min(end, verified)
-        case let (end, verified): end ?? verified
-        }
+    /// What may be confirmed: what the sink acknowledged (or the idle position), but never past
+    /// where the watch verified that the table and publication were unchanged — rows written
+    /// after such a change may never reach the slot, so only the watch can vouch for them.
+    var confirmable: LSN { Self.confirmable(acknowledged: tracker.confirmed, verified: verified) }
+
+    static func confirmable(acknowledged: LSN, verified: LSN?) -> LSN {
+        verified.map { min(acknowledged, $0) } ?? acknowledged
     }
 
     /// Before the last status update: one more check, so the idle position it confirms is verified up to now.
@@ -434,11 +443,11 @@ public final class Relay {
         try sendStatus()
         watch.checkNow(timeout: options.statusInterval * 2)
         if let failure = watch.failure { throw failure }
-        tracker.followLimit = Self.followLimit(end: options.endLSN, verified: watch.verified)
+        verified = watch.verified
     }
 
     private func sendStatus() throws(SpoutError) {
-        let confirmed = tracker.confirmed
+        let confirmed = confirmable
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let micros = Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000

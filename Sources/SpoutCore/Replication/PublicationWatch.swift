@@ -16,10 +16,14 @@ public final class PublicationWatch: Sendable {
     public struct Identity: Sendable, Equatable {
         public var tableOID: UInt32
         public var publicationOID: UInt32
+        /// The table's `pg_publication_rel` row: removed and added again within one check
+        /// interval, the table is still published, but rows written in between were not.
+        public var membershipOID: UInt32?
 
-        public init(tableOID: UInt32, publicationOID: UInt32) {
+        public init(tableOID: UInt32, publicationOID: UInt32, membershipOID: UInt32?) {
             self.tableOID = tableOID
             self.publicationOID = publicationOID
+            self.membershipOID = membershipOID
         }
     }
 
@@ -125,9 +129,10 @@ public final class PublicationWatch: Sendable {
             throw .connectionLost(detail: "pg_current_wal_lsn() returned nothing")
         }
         let rows = try connection.query(Self.checkSQL(setup: setup, identity: identity), context: "cannot check the outbox table and publication")
-        guard let row = rows.first, row.count == 4 else { throw .connectionLost(detail: "the watch query returned no row") }
+        guard let row = rows.first, row.count == 5 else { throw .connectionLost(detail: "the watch query returned no row") }
         if let change = Self.change(setup: setup, identity: identity, tableName: row[0], publicationOID: row[1].flatMap { UInt32($0) },
-                                    published: row[2] == "t", nameOID: row[3].flatMap { UInt32($0) }) {
+                                    published: row[2] == "t", nameOID: row[3].flatMap { UInt32($0) },
+                                    membershipOID: row[4].flatMap { UInt32($0) }) {
             throw .publicationChanged(change)
         }
         if markSlot { try? SlotMarker.refresh(connection, schema: setup.table.schema, slot: setup.slot) }
@@ -146,13 +151,15 @@ public final class PublicationWatch: Sendable {
                          JOIN pg_namespace n ON n.nspname = pt.schemaname
                          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
                         WHERE pt.pubname = \(SQL.literal(setup.publication)) AND c.oid = \(identity.tableOID)),
-               to_regclass(\(SQL.literal(setup.table.sql)))::oid
+               to_regclass(\(SQL.literal(setup.table.sql)))::oid,
+               (SELECT pr.oid FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                 WHERE p.pubname = \(SQL.literal(setup.publication)) AND pr.prrelid = \(identity.tableOID))
         """
     }
 
     /// What changed, as the error message; nil when nothing did. Pure, for unit tests.
     static func change(setup: ReplicationSetup, identity: Identity, tableName: String?, publicationOID: UInt32?,
-                       published: Bool, nameOID: UInt32?) -> String? {
+                       published: Bool, nameOID: UInt32?, membershipOID: UInt32?) -> String? {
         let table = setup.table.description
         let publication = setup.publication
         let backfill = "re-publish outbox rows written since the change from the table, then restart spout"
@@ -178,6 +185,10 @@ public final class PublicationWatch: Sendable {
             return "publication \"\(publication)\" no longer publishes the outbox table \(table): inserts written since never reach the slot, "
                 + "so spout stopped before confirming past the change. To recover: ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE "
                 + "\(setup.table.sql), " + backfill
+        }
+        guard membershipOID == identity.membershipOID else {
+            return "the outbox table \(table) was removed from publication \"\(publication)\" and added again while spout ran: inserts "
+                + "written in between never reached the slot, so spout stopped before confirming past the change. To recover: " + backfill
         }
         if let nameOID, nameOID != identity.tableOID {
             return "\(table) is now another table (oid \(nameOID)); spout streams oid \(identity.tableOID), now named \(tableName ?? "?"). "

@@ -106,12 +106,19 @@ public struct ReplicationSetup: Sendable {
         return !exists
     }
 
-    /// The publication's OID: a dropped and recreated publication has another one.
-    public func publicationOID(_ connection: PostgresConnection) throws(SpoutError) -> UInt32 {
-        let text = try connection.query("SELECT oid FROM pg_publication WHERE pubname = \(SQL.literal(publication))",
-                                        context: "cannot look up publication \"\(publication)\"").first?.first ?? nil
-        guard let oid = text.flatMap({ UInt32($0) }) else { throw .publicationMissing(publication: publication, table: table.sql) }
-        return oid
+    /// What the watch holds on to: the table's OID, the publication's (a dropped and recreated
+    /// publication has another one) and the table's membership row in it (a table removed from
+    /// the publication and added again has another one; nil when the publication covers the
+    /// table through its schema).
+    public func identity(_ connection: PostgresConnection, tableOID: UInt32) throws(SpoutError) -> PublicationWatch.Identity {
+        let row = try connection.query("""
+            SELECT p.oid, (SELECT pr.oid FROM pg_publication_rel pr WHERE pr.prpubid = p.oid AND pr.prrelid = \(tableOID))
+              FROM pg_publication p WHERE p.pubname = \(SQL.literal(publication))
+            """, context: "cannot look up publication \"\(publication)\"").first
+        guard let row, row.count == 2, let oid = row[0].flatMap({ UInt32($0) }) else {
+            throw .publicationMissing(publication: publication, table: table.sql)
+        }
+        return PublicationWatch.Identity(tableOID: tableOID, publicationOID: oid, membershipOID: row[1].flatMap { UInt32($0) })
     }
 
     public static func publicationExists(_ connection: PostgresConnection, name: String) throws(SpoutError) -> Bool {
@@ -179,17 +186,19 @@ public struct ReplicationSetup: Sendable {
             if marker == nil { try SlotMarker.adopt(connection, schema: table.schema, slot: slot, log: log) }
             return (state, false)
         }
-        if let marker, !recreateLost {
+        // A marker without created_lsn is a creation that failed (a full max_replication_slots,
+        // a bad name): that slot never existed, nothing was lost.
+        if let marker, marker.createdLSN != nil, !recreateLost {
             let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
             throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
         }
-        guard create || (marker != nil && recreateLost) else { throw .slotMissing(slot: slot) }
+        guard create || (marker?.createdLSN != nil && recreateLost) else { throw .slotMissing(slot: slot) }
         // The marker first: a slot Spout cannot remember having created would go unnoticed when lost.
         try SlotMarker.prepare(connection, schema: table.schema, slot: slot)
         try connection.query(slotSQL, context: "cannot create replication slot \"\(slot)\"")
         guard let state = try Self.slotState(connection, slot: slot) else { throw .slotMissing(slot: slot) }
         try SlotMarker.recordCreation(connection, schema: table.schema, slot: slot, at: state.confirmedFlush)
-        if let marker {
+        if let marker, marker.createdLSN != nil {
             log.warning("created a new replication slot \"\(slot)\" in place of the lost one (--recreate-lost-slot); "
                         + "events committed after \(marker.confirmedLSN?.description ?? "?") were not delivered by spout: backfill them")
         }

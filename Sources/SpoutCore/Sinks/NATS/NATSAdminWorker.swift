@@ -72,6 +72,19 @@ final class NATSAdminWorker: Sendable {
         queue.async { connection.close() }
     }
 
+    /// Closes the sink's last connection behind every job still using it (a stream look-up
+    /// may be using its admin side for seconds), waiting at most `timeout`: destroying it on
+    /// the relay thread meanwhile would pull it from under that job.
+    func closeWhenIdle(_ connection: NATSConnection, timeout: Duration) {
+        let closed = DispatchSemaphore(value: 0)
+        queue.async {
+            connection.close()
+            closed.signal()
+        }
+        let milliseconds = Int(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        _ = closed.wait(timeout: .now() + .milliseconds(milliseconds))
+    }
+
     /// The results so far, in the order the jobs finished.
     func takeResults(into results: inout [Result]) {
         state.withLock { state in

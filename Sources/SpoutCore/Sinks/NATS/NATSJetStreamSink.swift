@@ -155,7 +155,9 @@ public final class NATSJetStreamSink: Sink {
                 _ = Glibc.poll(&ready, 1, 5)
             }
         }
-        connection.close()
+        connection.flush()
+        connection.detach()
+        worker.closeWhenIdle(connection, timeout: .seconds(6))
         self.connection = nil
     }
 
