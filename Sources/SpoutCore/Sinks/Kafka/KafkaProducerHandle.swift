@@ -255,12 +255,7 @@ final class KafkaProducerHandle {
 
     /// librdkafka's error text may quote a value; a secret's value never reaches a log.
     static func redact(_ text: String, value: String, of name: String) -> String {
-        guard isSecret(name), !value.isEmpty else { return text }
+        guard Redaction.isSecretName(name), !value.isEmpty else { return text }
         return text.replacingOccurrences(of: value, with: "***")
-    }
-
-    static func isSecret(_ name: String) -> Bool {
-        let lowered = name.lowercased()
-        return ["password", "secret", "key.pem", "sasl.oauthbearer.config", "sasl.jaas.config"].contains { lowered.contains($0) }
     }
 }
