@@ -478,7 +478,8 @@ final class RedisSinkTests: XCTestCase {
         let writer = try TestDatabase.connect()
         try outbox.insert(writer, rows: 3, aggregate: "fine")
         try eventually("good events delivered") { try client.entries("outbox.event.fine").count == 3 }
-        try eventually("good events confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= (try outbox.currentLSN()) }
+        let afterGood = try outbox.currentLSN()
+        try eventually("good events confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= afterGood }
         let good = try XCTUnwrap(try outbox.confirmedFlush)
         let witness = try CommitWitness(outbox)
         let (badIDs, badXID) = try CommitWitness.transaction(writer) { try outbox.insert(writer, rows: 1, aggregate: "blocked") }

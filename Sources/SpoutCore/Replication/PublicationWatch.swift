@@ -43,6 +43,7 @@ public final class PublicationWatch: Sendable {
     private let markSlot: Bool
     private let interval: Duration
     private let log: Log
+    static let checksPerMarkerRefresh = 15
 
     /// - Parameters:
     ///   - verified: the position the slot stands at (nothing past it is confirmed before the first check).
@@ -135,7 +136,11 @@ public final class PublicationWatch: Sendable {
                                     membershipOID: row[4].flatMap { UInt32($0) }) {
             throw .publicationChanged(change)
         }
-        if markSlot { try? SlotMarker.refresh(connection, schema: setup.table.schema, slot: setup.slot) }
+        // The marker's progress every 30 s: it only bounds what a lost slot had confirmed, and
+        // each update writes WAL that an idle slot then has to follow.
+        if markSlot, checks % Self.checksPerMarkerRefresh == 0 {
+            try? SlotMarker.refresh(connection, schema: setup.table.schema, slot: setup.slot)
+        }
         state.withLock { state in
             if position > state.verified { state.verified = position }
             state.checks += 1
