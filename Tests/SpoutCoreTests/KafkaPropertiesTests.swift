@@ -26,4 +26,27 @@ final class KafkaPropertiesTests: XCTestCase {
                        "without idempotence, one request in flight keeps retries in order")
         XCTAssertThrowsError(try KafkaSink.properties(bootstrap: "b:9092", user: [("transactional.id", "x")]))
     }
+
+    /// librdkafka never times a message out itself (it would drop it and still write the later
+    /// ones of its partition); the user's message.timeout.ms is the sink's own.
+    func testMessageTimeoutIsTheSinksOwn() throws {
+        let user = [("message.timeout.ms", "800"), ("linger.ms", "5")]
+        let properties = try KafkaSink.properties(bootstrap: "b:9092", user: user)
+        XCTAssertEqual(properties.filter { $0.name == "message.timeout.ms" }.map(\.value), ["0"])
+        XCTAssertEqual(value("linger.ms", in: properties), "5")
+        XCTAssertEqual(try KafkaSink.messageTimeout(user), 800)
+        XCTAssertEqual(try KafkaSink.messageTimeout([("message.timeout.ms", "800"), ("delivery.timeout.ms", "300")]), 300, "the alias, last one wins")
+        XCTAssertFalse(try KafkaSink.properties(bootstrap: "b:9092", user: [("delivery.timeout.ms", "300")]).contains { $0.name == "delivery.timeout.ms" })
+        XCTAssertNil(try KafkaSink.messageTimeout([]))
+        XCTAssertNil(try KafkaSink.messageTimeout([("message.timeout.ms", "0")]), "0 is no timeout")
+        XCTAssertThrowsError(try KafkaSink.messageTimeout([("message.timeout.ms", "soon")]))
+        XCTAssertThrowsError(try KafkaSink.messageTimeout([("delivery.timeout.ms", "-1")]))
+    }
+
+    /// Retries librdkafka gives up on drop a message while later ones are still written.
+    func testFiniteRetriesAreRefused() throws {
+        XCTAssertThrowsError(try KafkaSink.properties(bootstrap: "b:9092", user: [("retries", "3")]))
+        XCTAssertThrowsError(try KafkaSink.properties(bootstrap: "b:9092", user: [("message.send.max.retries", "0")]))
+        XCTAssertNoThrow(try KafkaSink.properties(bootstrap: "b:9092", user: [("retries", "2147483647")]))
+    }
 }

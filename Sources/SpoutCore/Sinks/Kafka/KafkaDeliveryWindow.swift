@@ -16,6 +16,8 @@ struct KafkaDeliveryWindow {
 
     private var events: [OutboxEvent?]
     private var states: [State]
+    /// When each `producing` event was handed to librdkafka (the sink's own message timeout).
+    private var producedAt: [ContinuousClock.Instant]
     private var head = 0
     private(set) var count = 0
     /// The ticket at `head`.
@@ -30,6 +32,7 @@ struct KafkaDeliveryWindow {
         while size < capacity, size < 1 << 20 { size <<= 1 }
         events = [OutboxEvent?](repeating: nil, count: size)
         states = [State](repeating: .finished, count: size)
+        producedAt = [ContinuousClock.Instant](repeating: .now, count: size)
     }
 
     var isEmpty: Bool { count == 0 }
@@ -73,10 +76,18 @@ struct KafkaDeliveryWindow {
         return nil
     }
 
-    mutating func markProducing(_ ticket: UInt64) {
+    mutating func markProducing(_ ticket: UInt64, at instant: ContinuousClock.Instant) {
         guard let slot = index(ticket), states[slot] == .waiting else { return }
         states[slot] = .producing
+        producedAt[slot] = instant
         producing += 1
+    }
+
+    /// When the oldest event was handed to librdkafka, if librdkafka holds it. Events go to
+    /// librdkafka in ticket order, so outside a recovery (when the oldest may be waiting
+    /// again) no event librdkafka holds has waited longer.
+    var oldestProducedAt: ContinuousClock.Instant? {
+        count > 0 && states[head] == .producing ? producedAt[head] : nil
     }
 
     /// A retriable failure: the event waits to be produced again, before anything newer.
@@ -107,12 +118,15 @@ struct KafkaDeliveryWindow {
     private mutating func grow() {
         var newEvents = [OutboxEvent?](repeating: nil, count: events.count * 2)
         var newStates = [State](repeating: .finished, count: events.count * 2)
+        var newProducedAt = [ContinuousClock.Instant](repeating: .now, count: events.count * 2)
         for offset in 0..<count {
             newEvents[offset] = events[(head + offset) & mask]
             newStates[offset] = states[(head + offset) & mask]
+            newProducedAt[offset] = producedAt[(head + offset) & mask]
         }
         events = newEvents
         states = newStates
+        producedAt = newProducedAt
         head = 0
     }
 }

@@ -198,11 +198,14 @@ final class KafkaProducerHandle {
         collected.errors.removeAll(keepingCapacity: true)
     }
 
-    /// Takes the messages librdkafka has not sent yet back out of its queues; each comes back
-    /// in a delivery report with `_PURGE_QUEUE`. Requests already in flight are left alone.
-    func purgeQueued() {
+    /// Takes every message back from librdkafka: queued ones come back in delivery reports
+    /// with `_PURGE_QUEUE`, those in requests in flight with `_PURGE_INFLIGHT` (the broker may
+    /// still write those, in order: they are older than anything produced after the purge, and
+    /// librdkafka bumps the producer epoch before it sends again). Synchronous: when it returns,
+    /// librdkafka holds nothing that could still be sent.
+    func purgeAll() {
         guard let handle else { return }
-        _ = rd_kafka_purge(handle, RD_KAFKA_PURGE_F_QUEUE)
+        _ = rd_kafka_purge(handle, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT)
     }
 
     /// The reason for a fatal error (the idempotent producer lost its guarantees), if one was raised.

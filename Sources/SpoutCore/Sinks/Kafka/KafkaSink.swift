@@ -7,14 +7,19 @@ import CRdKafka
 /// the defaults (`acks=all`, `enable.idempotence=true`) means every in-sync replica wrote it.
 /// The per-message opaque carries the ticket, so each report finds its ticket.
 ///
-/// Retries: the default `message.timeout.ms=0` (no timeout) lets librdkafka's idempotent
-/// producer retry a down broker, a leader change or a timed-out request for as long as it
-/// takes, in order and without duplicates. If a retriable error still comes back (a user-set
-/// `message.timeout.ms`, an error librdkafka gives up on), the sink takes what librdkafka has
-/// not sent yet back out of its queue, waits until librdkafka holds nothing, and after an
-/// exponential backoff with jitter produces the returned events again in ticket order, so a
-/// later event of a key never overtakes an earlier one. Permanent errors (too large, not
-/// authorized, invalid topic) fail the event's ticket with its id and topic.
+/// Retries: librdkafka runs with `message.timeout.ms=0` (no timeout), so its idempotent
+/// producer retries a down broker, a leader change or a timed-out request for as long as it
+/// takes, in order and without duplicates. librdkafka must never give up on a message by
+/// itself: when it does (a message timeout, exhausted retries), it bumps the producer epoch
+/// and goes on writing the later messages of the partition it still holds, so the failed one,
+/// produced again, lands after them (INTRODUCTION.md, "Message timeout considerations": 1, 4,
+/// 5). A user's `message.timeout.ms` is therefore the sink's own: when the oldest event
+/// librdkafka holds has waited that long, the sink takes everything back (queued and in
+/// flight). Then, as after any retriable error, it waits until librdkafka holds nothing and,
+/// after an exponential backoff with jitter, produces the returned events again in ticket
+/// order, so a later event of a key never overtakes an earlier one (requests that were in
+/// flight may still be written, in order: duplicates, never a reordering). Permanent errors
+/// (too large, not authorized, invalid topic) fail the event's ticket with its id and topic.
 public final class KafkaSink: Sink {
     private let producer: KafkaProducerHandle
     private let log: Log
@@ -25,11 +30,14 @@ public final class KafkaSink: Sink {
     /// holds nothing and this instant has passed.
     private var resumeAt: ContinuousClock.Instant?
     private var backoff = Backoff()
+    /// The user's `message.timeout.ms` in milliseconds, applied by the sink (librdkafka's own stays 0).
+    private let messageTimeout: Int?
     /// librdkafka's queue was full: produce again on the next poll.
     private var queueFull = false
     /// A transient problem was logged; cleared (with a note) by the next delivery.
     private var troubled = false
     private let clock = ContinuousClock()
+    private let started = ContinuousClock.now
 
     /// How long `close()` waits for librdkafka to deliver what it still holds.
     /// The relay has already waited (--shutdown-timeout) for acknowledgements by then.
@@ -38,6 +46,7 @@ public final class KafkaSink: Sink {
     public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         let brokers = try Self.bootstrapServers(url)
         let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties)
+        messageTimeout = try Self.messageTimeout(options.kafkaProperties)
         producer = try KafkaProducerHandle(properties: properties, log: log)
         self.log = log
         window = KafkaDeliveryWindow(capacity: min(options.maxInFlightEvents, 1 << 16))
@@ -97,7 +106,11 @@ public final class KafkaSink: Sink {
         return servers.joined(separator: ",")
     }
 
-    /// spout's defaults, then the user's properties verbatim (so any default can be overridden).
+    /// librdkafka's names for its message timeout; the sink applies it itself.
+    static let messageTimeoutNames: Set<String> = ["message.timeout.ms", "delivery.timeout.ms"]
+
+    /// spout's defaults, then the user's properties verbatim (so any default can be overridden),
+    /// except the message timeout, which stays 0 for librdkafka (see `messageTimeout(_:)`).
     static func properties(bootstrap: String, user: [(name: String, value: String)]) throws(SpoutError) -> [(name: String, value: String)] {
         for (name, value) in user {
             switch name {
@@ -105,6 +118,12 @@ public final class KafkaSink: Sink {
                 throw .invalidOption("--kafka-property delivery.report.only.error=true cannot be used: spout acknowledges events on their delivery reports")
             case "transactional.id":
                 throw .invalidOption("--kafka-property transactional.id is not supported: spout uses the idempotent producer, not transactions")
+            case "retries" where value.trimmingCharacters(in: .whitespaces) != "2147483647",
+                 "message.send.max.retries" where value.trimmingCharacters(in: .whitespaces) != "2147483647":
+                // A message librdkafka stops retrying is dropped while the later ones of its
+                // partition are still written: produced again, it would land after them.
+                throw .invalidOption("--kafka-property \(name) cannot be used: librdkafka must retry until the brokers answer, "
+                                     + "or later events overtake the one it gave up on; spout retries transient errors itself, in order")
             default:
                 break
             }
@@ -130,13 +149,25 @@ public final class KafkaSink: Sink {
             // 4 ms sooner.
             ("linger.ms", "1"),
         ]
-        properties.append(contentsOf: user)
+        properties.append(contentsOf: user.filter { !messageTimeoutNames.contains($0.name) })
         // Without idempotence, retries reorder unless one request is in flight at a time.
         let idempotent = user.last { $0.name == "enable.idempotence" }.map { $0.value.lowercased() != "false" } ?? true
         if !idempotent, !user.contains(where: { $0.name == "max.in.flight.requests.per.connection" || $0.name == "max.in.flight" }) {
             properties.append(("max.in.flight.requests.per.connection", "1"))
         }
         return properties
+    }
+
+    /// The user's `message.timeout.ms` (or its alias `delivery.timeout.ms`; the last one wins,
+    /// as in librdkafka): how long the oldest event librdkafka holds may wait for its
+    /// acknowledgement before the sink takes everything back and produces it again in order.
+    /// nil (the default, or 0): never, librdkafka retries for as long as it takes.
+    static func messageTimeout(_ user: [(name: String, value: String)]) throws(SpoutError) -> Int? {
+        guard let (name, value) = user.last(where: { messageTimeoutNames.contains($0.name) }) else { return nil }
+        guard let milliseconds = Int(value.trimmingCharacters(in: .whitespaces)), (0...Int(Int32.max)).contains(milliseconds) else {
+            throw .invalidOption("--kafka-property \(name)=\(value): expected milliseconds from 0 (no timeout) to 2147483647")
+        }
+        return milliseconds == 0 ? nil : milliseconds
     }
 
     // MARK: Sink
@@ -161,6 +192,9 @@ public final class KafkaSink: Sink {
         })
         if let failure { throw failure }
 
+        if resumeAt == nil, let timeout = messageTimeout, let since = window.oldestProducedAt, clock.now - since >= .milliseconds(timeout) {
+            beginRecovery(because: "an event waited longer than message.timeout.ms=\(timeout) for its acknowledgement (_MSG_TIMED_OUT)")
+        }
         if let resume = resumeAt {
             if window.producing == 0, clock.now >= resume {
                 resumeAt = nil
@@ -187,10 +221,12 @@ public final class KafkaSink: Sink {
 
     /// Hands waiting events to librdkafka in ticket order until one cannot go.
     private func produceWaiting() {
+        // The produce time matters only to the sink's message timeout: without one, no clock read.
+        let now = messageTimeout == nil ? started : clock.now
         while let ticket = window.nextWaiting(), let event = window.event(ticket) {
             switch producer.produce(event, ticket: ticket) {
             case .queued:
-                window.markProducing(ticket)
+                window.markProducing(ticket, at: now)
                 queueFull = false
             case .rejected(RD_KAFKA_RESP_ERR__QUEUE_FULL, _):
                 // librdkafka's queue is full (queue.buffering.max.*): its delivery reports free
@@ -248,16 +284,17 @@ public final class KafkaSink: Sink {
         }
     }
 
-    /// A retriable error came back: stop producing, take back what librdkafka has not sent
-    /// (it reports those as `_PURGE_QUEUE`, which lands here too), and resume after a backoff
-    /// once librdkafka holds nothing. Producing again from the oldest returned event keeps
-    /// the order.
+    /// A retriable error came back (or the sink's message timeout ran out): stop producing,
+    /// take back everything librdkafka holds (it reports those as `_PURGE_QUEUE` and
+    /// `_PURGE_INFLIGHT`, which land here too), and resume after a backoff once librdkafka holds
+    /// nothing. Left to librdkafka, messages after a failed one would be written before it is
+    /// produced again; producing again from the oldest returned event keeps the order.
     private func beginRecovery(because reason: String) {
         guard resumeAt == nil else { return }
-        producer.purgeQueued()
+        producer.purgeAll()
         let delay = backoff.next()
         resumeAt = clock.now + delay
-        let message = "kafka: \(reason); producing again in order after \(delay) (and after the messages in flight are answered)"
+        let message = "kafka: \(reason); producing again in order after \(delay) (and once librdkafka has returned everything it held)"
         if troubled { log.debug(message) } else { warnOnce(message) }
     }
 
