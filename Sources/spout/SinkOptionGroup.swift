@@ -52,6 +52,16 @@ struct SinkOptionGroup: ParsableArguments {
         return options
     }
 
+    /// The sink URL in effect (stdout:// by default).
+    var url: String { (Environment.lookup(.sink, flag: sinkFlag) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)).value }
+
+    /// Everything `makeSink` checks, without connecting.
+    func validate(maxInFlightEvents: Int) throws {
+        let options = try options(maxInFlightEvents: maxInFlightEvents)
+        let sink = Environment.lookup(.sink, flag: sinkFlag) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)
+        do { try SinkURL.validate(sink.value, options: options) } catch { throw relabelled(error, sink: sink) }
+    }
+
     func makeSink(maxInFlightEvents: Int, log: Log) throws -> Sink {
         let options = try options(maxInFlightEvents: maxInFlightEvents)
         let sink = Environment.lookup(.sink, flag: sinkFlag) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)

@@ -16,6 +16,7 @@ struct Spout: ParsableCommand {
             SPOUT_BIN and SPOUT_KAFKA_MOCK_BIN belong to the project's scripts and are ignored). \
             The command-line switches --json, --print and --report-latency are flags only.
             """,
+        version: "0.9.0",
         subcommands: [Run.self, Tail.self, Setup.self, Status.self, Slot.self]
     )
 }

@@ -57,6 +57,9 @@ struct Run: ParsableCommand {
         valueName: "seconds"))
     var shutdownTimeoutFlag: String?
 
+    @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
+    var checkConfig = false
+
     func run() throws {
         try reportingErrors {
             let log = try logging.log()
@@ -79,6 +82,12 @@ struct Run: ParsableCommand {
             let create = try !Environment.flag(.noCreate, given: noCreateFlag)
             let setup = try database.setup()
             var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
+            if checkConfig {
+                try sinkOptions.validate(maxInFlightEvents: options.maxInFlightEvents)
+                print(ConfigurationReport.text(database: database, setup: setup, mapping: mapper.mapping, relay: options,
+                                               sink: sinkOptions.url, create: create))
+                return
+            }
             let sink = try sinkOptions.makeSink(maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 

@@ -263,15 +263,15 @@ final class LeastPrivilegeTests: XCTestCase {
             _ = try? outbox.admin.sql("DROP OWNED BY \(role)")
             _ = try? outbox.admin.sql("DROP ROLE \(role)")
         }
-        let setup = try SpoutProcess.run(["setup"] + outbox.arguments)
-        XCTAssertEqual(setup.status, 0, setup.stderr)
-        let setupSeen = try XCTUnwrap(try outbox.admin.value("SELECT seen_at FROM public.spout_slots WHERE slot_name = '\(outbox.slot)'"))
+        // The owner creates the publication (sql/publication.sql); the role creates its slot and records it.
+        try outbox.admin.sql("CREATE PUBLICATION \(outbox.publication) FOR TABLE public.\(outbox.table) WITH (publish = 'insert')")
         var components = try XCTUnwrap(URLComponents(string: outbox.url))
         components.user = role
-        let arguments = ["run", "--no-create", "--database-url", try XCTUnwrap(components.string), "--table", "public.\(outbox.table)",
+        let arguments = ["run", "--database-url", try XCTUnwrap(components.string), "--table", "public.\(outbox.table)",
                          "--publication", outbox.publication, "--slot", outbox.slot]
         let spout = try SpoutProcess(arguments)
         try eventually("spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
+        let setupSeen = try XCTUnwrap(try outbox.admin.value("SELECT created_at FROM public.spout_slots WHERE slot_name = '\(outbox.slot)'"))
         try outbox.insert(outbox.admin, rows: 2)
         try eventually("two events: \(spout.stderr)") { spout.events.count == 2 }
         // The watch records the slot's progress when it starts (then every 30 s) as this role.

@@ -114,6 +114,11 @@ public struct SlotMarker: Sendable, Equatable {
     }
 
     private static func createTable(_ connection: PostgresConnection, schema: String) throws(SpoutError) {
+        // CREATE TABLE IF NOT EXISTS checks the schema's CREATE privilege before it looks for
+        // the table: the run role (sql/role.sql) has the table but not that privilege.
+        let exists = try connection.query("SELECT to_regclass(\(SQL.literal(table(schema)))) IS NOT NULL",
+                                          context: "cannot look up \(schema).\(tableName)").first?.first ?? nil
+        guard exists != "t" else { return }
         do {
             try connection.query(createSQL(schema: schema), context: "cannot create \(schema).\(tableName)")
         } catch let .server(error, context) where error.sqlState == "23505" || error.sqlState == "42P07" {

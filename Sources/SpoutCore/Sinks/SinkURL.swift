@@ -46,6 +46,21 @@ public enum SinkURL {
         }
     }
 
+    /// Checks a sink URL and its options as `makeSink` would, without connecting to anything
+    /// (`spout run --check-config`).
+    public static func validate(_ url: String, options: SinkOptions = SinkOptions()) throws(SpoutError) {
+        guard let schemeEnd = url.range(of: "://") else { _ = try makeSink(url, options: options); return }
+        switch url[..<schemeEnd.lowerBound].lowercased() {
+        case "kafka":
+            let properties = options.kafkaProperties.map { (name: $0.0, value: $0.1) }
+            _ = try KafkaSink.properties(bootstrap: try KafkaSink.bootstrapServers(url), user: properties)
+            _ = try KafkaSink.messageTimeout(properties)
+        case "redis": _ = try RedisURL(parsing: url)
+        case "nats": _ = try NATSEndpoint(url)
+        default: _ = try makeSink(url, options: options)
+        }
+    }
+
     /// The URL without a password or token (`redis://:secret@host` → `redis://:***@host`).
     public static func redacted(_ url: String) -> String { Redaction.url(url) }
 }

@@ -1,0 +1,25 @@
+import Foundation
+import SpoutCore
+
+/// What `spout run --check-config` prints: the configuration in effect, one `name = value`
+/// line each, with every password, token and secret property masked.
+enum ConfigurationReport {
+    static func text(database: DatabaseOptions, setup: ReplicationSetup, mapping: OutboxMapping, relay: Relay.Options,
+                     sink: String, create: Bool) -> String {
+        let columns = mapping.columns
+        var lines: [(String, String)] = [
+            ("database-url", Redaction.url(database.databaseURL)),
+            ("table", setup.table.description), ("publication", setup.publication), ("slot", setup.slot),
+            ("topic", mapping.topic.description), ("id-column", columns.id), ("aggregate-type-column", columns.aggregateType),
+            ("aggregate-id-column", columns.aggregateID), ("event-type-column", columns.eventType),
+            ("payload-column", columns.payload), ("headers-column", columns.headers), ("message-prefix", mapping.messagePrefix),
+            ("sink", SinkURL.redacted(sink)), ("no-create", create ? "false" : "true"),
+            ("max-in-flight", String(relay.maxInFlightEvents)), ("max-in-flight-bytes", String(relay.maxInFlightBytes)),
+            ("spool-memory-bytes", String(relay.spoolMemoryBytes)), ("shutdown-timeout", relay.shutdownTimeout.description),
+        ]
+        if let start = relay.startLSN { lines.append(("start-lsn", start.description)) }
+        if let end = relay.endLSN { lines.append(("end-lsn", end.description)) }
+        return "# spout run configuration (secrets masked); the configuration is valid\n"
+            + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")
+    }
+}
