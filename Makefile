@@ -1,6 +1,8 @@
 # Spout: `make demo` shows events streaming; `make test` runs every test against real servers.
 # Both install what they need (Debian packages) and start/stop their own servers.
-.PHONY: deps build release test demo bench clean
+.PHONY: deps build release install test demo bench clean
+
+PREFIX ?= /usr/local
 
 deps:
 	@scripts/install-deps
@@ -10,6 +12,10 @@ build: deps
 
 release: deps
 	swift build -c release
+
+# The binary, the systemd unit (deploy/systemd/spout@.service) and bash/zsh/fish completions.
+install: release
+	@scripts/install .build/release/spout $(PREFIX)
 
 test: deps
 	@scripts/test
