@@ -14,7 +14,7 @@ struct Spout: ParsableCommand {
             `database-url = postgresql://…`. Flags win over the environment, the environment over the file. \
             An unknown key in the file or an unknown SPOUT_* variable is an error (SPOUT_TEST_*, SPOUT_PG_*, \
             SPOUT_BIN and SPOUT_KAFKA_MOCK_BIN belong to the project's scripts and are ignored). \
-            The command-line switches --json, --print and --report-latency are flags only.
+            The command-line switches --json, --print, --report-latency and --check-config are flags only.
             """,
         version: "0.9.0",
         subcommands: [Run.self, Tail.self, Setup.self, Status.self, Slot.self]

@@ -55,7 +55,7 @@ final class ConfigurationTests: XCTestCase {
             }
         }
         XCTAssertTrue(names.contains("spool-memory-bytes") && names.contains("redis-maxlen") && names.contains("format"), "\(names)")
-        let switches: Set<String> = ["help", "json", "print", "report-latency", "config", "version"]
+        let switches: Set<String> = ["help", "json", "print", "report-latency", "check-config", "config", "version"]
         for name in names.subtracting(switches).sorted() {
             let file = try configFile(["\(name) = x"])
             let result = try SpoutProcess.run(["setup", "--print", "--config", file.path])
