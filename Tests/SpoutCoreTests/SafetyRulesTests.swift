@@ -45,15 +45,6 @@ final class PublicationWatchRulesTests: XCTestCase {
         XCTAssertEqual(Relay.confirmable(acknowledged: LSN(5), verified: LSN(7)), LSN(5))
     }
 
-    func testIdleFollowStopsAtTheLimitAndMovesWhenItRises() {
-        var tracker = AckTracker(start: LSN(10))
-        tracker.followLimit = LSN(20)
-        tracker.observe(walEnd: LSN(50))
-        XCTAssertEqual(tracker.confirmed, LSN(20), "never past what was verified")
-        tracker.followLimit = LSN(40)
-        XCTAssertEqual(tracker.confirmed, LSN(40), "raising the limit confirms at once, without another keepalive")
-    }
-
     func testLSNAdvancedSaturates() {
         XCTAssertEqual(LSN(0x16_B374_D848).advanced(by: 1).description, "16/B374D849")
         XCTAssertEqual(LSN(.max).advanced(by: 1), LSN(.max))

@@ -17,11 +17,8 @@ public struct AckTracker: Sendable {
     public private(set) var confirmed: LSN
     /// The newest server position seen (XLogData or keepalive `walEnd`).
     public private(set) var received: LSN
-    /// When set, the idle position is never followed past this LSN (replay with an end, and
-    /// the WAL position up to which the publication was verified unchanged).
-    public var followLimit: LSN? {
-        didSet { if followLimit != oldValue { advance() } }
-    }
+    /// When set, the idle position is never followed past this LSN (replay with an end).
+    public var followLimit: LSN?
 
     private var nextTicket: UInt64 = 0
     /// Every ticket below this one is acknowledged.

@@ -41,7 +41,7 @@ public final class Relay {
     private let stream: ReplicationStream
     private var mapper: EventMapper
     private let sink: Sink
-    /// Verifies that the table and publication did not change; idle positions are confirmed only as far as it verified.
+    /// Verifies that the table and publication did not change; nothing is confirmed past where it verified.
     private let watch: PublicationWatch?
     private let options: Options
     private let log: Log
@@ -417,10 +417,7 @@ public final class Relay {
     /// Status goes out when the server asks, when the confirmable LSN moved (at most every
     /// 10 ms), and at least every `statusInterval` so the walsender never times out.
     private func sendStatusIfDue() throws(SpoutError) {
-        if let watch {
-            if let failure = watch.failure { throw failure }
-            verified = watch.verified
-        }
+        try refreshVerified()
         let now = clock.now
         let moved = confirmable != lastSentFlush && now - lastStatusAt >= .milliseconds(10)
         guard replyRequested || moved || now - lastStatusAt >= options.statusInterval else { return }
@@ -442,6 +439,12 @@ public final class Relay {
         // A status first: the wait below must not let the walsender's timeout run out.
         try sendStatus()
         watch.checkNow(timeout: options.statusInterval * 2)
+        try refreshVerified()
+    }
+
+    /// The watch's news: a change it found stops the relay; otherwise how far it verified.
+    private func refreshVerified() throws(SpoutError) {
+        guard let watch else { return }
         if let failure = watch.failure { throw failure }
         verified = watch.verified
     }
@@ -492,6 +495,9 @@ public final class Relay {
 }
 
 extension Duration {
+    /// Whole milliseconds (rounded down, negative stays negative), for poll(2) timeouts.
+    var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+
     /// Whole or fractional seconds, as a person writes them (`30`, `2.5`).
     var secondsText: String {
         let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18

@@ -7,9 +7,10 @@ import Synchronization
 ///
 /// Why: rows written to a recreated table, or to a table the publication dropped, never reach
 /// the slot at all, so the relay cannot notice them; but an idle slot confirms the newest WAL
-/// position, which would confirm past them silently. So the relay follows an idle position
-/// only up to `verified`, a WAL position read just before a check that passed; a failed
-/// check stops the relay with `failure`, before anything past the change is confirmed.
+/// position, and a later event's commit would be confirmed too, past them silently. So the
+/// relay confirms nothing past `verified`, a WAL position read just before a check that
+/// passed; a failed check stops the relay with `failure`, before anything past the change is
+/// confirmed.
 /// Each round also records the slot's progress in its `SlotMarker`.
 public final class PublicationWatch: Sendable {
     /// What was verified at startup.
@@ -117,7 +118,7 @@ public final class PublicationWatch: Sendable {
                 }
             }
             var descriptor = pollfd(fd: wakeThread.descriptor, events: Int16(POLLIN), revents: 0)
-            let milliseconds = Int32(clamping: interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+            let milliseconds = Int32(clamping: interval.wholeMilliseconds)
             if !state.withLock({ $0.checkRequested || $0.stopped }) { _ = poll(&descriptor, 1, milliseconds) }
             wakeThread.drain()
         }

@@ -131,8 +131,7 @@ public struct ReplicationSetup: Sendable {
             SELECT s.plugin, s.database, s.active, s.active_pid, s.confirmed_flush_lsn, s.restart_lsn, s.wal_status,
                    s.temporary, s.two_phase,
                    \(invalidationSQL(connection)),
-                   (SELECT NULLIF(concat_ws(' from ', NULLIF(a.application_name, ''), COALESCE(a.client_hostname, host(a.client_addr))), '')
-                      FROM pg_stat_activity a WHERE a.pid = s.active_pid)
+                   (\(Self.clientSQL(pid: "s.active_pid")))
               FROM pg_replication_slots s WHERE s.slot_name = \(SQL.literal(slot))
             """, context: "cannot look up replication slot \"\(slot)\"")
         guard let row = rows.first, row.count == 11 else { return nil }
@@ -140,6 +139,15 @@ public struct ReplicationSetup: Sendable {
                          confirmedFlush: row[4].flatMap { LSN($0) }, restartLSN: row[5].flatMap { LSN($0) },
                          walStatus: row[6], temporary: row[7] == "t", twoPhase: row[8] == "t", invalidation: row[9],
                          activeClient: row[10])
+    }
+
+    /// Who holds a connection, from `pg_stat_activity`: its `application_name` (Spout's say
+    /// "spout run host=… pid=…") and where it connects from; NULL when nothing is known.
+    static func clientSQL(pid: String) -> String {
+        """
+        SELECT NULLIF(concat_ws(' from ', NULLIF(a.application_name, ''), COALESCE(a.client_hostname, host(a.client_addr))), '')
+          FROM pg_stat_activity a WHERE a.pid = \(pid)
+        """
     }
 
     /// Why a slot of `pg_replication_slots s` is invalidated, or NULL. The columns differ by

@@ -40,10 +40,7 @@ public final class ReplicationStream {
             if serverError.sqlState == "55006" {
                 let pid = Self.pid(in: serverError.message)
                 let client = try? pid.flatMap { pid in
-                    try connection.query("""
-                        SELECT NULLIF(concat_ws(' from ', NULLIF(application_name, ''), COALESCE(client_hostname, host(client_addr))), '')
-                          FROM pg_stat_activity WHERE pid = \(pid)
-                        """, context: "").first?.first ?? nil
+                    try connection.query(ReplicationSetup.clientSQL(pid: pid), context: "").first?.first ?? nil
                 }
                 throw .slotActive(slot: slot, pid: pid ?? "?", client: client ?? nil)
             }
@@ -140,7 +137,7 @@ public final class ReplicationStream {
         var descriptors: [pollfd] = []
         if readingSocket { descriptors.append(pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)) }
         for descriptor in others { descriptors.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
-        let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        let milliseconds = Int32(clamping: max(0, timeout.wholeMilliseconds))
         let ready = poll(&descriptors, nfds_t(descriptors.count), milliseconds)
         if ready < 0, errno != EINTR {
             throw .connectionLost(detail: "poll failed: \(String(cString: strerror(errno)))")

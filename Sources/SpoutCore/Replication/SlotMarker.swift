@@ -30,9 +30,7 @@ public struct SlotMarker: Sendable, Equatable {
 
     /// The marker of `slot`, nil when Spout never recorded one (or the table does not exist).
     public static func read(_ connection: PostgresConnection, schema: String, slot: String) throws(SpoutError) -> SlotMarker? {
-        let exists = try connection.query("SELECT to_regclass(\(SQL.literal(table(schema)))) IS NOT NULL",
-                                          context: "cannot look up \(schema).\(tableName)").first?.first ?? nil
-        guard exists == "t" else { return nil }
+        guard try tableExists(connection, schema: schema) else { return nil }
         let rows: [[String?]]
         do {
             rows = try connection.query("""
@@ -103,8 +101,7 @@ public struct SlotMarker: Sendable, Equatable {
 
     /// `spout slot drop`: dropping a slot through Spout is the explicit choice to forget it.
     public static func remove(_ connection: PostgresConnection, schema: String, slot: String) throws(SpoutError) {
-        guard try connection.query("SELECT to_regclass(\(SQL.literal(table(schema)))) IS NOT NULL",
-                                   context: "cannot look up \(schema).\(tableName)").first?.first ?? nil == "t" else { return }
+        guard try tableExists(connection, schema: schema) else { return }
         do {
             try connection.query("DELETE FROM \(table(schema)) WHERE slot_name = \(SQL.literal(slot))",
                                  context: "cannot forget replication slot \"\(slot)\" in \(schema).\(tableName)")
@@ -113,12 +110,15 @@ public struct SlotMarker: Sendable, Equatable {
         }
     }
 
+    private static func tableExists(_ connection: PostgresConnection, schema: String) throws(SpoutError) -> Bool {
+        try connection.query("SELECT to_regclass(\(SQL.literal(table(schema)))) IS NOT NULL",
+                             context: "cannot look up \(schema).\(tableName)").first?.first ?? nil == "t"
+    }
+
     private static func createTable(_ connection: PostgresConnection, schema: String) throws(SpoutError) {
         // CREATE TABLE IF NOT EXISTS checks the schema's CREATE privilege before it looks for
         // the table: the run role (sql/role.sql) has the table but not that privilege.
-        let exists = try connection.query("SELECT to_regclass(\(SQL.literal(table(schema)))) IS NOT NULL",
-                                          context: "cannot look up \(schema).\(tableName)").first?.first ?? nil
-        guard exists != "t" else { return }
+        guard try !tableExists(connection, schema: schema) else { return }
         do {
             try connection.query(createSQL(schema: schema), context: "cannot create \(schema).\(tableName)")
         } catch let .server(error, context) where error.sqlState == "23505" || error.sqlState == "42P07" {

@@ -81,8 +81,7 @@ final class NATSAdminWorker: Sendable {
             connection.close()
             closed.signal()
         }
-        let milliseconds = Int(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        _ = closed.wait(timeout: .now() + .milliseconds(milliseconds))
+        _ = closed.wait(timeout: .now() + .milliseconds(Int(timeout.wholeMilliseconds)))
     }
 
     /// The results so far, in the order the jobs finished.

@@ -419,8 +419,7 @@ public final class RedisStreamSink: Sink {
         while try !connection.write() {
             let left = deadline - clock.now
             guard left > .zero else { break }
-            let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
-            _ = try connection.waitFor(Int16(POLLOUT), milliseconds: Int32(clamping: max(1, milliseconds)))
+            _ = try connection.waitFor(Int16(POLLOUT), milliseconds: Int32(clamping: max(1, left.wholeMilliseconds)))
         }
         if let deadline = batch?.deadline ?? checks?.deadline, clock.now >= deadline {
             throw RedisConnection.Failure(reason: "no reply within \(Self.replyTimeout)")
