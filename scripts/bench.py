@@ -7,6 +7,10 @@ one table and writes it as JSON (bench/results.json by default).
 
     scripts/bench.py [--events 200000] [--footprint-events 1000000] [--latency-seconds 30]
                      [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka] [--json FILE]
+                     [--baseline GIT-REF]
+
+--baseline builds that commit too (in .run/baseline) and runs it next to this checkout's spout in
+the same run, row after row, so a change is compared with what came before on the same machine state.
 """
 import argparse
 import json
@@ -185,6 +189,7 @@ def main():
     parser.add_argument("--sinks", default="stdout,redis,nats,kafka")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
+    parser.add_argument("--baseline", default=None, help="a git commit to build and measure alongside (drain and latency)")
     options = parser.parse_args()
     sinks = [s for s in options.sinks.split(",") if s]
     skip = set(options.skip.split(","))
@@ -195,6 +200,9 @@ def main():
     bin_path = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, check=True,
                               capture_output=True, text=True).stdout.strip()
     spout = os.path.join(bin_path, "spout")
+    runners = [("spout", spout)]
+    if options.baseline:
+        runners.append((f"spout@{options.baseline[:12]}", build_baseline(options.baseline)))
     kafka_mock = None
     if "kafka" in sinks:
         subprocess.run(["swift", "build", "-c", "release", "--product", "spout-kafka-mock"], cwd=ROOT, check=True, stdout=sys.stderr)
@@ -225,7 +233,8 @@ def main():
                 db.create_slot("warmup")
                 db.create_slot("recvlogical")
                 for name in targets:
-                    db.create_slot(f"spout_{name}")
+                    for index, _ in enumerate(runners):
+                        db.create_slot(f"spout_{name}" + (f"_{index}" if index else ""))
                 log(f"drain: writing {backlog}")
                 make(options.events)
                 end = db.wal_insert_lsn()
@@ -238,16 +247,18 @@ def main():
                                          "events_per_s": reference, "ratio": 1.0})
                 log(f"drain {backlog}: pg_recvlogical {reference:,.0f} ev/s")
                 for name, target in targets.items():
-                    elapsed, rss, cpu, _ = timed([spout, "run", "--database-url", url, "--slot", f"spout_{name}", "--no-create",
-                                                  "--sink", target, "--end-lsn", end, "--log-level", "warning"] + extra.get(name, []))
-                    rate = options.events / elapsed
-                    results["drain"].append({"backlog": backlog, "runner": f"spout → {name}", "seconds": elapsed,
-                                             "events_per_s": rate, "ratio": rate / reference, "peak_rss_kib": rss, "cpu_s": cpu})
-                    log(f"drain {backlog}: spout → {name} {rate:,.0f} ev/s ({rate / reference:.2f}×)")
+                    for index, (label, binary) in enumerate(runners):
+                        slot = f"spout_{name}" + (f"_{index}" if index else "")
+                        elapsed, rss, cpu, _ = timed([binary, "run", "--database-url", url, "--slot", slot, "--no-create",
+                                                      "--sink", target, "--end-lsn", end, "--log-level", "warning"] + extra.get(name, []))
+                        rate = options.events / elapsed
+                        results["drain"].append({"backlog": backlog, "runner": f"{label} → {name}", "seconds": elapsed,
+                                                 "events_per_s": rate, "ratio": rate / reference, "peak_rss_kib": rss, "cpu_s": cpu})
+                        log(f"drain {backlog}: {label} → {name} {rate:,.0f} ev/s ({rate / reference:.2f}×)")
 
         if "latency" not in skip:
             for rate in [options.rate] + ([options.light_rate] if options.light_rate > 0 else []):
-                results["latency"] += latency(db, url, pg_bin, spout, targets, extra, rate, options.latency_seconds, servers)
+                results["latency"] += latency(db, url, pg_bin, runners, targets, extra, rate, options.latency_seconds, servers)
 
         if "footprint" not in skip:
             for backlog, make in [(f"{options.footprint_events // 1000}k single-row transactions", db.backlog_single_row_transactions),
@@ -291,7 +302,22 @@ def cpu_times():
     return total - idle - steal, steal, total
 
 
-def latency(db, url, pg_bin, spout, targets, extra, target_rate, seconds, servers):
+def build_baseline(ref):
+    """The spout binary of another commit, built in .run/baseline (a detached git worktree)."""
+    source = os.path.join(RUN, "baseline")
+    if os.path.isdir(source):
+        subprocess.run(["git", "-C", source, "checkout", "-q", "--detach", ref], check=True)
+    else:
+        os.makedirs(RUN, exist_ok=True)
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "-q", "--detach", source, ref], check=True)
+    log(f"building spout at {ref} (release) in {source}")
+    subprocess.run(["swift", "build", "-c", "release", "--product", "spout"], cwd=source, check=True, stdout=sys.stderr)
+    bin_path = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=source, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    return os.path.join(bin_path, "spout")
+
+
+def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, servers):
     """A steady rate from several connections (pgbench --rate). Spout records commit → broker
     acknowledgement (--report-latency); a consumer records commit → receive, from the
     insert time pgbench writes into each payload."""
@@ -347,7 +373,7 @@ def latency(db, url, pg_bin, spout, targets, extra, target_rate, seconds, server
                  "decoded_p50_ms": None, "decoded_p99_ms": None})
     db.sql("SELECT pg_drop_replication_slot('lat_recvlogical')")
 
-    for name, target in targets.items():
+    for (label, spout), (name, target) in ((runner, item) for item in targets.items() for runner in runners):
         db.reset()
         spout_run = [spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
                      "--report-latency", "--log-level", "info"] + extra.get(name, [])
@@ -383,7 +409,7 @@ def latency(db, url, pg_bin, spout, targets, extra, target_rate, seconds, server
         if not match:
             raise RuntimeError(f"no latency report from spout → {name}: {errors[-500:]}")
         count, p50, p99, p999, worst = (int(v) for v in match.groups())
-        rows.append({"sink": name, "target_rate": target_rate, "events": count, "rate": rate, "machine": machine,
+        rows.append({"sink": name if label == "spout" else f"{name} ({label})", "target_rate": target_rate, "events": count, "rate": rate, "machine": machine,
                      "spout_cpu_s_per_1k": 1000 * cpu / max(count, 1),
                      "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "p99_9_ms": p999 / 1000, "max_ms": worst / 1000,
                      "consumer": received,
@@ -412,15 +438,15 @@ def print_table(results):
     print(f"\nSpout benchmark — {m['date']}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB")
     if results["drain"]:
         print("\nDrain (backlog in the WAL before start; until the last event is acknowledged and confirmed)")
-        print(f"{'backlog':34} {'runner':22} {'events/s':>12} {'× pg_recvlogical':>17}")
+        print(f"{'backlog':34} {'runner':36} {'events/s':>12} {'× pg_recvlogical':>17}")
         for row in results["drain"]:
-            print(f"{row['backlog']:34} {row['runner']:22} {row['events_per_s']:>12,.0f} {row['ratio']:>17.2f}")
+            print(f"{row['backlog']:34} {row['runner']:36} {row['events_per_s']:>12,.0f} {row['ratio']:>17.2f}")
     if results["latency"]:
         def ms(value):
             return f"{value:.2f}" if value is not None else "-"
         print("\nLatency: commit → broker acknowledgement (Spout's HDR histogram) | commit → consumer receives"
               " | commit → decoded by Spout | machine CPU busy (steal) while the load ran")
-        print(f"{'sink':14} {'events':>8} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | "
+        print(f"{'sink':30} {'events':>8} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | "
               f"{'received':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} | {'p50 ms':>7} {'p99 ms':>7} | {'busy':>11}")
         shown_rate = None
         for row in results["latency"]:
@@ -430,7 +456,7 @@ def print_table(results):
             busy = row.get("machine") or {}
             rate = f"{row['rate']:.0f}" if row["rate"] else "-"
             c = row.get("consumer") or {}
-            print(f"{row['sink']:14} {row['events'] or '-':>8} {rate:>8} {ms(row['p50_ms']):>8} {ms(row['p99_ms']):>8} "
+            print(f"{row['sink']:30} {row['events'] or '-':>8} {rate:>8} {ms(row['p50_ms']):>8} {ms(row['p99_ms']):>8} "
                   f"{ms(row['p99_9_ms']):>9} {ms(row['max_ms']):>8} | {c.get('count', 0):>8} {ms(c.get('p50_ms')):>8} "
                   f"{ms(c.get('p99_ms')):>8} {ms(c.get('p99_9_ms')):>9} {ms(c.get('max_ms')):>8} | "
                   f"{ms(row.get('decoded_p50_ms')):>7} {ms(row.get('decoded_p99_ms')):>7} | "
