@@ -100,7 +100,7 @@ open class DeliveryEngine: Sink {
     private func updateWakeup() {
         let now = clock()
         var deadline = adapter.nextDeadline(self)
-        if let retryAt, retryAt < deadline ?? retryAt + .seconds(1) { deadline = retryAt }
+        if let retryAt { deadline = min(deadline ?? retryAt, retryAt) }
         wakeup.arm(failure == nil ? deadline : nil, now: now)
     }
 
@@ -129,6 +129,9 @@ open class DeliveryEngine: Sink {
     }
 
     public func entry(_ ticket: UInt64) -> DeliveryQueue.Entry? { queue[ticket] }
+
+    /// Events wait to be sent.
+    public var hasWaiting: Bool { queue.hasWaiting }
 
     /// The event is with the broker now.
     public func markSent(_ ticket: UInt64, at instant: ContinuousClock.Instant? = nil) {

@@ -56,6 +56,8 @@ public struct DeliveryQueue: Sendable {
     }
 
     public var isEmpty: Bool { unfinishedCount == 0 }
+    /// Entries wait to be sent (new, or back from a transient failure).
+    public var hasWaiting: Bool { unfinishedCount > sentCount }
     /// The ticket after the newest entry.
     public var endTicket: UInt64 { oldestTicket + UInt64(count) }
     private var mask: Int { slots.count - 1 }
