@@ -148,6 +148,22 @@ final class DeliveryEngineTests: XCTestCase {
         XCTAssertFalse(engine.inOutage)
     }
 
+    func testTroubleWithoutResendingIsAnOutageToo() throws {
+        try engine.send(event(0), ticket: 0)
+        try poll()
+        adapter.script = [{ $0.unavailable("broker down", warning: "the brokers are down") },
+                          { $0.unavailable("broker down", warning: "the brokers are down") }]
+        try poll()
+        XCTAssertTrue(engine.inOutage)
+        XCTAssertFalse(engine.isBackingOff, "nothing to resend, no backoff")
+        XCTAssertEqual(engine.queue.sentCount, 1, "still with the broker")
+        XCTAssertEqual(try metrics.expectCounter("spout_sink_outages_total", [("sink", "fake")]).totalValue, 1)
+        XCTAssertEqual(metrics.counters(label: "spout_sink_retries_total").first?.totalValue ?? 0, 0)
+        adapter.script = [{ $0.delivered(0) }]
+        XCTAssertEqual(delivered(try poll()), [0])
+        XCTAssertFalse(engine.inOutage)
+    }
+
     func testPermanentFailureIsReportedThenStopsTheSink() throws {
         for ticket: UInt64 in 0..<3 { try engine.send(event(ticket), ticket: ticket) }
         try poll()

@@ -21,10 +21,11 @@ final class DeliveryQueueTests: XCTestCase {
         XCTAssertEqual(queue.sentCount, 2)
         XCTAssertEqual(queue.oldestSentAt, start)
         // Acknowledged out of order: 11 is finished, 10 still holds the head.
-        XCTAssertEqual(queue.finish(11)?.event.id, "e11")
-        XCTAssertNil(queue.finish(11), "reported once")
+        XCTAssertTrue(queue.finish(11))
+        XCTAssertFalse(queue.finish(11), "reported once")
         XCTAssertEqual(queue.oldestTicket, 10)
-        XCTAssertEqual(queue.finish(10)?.attempts, 1)
+        XCTAssertEqual(queue[10]?.attempts, 1)
+        XCTAssertTrue(queue.finish(10))
         XCTAssertEqual(queue.oldestTicket, 12, "both freed")
         XCTAssertEqual(queue.unfinishedCount, 3)
         XCTAssertNil(queue.oldestSentAt)
@@ -34,7 +35,7 @@ final class DeliveryQueueTests: XCTestCase {
         var queue = DeliveryQueue(capacity: 16)
         for ticket in 0..<6 { _ = queue.append(event(ticket), ticket: UInt64(ticket)) }
         for ticket in 0..<4 { queue.markSent(UInt64(ticket), at: start) }
-        _ = queue.finish(1) // acknowledged before the failure
+        queue.finish(1) // acknowledged before the failure
         XCTAssertEqual(queue.rewind(at: start + .seconds(2)), 3)
         XCTAssertEqual(queue.sentCount, 0)
         XCTAssertEqual(queue.nextWaiting(), 0)
@@ -59,7 +60,8 @@ final class DeliveryQueueTests: XCTestCase {
             }
             while let ticket = queue.nextWaiting() { queue.markSent(ticket, at: start) }
             for _ in 0..<(round % 5) where acknowledged < next {
-                XCTAssertEqual(queue.finish(acknowledged)?.event.id, "e\(acknowledged)")
+                XCTAssertEqual(queue[acknowledged]?.event.id, "e\(acknowledged)")
+                XCTAssertTrue(queue.finish(acknowledged))
                 acknowledged += 1
             }
         }

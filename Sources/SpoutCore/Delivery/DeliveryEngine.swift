@@ -141,7 +141,7 @@ open class DeliveryEngine: Sink {
     /// The broker acknowledged the event. Also ends an outage. A ticket not held (reported
     /// already) is ignored; one waiting to be sent again counts: an acknowledgement is one.
     public func delivered(_ ticket: UInt64) {
-        guard queue.finish(ticket) != nil else { return }
+        guard queue.finish(ticket) else { return }
         completions.append(.delivered(ticket: ticket))
         backoff.reset()
         if outage.isActive { recovered() }
@@ -155,7 +155,7 @@ open class DeliveryEngine: Sink {
     }
 
     public func fail(_ ticket: UInt64, _ error: SinkError) {
-        guard queue.finish(ticket) != nil else { return }
+        guard queue.finish(ticket) else { return }
         completions.append(.failed(ticket: ticket, error))
         stop(error)
     }
@@ -174,7 +174,14 @@ open class DeliveryEngine: Sink {
         queue.rewind(at: now)
         retryAt = now + backoff.next(using: &random)
         metrics.retries.increment()
-        if outage.failed(at: now) {
+        unavailable(reason(), warning: warning())
+    }
+
+    /// The broker is in trouble, but nothing needs sending again (the client library retries
+    /// by itself): an outage begins, with its one `warning`, unless one is under way; the
+    /// next acknowledgement ends it.
+    public func unavailable(_ reason: @autoclosure () -> String, warning: @autoclosure () -> String) {
+        if outage.failed(at: clock()) {
             metrics.outages.increment()
             metrics.outageSeconds.record(0)
             log.warning(warning())
