@@ -70,6 +70,9 @@ open class DeliveryEngine: Sink {
 
     public var needsCommitLSN: Bool { adapter.needsCommitLSN }
 
+    /// The `sink` dimension of metrics: the adapter's name (redis, nats, kafka).
+    public var metricsName: String { adapter.sinkName }
+
     /// Always there, also while the broker is down: the relay then sleeps until the next deadline.
     public var wakeupDescriptor: Int32? { wakeup.descriptor }
 
