@@ -143,7 +143,7 @@ struct ConfigFile: Sendable {
     /// What to tell the user of a legacy file: that it works, and what the YAML looks like.
     var deprecation: String {
         "\(path) uses the old name = value format, which still works but will go: write it as YAML, one name: value per line "
-            + "(database-url: postgresql://…), kafka-property as a list ([linger.ms=5, acks=all])"
+            + "(slot = orders → slot: orders), kafka-property as a list (kafka-property: [linger.ms=5, acks=all])"
     }
 
     /// The line of `key`, or of its `index`th value (repeated keys, block list items).
