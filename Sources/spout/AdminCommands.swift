@@ -34,10 +34,12 @@ struct Setup: AsyncParsableCommand {
             try setup.checkTable(connection)
             let createdPublication = try setup.ensurePublication(connection, create: true)
             log.info(createdPublication ? "created publication \"\(setup.publication)\" for \(setup.table) (inserts only)"
-                     : "publication \"\(setup.publication)\" exists and publishes \(setup.table)")
+                     : "publication \"\(setup.publication)\" exists and publishes \(setup.table)",
+                     metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
             let (state, created) = try setup.provideSlot(connection, create: true, recreateLost: try settings.flag(.recreateLostSlot), log: log)
             log.info(created ? "created replication slot \"\(setup.slot)\" at \(state.confirmedFlush?.description ?? "?")"
-                     : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))")
+                     : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))",
+                     metadata: ["slot": "\(setup.slot)", "lsn": "\(state.confirmedFlush?.description ?? "")"])
         }
     }
 }
@@ -130,7 +132,7 @@ struct Slot: ParsableCommand {
                 try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(name)))", context: "cannot drop slot \"\(name)\"")
                 // Dropping through spout is the explicit choice: forget the slot, so the next run creates a new one.
                 try SlotMarker.remove(connection, schema: try DatabaseOptions.table(settings).schema, slot: name)
-                Log().info("dropped replication slot \"\(name)\"")
+                Log().info("dropped replication slot \"\(name)\"", metadata: ["slot": "\(name)"])
             }
         }
     }

@@ -104,7 +104,8 @@ struct Run: AsyncParsableCommand {
             try mapping.check(mapper, against: table)
             mapper.outboxOID = table.oid
             if try setup.ensurePublication(connection, create: create) {
-                log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)")
+                log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)",
+                         metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
             }
             let (slot, created) = try setup.ensureSlot(connection, create: create, recreateLost: try settings.flag(.recreateLostSlot), log: log)
             if created { log.info("created replication slot \"\(setup.slot)\"", metadata: ["slot": "\(setup.slot)"]) }
@@ -201,7 +202,8 @@ struct Tail: AsyncParsableCommand {
                                          markSlot: false, log: log)
             let stop = StopSignal.forProcessSignals(log: log)
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
-            log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops")
+            log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops",
+                     metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
             watch.start()
             defer { watch.stop() }
 

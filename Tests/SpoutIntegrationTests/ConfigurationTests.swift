@@ -225,6 +225,16 @@ final class ConfigFileTests: XCTestCase {
         XCTAssertEqual(try SpoutProcess.run(["run", "--check-config", "--config", single.path]).status, 0)
     }
 
+    /// The example the repository ships is valid and says what it claims.
+    func testShippedExampleIsValid() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("deploy/spout.yaml")
+        let check = try SpoutProcess.run(["run", "--check-config", "--config", example.path])
+        XCTAssertEqual(check.status, 0, check.stderr)
+        XCTAssertEqual(check.stderr, "")
+        assertLines(check.stdout, ["slot = spout_orders", "sink = kafka://broker1:9092,broker2:9092", "no-create = true"])
+    }
+
     /// Values of the wrong shape, files that are no YAML mapping, a missing file: one line each.
     func testYAMLMistakes() throws {
         let cases: [(lines: [String], expected: String)] = [
