@@ -36,9 +36,11 @@ struct ConfigFile: Sendable {
         let significant = text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
             .map { ($0.offset + 1, $0.element.trimmingCharacters(in: .whitespaces)) }
             .filter { !$0.1.isEmpty && !$0.1.hasPrefix("#") }
-        if let first = significant.first?.1, !looksLikeYAML(first) {
-            return try legacy(path: path, text: text)
+        guard let first = significant.first?.1 else {
+            // Only comments: nothing set (YAML has no document to parse).
+            return ConfigFile(path: path, provider: InMemoryProvider(name: providerName, values: [:]), lines: [:], isLegacy: false, rawValues: [])
         }
+        if !looksLikeYAML(first) { return try legacy(path: path, text: text) }
         let names = Setting.fileKeys
         var lines: [String: [Int]] = [:], itemLines: [String: [Int]] = [:]
         var currentKey: String?
@@ -51,11 +53,7 @@ struct ConfigFile: Sendable {
             guard let first = rawLine.first, !" \t#-.{[".contains(first), let colon = rawLine.firstIndex(of: ":") else { continue }
             var key = rawLine[..<colon].trimmingCharacters(in: .whitespaces)
             if key.count >= 2, let quote = key.first, quote == "\"" || quote == "'", key.last == quote { key = String(key.dropFirst().dropLast()) }
-            guard names.contains(key) else {
-                let hint = Setting.suggestion(for: key, among: names).map { " — did you mean \($0)?" }
-                    ?? " — the names are the long options without --, see spout help run"
-                throw .invalidOption("unknown option \"\(key)\" in \(path):\(number + 1)\(hint)")
-            }
+            guard names.contains(key) else { throw unknown(key, at: "\(path):\(number + 1)") }
             lines[key, default: []].append(number + 1)
             currentKey = key
         }
@@ -66,7 +64,7 @@ struct ConfigFile: Sendable {
                 filePath: FilePath(path))
         } catch {
             throw .invalidOption("\(path) is not a YAML mapping of option names to values (\(error)), "
-                                 + "e.g. database-url: postgresql://localhost/app")
+                                 + "e.g. database-url: postgresql://localhost/app; quote a value that starts with {, [, * or &")
         }
         // Each option's value has the shape its option takes: one value, or a list for kafka-property.
         var rawValues: [String] = []
@@ -83,7 +81,8 @@ struct ConfigFile: Sendable {
                 } else {
                     guard let value = try? provider.value(forKey: AbsoluteConfigKey([key]), type: .string).value,
                           case let .string(text) = value.content else {
-                        throw SpoutError.invalidOption("\(where_): give one value (text, number or true/false), not a list or mapping")
+                        throw SpoutError.invalidOption("\(where_): give one value (text, number or true/false), not a list or mapping "
+                                                       + "(quote a value that starts with { or [, e.g. topic: \"{tenant_id}.events\")")
                     }
                     rawValues.append(text)
                 }
@@ -92,6 +91,13 @@ struct ConfigFile: Sendable {
         // A list's values point at their own lines.
         for (key, items) in itemLines where lines[key]?.count == 1 { lines[key] = items }
         return ConfigFile(path: path, provider: provider, lines: lines, isLegacy: false, rawValues: rawValues)
+    }
+
+    /// A key that is no option, with the nearest one when it is near enough to be meant.
+    private static func unknown(_ key: String, at place: String) -> SpoutError {
+        let hint = Setting.suggestion(for: key, among: Setting.fileKeys).map { " — did you mean \($0)?" }
+            ?? " — the names are the long options without --, see spout help run"
+        return .invalidOption("unknown option \"\(key)\" in \(place)\(hint)")
     }
 
     /// `name: value`, `"name": value`, `---`: YAML; `name = value` (and anything else) is the
@@ -105,7 +111,6 @@ struct ConfigFile: Sendable {
 
     /// The `name = value` format spout read before YAML.
     private static func legacy(path: String, text: String) throws(SpoutError) -> ConfigFile {
-        let names = Setting.fileKeys
         var values: [String: [String]] = [:]
         var lines: [String: [Int]] = [:]
         for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -122,11 +127,7 @@ struct ConfigFile: Sendable {
             guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
                 throw .invalidOption("\(path):\(number + 1): \"\(name)\" is not an option name (use the long flag name without --)")
             }
-            guard names.contains(name) else {
-                let hint = Setting.suggestion(for: name, among: names).map { " — did you mean \($0)?" }
-                    ?? " — the names are the long options without --, see spout help run"
-                throw .invalidOption("unknown option \"\(name)\" in \(path):\(number + 1)\(hint)")
-            }
+            guard Setting.fileKeys.contains(name) else { throw unknown(name, at: "\(path):\(number + 1)") }
             values[name, default: []].append(value)
             lines[name, default: []].append(number + 1)
         }

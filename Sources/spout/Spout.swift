@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import SpoutCore
 
 @main
@@ -26,6 +27,8 @@ extension Spout {
     /// ArgumentParser's own errors can quote an argument (`Unexpected argument 'postgres://u:pw@h'`):
     /// they pass the same redaction as spout's.
     static func main() async {
+        // Any swift-log logger of the process (a library's too) writes spout's lines.
+        LoggingSystem.bootstrap { _ in SpoutLogHandler(format: Log.defaultFormat) }
         do {
             var command = try parseAsRoot()
             if var command = command as? AsyncParsableCommand {
