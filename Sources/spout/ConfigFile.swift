@@ -23,8 +23,6 @@ struct ConfigFile: Sendable {
     /// one per value of a repeated key.
     let lines: [String: [Int]]
     let isLegacy: Bool
-    /// Every value as written, for the secrets no message may show.
-    let rawValues: [String]
 
     static let providerName = "file"
 
@@ -33,12 +31,11 @@ struct ConfigFile: Sendable {
             throw .invalidOption("cannot read the config file \(path): check the path given with --config or SPOUT_CONFIG")
         }
         let text = String(decoding: data, as: UTF8.self)
-        let significant = text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
-            .map { ($0.offset + 1, $0.element.trimmingCharacters(in: .whitespaces)) }
-            .filter { !$0.1.isEmpty && !$0.1.hasPrefix("#") }
-        guard let first = significant.first?.1 else {
+        let significant = text.split(separator: "\n").lazy.map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        guard let first = significant.first else {
             // Only comments: nothing set (YAML has no document to parse).
-            return ConfigFile(path: path, provider: InMemoryProvider(name: providerName, values: [:]), lines: [:], isLegacy: false, rawValues: [])
+            return ConfigFile(path: path, provider: InMemoryProvider(name: providerName, values: [:]), lines: [:], isLegacy: false)
         }
         if !looksLikeYAML(first) { return try legacy(path: path, text: text) }
         let names = Setting.fileKeys
@@ -67,30 +64,23 @@ struct ConfigFile: Sendable {
                                  + "e.g. database-url: postgresql://localhost/app; quote a value that starts with {, [, * or &")
         }
         // Each option's value has the shape its option takes: one value, or a list for kafka-property.
-        var rawValues: [String] = []
         for (key, keyLines) in lines {
             guard let setting = Setting(rawValue: key) else { continue }
-            let where_ = "\(key) in \(path):\(keyLines[0])"
-            do {
-                if setting.isRepeatable {
-                    let list = try? provider.value(forKey: AbsoluteConfigKey([key]), type: .stringArray).value
-                    let single = try? provider.value(forKey: AbsoluteConfigKey([key]), type: .string).value
-                    guard let value = list ?? single else { throw SpoutError.invalidOption("\(where_): give a list of name=value items, e.g. [linger.ms=5]") }
-                    if case let .stringArray(items) = value.content { rawValues += items }
-                    if case let .string(item) = value.content { rawValues.append(item) }
-                } else {
-                    guard let value = try? provider.value(forKey: AbsoluteConfigKey([key]), type: .string).value,
-                          case let .string(text) = value.content else {
-                        throw SpoutError.invalidOption("\(where_): give one value (text, number or true/false), not a list or mapping "
-                                                       + "(quote a value that starts with { or [, e.g. topic: \"{tenant_id}.events\")")
-                    }
-                    rawValues.append(text)
+            let place = "\(key) in \(path):\(keyLines[0])"
+            if setting.isRepeatable {
+                let list = try? provider.value(forKey: setting.key, type: .stringArray).value
+                let single = try? provider.value(forKey: setting.key, type: .string).value
+                guard (list ?? single) != nil else { throw .invalidOption("\(place): give a list of name=value items, e.g. [linger.ms=5]") }
+            } else {
+                guard (try? provider.value(forKey: setting.key, type: .string).value) != nil else {
+                    throw .invalidOption("\(place): give one value (text, number or true/false), not a list or mapping "
+                                         + "(quote a value that starts with { or [, e.g. topic: \"{tenant_id}.events\")")
                 }
-            } catch let error as SpoutError { throw error } catch { throw .invalidOption("\(where_): \(error)") }
+            }
         }
         // A list's values point at their own lines.
         for (key, items) in itemLines where lines[key]?.count == 1 { lines[key] = items }
-        return ConfigFile(path: path, provider: provider, lines: lines, isLegacy: false, rawValues: rawValues)
+        return ConfigFile(path: path, provider: provider, lines: lines, isLegacy: false)
     }
 
     /// A key that is no option, with the nearest one when it is near enough to be meant.
@@ -138,7 +128,7 @@ struct ConfigFile: Sendable {
                                                               isSecret: setting.mayHoldSecret)
         }
         return ConfigFile(path: path, provider: InMemoryProvider(name: providerName, values: provided), lines: lines,
-                          isLegacy: true, rawValues: values.values.flatMap { $0 })
+                          isLegacy: true)
     }
 
     /// What to tell the user of a legacy file: that it works, and what the YAML looks like.

@@ -29,20 +29,20 @@ struct Settings: Sendable {
         }
         // The provider encodes `database-url` as DATABASE_URL: hand it the SPOUT_ variables under
         // those names. SPOUT_KAFKA_PROPERTIES separates its items by spaces or newlines.
-        var variables: [String: String] = [:]
+        var variables: [String: String] = [:], secretVariables: Set<String> = []
         for setting in Setting.allCases {
             guard let value = environment[setting.variable], !value.isEmpty else { continue }
             let name = setting.rawValue.uppercased().replacingOccurrences(of: "-", with: "_")
             variables[name] = setting.isRepeatable
                 ? value.split(whereSeparator: { $0 == "\n" || $0 == " " }).joined(separator: "\n") : value
+            if setting.mayHoldSecret { secretVariables.insert(name) }
         }
         let path = given[Setting.config.key].flatMap { if case let .string(path) = $0.content { path } else { nil } }
             ?? environment[Setting.config.variable].flatMap { $0.isEmpty ? nil : $0 }
-        let file = try await path.asyncMap { path throws(SpoutError) in try await ConfigFile.load(path: path) }
-        let environmentProvider = EnvironmentVariablesProvider(
-            environmentVariables: variables,
-            secretsSpecifier: .dynamic { name, _ in name.contains("URL") || name.contains("SINK") || name.contains("KAFKA") },
-            arraySeparator: "\n")
+        var file: ConfigFile?
+        if let path { file = try await ConfigFile.load(path: path) }
+        let environmentProvider = EnvironmentVariablesProvider(environmentVariables: variables, secretsSpecifier: .specific(secretVariables),
+                                                               arraySeparator: "\n")
         let defaults = InMemoryProvider(name: defaultProvider, values: Setting.defaults)
         var providers: [any ConfigProvider] = [InMemoryProvider(name: flagProvider, values: given), environmentProvider]
         if let file { providers.append(file.provider) }
@@ -120,15 +120,18 @@ struct Settings: Sendable {
         }
         texts += ProcessInfo.processInfo.environment.filter { $0.key.hasPrefix("SPOUT_") }.values
         if let path = ConfigFile.pathFromProcess, let data = FileManager.default.contents(atPath: path) {
-            // Each line, and what follows its `=` or `:` (the value, however the file was written).
+            // Each line, a YAML list item without its dash and quotes, and what follows the first
+            // `=` or `:` (the value, however the file was written).
+            func unquoted(_ text: String) -> String {
+                guard text.count >= 2, let quote = text.first, quote == "\"" || quote == "'", text.last == quote else { return text }
+                return String(text.dropFirst().dropLast())
+            }
             for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
-                texts.append(String(line))
+                let trimmed = line.trimmingCharacters(in: .whitespaces)
+                texts.append(trimmed)
+                if trimmed.hasPrefix("- ") { texts.append(unquoted(String(trimmed.dropFirst(2)).trimmingCharacters(in: .whitespaces))) }
                 if let separator = line.firstIndex(where: { $0 == "=" || $0 == ":" }) {
-                    var value = line[line.index(after: separator)...].trimmingCharacters(in: .whitespaces)
-                    if value.count >= 2, let quote = value.first, quote == "\"" || quote == "'", value.last == quote {
-                        value = String(value.dropFirst().dropLast())
-                    }
-                    texts.append(value)
+                    texts.append(unquoted(line[line.index(after: separator)...].trimmingCharacters(in: .whitespaces)))
                 }
             }
         }
@@ -151,11 +154,4 @@ final class SourceRecorder: AccessReporter {
     }
 
     func provider(of key: String) -> String? { answered.withLock { $0[key] } }
-}
-
-extension Optional {
-    fileprivate func asyncMap<T>(_ transform: (Wrapped) async throws(SpoutError) -> T) async throws(SpoutError) -> T? {
-        guard let self else { return nil }
-        return try await transform(self)
-    }
 }
