@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import SpoutCore
 
-struct Setup: ParsableCommand {
+struct Setup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create the publication and the replication slot (idempotent).",
         discussion: "Run it as a role that owns the outbox table (CREATE PUBLICATION needs it); spout run can then use a least-privilege role (sql/role.sql).")
@@ -15,10 +15,10 @@ struct Setup: ParsableCommand {
 
     @OptionGroup var lostSlot: LostSlotOption
 
-    func run() throws {
-        try reportingErrors {
-            let log = try logging.log()
-            let setup = try database.setup()
+    func run() async throws {
+        try await reportingErrors(database.flags + logging.flags + lostSlot.flags) { settings in
+            let log = try LogOptions.log(settings)
+            let setup = try database.setup(settings)
             if printOnly {
                 print("-- Publication: inserts into the outbox only (cleanup deletes are not events).")
                 print(setup.publicationSQL)
@@ -29,20 +29,22 @@ struct Setup: ParsableCommand {
                 print(setup.slotSQL)
                 return
             }
-            let connection = try database.connect(applicationName: PostgresConnection.applicationName("setup"))
+            let connection = try database.connect(settings, applicationName: PostgresConnection.applicationName("setup"))
             try ReplicationSetup.checkServer(connection)
             try setup.checkTable(connection)
             let createdPublication = try setup.ensurePublication(connection, create: true)
             log.info(createdPublication ? "created publication \"\(setup.publication)\" for \(setup.table) (inserts only)"
-                     : "publication \"\(setup.publication)\" exists and publishes \(setup.table)")
-            let (state, created) = try setup.provideSlot(connection, create: true, recreateLost: try lostSlot.isSet, log: log)
+                     : "publication \"\(setup.publication)\" exists and publishes \(setup.table)",
+                     metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
+            let (state, created) = try setup.provideSlot(connection, create: true, recreateLost: try settings.flag(.recreateLostSlot), log: log)
             log.info(created ? "created replication slot \"\(setup.slot)\" at \(state.confirmedFlush?.description ?? "?")"
-                     : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))")
+                     : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))",
+                     metadata: ["slot": "\(setup.slot)", "lsn": "\(state.confirmedFlush?.description ?? "")"])
         }
     }
 }
 
-struct Status: ParsableCommand {
+struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show the slot: active or not, confirmed_flush_lsn, restart_lsn, WAL held back.")
 
     @OptionGroup var database: DatabaseOptions
@@ -50,10 +52,10 @@ struct Status: ParsableCommand {
     @Flag(name: .customLong("json"), help: "Print one JSON object.")
     var json = false
 
-    func run() throws {
-        try reportingErrors {
-            let connection = try database.connect()
-            let slot = database.slot
+    func run() async throws {
+        try await reportingErrors(database.flags) { settings in
+            let connection = try database.connect(settings)
+            let slot = settings.text(.slot)
             let rows = try connection.query("""
                 SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn, restart_lsn, wal_status,
                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
@@ -90,13 +92,13 @@ struct Slot: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List or drop logical replication slots.",
                                                     subcommands: [List.self, Drop.self], defaultSubcommand: List.self)
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the logical replication slots of every database.")
         @OptionGroup var database: DatabaseOptions
 
-        func run() throws {
-            try reportingErrors {
-                let connection = try database.connect(applicationName: PostgresConnection.applicationName("admin"))
+        func run() async throws {
+            try await reportingErrors(database.flags) { settings in
+                let connection = try database.connect(settings, applicationName: PostgresConnection.applicationName("admin"))
                 // An invalidated slot is not merely "inactive": it can never stream again.
                 let rows = try connection.query("""
                     SELECT s.slot_name, s.plugin, s.database,
@@ -116,21 +118,21 @@ struct Slot: ParsableCommand {
         }
     }
 
-    struct Drop: ParsableCommand {
+    struct Drop: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Drop a replication slot. Events not yet confirmed from it are gone for spout.")
         @OptionGroup var database: DatabaseOptions
         @Argument(help: "The slot to drop.") var name: String
 
-        func run() throws {
-            try reportingErrors {
-                let connection = try database.connect(applicationName: PostgresConnection.applicationName("admin"))
+        func run() async throws {
+            try await reportingErrors(database.flags) { settings in
+                let connection = try database.connect(settings, applicationName: PostgresConnection.applicationName("admin"))
                 guard let state = try ReplicationSetup.slotState(connection, slot: name) else { throw SpoutError.slotMissing(slot: name) }
                 guard !state.active else { throw SpoutError.slotActive(slot: name, pid: state.activePID ?? "?", client: state.activeClient) }
                 try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(name)))", context: "cannot drop slot \"\(name)\"")
                 // Dropping through spout is the explicit choice: forget the slot, so the next run creates a new one.
-                try SlotMarker.remove(connection, schema: try database.table().schema, slot: name)
-                Log().info("dropped replication slot \"\(name)\"")
+                try SlotMarker.remove(connection, schema: try DatabaseOptions.table(settings).schema, slot: name)
+                Log().info("dropped replication slot \"\(name)\"", metadata: ["slot": "\(name)"])
             }
         }
     }
@@ -150,5 +152,5 @@ struct LostSlotOption: ParsableArguments {
         "Create a new slot in place of one spout created and lost (dropped, or invalidated); events committed meanwhile are not recovered: backfill them. [SPOUT_RECREATE_LOST_SLOT]"))
     var flag = false
 
-    var isSet: Bool { get throws { try Environment.flag(.recreateLostSlot, given: flag) } }
+    var flags: Settings.Flags { Settings.Flags(flags: [:], switches: [.recreateLostSlot: flag]) }
 }

@@ -4,11 +4,11 @@ import SpoutCore
 /// What `spout run --check-config` prints: the configuration in effect, one `name = value`
 /// line each, with every password, token and secret property masked.
 enum ConfigurationReport {
-    static func text(database: DatabaseOptions, setup: ReplicationSetup, mapping: OutboxMapping, relay: Relay.Options,
+    static func text(settings: Settings, setup: ReplicationSetup, mapping: OutboxMapping, relay: Relay.Options,
                      sink: String, create: Bool) -> String {
         let columns = mapping.columns
         var lines: [(String, String)] = [
-            ("database-url", Redaction.url(database.databaseURL)),
+            ("database-url", Redaction.url(settings.text(.databaseURL))),
             ("table", setup.table.description), ("publication", setup.publication), ("slot", setup.slot),
             ("topic", mapping.topic.description), ("id-column", columns.id), ("aggregate-type-column", columns.aggregateType),
             ("aggregate-id-column", columns.aggregateID), ("event-type-column", columns.eventType),

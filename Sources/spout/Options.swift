@@ -1,4 +1,5 @@
 import ArgumentParser
+import Configuration
 import Foundation
 import SpoutCore
 
@@ -11,7 +12,7 @@ enum Setting: String, CaseIterable {
     case topic, idColumn = "id-column", aggregateTypeColumn = "aggregate-type-column", aggregateIDColumn = "aggregate-id-column"
     case eventTypeColumn = "event-type-column", payloadColumn = "payload-column", headersColumn = "headers-column"
     case messagePrefix = "message-prefix"
-    case logLevel = "log-level"
+    case logLevel = "log-level", logFormat = "log-format"
     case sink, kafkaProperty = "kafka-property", redisMaxLength = "redis-maxlen", redisIDs = "redis-ids"
     case natsCreateStream = "nats-create-stream"
     case startLSN = "start-lsn", endLSN = "end-lsn", noCreate = "no-create", recreateLostSlot = "recreate-lost-slot"
@@ -29,6 +30,32 @@ enum Setting: String, CaseIterable {
 
     /// `--config` names the file, so the file cannot name another.
     var allowedInFile: Bool { self != .config }
+
+    /// The keys a config file may have.
+    static let fileKeys = allCases.filter(\.allowedInFile).map(\.rawValue)
+
+    /// The key under which swift-configuration's providers hold it.
+    var key: AbsoluteConfigKey { AbsoluteConfigKey([rawValue]) }
+
+    /// `--kafka-property` is given once per property.
+    var isRepeatable: Bool { self == .kafkaProperty }
+
+    /// Values that may carry a password or token: swift-configuration masks them in its own
+    /// reports; spout's messages mask them through `Redaction`.
+    var mayHoldSecret: Bool { self == .databaseURL || self == .sink || self == .kafkaProperty }
+
+    /// spout's defaults, the last provider of `Settings`. The numeric limits keep theirs in
+    /// `Relay.Options` and `SinkOptions`.
+    static let defaults: [AbsoluteConfigKey: ConfigValue] = {
+        let columns = OutboxMapping.Columns()
+        let values: [Setting: String] = [
+            .databaseURL: "postgresql:///postgres", .table: "public.outbox", .publication: "spout", .slot: "spout",
+            .topic: "outbox.event.{aggregate_type}", .idColumn: columns.id, .aggregateTypeColumn: columns.aggregateType,
+            .aggregateIDColumn: columns.aggregateID, .eventTypeColumn: columns.eventType, .payloadColumn: columns.payload,
+            .headersColumn: columns.headers, .messagePrefix: "outbox", .logLevel: "info", .logFormat: "text", .sink: "stdout://",
+        ]
+        return Dictionary(uniqueKeysWithValues: values.map { ($0.key.key, ConfigValue(.string($0.value), isSecret: false)) })
+    }()
 
     /// Variables of the project's own scripts and test suite (scripts/pg-start, scripts/test),
     /// which a shell that runs spout may well have exported; spout reads none of them.
@@ -133,66 +160,10 @@ struct Sourced {
     }
 }
 
-/// An option the command line left out: `SPOUT_<NAME>` from the environment, else the
-/// config file (flags win over both).
-enum Environment {
-    static func lookup(_ setting: Setting, flag: String? = nil) -> Sourced? {
-        if let flag { return Sourced(setting: setting, value: flag, origin: .flag) }
-        if let value = ProcessInfo.processInfo.environment[setting.variable], !value.isEmpty {
-            return Sourced(setting: setting, value: value, origin: .environment)
-        }
-        guard let file = try? ConfigFile.loaded.get(), let entry = file.entries(setting.rawValue).last else { return nil }
-        return Sourced(setting: setting, value: entry.value, origin: .file(path: file.path, line: entry.line))
-    }
-
-    static func value(_ setting: Setting, flag: String? = nil) -> String? { lookup(setting, flag: flag)?.value }
-
-    /// Every value of a repeatable option in the config file.
-    static func configValues(_ setting: Setting) -> [Sourced] {
-        guard let file = try? ConfigFile.loaded.get() else { return [] }
-        return file.entries(setting.rawValue).map { Sourced(setting: setting, value: $0.value, origin: .file(path: file.path, line: $0.line)) }
-    }
-
-    /// A flag that is on when given, else from the environment or the file.
-    static func flag(_ setting: Setting, given: Bool) throws(SpoutError) -> Bool {
-        if given { return true }
-        return try lookup(setting)?.boolean() ?? false
-    }
-
-    /// A numeric option checked against its range, from wherever it was set.
-    static func integer(_ setting: Setting, flag: String?, in range: ClosedRange<Int>) throws(SpoutError) -> Int? {
-        try lookup(setting, flag: flag)?.integer(in: range)
-    }
-
-    /// Unknown `SPOUT_*` variables are mistakes (`SPOUT_SLOTT`) that would otherwise leave an
-    /// option at its default; the project's tooling variables are not spout's and pass.
-    static func checkVariables() throws(SpoutError) {
-        let known = Setting.allCases.map(\.variable)
-        for name in ProcessInfo.processInfo.environment.keys.sorted() where name.hasPrefix("SPOUT_") {
-            guard !known.contains(name), !Setting.isToolingVariable(name) else { continue }
-            let hint = Setting.suggestion(for: name, among: known).map { ": did you mean \($0)?" }
-                ?? ": see spout help for the options (SPOUT_ + the option name, dashes as underscores)"
-            throw .invalidOption("unknown environment variable \(name)\(hint)")
-        }
-    }
-
-    /// Every string on the command line, in `SPOUT_*` variables or in the config file that is
-    /// a password, token or secret property value: no message may contain one.
-    static let secrets: [String] = {
-        var texts = CommandLine.arguments.flatMap { argument -> [String] in
-            guard argument.hasPrefix("--"), let equals = argument.firstIndex(of: "=") else { return [argument] }
-            return [argument, String(argument[argument.index(after: equals)...])]
-        }
-        texts += ProcessInfo.processInfo.environment.filter { $0.key.hasPrefix("SPOUT_") }.values
-        if let file = try? ConfigFile.loaded.get() { texts += file.allValues }
-        return texts.flatMap(Redaction.secrets(in:))
-    }()
-}
-
 /// Where to find the database and the outbox: shared by every command.
 struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("config"), help: ArgumentHelp(
-        "A config file of `option-name = value` lines (flags and SPOUT_* variables win over it). [SPOUT_CONFIG]", valueName: "file"))
+        "A YAML config file of `option-name: value` lines (flags and SPOUT_* variables win over it). [SPOUT_CONFIG]", valueName: "file"))
     var configFile: String?
 
     @Option(name: .customLong("database-url"), help: ArgumentHelp(
@@ -209,23 +180,17 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("slot"), help: ArgumentHelp("Logical replication slot (default: spout). [SPOUT_SLOT]", valueName: "name"))
     var slotFlag: String?
 
-    var databaseURL: String { Environment.value(.databaseURL, flag: databaseURLFlag) ?? "postgresql:///postgres" }
-    var publication: String { Environment.value(.publication, flag: publicationFlag) ?? "spout" }
-    var slot: String { Environment.value(.slot, flag: slotFlag) ?? "spout" }
-
-    func table() throws -> TableName {
-        guard let table = Environment.lookup(.table, flag: tableFlag) else { return try TableName(parsing: "public.outbox") }
-        do { return try TableName(parsing: table.value) } catch {
-            throw SpoutError.invalidOption("\(table.label): \(error.description)")
-        }
+    var flags: Settings.Flags {
+        Settings.Flags(flags: [.config: configFile, .databaseURL: databaseURLFlag, .table: tableFlag, .publication: publicationFlag,
+                               .slot: slotFlag])
     }
 
     /// Connects to the database named by --database-url / SPOUT_DATABASE_URL / the file; an
     /// unusable URL is reported against where it was set (always redacted).
-    func connect(replication: Bool = false, applicationName: String = "spout") throws -> PostgresConnection {
-        let url = Environment.lookup(.databaseURL, flag: databaseURLFlag)
+    func connect(_ settings: Settings, replication: Bool = false, applicationName: String = "spout") throws -> PostgresConnection {
+        let url = settings.given(.databaseURL)
         do {
-            return try PostgresConnection(url?.value ?? "postgresql:///postgres", replication: replication, applicationName: applicationName)
+            return try PostgresConnection(settings.text(.databaseURL), replication: replication, applicationName: applicationName)
         } catch {
             throw Self.naming(url, in: error)
         }
@@ -236,8 +201,15 @@ struct DatabaseOptions: ParsableArguments {
         return .invalidOption(url.label + ": " + message)
     }
 
-    func setup() throws -> ReplicationSetup {
-        ReplicationSetup(table: try table(), publication: publication, slot: slot)
+    static func table(_ settings: Settings) throws -> TableName {
+        let table = settings.lookup(.table) ?? Sourced(setting: .table, value: "public.outbox", origin: .flag)
+        do { return try TableName(parsing: table.value) } catch {
+            throw SpoutError.invalidOption("\(table.label): \(error.description)")
+        }
+    }
+
+    func setup(_ settings: Settings) throws -> ReplicationSetup {
+        ReplicationSetup(table: try Self.table(settings), publication: settings.text(.publication), slot: settings.text(.slot))
     }
 }
 
@@ -263,29 +235,34 @@ struct MappingOptions: ParsableArguments {
         "Transactional pg_logical_emit_message prefix whose JSON content is an event (default: outbox). [SPOUT_MESSAGE_PREFIX]", valueName: "prefix"))
     var messagePrefix: String?
 
+    var flags: Settings.Flags {
+        Settings.Flags(flags: [.topic: topicFlag, .idColumn: idColumn, .aggregateTypeColumn: aggregateTypeColumn,
+                               .aggregateIDColumn: aggregateIDColumn, .eventTypeColumn: eventTypeColumn, .payloadColumn: payloadColumn,
+                               .headersColumn: headersColumn, .messagePrefix: messagePrefix])
+    }
+
     /// The mapping's columns (id, payload, topic placeholders) against the table's, at startup
     /// rather than at the first event.
     func check(_ mapper: EventMapper, against table: ReplicationSetup.TableInfo) throws {
         do { try mapper.checkColumns(table.columns) } catch { throw SpoutError.invalidOption(error.description) }
     }
 
-    func mapping(table: TableName) throws -> OutboxMapping {
+    static func mapping(_ settings: Settings, table: TableName) throws -> OutboxMapping {
         var columns = OutboxMapping.Columns()
-        columns.id = Environment.value(.idColumn, flag: idColumn) ?? columns.id
-        columns.aggregateType = Environment.value(.aggregateTypeColumn, flag: aggregateTypeColumn) ?? columns.aggregateType
-        columns.aggregateID = Environment.value(.aggregateIDColumn, flag: aggregateIDColumn) ?? columns.aggregateID
-        columns.eventType = Environment.value(.eventTypeColumn, flag: eventTypeColumn) ?? columns.eventType
-        columns.payload = Environment.value(.payloadColumn, flag: payloadColumn) ?? columns.payload
-        columns.headers = Environment.value(.headersColumn, flag: headersColumn) ?? columns.headers
-        let topic = Environment.lookup(.topic, flag: topicFlag)
+        columns.id = settings.text(.idColumn)
+        columns.aggregateType = settings.text(.aggregateTypeColumn)
+        columns.aggregateID = settings.text(.aggregateIDColumn)
+        columns.eventType = settings.text(.eventTypeColumn)
+        columns.payload = settings.text(.payloadColumn)
+        columns.headers = settings.text(.headersColumn)
+        let topic = settings.lookup(.topic) ?? Sourced(setting: .topic, value: "outbox.event.{aggregate_type}", origin: .flag)
         let template: TopicTemplate
         do {
-            template = try TopicTemplate(topic?.value ?? "outbox.event.{aggregate_type}")
+            template = try TopicTemplate(topic.value)
         } catch {
-            throw SpoutError.invalidOption("\(topic?.label ?? Setting.topic.flag): \(error.description)")
+            throw SpoutError.invalidOption("\(topic.label): \(error.description)")
         }
-        return OutboxMapping(table: table, columns: columns, topic: template,
-                             messagePrefix: Environment.value(.messagePrefix, flag: messagePrefix) ?? "outbox")
+        return OutboxMapping(table: table, columns: columns, topic: template, messagePrefix: settings.text(.messagePrefix))
     }
 }
 
@@ -293,13 +270,44 @@ struct LogOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("debug, info, warning or error (default: info). [SPOUT_LOG_LEVEL]", valueName: "level"))
     var levelFlag: String?
 
-    func log() throws -> Log {
-        guard let text = Environment.lookup(.logLevel, flag: levelFlag) else { return Log(level: .info) }
+    @Option(name: .customLong("log-format"), help: ArgumentHelp(
+        "text (spout: … lines) or json (one object per line: time, level, message, slot, lsn…) (default: text). [SPOUT_LOG_FORMAT]",
+        valueName: "format"))
+    var formatFlag: String?
+
+    var flags: Settings.Flags { Settings.Flags(flags: [.logLevel: levelFlag, .logFormat: formatFlag]) }
+
+    /// The log the options ask for; its format becomes the process's (`Log.defaultFormat`), so
+    /// that every later line, an error's too, has the same shape.
+    static func log(_ settings: Settings) throws -> Log {
+        if let text = settings.lookup(.logFormat) {
+            guard let format = Log.Format(rawValue: text.value.lowercased()) else { throw text.invalid("is not a log format: use text or json") }
+            Log.defaultFormat = format
+        }
+        guard let text = settings.lookup(.logLevel) else { return Log(level: .info) }
         guard let level = Log.Level.allCases.first(where: { "\($0)" == text.value.lowercased() }) else {
             throw text.invalid("is not a level: use debug, info, warning or error")
         }
         return Log(level: level)
     }
+}
+
+extension Settings.Flags {
+    /// The options given, by setting; nil (not given) options left out.
+    init(flags: [Setting: String?], lists: [Setting: [String]] = [:], switches: [Setting: Bool] = [:]) {
+        self.init()
+        for case let (setting, value?) in flags { self[setting] = [value] }
+        for (setting, values) in lists where !values.isEmpty { self[setting] = values }
+        for (setting, on) in switches where on { self[setting] = ["true"] }
+    }
+
+    /// Several groups' flags in one.
+    static func + (lhs: Self, rhs: Self) -> Self { lhs.merging(rhs) { _, new in new } }
+}
+
+extension Settings {
+    /// A value that has a default: never empty-handed.
+    func text(_ setting: Setting) -> String { value(setting) ?? "" }
 }
 
 func parseLSN(_ text: Sourced?) throws -> LSN? {

@@ -28,11 +28,17 @@ struct SinkOptionGroup: ParsableArguments {
         "Create a JetStream stream of this name covering the topics when no stream does. [SPOUT_NATS_CREATE_STREAM]", valueName: "name"))
     var natsCreateStreamFlag: String?
 
+    var flags: Settings.Flags {
+        Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
+                               .natsCreateStream: natsCreateStreamFlag],
+                       lists: [.kafkaProperty: kafkaPropertyFlags])
+    }
+
     /// The options alone, checked: run validates them all before it connects anywhere.
-    func options(maxInFlightEvents: Int) throws -> SinkOptions {
+    static func options(_ settings: Settings, maxInFlightEvents: Int) throws -> SinkOptions {
         var options = SinkOptions()
         options.maxInFlightEvents = maxInFlightEvents
-        for property in kafkaProperties {
+        for property in settings.values(.kafkaProperty) {
             // Never echo the item: `sasl.password:secret` (":" for "=") is all secret after the name.
             guard let equals = property.value.firstIndex(of: "="), equals != property.value.startIndex else {
                 // librdkafka names are lower case: a glued-on value (`sasl.passwordHunter2`) is cut off,
@@ -43,53 +49,45 @@ struct SinkOptionGroup: ParsableArguments {
             }
             options.kafkaProperties.append((String(property.value[..<equals]), String(property.value[property.value.index(after: equals)...])))
         }
-        options.redisMaxLength = try Environment.integer(.redisMaxLength, flag: redisMaxLengthFlag, in: Limits.redisMaxLength)
-        if let text = Environment.lookup(.redisIDs, flag: redisIDsFlag) {
+        options.redisMaxLength = try settings.integer(.redisMaxLength, in: Limits.redisMaxLength)
+        if let text = settings.given(.redisIDs) {
             guard let ids = SinkOptions.RedisIDs(rawValue: text.value) else { throw text.invalid("is not server or lsn") }
             options.redisIDs = ids
         }
-        options.natsCreateStream = Environment.value(.natsCreateStream, flag: natsCreateStreamFlag)
+        options.natsCreateStream = settings.given(.natsCreateStream)?.value
         return options
     }
 
     /// The sink URL in effect (stdout:// by default).
-    var url: String { (Environment.lookup(.sink, flag: sinkFlag) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)).value }
-
-    /// Everything `makeSink` checks, without connecting.
-    func validate(maxInFlightEvents: Int) throws {
-        let options = try options(maxInFlightEvents: maxInFlightEvents)
-        let sink = Environment.lookup(.sink, flag: sinkFlag) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)
-        do { try SinkURL.validate(sink.value, options: options) } catch { throw relabelled(error, sink: sink) }
+    static func sink(_ settings: Settings) -> Sourced {
+        settings.lookup(.sink) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)
     }
 
-    func makeSink(maxInFlightEvents: Int, log: Log) throws -> Sink {
-        let options = try options(maxInFlightEvents: maxInFlightEvents)
-        let sink = Environment.lookup(.sink, flag: sinkFlag) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)
+    /// Everything `makeSink` checks, without connecting.
+    static func validate(_ settings: Settings, maxInFlightEvents: Int) throws {
+        let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
+        let sink = sink(settings)
+        do { try SinkURL.validate(sink.value, options: options) } catch { throw relabelled(error, sink: sink, settings: settings) }
+    }
+
+    static func makeSink(_ settings: Settings, maxInFlightEvents: Int, log: Log) throws -> Sink {
+        let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
+        let sink = sink(settings)
         do {
             return try SinkURL.makeSink(sink.value, options: options, log: log)
         } catch {
-            throw relabelled(error, sink: sink)
+            throw relabelled(error, sink: sink, settings: settings)
         }
-    }
-
-    /// Flags, else the environment, else the config file's `kafka-property` lines.
-    private var kafkaProperties: [Sourced] {
-        if !kafkaPropertyFlags.isEmpty { return kafkaPropertyFlags.map { Sourced(setting: .kafkaProperty, value: $0, origin: .flag) } }
-        if let text = ProcessInfo.processInfo.environment[Setting.kafkaProperty.variable] {
-            let items = text.split(whereSeparator: { $0 == "\n" || $0 == " " })
-            if !items.isEmpty { return items.map { Sourced(setting: .kafkaProperty, value: String($0), origin: .environment) } }
-        }
-        return Environment.configValues(.kafkaProperty)
     }
 
     /// The sink's own errors name `--sink` or `--kafka-property NAME`: name the variable or
     /// file line instead when the value came from there.
-    private func relabelled(_ error: Error, sink: Sourced) -> Error {
+    private static func relabelled(_ error: Error, sink: Sourced, settings: Settings) -> Error {
         guard let error = error as? SpoutError, case let .invalidOption(message) = error else { return error }
         if message.hasPrefix(Setting.sink.flag) { return sink.relabel(error) }
         let prefix = Setting.kafkaProperty.flag + " "
         guard message.hasPrefix(prefix) else { return error }
         let name = message.dropFirst(prefix.count).prefix { $0 != ":" && $0 != " " }
-        return kafkaProperties.first { $0.value.hasPrefix(name + "=") }?.relabel(error) ?? error
+        return settings.values(.kafkaProperty).first { $0.value.hasPrefix(name + "=") }?.relabel(error) ?? error
     }
 }

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import SpoutCore
 
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Relay the outbox to a sink; confirm to PostgreSQL only what the sink acknowledged.",
         discussion: """
@@ -60,48 +60,55 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
     var checkConfig = false
 
-    func run() throws {
-        try reportingErrors {
-            let log = try logging.log()
+    private var flags: Settings.Flags {
+        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags
+            + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
+                                     .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
+                                     .shutdownTimeout: shutdownTimeoutFlag],
+                             switches: [.noCreate: noCreateFlag])
+    }
+
+    func run() async throws {
+        try await reportingErrors(flags) { settings in
+            let log = try LogOptions.log(settings)
             var options = Relay.Options()
-            let startLSN = Environment.lookup(.startLSN, flag: startLSNFlag), endLSN = Environment.lookup(.endLSN, flag: endLSNFlag)
+            let startLSN = settings.given(.startLSN), endLSN = settings.given(.endLSN)
             options.startLSN = try parseLSN(startLSN)
             options.endLSN = try parseLSN(endLSN)
             if let start = options.startLSN, let end = options.endLSN, end < start, let endLSN, let startLSN {
                 throw SpoutError.invalidOption("\(endLSN.display()) is before \(startLSN.display())")
             }
-            options.maxInFlightEvents = try Environment.integer(.maxInFlight, flag: maxInFlightFlag, in: Limits.maxInFlight) ?? options.maxInFlightEvents
-            options.maxInFlightBytes = try Environment.integer(.maxInFlightBytes, flag: maxInFlightBytesFlag, in: Limits.maxInFlightBytes)
-                ?? options.maxInFlightBytes
-            options.spoolMemoryBytes = try Environment.integer(.spoolMemoryBytes, flag: spoolMemoryBytesFlag, in: Limits.spoolMemoryBytes)
-                ?? options.spoolMemoryBytes
+            options.maxInFlightEvents = try settings.integer(.maxInFlight, in: Limits.maxInFlight) ?? options.maxInFlightEvents
+            options.maxInFlightBytes = try settings.integer(.maxInFlightBytes, in: Limits.maxInFlightBytes) ?? options.maxInFlightBytes
+            options.spoolMemoryBytes = try settings.integer(.spoolMemoryBytes, in: Limits.spoolMemoryBytes) ?? options.spoolMemoryBytes
             options.recordLatency = reportLatency
-            options.shutdownTimeout = try seconds(Environment.lookup(.shutdownTimeout, flag: shutdownTimeoutFlag)) ?? options.shutdownTimeout
+            options.shutdownTimeout = try seconds(settings.given(.shutdownTimeout)) ?? options.shutdownTimeout
             // Every sink option too, before anything connects: a bad value never waits for the database.
-            _ = try sinkOptions.options(maxInFlightEvents: options.maxInFlightEvents)
-            let create = try !Environment.flag(.noCreate, given: noCreateFlag)
-            let setup = try database.setup()
-            var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
+            _ = try SinkOptionGroup.options(settings, maxInFlightEvents: options.maxInFlightEvents)
+            let create = try !settings.flag(.noCreate)
+            let setup = try database.setup(settings)
+            var mapper = EventMapper(mapping: try MappingOptions.mapping(settings, table: setup.table))
             if checkConfig {
-                try sinkOptions.validate(maxInFlightEvents: options.maxInFlightEvents)
-                print(ConfigurationReport.text(database: database, setup: setup, mapping: mapper.mapping, relay: options,
-                                               sink: sinkOptions.url, create: create))
+                try SinkOptionGroup.validate(settings, maxInFlightEvents: options.maxInFlightEvents)
+                print(ConfigurationReport.text(settings: settings, setup: setup, mapping: mapper.mapping, relay: options,
+                                               sink: SinkOptionGroup.sink(settings).value, create: create))
                 return
             }
-            let sink = try sinkOptions.makeSink(maxInFlightEvents: options.maxInFlightEvents, log: log)
+            let sink = try SinkOptionGroup.makeSink(settings, maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 
-            let connection = try database.connect(replication: true,
+            let connection = try database.connect(settings, replication: true,
                                                     applicationName: PostgresConnection.applicationName("run"))
             try ReplicationSetup.checkServer(connection)
             let table = try setup.checkTable(connection)
             try mapping.check(mapper, against: table)
             mapper.outboxOID = table.oid
             if try setup.ensurePublication(connection, create: create) {
-                log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)")
+                log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)",
+                         metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
             }
-            let (slot, created) = try setup.ensureSlot(connection, create: create, recreateLost: try lostSlot.isSet, log: log)
-            if created { log.info("created replication slot \"\(setup.slot)\"") }
+            let (slot, created) = try setup.ensureSlot(connection, create: create, recreateLost: try settings.flag(.recreateLostSlot), log: log)
+            if created { log.info("created replication slot \"\(setup.slot)\"", metadata: ["slot": "\(setup.slot)"]) }
             let confirmed = slot.confirmedFlush ?? .zero
             if let start = options.startLSN, start < confirmed {
                 throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)
@@ -118,18 +125,20 @@ struct Run: ParsableCommand {
             }
             let start = max(options.startLSN ?? confirmed, confirmed)
             let identity = try setup.identity(connection, tableOID: table.oid)
-            let watch = PublicationWatch(conninfo: database.databaseURL, setup: setup, identity: identity, verified: start,
+            let watch = PublicationWatch(conninfo: settings.text(.databaseURL), setup: setup, identity: identity, verified: start,
                                          markSlot: true, log: log)
             // From here on SIGINT/SIGTERM drain and confirm; before, they end spout at once (nothing was confirmed).
-            let stop = StopSignal.forProcessSignals()
+            let stop = StopSignal.forProcessSignals(log: log)
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
-            log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))")
+            log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))",
+                     metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
             watch.start()
             defer { watch.stop() }
 
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)
-            let outcome = try relay.run(until: stop)
-            log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.confirmed)")
+            let outcome = try await RelayService.run(relay, until: stop, log: log)
+            log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.confirmed)",
+                     metadata: ["slot": "\(setup.slot)", "lsn": "\(relay.confirmed)", "events": "\(relay.statistics.events)"])
             if reportLatency {
                 log.info("latency commit→ack: \(relay.latency.summary)")
                 log.info("latency commit→decoded: \(relay.decodeLatency.summary)")
@@ -138,7 +147,7 @@ struct Run: ParsableCommand {
     }
 }
 
-struct Tail: ParsableCommand {
+struct Tail: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print events as they commit, through a temporary slot that disappears on exit (for development).",
         discussion: "Uses the publication if it exists; otherwise creates a temporary one and drops it on exit.")
@@ -150,20 +159,20 @@ struct Tail: ParsableCommand {
     @Option(name: .customLong("format"), help: ArgumentHelp("json or pretty (default: pretty on a terminal, json otherwise). [SPOUT_FORMAT]", valueName: "format"))
     var formatFlag: String?
 
-    func run() throws {
-        try reportingErrors {
-            let log = try logging.log()
+    func run() async throws {
+        try await reportingErrors(database.flags + mapping.flags + logging.flags + Settings.Flags(flags: [.format: formatFlag])) { settings in
+            let log = try LogOptions.log(settings)
             let terminal = isatty(STDOUT_FILENO) == 1
             var format: StdoutSink.Format = terminal ? .pretty : .json
-            if let text = Environment.lookup(.format, flag: formatFlag) {
+            if let text = settings.given(.format) {
                 guard let chosen = StdoutSink.Format(rawValue: text.value) else { throw text.invalid("is not a format: use json or pretty") }
                 format = chosen
             }
-            var setup = try database.setup()
-            var mapper = EventMapper(mapping: try mapping.mapping(table: setup.table))
+            var setup = try database.setup(settings)
+            var mapper = EventMapper(mapping: try MappingOptions.mapping(settings, table: setup.table))
             let pid = ProcessInfo.processInfo.processIdentifier
             setup.slot = "spout_tail_\(pid)"
-            let connection = try database.connect(replication: true,
+            let connection = try database.connect(settings, replication: true,
                                                     applicationName: PostgresConnection.applicationName("tail"))
             try ReplicationSetup.checkServer(connection)
             let table = try setup.checkTable(connection)
@@ -183,17 +192,18 @@ struct Tail: ParsableCommand {
                     // The replication connection may be gone (error): drop it over a fresh one.
                     let drop = "DROP PUBLICATION IF EXISTS \(SQL.identifier(name))"
                     if (try? connection.query(drop, context: "")) == nil {
-                        _ = try? PostgresConnection(database.databaseURL).query(drop, context: "")
+                        _ = try? PostgresConnection(settings.text(.databaseURL)).query(drop, context: "")
                     }
                 }
             }
             let start = try setup.createTemporarySlot(connection)
             let identity = try setup.identity(connection, tableOID: table.oid)
-            let watch = PublicationWatch(conninfo: database.databaseURL, setup: setup, identity: identity, verified: start,
+            let watch = PublicationWatch(conninfo: settings.text(.databaseURL), setup: setup, identity: identity, verified: start,
                                          markSlot: false, log: log)
-            let stop = StopSignal.forProcessSignals()
+            let stop = StopSignal.forProcessSignals(log: log)
             let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
-            log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops")
+            log.info("tailing \(setup.table) on \(connection.target) from \(start); Ctrl-C stops",
+                     metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
             watch.start()
             defer { watch.stop() }
 
@@ -202,7 +212,7 @@ struct Tail: ParsableCommand {
             var options = Relay.Options()
             options.shutdownTimeout = .seconds(5)
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)
-            _ = try relay.run(until: stop)
+            _ = try await RelayService.run(relay, until: stop, log: log)
         }
     }
 }

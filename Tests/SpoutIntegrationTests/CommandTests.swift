@@ -240,4 +240,38 @@ final class ErrorMessageTests: XCTestCase {
         _ = try assertOneLineError(["run", "--topic", "a.{b"], contains: ["invalid topic template"])
         _ = try assertOneLineError(["run", "--sink", "carrier-pigeon://x"], contains: ["unknown sink"])
     }
+
+    /// The first SIGTERM drains (here: waits for a stdout nobody reads); the second exits at
+    /// once with 130 and one line in the log's format. Signals reach the synchronous handler
+    /// even though the relay runs as a service on its own thread.
+    func testSecondSignalExitsAtOnce() throws {
+        for format in ["text", "json"] {
+            let outbox = try OutboxFixture("second")
+            defer { outbox.tearDown() }
+            let spout = try SpoutProcess(["run", "--shutdown-timeout", "300", "--log-format", format] + outbox.arguments, stdoutPipe: true)
+            try eventually("\(format): streaming") { spout.stderr.contains("streaming") || !spout.process.isRunning }
+            // More than a pipe holds: the stdout sink waits for the reader with events in flight.
+            try outbox.insert(outbox.admin, rows: 2000, payload: { "{\"pad\": \"\(String(repeating: "x", count: 200))\", \"n\": \($0)}" })
+            // The first bytes on stdout: spout is writing the 2000 events, and the rest fill the pipe.
+            XCTAssertFalse(try XCTUnwrap(spout.pipe).fileHandleForReading.availableData.isEmpty)
+            spout.signal(SIGTERM)
+            try eventually("\(format): draining") { spout.stderr.contains("stopping: waiting up to 300 s") || !spout.process.isRunning }
+            XCTAssertFalse(spout.stderr.contains("for 0 acknowledgements"), spout.stderr)
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(timeout: 30), 130, spout.stderr)
+            let last = try XCTUnwrap(spout.stderr.split(separator: "\n").last.map(String.init))
+            if format == "text" {
+                XCTAssertEqual(last, "spout: warning: second signal: exiting without waiting for acknowledgements")
+            } else {
+                let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: String], last)
+                XCTAssertEqual(object["level"], "warning")
+                XCTAssertEqual(object["message"], "second signal: exiting without waiting for acknowledgements")
+                XCTAssertNotNil(object["time"]?.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"#, options: .regularExpression), last)
+                // The handler's own clock arithmetic agrees with the other lines' (same minute or the next).
+                let first = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data((spout.stderr.split(separator: "\n").first ?? "").utf8)) as? [String: String])
+                XCTAssertEqual(object["time"]?.prefix(10), first["time"]?.prefix(10), "same day: \(spout.stderr)")
+            }
+            try eventually("\(format): slot released") { try !outbox.slotIsActive }
+        }
+    }
 }

@@ -5,8 +5,8 @@ import XCTest
 /// Configuration mistakes stop spout at startup with one line that names the option, what is
 /// wrong and where the value was set; no value makes the process trap.
 final class ConfigurationTests: XCTestCase {
-    private func configFile(_ lines: [String]) throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("spout-config-\(UUID().uuidString).conf")
+    private func configFile(_ lines: [String], extension: String = "yaml") throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("spout-config-\(UUID().uuidString).\(`extension`)")
         try lines.joined(separator: "\n").write(to: url, atomically: true, encoding: .utf8)
         addTeardownBlock { try? FileManager.default.removeItem(at: url) }
         return url
@@ -27,11 +27,17 @@ final class ConfigurationTests: XCTestCase {
 
     func testUnknownFileKeysAndVariablesNameTheNearestOption() throws {
         let url = try TestDatabase.url()
-        let typo = try configFile(["# spout", "database-url = \(url)", "databse-url = \(url)"])
+        let typo = try configFile(["# spout", "database-url: \(url)", "databse-url: \(url)"])
         try assertUsageError(["status", "--config", typo.path],
                              contains: ["unknown option \"databse-url\" in \(typo.path):3", "did you mean database-url?"])
-        let slot = try configFile(["slott = orders"])
+        let slot = try configFile(["slott: orders"])
         try assertUsageError(["run", "--config", slot.path], contains: ["\"slott\" in \(slot.path):1", "did you mean slot?"])
+        // The same in the older name = value format.
+        let legacyTypo = try configFile(["# spout", "database-url = \(url)", "databse-url = \(url)"], extension: "conf")
+        try assertUsageError(["status", "--config", legacyTypo.path],
+                             contains: ["unknown option \"databse-url\" in \(legacyTypo.path):3", "did you mean database-url?"])
+        let legacySlot = try configFile(["slott = orders"], extension: "conf")
+        try assertUsageError(["run", "--config", legacySlot.path], contains: ["\"slott\" in \(legacySlot.path):1", "did you mean slot?"])
         try assertUsageError(["setup", "--print"], environment: ["SPOUT_SLOTT": "orders"],
                              contains: ["unknown environment variable SPOUT_SLOTT", "did you mean SPOUT_SLOT?"])
         try assertUsageError(["status"], environment: ["SPOUT_KAFKA_PROPERTY": "linger.ms=5"], contains: ["did you mean SPOUT_KAFKA_PROPERTIES?"])
@@ -57,27 +63,29 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertTrue(names.contains("spool-memory-bytes") && names.contains("redis-maxlen") && names.contains("format"), "\(names)")
         let switches: Set<String> = ["help", "json", "print", "report-latency", "check-config", "config", "version"]
         for name in names.subtracting(switches).sorted() {
-            let file = try configFile(["\(name) = x"])
-            let result = try SpoutProcess.run(["setup", "--print", "--config", file.path])
-            XCTAssertFalse(result.stderr.contains("unknown option"), "\(name): \(result.stderr)")
+            for line in ["\(name): x", "\(name) = x"] {
+                let file = try configFile([line])
+                let result = try SpoutProcess.run(["setup", "--print", "--config", file.path])
+                XCTAssertFalse(result.stderr.contains("unknown option"), "\(line): \(result.stderr)")
+            }
         }
     }
 
     func testBadValuesNameWhereTheyWereSet() throws {
         try assertUsageError(["run", "--max-in-flight", "0"], contains: ["--max-in-flight 0 is out of range: use 1 to 10000000"])
         try assertUsageError(["run"], environment: ["SPOUT_MAX_IN_FLIGHT": "0"], contains: ["SPOUT_MAX_IN_FLIGHT=0 is out of range"])
-        let file = try configFile(["# limits", "max-in-flight = 0"])
+        let file = try configFile(["# limits", "max-in-flight: 0"])
         try assertUsageError(["run", "--config", file.path], contains: ["max-in-flight = 0 (\(file.path):2) is out of range"])
         try assertUsageError(["tail"], environment: ["SPOUT_FORMAT": "yaml"], contains: ["SPOUT_FORMAT=yaml is not a format"])
         try assertUsageError(["setup", "--print", "--log-level", "loud"], contains: ["--log-level loud is not a level"])
-        let level = try configFile(["log-level = loud"])
+        let level = try configFile(["log-level: loud"])
         try assertUsageError(["setup", "--print", "--config", level.path], contains: ["log-level = loud (\(level.path):1)"])
         try assertUsageError(["run"], environment: ["SPOUT_NO_CREATE": "maybe"], contains: ["SPOUT_NO_CREATE=maybe is not a boolean"])
         try assertUsageError(["run"], environment: ["SPOUT_END_LSN": "x/y"], contains: ["SPOUT_END_LSN=x/y is not an LSN"])
         try assertUsageError(["run"], environment: ["SPOUT_REDIS_IDS": "uuid"], contains: ["SPOUT_REDIS_IDS=uuid is not server or lsn"])
         try assertUsageError(["run"], environment: ["SPOUT_TABLE": "a.b.c"], contains: ["SPOUT_TABLE:"])
         try assertUsageError(["run"], environment: ["SPOUT_SINK": "redis://h:0"], contains: ["SPOUT_SINK=redis://h:0"])
-        let sink = try configFile(["sink = nats://h:x"])
+        let sink = try configFile(["sink: nats://h:x"])
         try assertUsageError(["run", "--config", sink.path], contains: ["sink in \(sink.path):1"])
         try assertUsageError(["run"], environment: ["SPOUT_KAFKA_PROPERTIES": "linger.ms"], contains: ["SPOUT_KAFKA_PROPERTIES:"])
     }
@@ -161,5 +169,108 @@ final class StatusJSONTests: XCTestCase {
         XCTAssertEqual(object["active"] as? Bool, false)
         XCTAssertNotNil(object["wal_held_bytes"] as? Int)
         XCTAssertTrue(object["active_pid"] is NSNull)
+    }
+}
+
+/// The YAML config file (swift-configuration's FileProvider), its precedence below SPOUT_*
+/// variables and flags, and the older `name = value` files.
+final class ConfigFileTests: XCTestCase {
+    private func configFile(_ lines: [String], extension: String = "yaml") throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("spout-config-\(UUID().uuidString).\(`extension`)")
+        try lines.joined(separator: "\n").write(to: url, atomically: true, encoding: .utf8)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    private func assertLines(_ text: String, _ expected: [String], file: StaticString = #filePath, line: UInt = #line) {
+        let lines = Set(text.split(separator: "\n").map(String.init))
+        for wanted in expected { XCTAssertTrue(lines.contains(wanted), "no line \"\(wanted)\" in:\n\(text)", file: file, line: line) }
+    }
+
+    func testYAMLFileAndPrecedence() throws {
+        let file = try configFile([
+            "# spout.yaml", "database-url: \"postgresql://spout:yamlSecret1@db/app\"", "slot: from_file", "publication: file_pub",
+            "table: shop.outbox", "sink: kafka://broker:9092", "kafka-property:", "  - linger.ms=5", "  - acks=all",
+            "max-in-flight: 500", "shutdown-timeout: 2.5", "no-create: true", "topic: \"{aggregate_type}.events\"",
+        ])
+        let fromFile = try SpoutProcess.run(["run", "--check-config", "--config", file.path])
+        XCTAssertEqual(fromFile.status, 0, fromFile.stderr)
+        XCTAssertEqual(fromFile.stderr, "", "a YAML file gets no warning")
+        assertLines(fromFile.stdout, ["database-url = postgresql://spout:***@db/app", "slot = from_file", "publication = file_pub",
+                                      "table = shop.outbox", "sink = kafka://broker:9092", "max-in-flight = 500",
+                                      "shutdown-timeout = 2.5 seconds", "no-create = true", "topic = {aggregate_type}.events"])
+        XCTAssertFalse(fromFile.stdout.contains("yamlSecret1"), fromFile.stdout)
+
+        let fromEnvironment = try SpoutProcess.run(["run", "--check-config"], environment: [
+            "SPOUT_CONFIG": file.path, "SPOUT_SLOT": "from_env", "SPOUT_MAX_IN_FLIGHT": "600"])
+        XCTAssertEqual(fromEnvironment.status, 0, fromEnvironment.stderr)
+        assertLines(fromEnvironment.stdout, ["slot = from_env", "max-in-flight = 600", "publication = file_pub"])
+
+        let fromFlag = try SpoutProcess.run(["run", "--check-config", "--config", file.path, "--slot", "from_flag", "--no-create"],
+                                            environment: ["SPOUT_SLOT": "from_env"])
+        XCTAssertEqual(fromFlag.status, 0, fromFlag.stderr)
+        assertLines(fromFlag.stdout, ["slot = from_flag", "max-in-flight = 500"])
+
+        // Flags of a repeatable option replace the file's list; SPOUT_KAFKA_PROPERTIES too.
+        let badItem = try configFile(["sink: kafka://b:9092", "kafka-property:", "  - acks=all", "  - linger.ms"])
+        let fileItem = try SpoutProcess.run(["run", "--check-config", "--config", badItem.path])
+        XCTAssertEqual(fileItem.status, 64, fileItem.stderr)
+        XCTAssertTrue(fileItem.stderr.contains("kafka-property in \(badItem.path):4: \"linger.ms…\" is not name=value"), fileItem.stderr)
+        let overridden = try SpoutProcess.run(["run", "--check-config", "--config", badItem.path, "--kafka-property", "acks=all"])
+        XCTAssertEqual(overridden.status, 0, overridden.stderr)
+        let fromVariable = try SpoutProcess.run(["run", "--check-config", "--config", badItem.path],
+                                                environment: ["SPOUT_KAFKA_PROPERTIES": "acks=all linger.ms=5"])
+        XCTAssertEqual(fromVariable.status, 0, fromVariable.stderr)
+        let single = try configFile(["sink: kafka://b:9092", "kafka-property: linger.ms=5"])
+        XCTAssertEqual(try SpoutProcess.run(["run", "--check-config", "--config", single.path]).status, 0)
+    }
+
+    /// The example the repository ships is valid and says what it claims.
+    func testShippedExampleIsValid() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("deploy/spout.yaml")
+        let check = try SpoutProcess.run(["run", "--check-config", "--config", example.path])
+        XCTAssertEqual(check.status, 0, check.stderr)
+        XCTAssertEqual(check.stderr, "")
+        assertLines(check.stdout, ["slot = spout_orders", "sink = kafka://broker1:9092,broker2:9092", "no-create = true"])
+    }
+
+    /// Values of the wrong shape, files that are no YAML mapping, a missing file: one line each.
+    func testYAMLMistakes() throws {
+        let cases: [(lines: [String], expected: String)] = [
+            (["slot: [a, b]"], "slot in %@:1: give one value"),
+            (["# x", "table:", "  schema: public"], "table in %@:2: give one value"),
+            (["slot: a", "  b: c"], "%@ is not a YAML mapping"),
+            (["slot: a", "databse-url: x"], "unknown option \"databse-url\" in %@:2 — did you mean database-url?"),
+        ]
+        for (lines, expected) in cases {
+            let file = try configFile(lines)
+            let result = try SpoutProcess.run(["run", "--config", file.path])
+            XCTAssertEqual(result.status, 64, "\(lines): \(result.stderr)")
+            XCTAssertEqual(result.stderr.split(separator: "\n").count, 1, result.stderr)
+            XCTAssertTrue(result.stderr.contains(expected.replacingOccurrences(of: "%@", with: file.path)), "\(lines): \(result.stderr)")
+        }
+        let missing = try SpoutProcess.run(["status", "--config", "/nonexistent/spout.yaml"])
+        XCTAssertEqual(missing.status, 64)
+        XCTAssertTrue(missing.stderr.contains("cannot read the config file /nonexistent/spout.yaml"), missing.stderr)
+    }
+
+    /// `name = value` files keep working, with one warning that shows the YAML way; their
+    /// errors still name the line.
+    func testLegacyFileIsReadWithAWarning() throws {
+        let file = try configFile(["# old format", "slot = legacy_slot", "sink = kafka://b:9092", "kafka-property = linger.ms=5",
+                                   "kafka-property = acks=all", "max-in-flight = \"700\""], extension: "conf")
+        let result = try SpoutProcess.run(["run", "--check-config", "--config", file.path])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        assertLines(result.stdout, ["slot = legacy_slot", "max-in-flight = 700", "sink = kafka://b:9092"])
+        let warnings = result.stderr.split(separator: "\n")
+        XCTAssertEqual(warnings.count, 1, result.stderr)
+        for text in ["spout: warning: \(file.path) uses the old name = value format", "YAML", "slot: orders"] {
+            XCTAssertTrue(result.stderr.contains(text), "lacks \"\(text)\": \(result.stderr)")
+        }
+        let bad = try configFile(["slot = x", "kafka-property = acks=all", "kafka-property = linger.ms"], extension: "conf")
+        let error = try SpoutProcess.run(["run", "--config", bad.path, "--sink", "kafka://b:9092"])
+        XCTAssertEqual(error.status, 64, error.stderr)
+        XCTAssertTrue(error.stderr.contains("kafka-property in \(bad.path):3"), error.stderr)
     }
 }

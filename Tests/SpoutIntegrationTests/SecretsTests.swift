@@ -7,7 +7,7 @@ import XCTest
 final class SecretsTests: XCTestCase {
     private let sentinel = "S3ntinelPw"
 
-    private enum Source: CaseIterable { case flag, environment, file }
+    private enum Source: CaseIterable { case flag, environment, file, yamlFile, jsonLog }
 
     /// Runs spout with `option = value` from `source` and fails if the sentinel shows up.
     private func assertNoSentinel(_ command: [String], _ values: [(option: String, value: String)], from source: Source,
@@ -29,6 +29,21 @@ final class SecretsTests: XCTestCase {
             try values.map { "\($0.option) = \($0.value)" }.joined(separator: "\n").write(to: url, atomically: true, encoding: .utf8)
             configFile = url
             arguments += ["--config", url.path]
+        case .yamlFile:
+            // Single-quoted YAML scalars take any text ('' for a quote); kafka-property is a list.
+            func quoted(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "''") + "'" }
+            var lines: [String] = []
+            for (option, value) in values where option != "kafka-property" { lines.append("\(option): \(quoted(value))") }
+            let properties = values.filter { $0.option == "kafka-property" }.map { "  - " + quoted($0.value) }
+            if !properties.isEmpty { lines += ["kafka-property:"] + properties }
+            let url = FileManager.default.temporaryDirectory.appendingPathComponent("spout-secrets-\(UUID().uuidString).yaml")
+            try lines.joined(separator: "\n").write(to: url, atomically: true, encoding: .utf8)
+            configFile = url
+            arguments += ["--config", url.path]
+        case .jsonLog:
+            // Flags, with every line in JSON (JSONWriter's escaping must not undo the masking).
+            for (option, value) in values { arguments += ["--\(option)", value] }
+            environment["SPOUT_LOG_FORMAT"] = "json"
         }
         defer { configFile.map { try? FileManager.default.removeItem(at: $0) } }
         let result = try SpoutProcess.run(arguments, environment: environment, timeout: 30)

@@ -1,25 +1,76 @@
 import Foundation
+import Logging
+import Synchronization
 
 /// Diagnostics on stderr (events go to stdout). Never on the per-event path above debug.
+///
+/// The project's facade over a swift-log `Logger`: call sites stay `log.info("…")`, optionally
+/// with metadata (`log.warning("…", metadata: ["slot": "\(slot)"])`), and the handler decides
+/// the line: `spout: …` text by default, one JSON object per line with `--log-format json`.
 public struct Log: Sendable {
     public enum Level: Int, Comparable, Sendable, CaseIterable {
         case debug, info, warning, error
         public static func < (lhs: Level, rhs: Level) -> Bool { lhs.rawValue < rhs.rawValue }
+
+        var loggerLevel: Logger.Level {
+            switch self {
+            case .debug: .debug
+            case .info: .info
+            case .warning: .warning
+            case .error: .error
+            }
+        }
     }
 
-    public var level: Level
+    /// How a line looks on stderr.
+    public enum Format: String, Sendable, CaseIterable {
+        /// `spout: …`, `spout: warning: …`, `spout: error: …`.
+        case text
+        /// `{"time":"…Z","level":"info","message":"…","slot":"…"}`.
+        case json
+    }
 
-    public init(level: Level = .info) { self.level = level }
+    /// The format of `Log()` without one: the command line sets it once it knows (`--log-format`),
+    /// so that every line of one process, also an error before the options were read, has one shape.
+    public static var defaultFormat: Format {
+        get { Format.allCases[processFormat.load(ordering: .relaxed)] }
+        set { processFormat.store(Format.allCases.firstIndex(of: newValue) ?? 0, ordering: .relaxed) }
+    }
+    private static let processFormat = Atomic<Int>(0)
 
-    public func debug(_ message: @autoclosure () -> String) { write(.debug, message) }
-    public func info(_ message: @autoclosure () -> String) { write(.info, message) }
-    public func warning(_ message: @autoclosure () -> String) { write(.warning, message) }
-    public func error(_ message: @autoclosure () -> String) { write(.error, message) }
+    public var logger: Logger
 
-    private func write(_ level: Level, _ message: () -> String) {
-        guard level >= self.level else { return }
-        let prefix = level == .error ? "spout: error: " : level == .warning ? "spout: warning: " : "spout: "
-        FileHandle.standardError.write(Data((prefix + Self.escaped(message()) + "\n").utf8))
+    public var level: Level {
+        get { Level.allCases.last { $0.loggerLevel <= logger.logLevel } ?? .debug }
+        set { logger.logLevel = newValue.loggerLevel }
+    }
+
+    public var format: Format
+
+    public init(level: Level = .info, format: Format? = nil) {
+        let format = format ?? Self.defaultFormat
+        self.format = format
+        logger = Logger(label: "spout") { _ in SpoutLogHandler(format: format) }
+        logger.logLevel = level.loggerLevel
+    }
+
+    /// Any swift-log logger, e.g. swift-log's `InMemoryLogHandler` in tests.
+    public init(logger: Logger, format: Format = .text) {
+        self.logger = logger
+        self.format = format
+    }
+
+    public func debug(_ message: @autoclosure () -> String, metadata: @autoclosure () -> Logger.Metadata? = nil) {
+        logger.debug("\(message())", metadata: metadata())
+    }
+    public func info(_ message: @autoclosure () -> String, metadata: @autoclosure () -> Logger.Metadata? = nil) {
+        logger.info("\(message())", metadata: metadata())
+    }
+    public func warning(_ message: @autoclosure () -> String, metadata: @autoclosure () -> Logger.Metadata? = nil) {
+        logger.warning("\(message())", metadata: metadata())
+    }
+    public func error(_ message: @autoclosure () -> String, metadata: @autoclosure () -> Logger.Metadata? = nil) {
+        logger.error("\(message())", metadata: metadata())
     }
 
     /// Text from outside (row content, server messages, names) made safe for one log line or

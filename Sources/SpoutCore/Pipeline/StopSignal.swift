@@ -6,14 +6,65 @@ import Synchronization
 private let processStopSignals = Atomic<Int>(0)
 nonisolated(unsafe) private var processStopWakeDescriptor: Int32 = -1
 
+/// The line the second signal writes: in the log format of the process, rendered before the
+/// handler is installed (a handler may not allocate). JSON lines get their time from
+/// `writeSecondSignalLine`, which formats it with arithmetic alone.
+nonisolated(unsafe) private var secondSignalFormat: Log.Format = .text
+private let secondSignalMessage: StaticString = "second signal: exiting without waiting for acknowledgements"
+
 private func handleStopSignal(_ number: Int32) {
     guard processStopSignals.wrappingAdd(1, ordering: .acquiringAndReleasing).oldValue == 0 else {
-        let message: StaticString = "spout: warning: second signal: exiting without waiting for acknowledgements\n"
-        _ = write(STDERR_FILENO, message.utf8Start, message.utf8CodeUnitCount)
+        writeSecondSignalLine()
         _exit(130)
     }
     var byte: UInt8 = 1
     _ = write(processStopWakeDescriptor, &byte, 1)
+}
+
+/// Async-signal-safe: clock_gettime(2), a stack buffer and write(2).
+private func writeSecondSignalLine() {
+    withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 256) { buffer in
+        var length = 0
+        func append(_ text: StaticString) {
+            for index in 0..<text.utf8CodeUnitCount where length < buffer.count {
+                buffer[length] = text.utf8Start[index]
+                length += 1
+            }
+        }
+        func append(_ value: Int, digits: Int) {
+            var divisor = 1
+            for _ in 1..<digits { divisor *= 10 }
+            var rest = value
+            while divisor > 0, length < buffer.count {
+                buffer[length] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: (rest / divisor) % 10)
+                rest %= divisor
+                divisor /= 10
+                length += 1
+            }
+        }
+        if secondSignalFormat == .json {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            // Days since 1970-01-01 to a civil date (Howard Hinnant's days_from_civil, inverted).
+            let days = now.tv_sec / 86_400, secondOfDay = now.tv_sec % 86_400
+            let z = days + 719_468, era = (z >= 0 ? z : z - 146_096) / 146_097
+            let dayOfEra = z - era * 146_097
+            let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+            let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+            let monthIndex = (5 * dayOfYear + 2) / 153
+            let day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
+            let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
+            let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+            append("{\"time\":\"")
+            append(Int(year), digits: 4); append("-"); append(Int(month), digits: 2); append("-"); append(Int(day), digits: 2)
+            append("T"); append(Int(secondOfDay / 3600), digits: 2); append(":"); append(Int(secondOfDay / 60 % 60), digits: 2)
+            append(":"); append(Int(secondOfDay % 60), digits: 2); append("."); append(Int(now.tv_nsec / 1_000_000), digits: 3)
+            append("Z\",\"level\":\"warning\",\"message\":\""); append(secondSignalMessage); append("\"}\n")
+        } else {
+            append("spout: warning: "); append(secondSignalMessage); append("\n")
+        }
+        _ = write(STDERR_FILENO, buffer.baseAddress, length)
+    }
 }
 
 /// A stop request that wakes the relay's wait: SIGINT/SIGTERM (`forProcessSignals`) or tests
@@ -31,8 +82,10 @@ public final class StopSignal: Sendable {
     /// confirmed, so nothing is lost either). The handlers are in place when this returns:
     /// a dispatch signal source is set up later, on another thread, after the default action
     /// was switched off — a signal in between was lost, and spout ran on.
-    public static func forProcessSignals() -> StopSignal {
+    /// `log` gives the format of the line a second signal writes.
+    public static func forProcessSignals(log: Log = Log()) -> StopSignal {
         let stop = StopSignal(followingProcessSignals: true)
+        secondSignalFormat = log.format
         _ = processStopSignals.load(ordering: .relaxed)
         processStopWakeDescriptor = stop.wakeup.signalDescriptor
         signal(SIGPIPE, SIG_IGN)
@@ -55,40 +108,5 @@ public final class StopSignal: Sendable {
     public func request() {
         requested.store(true, ordering: .releasing)
         wakeup.signal()
-    }
-}
-
-/// A wakeup for sinks whose deliveries complete on other threads: `signal()` makes
-/// `descriptor` readable. The sink owns it: its `poll` calls `drain()` before it reports,
-/// or the relay's wait would return at once forever.
-public final class Wakeup: Sendable {
-    private let pipe: (read: Int32, write: Int32)
-
-    public init() {
-        var fds: [Int32] = [-1, -1]
-        if Glibc.pipe(&fds) == 0 {
-            for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-        }
-        pipe = (fds[0], fds[1])
-    }
-
-    deinit {
-        close(pipe.read)
-        close(pipe.write)
-    }
-
-    public var descriptor: Int32 { pipe.read }
-
-    /// The end `signal()` writes to (for a signal handler, which may only call write(2)).
-    var signalDescriptor: Int32 { pipe.write }
-
-    public func signal() {
-        var byte: UInt8 = 1
-        _ = write(pipe.write, &byte, 1)
-    }
-
-    public func drain() {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while read(pipe.read, &buffer, buffer.count) > 0 {}
     }
 }
