@@ -61,7 +61,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SpoutIntegrationTests",
-            dependencies: ["SpoutCore", "spout", "spout-kafka-mock"]
+            dependencies: [
+                "SpoutCore", "spout", "spout-kafka-mock",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]
