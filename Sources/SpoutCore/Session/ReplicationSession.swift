@@ -344,7 +344,9 @@ public struct ReplicationSession {
     public mutating func completed(_ completion: SinkCompletion, nowMicros: Int64) -> Bool {
         switch completion {
         case let .delivered(ticket):
-            guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket) else { return false }
+            // A failed ticket stays failed: nothing is confirmed past it, whatever a sink says later.
+            guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket),
+                  failedTickets.isEmpty || !failedTickets.contains(ticket) else { return false }
             dispatchedUnacknowledged -= 1
             let slot = Int(ticket % UInt64(inFlightSizes.count))
             inFlightBytes -= inFlightSizes[slot]
