@@ -8,7 +8,7 @@ import XCTest
 final class ReplicationSessionTests: XCTestCase {
     // MARK: The fake sink and clock
 
-    struct Driver {
+    struct Driver: ~Copyable {
         var session: ReplicationSession
         /// What the relay's spool would hold.
         var spool: [OutboxEvent] = []
@@ -104,11 +104,9 @@ final class ReplicationSessionTests: XCTestCase {
     }
 
     func testStreamingSinkGetsEventsAsDecodedAndACommitLSNSinkAfterTheCommit() throws {
-        var streaming = Driver { $0.streaming = true }
-        var spooling = Driver { $0.streaming = false }
         let fixture = try SessionFixture.load()
-        for index in 0..<2 {
-            var driver = index == 0 ? streaming : spooling
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming }
             var begin = fixture.begin
             begin.finalLSN = LSN(0x1F00)
             try driver.feed(.begin(begin))
@@ -116,7 +114,7 @@ final class ReplicationSessionTests: XCTestCase {
             try driver.feed(.insert(fixture.inserts[0]))
             try driver.feed(.insert(fixture.inserts[1]))
             driver.dispatch()
-            if index == 0 {
+            if streaming {
                 XCTAssertEqual(driver.sent.map(\.event.lsn), [.zero, .zero], "streaming: at once, commit LSN unknown")
                 XCTAssertTrue(driver.spool.isEmpty)
             } else {
@@ -129,9 +127,8 @@ final class ReplicationSessionTests: XCTestCase {
             try driver.feed(.commit(commit))
             driver.dispatch()
             XCTAssertEqual(driver.sent.map(\.ticket), [0, 1])
-            XCTAssertEqual(driver.sent.map(\.event.id), try SessionFixture.ids().prefix(2).map { $0 })
-            if index == 1 { XCTAssertEqual(driver.sent.map(\.event.lsn), [LSN(0x2000), LSN(0x2000)], "stamped with the commit LSN") }
-            if index == 0 { streaming = driver } else { spooling = driver }
+            XCTAssertEqual(driver.sent.map(\.event.id), Array(try SessionFixture.ids().prefix(2)))
+            if !streaming { XCTAssertEqual(driver.sent.map(\.event.lsn), [LSN(0x2000), LSN(0x2000)], "stamped with the commit LSN") }
         }
     }
 

@@ -48,7 +48,7 @@ final class EventSpool {
         if file >= 0 { close(file) }
     }
 
-    func append(_ event: OutboxEvent) throws(SpoutError) {
+    func append(_ event: consuming OutboxEvent) throws(SpoutError) {
         let size = event.approximateSize
         if encodedCount == 0, valueBytes + size <= memoryLimit || valuesHead == values.count {
             if valuesHead == values.count, valuesHead > 0 {

@@ -32,7 +32,7 @@ final class RelayMetrics {
     }
 
     /// Publishes what changed since the last call. `confirmed` is what the status update reported.
-    func publish(_ session: ReplicationSession, confirmed: LSN, spoolBytes spooled: Int) {
+    func publish(_ session: borrowing ReplicationSession, confirmed: LSN, spoolBytes spooled: Int) {
         let counts = session.deliveredPerTopic
         while delivered.count < counts.count {
             let topic = session.topics[delivered.count]

@@ -11,7 +11,11 @@
 /// It owns the open transaction, the replay window (`startLSN` skip, `endLSN` finish), the
 /// in-flight window (events and bytes), the ack tracker, status timing, catch-up detection
 /// and the cap by the watch's verified position.
-public struct ReplicationSession {
+///
+/// Not copyable: the relay keeps it in a class, where reading a copyable struct's property
+/// may copy the whole struct (every array and dictionary in it retained and released) per
+/// message; a noncopyable one is only ever borrowed or modified in place.
+public struct ReplicationSession: ~Copyable {
     public struct Configuration: Sendable {
         /// Replay: transactions that committed before this LSN are skipped.
         public var startLSN: LSN?
