@@ -24,13 +24,13 @@ final class EventSpoolTests: XCTestCase {
                 next += 1
                 try spool.append(e)
                 expected.append(e)
-                if next % 7 == 0, let out = try spool.pop() { popped.append(out) }
+                if next % 7 == 0, let out = try spool.pop()?.event { popped.append(out) }
             }
             XCTAssertEqual(spool.count, expected.count - popped.count)
             XCTAssertGreaterThan(spool.bytes, spool.count > 0 ? 0 : -1)
-            if round % 3 == 0 { while let out = try spool.pop() { popped.append(out) } }
+            if round % 3 == 0 { while let out = try spool.pop()?.event { popped.append(out) } }
         }
-        while let out = try spool.pop() { popped.append(out) }
+        while let out = try spool.pop()?.event { popped.append(out) }
         XCTAssertEqual(spool.count, 0)
         XCTAssertEqual(spool.bytes, 0)
         XCTAssertEqual(popped.count, expected.count)
@@ -48,15 +48,15 @@ final class EventSpoolTests: XCTestCase {
         let inMemory = (1 << 16) / perEvent
         for index in 0..<inMemory * 3 { try spool.append(event(index)) }
         XCTAssertEqual(spool.count, inMemory * 3)
-        for index in 0..<inMemory * 2 { XCTAssertEqual(try spool.pop()?.id, "id-\(index)") }
+        for index in 0..<inMemory * 2 { XCTAssertEqual(try spool.pop()?.event.id, "id-\(index)") }
         try spool.append(event(100_000))
-        for index in inMemory * 2..<inMemory * 3 { XCTAssertEqual(try spool.pop()?.id, "id-\(index)") }
-        XCTAssertEqual(try spool.pop()?.id, "id-100000")
-        XCTAssertNil(try spool.pop())
+        for index in inMemory * 2..<inMemory * 3 { XCTAssertEqual(try spool.pop()?.event.id, "id-\(index)") }
+        XCTAssertEqual(try spool.pop()?.event.id, "id-100000")
+        XCTAssertNil(try spool.pop()?.event)
         // One event larger than the whole limit is kept too.
         let huge = event(7, payloadSize: 1 << 17)
         try spool.append(huge)
-        XCTAssertEqual(try spool.pop(), huge)
+        XCTAssertEqual(try spool.pop()?.event, huge)
     }
 
     /// Commit times come from the wire: any value gives an age, never a trap.

@@ -60,7 +60,7 @@ final class ReplicationSessionTests: XCTestCase {
         mutating func dispatch() {
             while session.mayDispatchSpooled {
                 var event = spool.removeFirst()
-                let ticket = session.dispatchSpooled(&event)
+                let ticket = session.dispatchSpooled(&event, size: event.approximateSize)
                 sent.append((event, ticket))
             }
         }

@@ -176,10 +176,10 @@ public final class Relay {
     /// Hands committed events from the spool to the sink while the window has room.
     private func dispatchSpooled() throws(SpoutError) {
         while session.mayDispatchSpooled {
-            guard var event = try spool.pop() else {
+            guard var (event, size) = try spool.pop() else {
                 throw .spoolFailed("the event spool lost \(session.spooledCommitted) committed events")
             }
-            let ticket = session.dispatchSpooled(&event)
+            let ticket = session.dispatchSpooled(&event, size: size)
             try send(event, ticket: ticket)
         }
     }

@@ -15,7 +15,7 @@ final class EventSpool {
     // Oldest to newest: values (memory) → front (bytes read back from the file) → file →
     // back (bytes written to the file in batches). Once anything is encoded, new events are
     // encoded too until the encoded part has drained, so order holds.
-    private var values: [OutboxEvent] = []
+    private var values: [(event: OutboxEvent, size: Int)] = []
     private var valuesHead = 0
     private var valueBytes = 0
     private var encodedCount = 0
@@ -55,7 +55,7 @@ final class EventSpool {
                 values.removeAll(keepingCapacity: true)
                 valuesHead = 0
             }
-            values.append(event)
+            values.append((event, size))
             valueBytes += size
             return
         }
@@ -65,13 +65,14 @@ final class EventSpool {
         if back.count >= Self.backBatchBytes { try flushBack() }
     }
 
-    /// The oldest event; nil when the spool is empty.
-    func pop() throws(SpoutError) -> OutboxEvent? {
+    /// The oldest event and its `approximateSize` (taken once, here); nil when the spool is empty.
+    func pop() throws(SpoutError) -> (event: OutboxEvent, size: Int)? {
         if valuesHead < values.count {
             var event = Self.placeholder
-            swap(&event, &values[valuesHead])
+            swap(&event, &values[valuesHead].event)
+            let size = values[valuesHead].size
             valuesHead += 1
-            valueBytes -= event.approximateSize
+            valueBytes -= size
             if valuesHead == values.count {
                 values.removeAll(keepingCapacity: values.capacity <= 1 << 16)
                 valuesHead = 0
@@ -80,7 +81,7 @@ final class EventSpool {
                 values.removeFirst(valuesHead)
                 valuesHead = 0
             }
-            return event
+            return (event, size)
         }
         guard encodedCount > 0 else { return nil }
         releasePopped()
@@ -92,7 +93,7 @@ final class EventSpool {
         guard let event else {
             throw .spoolFailed("the event spool is damaged (a record of \(range.count) bytes does not decode)")
         }
-        return event
+        return (event, range.count + 64)
     }
 
     /// What a popped slot holds until the array is compacted: no storage of its own.

@@ -270,7 +270,7 @@ public struct ReplicationSession: ~Copyable {
             return .spool(event)
         }
         let ticket = tracker.issueTicket()
-        dispatched(event)
+        dispatched(event, size: event.approximateSize)
         return .send(event, ticket: ticket)
     }
 
@@ -294,9 +294,9 @@ public struct ReplicationSession: ~Copyable {
     /// Whether the oldest committed event in the spool may go to the sink now.
     public var mayDispatchSpooled: Bool { spooledCommitted > 0 && dispatchHasRoom }
 
-    /// The oldest committed event left the spool (`mayDispatchSpooled` was true): stamps its
-    /// commit LSN and returns its ticket.
-    public mutating func dispatchSpooled(_ event: inout OutboxEvent) -> UInt64 {
+    /// The oldest committed event left the spool (`mayDispatchSpooled` was true), `size` bytes
+    /// of the window: stamps its commit LSN and returns its ticket.
+    public mutating func dispatchSpooled(_ event: inout OutboxEvent, size: Int) -> UInt64 {
         event.lsn = spooledCommits[spooledCommitsHead].endLSN
         spooledCommits[spooledCommitsHead].remaining -= 1
         if spooledCommits[spooledCommitsHead].remaining == 0 {
@@ -311,13 +311,12 @@ public struct ReplicationSession: ~Copyable {
         }
         spooledCommitted -= 1
         let ticket = nextDispatchTicket
-        dispatched(event)
+        dispatched(event, size: size)
         return ticket
     }
 
-    private mutating func dispatched(_ event: OutboxEvent) {
+    private mutating func dispatched(_ event: OutboxEvent, size: Int) {
         let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
-        let size = event.approximateSize
         inFlightSizes[slot] = size
         inFlightTopics[slot] = index(ofTopic: event.topic)
         if configuration.recordLatency { inFlightCommitTimes[slot] = event.committedAt }
