@@ -218,10 +218,9 @@ final class EventSpool {
     }
 }
 
-/// The spool record of a whole event (what a sink that does not render its own records
-/// gets back): length-prefixed fields, little-endian.
-public enum SpooledEvent {
-    public static func encode(_ event: OutboxEvent, into bytes: inout [UInt8]) {
+/// An event as the spool writes it to its file: length-prefixed fields, little-endian.
+enum SpooledEvent {
+    static func encode(_ event: OutboxEvent, into bytes: inout [UInt8]) {
         func integer<T: FixedWidthInteger>(_ value: T) {
             withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
         }
@@ -247,7 +246,7 @@ public enum SpooledEvent {
     }
 
     /// The event in a record `encode` wrote, with `lsn`; nil when the record is damaged.
-    public static func decode(_ record: UnsafeRawBufferPointer, lsn: LSN) -> OutboxEvent? {
+    static func decode(_ record: UnsafeRawBufferPointer, lsn: LSN) -> OutboxEvent? {
         var cursor = 0
         func integer<T: FixedWidthInteger>(_: T.Type) -> T? {
             guard record.count - cursor >= MemoryLayout<T>.size else { return nil }
