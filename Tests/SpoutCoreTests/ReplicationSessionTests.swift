@@ -509,6 +509,24 @@ final class ReplicationSessionTests: XCTestCase {
         XCTAssertEqual(try metrics.expectGauge("spout_in_flight_events", [("sink", "stdout")]).lastValue, 0)
     }
 
+    func testTopicsPastTheCountedOnesShareOneCounter() throws {
+        var driver = Driver { $0.streaming = true; $0.maxInFlightEvents = 5000 }
+        let fixture = try SessionFixture.load()
+        try driver.feed(.begin(fixture.begin))
+        try driver.feed(.relation(fixture.relation))
+        for index in 0..<(ReplicationSession.countedTopics + 5) {
+            var message = try SessionFixture.logical(lsn: LSN(0x2000))
+            message.content = Array(#"{"aggregate_type": "t\#(index)", "payload": 1}"#.utf8)
+            message.flags = 1
+            try driver.feed(.message(message))
+        }
+        for (_, ticket) in driver.sent { driver.ack(ticket) }
+        XCTAssertEqual(driver.session.topics.count, ReplicationSession.countedTopics + 1)
+        XCTAssertEqual(driver.session.topics.last, "_other")
+        XCTAssertEqual(driver.session.deliveredPerTopic.last, 5)
+        XCTAssertEqual(driver.session.deliveredPerTopic.reduce(0, +), ReplicationSession.countedTopics + 5)
+    }
+
     func testSinksNameThemselvesForMetrics() {
         XCTAssertEqual(StdoutSink(descriptor: -1).metricsName, "stdout")
     }

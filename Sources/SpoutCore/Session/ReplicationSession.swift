@@ -325,17 +325,28 @@ public struct ReplicationSession: ~Copyable {
         nextDispatchTicket += 1
     }
 
+    /// Topics counted one by one; past this many (a template over ids, say) the rest share
+    /// `otherTopics`, so neither memory nor the metrics' cardinality grows without bound.
+    static let countedTopics = 1000
+    static let otherTopics = "_other"
+
     /// Events of one topic usually come in runs: the last topic is checked before the table.
     private mutating func index(ofTopic topic: String) -> Int32 {
         if topic == lastTopic, lastTopicIndex >= 0 { return lastTopicIndex }
         let index: Int32
         if let known = topicIndex[topic] {
             index = known
-        } else {
+        } else if topics.count < Self.countedTopics {
             index = Int32(truncatingIfNeeded: topics.count)
             topics.append(topic)
             deliveredPerTopic.append(0)
             topicIndex[topic] = index
+        } else {
+            if topics.count == Self.countedTopics {
+                topics.append(Self.otherTopics)
+                deliveredPerTopic.append(0)
+            }
+            index = Int32(truncatingIfNeeded: Self.countedTopics)
         }
         lastTopic = topic
         lastTopicIndex = index
