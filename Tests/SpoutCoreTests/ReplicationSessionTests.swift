@@ -501,12 +501,20 @@ final class ReplicationSessionTests: XCTestCase {
         XCTAssertEqual(try metrics.expectGauge("spout_in_flight_events", [("sink", "stdout")]).lastValue, 1)
         XCTAssertGreaterThan(try XCTUnwrap(try metrics.expectGauge("spout_in_flight_bytes", [("sink", "stdout")]).lastValue), 0)
         XCTAssertEqual(try metrics.expectGauge("spout_spool_bytes", [("sink", "stdout")]).lastValue, 1234)
+        // The transactions committed a millisecond before the driver's clock; the ack came at it.
+        XCTAssertEqual(try metrics.expectTimer("spout_commit_to_ack_seconds", [("sink", "stdout")]).values, [1_000_000])
         // Published again: only what changed since.
         driver.ack(4)
         relayMetrics.publish(driver.session, confirmed: LSN(0x2000), spoolBytes: 0)
         XCTAssertEqual(try metrics.expectCounter("spout_events_delivered_total", [("sink", "stdout"), ("topic", "outbox.order")]).totalValue, 4)
         XCTAssertEqual(try metrics.expectCounter("spout_transactions_total", [("sink", "stdout")]).totalValue, 2)
         XCTAssertEqual(try metrics.expectGauge("spout_in_flight_events", [("sink", "stdout")]).lastValue, 0)
+        XCTAssertEqual(try metrics.expectTimer("spout_commit_to_ack_seconds", [("sink", "stdout")]).values.count, 1,
+                       "the same acknowledgement time is not sampled twice")
+        driver.nowMicros += 5000
+        driver.ack(4)
+        relayMetrics.publish(driver.session, confirmed: LSN(0x2000), spoolBytes: 0)
+        XCTAssertEqual(try metrics.expectTimer("spout_commit_to_ack_seconds", [("sink", "stdout")]).values.count, 1, "a repeated ack is no news")
     }
 
     func testTopicsPastTheCountedOnesShareOneCounter() throws {

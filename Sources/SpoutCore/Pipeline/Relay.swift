@@ -193,9 +193,10 @@ public final class Relay {
 
     private func pollSink() throws(SpoutError) -> Int {
         var completed = 0
-        let now = options.recordLatency ? LatencyRecorder.nowMicros() : 0
+        var now: Int64 = 0
         do {
             try sink.poll { completion in
+                if now == 0 { now = LatencyRecorder.nowMicros() }
                 if session.completed(completion, nowMicros: now) { completed += 1 }
             }
         } catch {

@@ -13,6 +13,10 @@ final class RelayMetrics {
     private let inFlightEvents: Gauge
     private let inFlightBytes: Gauge
     private let spoolBytes: Gauge
+    /// Sampled: the newest acknowledged event's commit → ack time, once per status update
+    /// that follows new acknowledgements (not per event: that would cost a histogram update each).
+    private let commitToAck: CoreMetrics.Timer
+    private var sampledAcknowledgement: Int64 = 0
     /// Per topic, in the session's topic order, with what was already published.
     private var delivered: [(counter: Counter, published: Int)] = []
     private var publishedFailed = 0
@@ -29,6 +33,7 @@ final class RelayMetrics {
         inFlightEvents = Gauge(label: "spout_in_flight_events", dimensions: dimensions, factory: factory)
         inFlightBytes = Gauge(label: "spout_in_flight_bytes", dimensions: dimensions, factory: factory)
         spoolBytes = Gauge(label: "spout_spool_bytes", dimensions: dimensions, factory: factory)
+        commitToAck = CoreMetrics.Timer(label: "spout_commit_to_ack_seconds", dimensions: dimensions, factory: factory)
     }
 
     /// Publishes what changed since the last call. `confirmed` is what the status update reported.
@@ -55,5 +60,9 @@ final class RelayMetrics {
         inFlightEvents.record(session.dispatchedUnacknowledged)
         inFlightBytes.record(session.inFlightBytes)
         spoolBytes.record(spooled)
+        if let newest = session.newestAcknowledged, newest.acknowledgedAt != sampledAcknowledgement {
+            sampledAcknowledgement = newest.acknowledgedAt
+            commitToAck.recordMicroseconds(max(0, LatencyRecorder.age(of: newest.committedAt, at: newest.acknowledgedAt)))
+        }
     }
 }

@@ -91,6 +91,9 @@ public struct ReplicationSession: ~Copyable {
     /// The first failure the sink reported and the relay has not yet taken.
     private var sinkFailure: SinkError?
     public private(set) var failedEvents = 0
+    /// The commit time of the event acknowledged last, and when: a sample of commit → ack
+    /// latency for metrics, without a clock read or a histogram per event.
+    public private(set) var newestAcknowledged: (committedAt: PostgresTimestamp, acknowledgedAt: Int64)?
 
     // Events delivered per topic, for metrics: topics by index as first dispatched.
     public private(set) var topics: [String] = []
@@ -122,8 +125,7 @@ public struct ReplicationSession: ~Copyable {
         let width = max(1, configuration.maxInFlightEvents)
         inFlightSizes = [Int](repeating: 0, count: width)
         inFlightTopics = [Int32](repeating: -1, count: width)
-        inFlightCommitTimes = configuration.recordLatency
-            ? [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: width) : []
+        inFlightCommitTimes = [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: width)
         lastStatusAt = now - configuration.statusInterval
         lastSentFlush = start
         if let end = configuration.endLSN, end <= tracker.confirmed { reachedEnd = true }
@@ -319,7 +321,7 @@ public struct ReplicationSession: ~Copyable {
         let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
         inFlightSizes[slot] = size
         inFlightTopics[slot] = index(ofTopic: event.topic)
-        if configuration.recordLatency { inFlightCommitTimes[slot] = event.committedAt }
+        inFlightCommitTimes[slot] = event.committedAt
         inFlightBytes += size
         dispatchedUnacknowledged += 1
         nextDispatchTicket += 1
@@ -353,8 +355,8 @@ public struct ReplicationSession: ~Copyable {
         return index
     }
 
-    /// The sink reported a ticket's outcome at `nowMicros` (read once per poll; only used
-    /// with `recordLatency`). Returns whether it acknowledged an event in flight.
+    /// The sink reported a ticket's outcome at `nowMicros` (wall clock, read once per poll).
+    /// Returns whether it acknowledged an event in flight.
     public mutating func completed(_ completion: SinkCompletion, nowMicros: Int64) -> Bool {
         switch completion {
         case let .delivered(ticket):
@@ -365,6 +367,7 @@ public struct ReplicationSession: ~Copyable {
             let slot = Int(ticket % UInt64(inFlightSizes.count))
             inFlightBytes -= inFlightSizes[slot]
             if configuration.recordLatency { latency.record(committedAt: inFlightCommitTimes[slot], acknowledgedAt: nowMicros) }
+            newestAcknowledged = (inFlightCommitTimes[slot], nowMicros)
             let topic = Int(inFlightTopics[slot])
             if topic >= 0, topic < deliveredPerTopic.count { deliveredPerTopic[topic] += 1 }
             tracker.acknowledge(ticket)
