@@ -537,6 +537,20 @@ final class ReplicationSessionTests: XCTestCase {
 
     func testSinksNameThemselvesForMetrics() {
         XCTAssertEqual(StdoutSink(descriptor: -1).metricsName, "stdout")
+        final class NATSJetStreamTestSink: Sink {
+            func send(_: OutboxEvent, ticket _: UInt64) throws(SinkError) {}
+            func poll(_: (SinkCompletion) -> Void) throws(SinkError) {}
+            var wakeupDescriptor: Int32? { nil }
+            func close() {}
+        }
+        final class HoldingSink: Sink {
+            func send(_: OutboxEvent, ticket _: UInt64) throws(SinkError) {}
+            func poll(_: (SinkCompletion) -> Void) throws(SinkError) {}
+            var wakeupDescriptor: Int32? { nil }
+            func close() {}
+        }
+        XCTAssertEqual(NATSJetStreamTestSink().metricsName, "nats", "the broker its type is named after")
+        XCTAssertEqual(HoldingSink().metricsName, "holding")
     }
 }
 

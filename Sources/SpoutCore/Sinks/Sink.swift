@@ -32,7 +32,8 @@ extension Sink {
     public var needsCommitLSN: Bool { true }
 
     public var metricsName: String {
-        // Until every sink says its own name: from the type (RedisStreamSink → redis).
+        // For a sink that does not say its own: the broker its type is named after
+        // (NATSJetStreamSink → nats), else the type's name.
         let type = String(describing: Swift.type(of: self)).lowercased()
         for name in ["stdout", "redis", "nats", "kafka", "amqp", "stomp", "http"] where type.hasPrefix(name) { return name }
         return type.hasSuffix("sink") ? String(type.dropLast(4)) : type
