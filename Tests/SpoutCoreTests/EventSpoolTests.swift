@@ -10,45 +10,29 @@ final class EventSpoolTests: XCTestCase {
                     lsn: .zero, committedAt: PostgresTimestamp(rawValue: Int64(index) * 1_000_000))
     }
 
-    private func pop(_ spool: EventSpool) throws -> OutboxEvent? {
-        var out: OutboxEvent?
-        var decodeFailed = false
-        let popped = try spool.popCommitted { record, commit in
-            out = SpooledEvent.decode(record, lsn: commit.endLSN)
-            decodeFailed = out == nil
-        }
-        XCTAssertFalse(decodeFailed, "a spooled record did not decode")
-        XCTAssertEqual(popped, out != nil || decodeFailed)
-        return out
-    }
-
-    /// Interleaved appends, commits and pops through the file keep every event, in order,
-    /// with its own transaction's LSN, and open events are never popped.
-    func testOrderAndLSNsSurviveSpillingToDisk() throws {
+    /// Interleaved appends and pops through the file keep every event, in order, whole.
+    func testOrderSurvivesSpillingToDisk() throws {
         let spool = EventSpool(memoryLimit: 1 << 16)
         var expected: [OutboxEvent] = []
         var popped: [OutboxEvent] = []
         var next = 0
-        var lsn: UInt64 = 1000
-        // Transactions of varying size, some far above the memory limit (≈ 150 bytes/event),
-        // some events far above the file's read size.
+        // Runs of varying size, some far above the memory limit (≈ 150 bytes/event), some
+        // events far above the file's read size.
         for (round, size) in [1, 5, 3000, 1, 0, 7000, 2, 1200, 1, 1, 9000].enumerated() {
-            var open: [OutboxEvent] = []
             for _ in 0..<size {
                 let e = event(next, payloadSize: next % 997 == 0 ? 200_000 : 100)
                 next += 1
-                try spool.append { SpooledEvent.encode(e, into: &$0) }
-                open.append(e)
-                if next % 7 == 0, let out = try pop(spool) { popped.append(out) }
+                try spool.append(e)
+                expected.append(e)
+                if next % 7 == 0, let out = try spool.pop()?.event { popped.append(out) }
             }
-            XCTAssertEqual(spool.openCount, size)
-            lsn += 100
-            spool.commit(endLSN: LSN(lsn), committedAt: PostgresTimestamp(rawValue: 0))
-            expected += open.map { var stamped = $0; stamped.lsn = LSN(lsn); return stamped }
-            if round % 3 == 0 { while let out = try pop(spool) { popped.append(out) } }
+            XCTAssertEqual(spool.count, expected.count - popped.count)
+            XCTAssertGreaterThan(spool.bytes, spool.count > 0 ? 0 : -1)
+            if round % 3 == 0 { while let out = try spool.pop()?.event { popped.append(out) } }
         }
-        while let out = try pop(spool) { popped.append(out) }
-        XCTAssertEqual(spool.committedCount, 0)
+        while let out = try spool.pop()?.event { popped.append(out) }
+        XCTAssertEqual(spool.count, 0)
+        XCTAssertEqual(spool.bytes, 0)
         XCTAssertEqual(popped.count, expected.count)
         for (out, want) in zip(popped, expected) where out != want {
             XCTFail("\(out.id) came out as \(out), expected \(want)")
@@ -56,27 +40,23 @@ final class EventSpoolTests: XCTestCase {
         }
     }
 
-    func testNothingIsPoppedBeforeCommit() throws {
+    /// Within the memory limit events stay values; past it the rest is encoded, and the
+    /// memory part is used again once the encoded part drained.
+    func testMemoryThenFileThenMemory() throws {
         let spool = EventSpool(memoryLimit: 1 << 16)
-        for index in 0..<2000 { try spool.append { SpooledEvent.encode(event(index), into: &$0) } }
-        XCTAssertNil(try pop(spool))
-        spool.commit(endLSN: LSN(42), committedAt: PostgresTimestamp(rawValue: 7))
-        var commit: EventSpool.Commit?
-        XCTAssertTrue(try spool.popCommitted { _, c in commit = c })
-        XCTAssertEqual(commit?.endLSN, LSN(42))
-        XCTAssertEqual(commit?.committedAt, PostgresTimestamp(rawValue: 7))
-        XCTAssertEqual(spool.committedCount, 1999)
-    }
-
-    /// Records are the sink's own bytes, empty ones included.
-    func testRecordsAreOpaqueBytes() throws {
-        let spool = EventSpool(memoryLimit: 1 << 16)
-        let records: [[UInt8]] = (0..<5000).map { index in Array(repeating: UInt8(index % 256), count: index % 50) }
-        for record in records { try spool.append { $0.append(contentsOf: record) } }
-        spool.commit(endLSN: LSN(1), committedAt: PostgresTimestamp(rawValue: 0))
-        var out: [[UInt8]] = []
-        while try spool.popCommitted({ record, _ in out.append(Array(record)) }) {}
-        XCTAssertEqual(out, records)
+        let perEvent = event(0).approximateSize
+        let inMemory = (1 << 16) / perEvent
+        for index in 0..<inMemory * 3 { try spool.append(event(index)) }
+        XCTAssertEqual(spool.count, inMemory * 3)
+        for index in 0..<inMemory * 2 { XCTAssertEqual(try spool.pop()?.event.id, "id-\(index)") }
+        try spool.append(event(100_000))
+        for index in inMemory * 2..<inMemory * 3 { XCTAssertEqual(try spool.pop()?.event.id, "id-\(index)") }
+        XCTAssertEqual(try spool.pop()?.event.id, "id-100000")
+        XCTAssertNil(try spool.pop()?.event)
+        // One event larger than the whole limit is kept too.
+        let huge = event(7, payloadSize: 1 << 17)
+        try spool.append(huge)
+        XCTAssertEqual(try spool.pop()?.event, huge)
     }
 
     /// Commit times come from the wire: any value gives an age, never a trap.

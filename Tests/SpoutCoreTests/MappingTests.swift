@@ -775,45 +775,6 @@ final class StdoutSinkFormatTests: XCTestCase {
         XCTAssertEqual(object["committed_at"] as? String, "1999-12-31T23:59:59.999999Z")
     }
 
-    /// A line spooled before its commit (rendered up to the LSN) comes out exactly as one
-    /// written whole; the pretty format goes through the spool too.
-    func testSpooledLinesMatchWholeLines() throws {
-        let events = [
-            event(payload: Array(#"{"a": [1, 2]}"#.utf8), format: .json),
-            event(payload: Array("plain \"text\"\n".utf8), format: .text),
-            event(payload: [0, 1, 2, 255], format: .binary),
-        ]
-        for format in StdoutSink.Format.allCases {
-            var pipe: [Int32] = [0, 0]
-            XCTAssertEqual(Glibc.pipe(&pipe), 0)
-            let whole = StdoutSink(descriptor: pipe[1], format: format)
-            let spooled = StdoutSink(descriptor: pipe[1], format: format)
-            var wholeTickets: [UInt64] = [], spooledTickets: [UInt64] = []
-            for (index, var event) in events.enumerated() {
-                event.lsn = LSN(UInt64(0x1_0000_0000) + UInt64(index))
-                try whole.send(event, ticket: UInt64(index))
-                try whole.poll { if case let .delivered(ticket) = $0 { wholeTickets.append(ticket) } }
-                let wholeLine = read(pipe[0])
-                var record: [UInt8] = []
-                spooled.spool(event, into: &record)
-                try record.withUnsafeBytes { try spooled.sendSpooled($0, lsn: event.lsn, ticket: UInt64(index)) }
-                try spooled.poll { if case let .delivered(ticket) = $0 { spooledTickets.append(ticket) } }
-                XCTAssertEqual(String(decoding: read(pipe[0]), as: UTF8.self), String(decoding: wholeLine, as: UTF8.self), "\(format) \(index)")
-                XCTAssertTrue(String(decoding: wholeLine, as: UTF8.self).contains("1/" + String(index, radix: 16).uppercased()), "\(format) \(index)")
-            }
-            XCTAssertEqual(wholeTickets, [0, 1, 2])
-            XCTAssertEqual(spooledTickets, [0, 1, 2])
-            close(pipe[0])
-            close(pipe[1])
-        }
-
-        func read(_ descriptor: Int32) -> [UInt8] {
-            var bytes = [UInt8](repeating: 0, count: 1 << 16)
-            let count = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress!, $0.count) }
-            return Array(bytes[..<max(0, count)])
-        }
-    }
-
     func testLinesAppend() throws {
         var output: [UInt8] = []
         StdoutSink.appendJSONLine(event(payload: Array("1".utf8), format: .json), to: &output)

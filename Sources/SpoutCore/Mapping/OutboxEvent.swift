@@ -27,8 +27,9 @@ public struct OutboxEvent: Equatable, Sendable {
     public var payload: [UInt8]
     public var payloadFormat: PayloadFormat
     public var headers: [Header]
-    /// The commit `end_lsn` of the event's transaction; zero for a sink that said it does not
-    /// need it (`Sink.needsCommitLSN`), which gets events before their Commit arrives.
+    /// The commit `end_lsn` of the event's transaction, stamped by the relay when the event
+    /// leaves its spool after the Commit; zero for a sink that said it does not need it
+    /// (`Sink.needsCommitLSN`), which gets events before their Commit arrives.
     public var lsn: LSN
     public var committedAt: PostgresTimestamp
 

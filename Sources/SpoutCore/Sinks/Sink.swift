@@ -11,16 +11,8 @@ public protocol Sink: AnyObject {
     /// Whether the sink needs an event's commit LSN (`OutboxEvent.lsn`), which PostgreSQL
     /// sends only after the transaction's last row. A sink that does not gets each event as
     /// soon as it is decoded, with `lsn` zero, so its work overlaps the server's. One that
-    /// does gets a transaction's events after its Commit, from the relay's spool.
+    /// does gets a transaction's events after its Commit (the relay keeps them meanwhile).
     var needsCommitLSN: Bool { get }
-
-    /// Writes an event that waits in the spool for its commit. The default keeps the whole
-    /// event; a sink may write it already rendered, so `sendSpooled` is little more than a copy.
-    func spool(_ event: OutboxEvent, into record: inout [UInt8])
-
-    /// Accepts a spooled event, now that its commit LSN is known. The bytes are those
-    /// `spool(_:into:)` wrote, valid only during the call.
-    func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError)
 
     /// Makes progress (flushes, reads acknowledgements) and reports each finished ticket.
     func poll(_ report: (SinkCompletion) -> Void) throws(SinkError)
@@ -29,6 +21,9 @@ public protocol Sink: AnyObject {
     /// completes deliveries asynchronously.
     var wakeupDescriptor: Int32? { get }
 
+    /// The sink's name in metrics (the `sink` dimension): stdout, redis, nats, kafka.
+    var metricsName: String { get }
+
     /// Flushes what it can and releases resources.
     func close()
 }
@@ -36,22 +31,12 @@ public protocol Sink: AnyObject {
 extension Sink {
     public var needsCommitLSN: Bool { true }
 
-    public func spool(_ event: OutboxEvent, into record: inout [UInt8]) {
-        SpooledEvent.encode(event, into: &record)
-    }
-
-    public func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError) {
-        try send(SpooledEvent.event(record, lsn: lsn), ticket: ticket)
-    }
-}
-
-extension SpooledEvent {
-    /// The event in a record `encode` wrote, for a sink's `sendSpooled`.
-    static func event(_ record: UnsafeRawBufferPointer, lsn: LSN) throws(SinkError) -> OutboxEvent {
-        guard let event = decode(record, lsn: lsn) else {
-            throw SinkError(.permanent, "the event spool is damaged (a record of \(record.count) bytes does not decode)")
-        }
-        return event
+    public var metricsName: String {
+        // For a sink that does not say its own: the broker its type is named after
+        // (NATSJetStreamSink → nats), else the type's name.
+        let type = String(describing: Swift.type(of: self)).lowercased()
+        for name in ["stdout", "redis", "nats", "kafka", "amqp", "stomp", "http"] where type.hasPrefix(name) { return name }
+        return type.hasSuffix("sink") ? String(type.dropLast(4)) : type
     }
 }
 

@@ -40,31 +40,14 @@ public final class StdoutSink: Sink {
 
     public var wakeupDescriptor: Int32? { nil }
 
+    public var metricsName: String { "stdout" }
+
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
         switch format {
         case .json: Self.appendJSONLine(event, to: &buffer)
         case .pretty: appendPretty(event)
         }
         try lineAppended(ticket: ticket)
-    }
-
-    public func spool(_ event: OutboxEvent, into record: inout [UInt8]) {
-        switch format {
-        // The line up to its LSN, which comes last: sending it later is a copy.
-        case .json: Self.appendJSONLineHead(event, to: &record)
-        case .pretty: SpooledEvent.encode(event, into: &record)
-        }
-    }
-
-    public func sendSpooled(_ record: UnsafeRawBufferPointer, lsn: LSN, ticket: UInt64) throws(SinkError) {
-        switch format {
-        case .json:
-            buffer.append(contentsOf: record)
-            Self.appendJSONLineTail(lsn: lsn, to: &buffer)
-            try lineAppended(ticket: ticket)
-        case .pretty:
-            try send(SpooledEvent.event(record, lsn: lsn), ticket: ticket)
-        }
     }
 
     /// The line for `ticket` ends at the buffer's end; write once 64 KiB are waiting.
@@ -116,12 +99,6 @@ public final class StdoutSink: Sink {
     /// column's own line breaks removed), text as a string, bytea as base64 with
     /// `"payload_encoding":"base64"`.
     public static func appendJSONLine(_ event: OutboxEvent, to output: inout [UInt8]) {
-        appendJSONLineHead(event, to: &output)
-        appendJSONLineTail(lsn: event.lsn, to: &output)
-    }
-
-    /// The JSON line up to the value of its last field, the LSN.
-    static func appendJSONLineHead(_ event: OutboxEvent, to output: inout [UInt8]) {
         func key(_ name: StaticString) {
             output.append(contentsOf: UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
         }
@@ -157,13 +134,8 @@ public final class StdoutSink: Sink {
         key("},\"committed_at\":\"")
         event.committedAt.appendISO8601(to: &output)
         key("\",\"lsn\":\"")
-    }
-
-    static func appendJSONLineTail(lsn: LSN, to output: inout [UInt8]) {
-        lsn.appendText(to: &output)
-        output.append(UInt8(ascii: "\""))
-        output.append(UInt8(ascii: "}"))
-        output.append(UInt8(ascii: "\n"))
+        event.lsn.appendText(to: &output)
+        key("\"}\n")
     }
 
     private func appendPretty(_ event: OutboxEvent) {

@@ -2,24 +2,24 @@ import Foundation
 
 /// The events between the replication stream and a sink that needs their commit LSN, in
 /// commit order: those of the transaction being received and those committed but not yet
-/// handed to the sink.
+/// handed to the sink. The session knows which are committed and their LSNs; the spool only
+/// keeps them, first in, first out.
 ///
-/// Events are kept as records the sink wrote itself (`Sink.spool(_:into:)`), often already
-/// rendered, so handing them out after the Commit is little more than a copy. Memory is
-/// bounded: past `memoryLimit` bytes, records go to an unlinked temporary file and come
-/// back in order, so a million-row transaction or a long backlog takes the same memory as a
-/// small one. `commit(endLSN:committedAt:)` records a transaction's LSN, which
-/// `popCommitted` hands out with each of its records.
+/// Events are kept as values while they fit in `memoryLimit` bytes (by `approximateSize`),
+/// so the common case costs no encoding at all. Beyond it they are encoded
+/// (`SpooledEvent`) to an unlinked temporary file and decoded on their way out, so a
+/// million-row transaction or a long backlog takes the same memory as a small one.
 final class EventSpool {
-    struct Commit {
-        var endLSN: LSN
-        var committedAt: PostgresTimestamp
-    }
-
     private let memoryLimit: Int
 
-    // Oldest to newest: front (memory) → file → back (memory, written to the file in
-    // batches). Each record is framed as a little-endian UInt32 length and its bytes.
+    // Oldest to newest: values (memory) → front (bytes read back from the file) → file →
+    // back (bytes written to the file in batches). Once anything is encoded, new events are
+    // encoded too until the encoded part has drained, so order holds.
+    private var values: [(event: OutboxEvent, size: Int)] = []
+    private var valuesHead = 0
+    private var valueBytes = 0
+    private var encodedCount = 0
+
     private var front: [UInt8] = []
     private var frontHead = 0
     private var back: [UInt8] = []
@@ -28,13 +28,11 @@ final class EventSpool {
     private var readOffset: off_t = 0
     private var writeOffset: off_t = 0
 
-    /// Committed transactions not yet fully popped: how many records each has left.
-    private var commits: [(remaining: Int, commit: Commit)] = []
-    private var commitsHead = 0
-    /// Records appended since the last commit (the open transaction).
-    private(set) var openCount = 0
-    /// Committed records not yet popped.
-    private(set) var committedCount = 0
+    /// Events in the spool.
+    var count: Int { values.count - valuesHead + encodedCount }
+
+    /// Bytes the spool holds, in memory and on disk (a gauge, not exact).
+    var bytes: Int { valueBytes + front.count - frontHead + back.count + Int(writeOffset - readOffset) }
 
     private static let backBatchBytes = 1 << 20
 
@@ -50,57 +48,57 @@ final class EventSpool {
         if file >= 0 { close(file) }
     }
 
-    /// Appends a record of the open transaction, written by `write` (which only appends).
-    func append(_ write: (inout [UInt8]) -> Void) throws(SpoutError) {
-        releasePopped()
-        if readOffset == writeOffset, back.isEmpty, front.count - frontHead < memoryLimit {
-            try Self.frame(into: &front, write)
-        } else {
-            try Self.frame(into: &back, write)
-            if back.count >= Self.backBatchBytes { try flushBack() }
+    func append(_ event: consuming OutboxEvent) throws(SpoutError) {
+        let size = event.approximateSize
+        if encodedCount == 0, valueBytes + size <= memoryLimit || valuesHead == values.count {
+            if valuesHead == values.count, valuesHead > 0 {
+                values.removeAll(keepingCapacity: true)
+                valuesHead = 0
+            }
+            values.append((event, size))
+            valueBytes += size
+            return
         }
-        openCount += 1
+        releasePopped()
+        try Self.frame(into: &back) { SpooledEvent.encode(event, into: &$0) }
+        encodedCount += 1
+        if back.count >= Self.backBatchBytes { try flushBack() }
     }
 
-    /// The open transaction committed.
-    func commit(endLSN: LSN, committedAt: PostgresTimestamp) {
-        if openCount > 0 { commits.append((openCount, Commit(endLSN: endLSN, committedAt: committedAt))) }
-        committedCount += openCount
-        openCount = 0
-    }
-
-    /// Hands the oldest committed record to `body` with its transaction's commit; false when
-    /// nothing is committed. The bytes are valid only inside `body`.
-    func popCommitted(_ body: (UnsafeRawBufferPointer, Commit) throws(SpoutError) -> Void) throws(SpoutError) -> Bool {
-        guard committedCount > 0, commitsHead < commits.count else { return false }
+    /// The oldest event and its `approximateSize` (taken once, here); nil when the spool is empty.
+    func pop() throws(SpoutError) -> (event: OutboxEvent, size: Int)? {
+        if valuesHead < values.count {
+            var event = Self.placeholder
+            swap(&event, &values[valuesHead].event)
+            let size = values[valuesHead].size
+            valuesHead += 1
+            valueBytes -= size
+            if valuesHead == values.count {
+                values.removeAll(keepingCapacity: values.capacity <= 1 << 16)
+                valuesHead = 0
+                valueBytes = 0
+            } else if valuesHead >= 4096, valuesHead * 2 > values.count {
+                values.removeFirst(valuesHead)
+                valuesHead = 0
+            }
+            return (event, size)
+        }
+        guard encodedCount > 0 else { return nil }
         releasePopped()
         guard let range = try nextRecord() else {
-            throw .spoolFailed("the event spool lost \(committedCount) committed events")
+            throw .spoolFailed("the event spool lost \(encodedCount) events")
         }
-        let commit = commits[commitsHead].commit
-        commits[commitsHead].remaining -= 1
-        if commits[commitsHead].remaining == 0 {
-            commitsHead += 1
-            if commitsHead == commits.count {
-                commits.removeAll(keepingCapacity: true)
-                commitsHead = 0
-            } else if commitsHead >= 4096, commitsHead * 2 > commits.count {
-                commits.removeFirst(commitsHead)
-                commitsHead = 0
-            }
+        encodedCount -= 1
+        let event = front.withUnsafeBytes { SpooledEvent.decode(UnsafeRawBufferPointer(rebasing: $0[range]), lsn: .zero) }
+        guard let event else {
+            throw .spoolFailed("the event spool is damaged (a record of \(range.count) bytes does not decode)")
         }
-        committedCount -= 1
-        let result: Result<Void, SpoutError> = front.withUnsafeBytes { bytes in
-            do throws(SpoutError) {
-                try body(UnsafeRawBufferPointer(rebasing: bytes[range]), commit)
-                return .success(())
-            } catch {
-                return .failure(error)
-            }
-        }
-        try result.get()
-        return true
+        return (event, range.count + 64)
     }
+
+    /// What a popped slot holds until the array is compacted: no storage of its own.
+    private static let placeholder = OutboxEvent(id: "", topic: "", key: nil, type: nil, payload: [], payloadFormat: .json,
+                                                 headers: [], lsn: .zero, committedAt: PostgresTimestamp(rawValue: 0))
 
     private static func frame(into buffer: inout [UInt8], _ write: (inout [UInt8]) -> Void) throws(SpoutError) {
         let start = buffer.count
@@ -220,10 +218,9 @@ final class EventSpool {
     }
 }
 
-/// The spool record of a whole event (what a sink that does not render its own records
-/// gets back): length-prefixed fields, little-endian.
-public enum SpooledEvent {
-    public static func encode(_ event: OutboxEvent, into bytes: inout [UInt8]) {
+/// An event as the spool writes it to its file: length-prefixed fields, little-endian.
+enum SpooledEvent {
+    static func encode(_ event: OutboxEvent, into bytes: inout [UInt8]) {
         func integer<T: FixedWidthInteger>(_ value: T) {
             withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
         }
@@ -249,7 +246,7 @@ public enum SpooledEvent {
     }
 
     /// The event in a record `encode` wrote, with `lsn`; nil when the record is damaged.
-    public static func decode(_ record: UnsafeRawBufferPointer, lsn: LSN) -> OutboxEvent? {
+    static func decode(_ record: UnsafeRawBufferPointer, lsn: LSN) -> OutboxEvent? {
         var cursor = 0
         func integer<T: FixedWidthInteger>(_: T.Type) -> T? {
             guard record.count - cursor >= MemoryLayout<T>.size else { return nil }

@@ -1,0 +1,487 @@
+/// The replication session: what the relay knows between the slot and the sink, as a pure
+/// state machine (postgres-nio's shape). No IO, no clock reads, no logging: time comes in as
+/// an input, and the relay performs what the session answers.
+///
+/// Inputs: a keepalive, a decoded pgoutput message (with its XLogData `walEnd`), a committed
+/// event leaving the spool, a sink completion, the publication watch's news, a clock tick
+/// (status and wait), a stop request. Answers: hand an event to the sink with its ticket, or
+/// spool it until its transaction commits; read or pause reading (`canRead`, `wait`); send a
+/// status update with the write/flush LSN; finish at the end LSN; fail with an error.
+///
+/// It owns the open transaction, the replay window (`startLSN` skip, `endLSN` finish), the
+/// in-flight window (events and bytes), the ack tracker, status timing, catch-up detection
+/// and the cap by the watch's verified position.
+///
+/// Not copyable: the relay keeps it in a class, where reading a copyable struct's property
+/// may copy the whole struct (every array and dictionary in it retained and released) per
+/// message; a noncopyable one is only ever borrowed or modified in place.
+public struct ReplicationSession: ~Copyable {
+    public struct Configuration: Sendable {
+        /// Replay: transactions that committed before this LSN are skipped.
+        public var startLSN: LSN?
+        /// Replay: finish once every transaction committed up to here is confirmed.
+        public var endLSN: LSN?
+        public var maxInFlightEvents = 10_000
+        public var maxInFlightBytes = 32 << 20
+        public var statusInterval: Duration = .seconds(1)
+        /// The sink takes events as they are decoded (it does not need their commit LSN).
+        public var streaming = false
+        /// Record commit → acknowledgement latency of every event (`latency`).
+        public var recordLatency = false
+
+        public init() {}
+    }
+
+    /// What the relay does with one decoded message.
+    public enum Delivery {
+        case none
+        /// Hand the event to the sink now, with this ticket (a streaming sink: `lsn` is zero).
+        case send(OutboxEvent, ticket: UInt64)
+        /// Keep the event in the spool until `dispatchSpooled` gives it a ticket and its commit LSN.
+        case spool(OutboxEvent)
+        case debug(String)
+        case warning(String)
+    }
+
+    /// A standby status update to send.
+    public struct Status: Equatable, Sendable {
+        public var write: LSN
+        public var flush: LSN
+    }
+
+    /// How to wait when there is nothing to do.
+    public struct Wait: Equatable, Sendable {
+        /// Wait for the database socket too (false: reading is paused).
+        public var readingSocket: Bool
+        /// Before the wait, pause this long without reading, so a backlog's messages gather.
+        public var gather: Duration?
+        public var timeout: Duration
+    }
+
+    public let configuration: Configuration
+    public private(set) var mapper: EventMapper
+    public private(set) var tracker: AckTracker
+    public private(set) var statistics = Relay.Statistics()
+    /// Commit → sink acknowledgement, per event (with `recordLatency`).
+    public private(set) var latency = LatencyRecorder()
+
+    // The transaction being received (between Begin and Commit).
+    public private(set) var transaction: PgOutputMessage.Begin?
+    private var skippingTransaction = false
+    public private(set) var reachedEnd = false
+    private var warnedRename: String?
+
+    // Spooled events (a sink that needs the commit LSN): those of the open transaction, and
+    // committed ones waiting for room, with their transactions' commit LSNs in order.
+    private var spooledOpen = 0
+    public private(set) var spooledCommitted = 0
+    private var spooledCommits: [(remaining: Int, endLSN: LSN)] = []
+    private var spooledCommitsHead = 0
+
+    // The in-flight window: sizes (and commit times, topics) of dispatched events by ticket,
+    // in rings as wide as the window.
+    private var nextDispatchTicket: UInt64 = 0
+    private var inFlightSizes: [Int]
+    private var inFlightCommitTimes: [PostgresTimestamp]
+    private var inFlightTopics: [Int32]
+    public private(set) var inFlightBytes = 0
+    public private(set) var dispatchedUnacknowledged = 0
+    /// Tickets the sink reported as failed: out of flight, never acknowledged.
+    private var failedTickets: Set<UInt64> = []
+    /// The first failure the sink reported and the relay has not yet taken.
+    private var sinkFailure: SinkError?
+    public private(set) var failedEvents = 0
+    /// The commit time of the event acknowledged last, and when: a sample of commit → ack
+    /// latency for metrics, without a clock read or a histogram per event.
+    public private(set) var newestAcknowledged: (committedAt: PostgresTimestamp, acknowledgedAt: Int64)?
+
+    // Events delivered per topic, for metrics: topics by index as first dispatched.
+    public private(set) var topics: [String] = []
+    public private(set) var deliveredPerTopic: [Int] = []
+    private var topicIndex: [String: Int32] = [:]
+    private var lastTopic = ""
+    private var lastTopicIndex: Int32 = -1
+
+    /// The newest transaction read committed this long ago (microseconds), as of its Begin.
+    private var behindMicros: Int64 = 0
+    private var replyRequested = false
+    private var lastStatusAt: ContinuousClock.Instant
+    /// The flush position of the last status update.
+    public private(set) var lastSentFlush: LSN
+    /// Where the watch last verified the table and publication unchanged: nothing past it is confirmed.
+    public private(set) var verified: LSN?
+    /// Stopping: nothing more is read; what the sink holds drains until this deadline.
+    public private(set) var drainDeadline: ContinuousClock.Instant?
+
+    /// - Parameters:
+    ///   - start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
+    ///   - verified: where the watch verified, if there is one.
+    public init(start: LSN, configuration: Configuration, mapper: EventMapper, verified: LSN?, now: ContinuousClock.Instant) {
+        self.configuration = configuration
+        self.mapper = mapper
+        self.verified = verified
+        tracker = AckTracker(start: max(start, configuration.startLSN ?? start))
+        tracker.followLimit = configuration.endLSN
+        let width = max(1, configuration.maxInFlightEvents)
+        inFlightSizes = [Int](repeating: 0, count: width)
+        inFlightTopics = [Int32](repeating: -1, count: width)
+        inFlightCommitTimes = [PostgresTimestamp](repeating: PostgresTimestamp(rawValue: 0), count: width)
+        lastStatusAt = now - configuration.statusInterval
+        lastSentFlush = start
+        if let end = configuration.endLSN, end <= tracker.confirmed { reachedEnd = true }
+    }
+
+    // MARK: Reading
+
+    /// Whether another event may be handed to the sink now.
+    var dispatchHasRoom: Bool {
+        nextDispatchTicket - tracker.acknowledgedBelow < UInt64(inFlightSizes.count)
+            && (dispatchedUnacknowledged == 0 || inFlightBytes < configuration.maxInFlightBytes)
+    }
+
+    /// Whether to read the next message. A streaming sink reads while the window has room;
+    /// otherwise reading goes on inside a transaction (its events wait in the spool for the
+    /// Commit) and stops between transactions while the window is full.
+    public var canRead: Bool {
+        if reachedEnd || drainDeadline != nil { return false }
+        if configuration.streaming { return dispatchHasRoom }
+        return transaction != nil
+            || (tracker.unacknowledged < configuration.maxInFlightEvents && inFlightBytes < configuration.maxInFlightBytes)
+    }
+
+    /// Transactions older than this when read mean a backlog is being replayed.
+    static let catchUpMicros: Int64 = 100_000
+
+    /// Replaying a backlog: the newest transaction read was older than `catchUpMicros`.
+    public var isCatchingUp: Bool { behindMicros > Self.catchUpMicros }
+
+    /// A primary keepalive.
+    public mutating func keepalive(walEnd: LSN, replyRequested reply: Bool) {
+        if reply { replyRequested = true }
+        // The server waits for WAL: whatever backlog there was is read.
+        if transaction == nil { behindMicros = 0 }
+        if let end = configuration.endLSN, transaction == nil, walEnd >= end { reachedEnd = true }
+        tracker.observe(walEnd: walEnd)
+    }
+
+    /// A pgoutput message from XLogData ending at `walEnd`; `nowMicros` is the wall clock
+    /// (Unix microseconds) as the relay read it.
+    public mutating func receive(_ message: PgOutputMessage, walEnd: LSN, nowMicros: Int64) throws(SpoutError) -> Delivery {
+        let delivery = try handle(message, nowMicros: nowMicros)
+        if walEnd != .zero { tracker.observe(walEnd: walEnd) }
+        return delivery
+    }
+
+    private mutating func handle(_ message: PgOutputMessage, nowMicros: Int64) throws(SpoutError) -> Delivery {
+        switch message {
+        case let .begin(begin):
+            // Replay ends before the first transaction whose commit record starts at or after the end.
+            if let end = configuration.endLSN, begin.finalLSN >= end {
+                reachedEnd = true
+                return .none
+            }
+            transaction = begin
+            behindMicros = LatencyRecorder.age(of: begin.commitTime, at: nowMicros)
+            skippingTransaction = configuration.startLSN.map { begin.finalLSN < $0 } ?? false
+            tracker.transactionBegan()
+            return .none
+        case let .relation(relation):
+            let isOutbox: Bool
+            do { isOutbox = try mapper.register(relation) } catch { throw .invalidOption(error.description) }
+            guard isOutbox else { return .none }
+            let name = "\(relation.namespace).\(relation.name)"
+            if name != mapper.mapping.table.description, warnedRename != name {
+                warnedRename = name
+                return .warning("the outbox table \(mapper.mapping.table) (oid \(relation.oid)) is named \(name) in the WAL: it was renamed; "
+                                + "spout follows the same table (by oid), and needs --table \(name) on its next start if the name stays")
+            }
+            return .debug("outbox relation \(relation.namespace).\(relation.name) oid \(relation.oid)")
+        case let .insert(insert):
+            guard let begin = transaction, !skippingTransaction else { return .none }
+            guard mapper.isOutbox(relationOID: insert.relationOID) else {
+                // Every insert the publication sends is an event or an error, never dropped unnoticed.
+                let name = mapper.otherRelationName(insert.relationOID) ?? "oid \(insert.relationOID)"
+                throw .publicationChanged("an insert into \(name) arrived through the publication in the transaction that commits at \(begin.finalLSN), "
+                                          + "but spout maps only the outbox table \(mapper.mapping.table): give spout a publication of its own "
+                                          + "(only the outbox table) or remove \(name) from it (ALTER PUBLICATION … DROP TABLE), then restart")
+            }
+            let event: OutboxEvent?
+            do { event = try mapper.event(relationOID: insert.relationOID, row: insert.new, commit: begin) } catch {
+                throw .unmappableEvent(error, eventID: mapper.rowID(relationOID: insert.relationOID, row: insert.new),
+                                       lsn: begin.finalLSN)
+            }
+            guard let event else { return .none }
+            return accept(event)
+        case let .message(logical):
+            guard logical.prefix == mapper.mapping.messagePrefix else { return .none }
+            guard let begin = transaction else { return try acceptNonTransactional(logical, nowMicros: nowMicros) }
+            guard !skippingTransaction else { return .none }
+            let event: OutboxEvent?
+            do { event = try mapper.event(message: logical, committedAt: begin.commitTime) } catch {
+                throw .unmappableEvent(error, eventID: nil, lsn: begin.finalLSN)
+            }
+            guard let event else { return .none }
+            return accept(event)
+        case let .commit(commit):
+            guard transaction != nil else {
+                throw .protocolViolation(.invalidValue(message: "Commit", field: "transaction", value: 0), context: "Commit without Begin")
+            }
+            transaction = nil
+            committed(endLSN: commit.endLSN)
+            // Every later transaction commits after this one: nothing more can be inside the end.
+            if let end = configuration.endLSN, commit.endLSN >= end { reachedEnd = true }
+            return .none
+        case .origin, .type, .update, .delete, .truncate:
+            // Updates, deletes and truncates of the outbox (cleanup) are not events.
+            return .none
+        case .streamStart, .streamStop, .streamCommit, .streamAbort, .beginPrepare, .prepare, .commitPrepared,
+             .rollbackPrepared, .streamPrepare:
+            // Spout does not ask for streaming or two-phase; the server sends none of these.
+            throw .protocolViolation(.unknownMessageType(0), context: "streamed or two-phase message that spout did not request")
+        }
+    }
+
+    /// `pg_logical_emit_message(false, …)`: written to the WAL at once, whatever the
+    /// transaction around it does (it survives a rollback), and sent by the server outside any
+    /// transaction. It is delivered as a transaction of its own, in arrival order, and once
+    /// acknowledged its LSN is confirmed. pgoutput's message LSN is where the message record
+    /// *ends* (`logicalmsg_decode` queues it at `buf->endptr`): confirming it skips the message
+    /// on a restart, while the commit of a transaction around it, which may start exactly
+    /// there, is still decoded. One byte further would skip that transaction.
+    private mutating func acceptNonTransactional(_ logical: PgOutputMessage.LogicalMessage, nowMicros: Int64) throws(SpoutError) -> Delivery {
+        if let end = configuration.endLSN, logical.lsn >= end {
+            reachedEnd = true
+            return .none
+        }
+        if let start = configuration.startLSN, logical.lsn < start { return .none }
+        let event: OutboxEvent?
+        do { event = try mapper.event(message: logical, committedAt: PostgresTimestamp(unixMicroseconds: nowMicros)) } catch {
+            throw .unmappableMessage(error, lsn: logical.lsn)
+        }
+        guard let event else { return .none }
+        tracker.transactionBegan()
+        let delivery = accept(event)
+        committed(endLSN: logical.lsn)
+        return delivery
+    }
+
+    /// A decoded event: straight to a streaming sink (`canRead` made room), else to the spool.
+    private mutating func accept(_ event: OutboxEvent) -> Delivery {
+        guard configuration.streaming else {
+            spooledOpen += 1
+            return .spool(event)
+        }
+        let ticket = tracker.issueTicket()
+        dispatched(event, size: event.approximateSize)
+        return .send(event, ticket: ticket)
+    }
+
+    private mutating func committed(endLSN: LSN) {
+        if configuration.streaming {
+            _ = tracker.transactionCommitted(endLSN: endLSN, eventCount: 0)
+        } else {
+            let count = spooledOpen
+            spooledOpen = 0
+            if count > 0 {
+                spooledCommits.append((count, endLSN))
+                spooledCommitted += count
+            }
+            _ = tracker.transactionCommitted(endLSN: endLSN, eventCount: count)
+        }
+        statistics.transactions += 1
+    }
+
+    // MARK: The sink
+
+    /// Whether the oldest committed event in the spool may go to the sink now.
+    public var mayDispatchSpooled: Bool { spooledCommitted > 0 && dispatchHasRoom }
+
+    /// The oldest committed event left the spool (`mayDispatchSpooled` was true), `size` bytes
+    /// of the window: stamps its commit LSN and returns its ticket.
+    public mutating func dispatchSpooled(_ event: inout OutboxEvent, size: Int) -> UInt64 {
+        event.lsn = spooledCommits[spooledCommitsHead].endLSN
+        spooledCommits[spooledCommitsHead].remaining -= 1
+        if spooledCommits[spooledCommitsHead].remaining == 0 {
+            spooledCommitsHead += 1
+            if spooledCommitsHead == spooledCommits.count {
+                spooledCommits.removeAll(keepingCapacity: true)
+                spooledCommitsHead = 0
+            } else if spooledCommitsHead >= 4096, spooledCommitsHead * 2 > spooledCommits.count {
+                spooledCommits.removeFirst(spooledCommitsHead)
+                spooledCommitsHead = 0
+            }
+        }
+        spooledCommitted -= 1
+        let ticket = nextDispatchTicket
+        dispatched(event, size: size)
+        return ticket
+    }
+
+    private mutating func dispatched(_ event: OutboxEvent, size: Int) {
+        let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
+        inFlightSizes[slot] = size
+        inFlightTopics[slot] = index(ofTopic: event.topic)
+        inFlightCommitTimes[slot] = event.committedAt
+        inFlightBytes += size
+        dispatchedUnacknowledged += 1
+        nextDispatchTicket += 1
+    }
+
+    /// Topics counted one by one; past this many (a template over ids, say) the rest share
+    /// `otherTopics`, so neither memory nor the metrics' cardinality grows without bound.
+    static let countedTopics = 1000
+    static let otherTopics = "_other"
+
+    /// Events of one topic usually come in runs: the last topic is checked before the table.
+    private mutating func index(ofTopic topic: String) -> Int32 {
+        if topic == lastTopic, lastTopicIndex >= 0 { return lastTopicIndex }
+        let index: Int32
+        if let known = topicIndex[topic] {
+            index = known
+        } else if topics.count < Self.countedTopics {
+            index = Int32(truncatingIfNeeded: topics.count)
+            topics.append(topic)
+            deliveredPerTopic.append(0)
+            topicIndex[topic] = index
+        } else {
+            if topics.count == Self.countedTopics {
+                topics.append(Self.otherTopics)
+                deliveredPerTopic.append(0)
+            }
+            index = Int32(truncatingIfNeeded: Self.countedTopics)
+        }
+        lastTopic = topic
+        lastTopicIndex = index
+        return index
+    }
+
+    /// The sink reported a ticket's outcome at `nowMicros` (wall clock, read once per poll).
+    /// Returns whether it acknowledged an event in flight.
+    public mutating func completed(_ completion: SinkCompletion, nowMicros: Int64) -> Bool {
+        switch completion {
+        case let .delivered(ticket):
+            // A failed ticket stays failed: nothing is confirmed past it, whatever a sink says later.
+            guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket),
+                  failedTickets.isEmpty || !failedTickets.contains(ticket) else { return false }
+            dispatchedUnacknowledged -= 1
+            let slot = Int(ticket % UInt64(inFlightSizes.count))
+            inFlightBytes -= inFlightSizes[slot]
+            if configuration.recordLatency { latency.record(committedAt: inFlightCommitTimes[slot], acknowledgedAt: nowMicros) }
+            newestAcknowledged = (inFlightCommitTimes[slot], nowMicros)
+            let topic = Int(inFlightTopics[slot])
+            if topic >= 0, topic < deliveredPerTopic.count { deliveredPerTopic[topic] += 1 }
+            tracker.acknowledge(ticket)
+            statistics.events += 1
+            return true
+        case let .failed(ticket, error):
+            if rejected(ticket), sinkFailure == nil { sinkFailure = error }
+            return false
+        }
+    }
+
+    /// The sink failed `ticket` (reported, or refused in `send`, when the relay stops with that
+    /// error): out of flight but never acknowledged, so the LSN stays before this event.
+    /// Returns whether the ticket was in flight.
+    @discardableResult
+    public mutating func rejected(_ ticket: UInt64) -> Bool {
+        guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket), failedTickets.insert(ticket).inserted else { return false }
+        dispatchedUnacknowledged -= 1
+        inFlightBytes -= inFlightSizes[Int(ticket % UInt64(inFlightSizes.count))]
+        failedEvents += 1
+        return true
+    }
+
+    /// The first failure the sink reported since the last call: the relay stops with it
+    /// (after delivering and confirming what came before).
+    public mutating func takeSinkFailure() -> SinkError? {
+        defer { sinkFailure = nil }
+        return sinkFailure
+    }
+
+    /// Events the sink holds or that wait in the spool, committed.
+    public var outstanding: Int { dispatchedUnacknowledged + spooledCommitted }
+
+    // MARK: The watch
+
+    /// The publication watch's news: a change it found stops the relay; otherwise how far it verified.
+    public mutating func watchReported(verified: LSN?, failure: SpoutError?) throws(SpoutError) {
+        if let failure { throw failure }
+        self.verified = verified
+    }
+
+    // MARK: Status and waiting
+
+    /// What may be confirmed: what the sink acknowledged (or the idle position), but never past
+    /// where the watch verified that the table and publication were unchanged — rows written
+    /// after such a change may never reach the slot, so only the watch can vouch for them.
+    public var confirmable: LSN { Self.confirmable(acknowledged: tracker.confirmed, verified: verified) }
+
+    static func confirmable(acknowledged: LSN, verified: LSN?) -> LSN {
+        verified.map { min(acknowledged, $0) } ?? acknowledged
+    }
+
+    /// Status goes out when the server asks, when the confirmable LSN moved (at most every
+    /// 10 ms), and at least every `statusInterval` so the walsender never times out.
+    public func statusDue(now: ContinuousClock.Instant) -> Status? {
+        let moved = confirmable != lastSentFlush && now - lastStatusAt >= .milliseconds(10)
+        guard replyRequested || moved || now - lastStatusAt >= configuration.statusInterval else { return nil }
+        return status
+    }
+
+    /// The status update to send now, due or not (before waiting on the watch, and the last one).
+    public var status: Status {
+        let confirmed = confirmable
+        return Status(write: max(tracker.received, confirmed), flush: confirmed)
+    }
+
+    /// The relay sent `status` at `now`.
+    public mutating func statusSent(_ status: Status, now: ContinuousClock.Instant) {
+        replyRequested = false
+        lastSentFlush = status.flush
+        lastStatusAt = now
+    }
+
+    /// Replay reached `endLSN` and everything before it is confirmed or about to be.
+    public var isFinished: Bool { reachedEnd && transaction == nil && spooledCommitted == 0 && dispatchedUnacknowledged == 0 }
+
+    /// How to wait when a round read and completed nothing. `sinkHasWakeup`: the sink signals
+    /// completions on a descriptor.
+    public func wait(now: ContinuousClock.Instant, sinkHasWakeup: Bool) -> Wait {
+        let untilStatus = lastStatusAt + configuration.statusInterval - now
+        var timeout = max(.zero, min(untilStatus, .milliseconds(500)))
+        // A sink that holds events but has no wakeup descriptor is polled.
+        if dispatchedUnacknowledged > 0, !sinkHasWakeup { timeout = min(timeout, .milliseconds(1)) }
+        let reading = canRead
+        // Replaying a backlog faster than the server sends it: the server sends every
+        // message on its own, and waking for each costs more CPU than the messages (on a
+        // small machine, CPU the walsender needs). A millisecond's pause lets a batch
+        // gather; next to the backlog's age it adds nothing. Live traffic (read within
+        // the threshold) is never held back.
+        let gather: Duration? = reading && isCatchingUp ? min(timeout, .milliseconds(1)) : nil
+        return Wait(readingSocket: reading, gather: gather, timeout: timeout)
+    }
+
+    // MARK: Stopping
+
+    /// Stop requested (or a failure that leaves the connection usable): nothing more is read,
+    /// and what the sink holds may drain until `now + timeout`.
+    public mutating func stop(now: ContinuousClock.Instant, timeout: Duration) {
+        if drainDeadline == nil { drainDeadline = now + timeout }
+    }
+
+    /// Draining and something is still outstanding, before the deadline.
+    public func isDraining(now: ContinuousClock.Instant) -> Bool {
+        guard let drainDeadline else { return false }
+        return outstanding > 0 && now < drainDeadline
+    }
+
+    /// A server error in the middle of a transaction (say, WAL bytes that are not valid in
+    /// the client encoding, from an SQL_ASCII database) names that transaction and how to skip
+    /// it: the error comes again on every start otherwise.
+    public func naming(_ error: SpoutError) -> SpoutError {
+        guard let open = transaction, case let .server(serverError, context) = error else { return error }
+        return .server(serverError, while: "\(context) in the transaction that commits at \(open.finalLSN) (xid \(open.xid)); it recurs on "
+                       + "every start: fix the cause, or skip that whole transaction (all its events, and only them) with "
+                       + "spout run --start-lsn \(open.finalLSN.advanced(by: 1)) and your other options, then deliver its events by hand")
+    }
+}
