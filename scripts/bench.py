@@ -134,6 +134,8 @@ class Database:
     def reset(self):
         self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
         self.sql("DROP TABLE IF EXISTS public.outbox CASCADE")
+        # Spout's record of the slots it created: a slot dropped here is not a lost slot.
+        self.sql("DROP TABLE IF EXISTS public.spout_slots")
         self.sql("DROP PUBLICATION IF EXISTS spout")
         subprocess.run(["psql", "-qX", "-v", "ON_ERROR_STOP=1", self.url, "-f", os.path.join(ROOT, "sql/outbox.sql")],
                        check=True, capture_output=True)
@@ -392,8 +394,9 @@ def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, serv
             spout_process = subprocess.Popen(spout_run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name}' AND active") != "1":
-            if time.time() > deadline:
-                raise RuntimeError(f"spout → {name} did not start")
+            if time.time() > deadline or spout_process.poll() is not None:
+                spout_process.kill()
+                raise RuntimeError(f"spout → {name} did not start: {spout_process.stderr.read()[-1000:]}")
             time.sleep(0.1)
         rate, machine = steady_load(name)
         spout_process.send_signal(signal.SIGTERM)
