@@ -191,6 +191,7 @@ def main():
     parser.add_argument("--sinks", default="stdout,redis,nats,kafka")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
+    parser.add_argument("--repeat", type=int, default=1, help="drain each runner this many times, alternating; report the median")
     parser.add_argument("--baseline", default=None, help="a git commit to build and measure alongside (drain and latency)")
     options = parser.parse_args()
     sinks = [s for s in options.sinks.split(",") if s]
@@ -234,9 +235,11 @@ def main():
                 db.reset()
                 db.create_slot("warmup")
                 db.create_slot("recvlogical")
+                repeats = max(1, options.repeat)
                 for name in targets:
                     for index, _ in enumerate(runners):
-                        db.create_slot(f"spout_{name}" + (f"_{index}" if index else ""))
+                        for rep in range(repeats):
+                            db.create_slot(f"spout_{name}_{index}_{rep}")
                 log(f"drain: writing {backlog}")
                 make(options.events)
                 end = db.wal_insert_lsn()
@@ -249,14 +252,24 @@ def main():
                                          "events_per_s": reference, "ratio": 1.0})
                 log(f"drain {backlog}: pg_recvlogical {reference:,.0f} ev/s")
                 for name, target in targets.items():
-                    for index, (label, binary) in enumerate(runners):
-                        slot = f"spout_{name}" + (f"_{index}" if index else "")
-                        elapsed, rss, cpu, _ = timed([binary, "run", "--database-url", url, "--slot", slot, "--no-create",
-                                                      "--sink", target, "--end-lsn", end, "--log-level", "warning"] + extra.get(name, []))
+                    # Runners alternate, so a change in the machine's load hits each of them alike.
+                    samples = {index: [] for index, _ in enumerate(runners)}
+                    for rep in range(repeats):
+                        for index, (label, binary) in enumerate(runners):
+                            elapsed, rss, cpu, _ = timed([binary, "run", "--database-url", url, "--slot", f"spout_{name}_{index}_{rep}",
+                                                          "--no-create", "--sink", target, "--end-lsn", end, "--log-level", "warning"]
+                                                         + extra.get(name, []))
+                            samples[index].append((elapsed, rss, cpu))
+                            log(f"drain {backlog}: {label} → {name} {options.events / elapsed:,.0f} ev/s")
+                    for index, (label, _) in enumerate(runners):
+                        runs = sorted(samples[index])
+                        elapsed, rss, cpu = runs[len(runs) // 2]
                         rate = options.events / elapsed
                         results["drain"].append({"backlog": backlog, "runner": f"{label} → {name}", "seconds": elapsed,
-                                                 "events_per_s": rate, "ratio": rate / reference, "peak_rss_kib": rss, "cpu_s": cpu})
-                        log(f"drain {backlog}: {label} → {name} {rate:,.0f} ev/s ({rate / reference:.2f}×)")
+                                                 "events_per_s": rate, "ratio": rate / reference, "peak_rss_kib": rss, "cpu_s": cpu,
+                                                 "runs": len(runs), "all_seconds": [r[0] for r in samples[index]],
+                                                 "all_cpu_s": [r[2] for r in samples[index]]})
+                        log(f"drain {backlog}: {label} → {name} median {rate:,.0f} ev/s ({rate / reference:.2f}×)")
 
         if "latency" not in skip:
             for rate in [options.rate] + ([options.light_rate] if options.light_rate > 0 else []):
