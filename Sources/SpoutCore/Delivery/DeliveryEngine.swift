@@ -1,0 +1,204 @@
+import CoreMetrics
+
+/// The delivery machinery every broker sink shares, written once: the ordered queue of
+/// outstanding events, the retry policy (`RetryBackoff`), the outage reporter (one warning when
+/// an outage begins, one line when it ends, and the `spout_sink_*` outage metrics), the
+/// descriptor the relay waits on (`DeliveryWakeup`) with its timer, and completion reporting.
+/// What is specific to a broker lives in its `DeliveryAdapter`.
+///
+/// A sink is an engine with its adapter: `RedisStreamSink` subclasses it and only builds its
+/// adapter. The relay drives the engine through `Sink`; the engine drives the adapter; the
+/// adapter answers through the engine's methods below. All on the relay's thread.
+///
+/// Delivery rules the engine keeps for every sink:
+/// - events go to the broker in ticket order; a transient failure (`retry`) puts every sent,
+///   unacknowledged event back to waiting and holds sending back for a backoff, so the
+///   oldest goes out again first and per-key order survives;
+/// - every ticket is reported exactly once, delivered or failed, from `poll`;
+/// - after a permanent failure (`fail`, `stop`) nothing more is sent and every later `send`
+///   and `poll` throws it: the relay stops, confirming nothing past the failed event.
+open class DeliveryEngine: Sink {
+    public let wakeup: DeliveryWakeup
+    /// The outstanding events, in ticket order.
+    public private(set) var queue: DeliveryQueue
+    public let log: Log
+
+    private let adapter: any DeliveryAdapter
+    private var backoff: RetryBackoff
+    private var outage = OutageState()
+    /// No sending or reconnecting before this instant (a backoff runs).
+    private var retryAt: ContinuousClock.Instant?
+    /// Once set, every `send` and `poll` throws it.
+    private var failure: SinkError?
+    /// Reported by the next `poll`.
+    private var completions: [SinkCompletion] = []
+    private let metrics: DeliveryMetrics
+    private let clock: @Sendable () -> ContinuousClock.Instant
+    private var random: any RandomNumberGenerator
+
+    /// - Parameters:
+    ///   - capacity: events the queue is sized for at first (the relay's in-flight window).
+    ///   - backoff: the retry policy; sinks differ only in its ceiling.
+    ///   - metrics: where the outage and retry metrics go (tests: `TestMetrics`).
+    ///   - clock, random: injected by tests.
+    public init(adapter: any DeliveryAdapter, capacity: Int, backoff: RetryBackoff = RetryBackoff(), log: Log,
+                metrics: MetricsFactory = MetricsSystem.factory,
+                clock: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now },
+                random: any RandomNumberGenerator = SystemRandomNumberGenerator()) throws(SpoutError) {
+        self.adapter = adapter
+        self.backoff = backoff
+        self.log = log
+        self.clock = clock
+        self.random = random
+        self.metrics = DeliveryMetrics(sink: adapter.sinkName, factory: metrics)
+        queue = DeliveryQueue(capacity: min(max(capacity, 1), 65_536))
+        completions.reserveCapacity(min(max(capacity, 16), 4096))
+        do { wakeup = try DeliveryWakeup() } catch { throw .sink(error) }
+        try adapter.start(self)
+        updateWakeup()
+    }
+
+    deinit { adapter.close(self) }
+
+    // MARK: Sink
+
+    public var needsCommitLSN: Bool { adapter.needsCommitLSN }
+
+    /// Always there, also while the broker is down: the relay then sleeps until the next deadline.
+    public var wakeupDescriptor: Int32? { wakeup.descriptor }
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
+        if let failure { throw failure }
+        guard queue.append(event, ticket: ticket) else {
+            throw SinkError(.permanent, "internal error: ticket \(ticket) out of sequence", eventID: event.id, topic: event.topic)
+        }
+        adapter.queued(self)
+        // The first event after a quiet spell may make the adapter's work due at once.
+        if queue.unfinishedCount == 1 { updateWakeup() }
+    }
+
+    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+        wakeup.drain()
+        let now = clock()
+        if let due = retryAt, now >= due { retryAt = nil }
+        if failure == nil {
+            do { try adapter.advance(self) } catch { stop(error) }
+        }
+        if outage.isActive { metrics.outageSeconds.record(Self.seconds(outage.length(at: clock()))) }
+        if !completions.isEmpty {
+            for completion in completions { report(completion) }
+            completions.removeAll(keepingCapacity: true)
+        }
+        updateWakeup()
+        if let failure { throw failure }
+    }
+
+    public func close() {
+        adapter.close(self)
+    }
+
+    private func updateWakeup() {
+        let now = clock()
+        var deadline = adapter.nextDeadline(self)
+        if let retryAt, retryAt < deadline ?? retryAt + .seconds(1) { deadline = retryAt }
+        wakeup.arm(failure == nil ? deadline : nil, now: now)
+    }
+
+    // MARK: For adapters
+
+    /// The engine's clock (tests inject theirs).
+    public var now: ContinuousClock.Instant { clock() }
+
+    /// A backoff after a transient failure holds sending and reconnecting back.
+    public var isBackingOff: Bool {
+        guard let retryAt else { return false }
+        return clock() < retryAt
+    }
+
+    /// A permanent failure stopped the sink.
+    public var isStopped: Bool { failure != nil }
+
+    /// The oldest waiting event: the next to send.
+    public func nextWaiting() -> DeliveryQueue.Entry? {
+        queue.nextWaiting().flatMap { queue[$0] }
+    }
+
+    /// The waiting event after `ticket`, to gather a batch before marking it sent.
+    public func waiting(after ticket: UInt64) -> DeliveryQueue.Entry? {
+        queue.waiting(after: ticket).flatMap { queue[$0] }
+    }
+
+    public func entry(_ ticket: UInt64) -> DeliveryQueue.Entry? { queue[ticket] }
+
+    /// The event is with the broker now.
+    public func markSent(_ ticket: UInt64, at instant: ContinuousClock.Instant? = nil) {
+        queue.markSent(ticket, at: instant ?? clock())
+    }
+
+    /// The broker acknowledged the event. Also ends an outage. A ticket not held (reported
+    /// already) is ignored; one waiting to be sent again counts: an acknowledgement is one.
+    public func delivered(_ ticket: UInt64) {
+        guard queue.finish(ticket) != nil else { return }
+        completions.append(.delivered(ticket: ticket))
+        backoff.reset()
+        if outage.isActive { recovered() }
+    }
+
+    /// The broker refused the event for good: it fails with `message` (naming the event),
+    /// and the sink stops.
+    public func fail(_ ticket: UInt64, _ message: String) {
+        guard let entry = queue[ticket] else { return }
+        fail(ticket, SinkError(.permanent, message, eventID: entry.event.id, topic: entry.event.topic))
+    }
+
+    public func fail(_ ticket: UInt64, _ error: SinkError) {
+        guard queue.finish(ticket) != nil else { return }
+        completions.append(.failed(ticket: ticket, error))
+        stop(error)
+    }
+
+    /// A permanent failure not tied to one event (a refused login): the sink stops, and the
+    /// next poll throws it.
+    public func stop(_ error: SinkError) {
+        if failure == nil { failure = error }
+    }
+
+    /// A transient failure: every sent, unacknowledged event waits to be sent again, in order,
+    /// after a backoff (`isBackingOff`). The first failure of an outage logs `warning`; later
+    /// ones only `reason`, at debug.
+    public func retry(after reason: @autoclosure () -> String, warning: @autoclosure () -> String) {
+        let now = clock()
+        queue.rewind(at: now)
+        retryAt = now + backoff.next(using: &random)
+        metrics.retries.increment()
+        if outage.failed(at: now) {
+            metrics.outages.increment()
+            metrics.outageSeconds.record(0)
+            log.warning(warning())
+        } else {
+            log.debug("\(adapter.sinkName): still failing: \(reason())")
+        }
+    }
+
+    /// The broker answers again (a new connection's handshake): with nothing outstanding
+    /// that ends an outage; otherwise the first acknowledgement does.
+    public func reachable() {
+        guard queue.isEmpty else { return }
+        backoff.reset()
+        if outage.isActive { recovered() }
+    }
+
+    /// Whether an outage is under way (its warning was logged).
+    public var inOutage: Bool { outage.isActive }
+
+    private func recovered() {
+        guard let length = outage.recovered(at: clock()) else { return }
+        metrics.outageSeconds.record(0)
+        log.info("\(adapter.recoveredMessage) after \(OutageState.seconds(length)) s")
+    }
+
+    private static func seconds(_ duration: Duration) -> Double {
+        let parts = duration.components
+        return Double(parts.seconds) + Double(parts.attoseconds) / 1e18
+    }
+}

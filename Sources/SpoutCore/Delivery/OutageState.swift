@@ -1,0 +1,40 @@
+/// Whether a sink's broker is in an outage (unreachable, or refusing writes), and since when:
+/// the engine logs one warning when an outage begins and one line when it ends.
+public struct OutageState: Sendable {
+    /// When the current outage began; nil while the broker is fine.
+    public private(set) var since: ContinuousClock.Instant?
+    /// Outages so far.
+    public private(set) var count = 0
+
+    public init() {}
+
+    public var isActive: Bool { since != nil }
+
+    /// A transient failure at `now`; true when it begins an outage (the one to warn about).
+    public mutating func failed(at now: ContinuousClock.Instant) -> Bool {
+        guard since == nil else { return false }
+        since = now
+        count += 1
+        return true
+    }
+
+    /// The broker took events again at `now`; the outage's length when one ended.
+    public mutating func recovered(at now: ContinuousClock.Instant) -> Duration? {
+        guard let since else { return nil }
+        self.since = nil
+        return now - since
+    }
+
+    /// How long the current outage has lasted at `now` (zero when there is none).
+    public func length(at now: ContinuousClock.Instant) -> Duration {
+        since.map { now - $0 } ?? .zero
+    }
+
+    /// "12.3", the seconds of an outage as its log line gives them.
+    public static func seconds(_ length: Duration) -> String {
+        let parts = length.components
+        let seconds = Double(parts.seconds) + Double(parts.attoseconds) / 1e18
+        let tenths = Int((seconds * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+}
