@@ -52,8 +52,8 @@ final class NATSConnection: @unchecked Sendable {
     /// wakes that thread when it sleeps, so one by one costs a thread wakeup per message.
     private var spent: [OpaquePointer] = []
 
-    init(endpoint: NATSEndpoint, maxPendingAcks: Int, loop: NATSEventLoop, wakeup: Wakeup) throws(NATSFailure) {
-        events = NATSConnectionEvents(loop: loop, wakeup: wakeup)
+    init(endpoint: NATSEndpoint, maxPendingAcks: Int, loop: NATSEventLoop) throws(NATSFailure) {
+        events = NATSConnectionEvents(loop: loop)
         closure = NATSCallbackRegistry.register(events)
         do {
             try open(endpoint: endpoint, maxPendingAcks: maxPendingAcks)

@@ -10,17 +10,15 @@ final class NATSConnectionEvents: Sendable {
 
     let loop: NATSEventLoop
     private let state = Mutex(State())
-    private let wakeup: Wakeup
 
-    init(loop: NATSEventLoop, wakeup: Wakeup) {
+    init(loop: NATSEventLoop) {
         self.loop = loop
-        self.wakeup = wakeup
     }
 
     /// Called by libnats threads when the connection closed on its own (server gone).
     func connectionClosed(reason: String) {
         state.withLock { $0.closedReason = $0.closedReason ?? reason }
-        wakeup.signal()
+        loop.wakeup.signal()
     }
 
     /// Called by libnats threads for errors not tied to a call (e.g. a permissions violation).
