@@ -100,7 +100,7 @@ open class DeliveryEngine: Sink {
     private func updateWakeup() {
         let now = clock()
         var deadline = adapter.nextDeadline(self)
-        if let retryAt, retryAt < deadline ?? retryAt + .seconds(1) { deadline = retryAt }
+        if let retryAt { deadline = min(deadline ?? retryAt, retryAt) }
         wakeup.arm(failure == nil ? deadline : nil, now: now)
     }
 
@@ -130,6 +130,9 @@ open class DeliveryEngine: Sink {
 
     public func entry(_ ticket: UInt64) -> DeliveryQueue.Entry? { queue[ticket] }
 
+    /// Events wait to be sent.
+    public var hasWaiting: Bool { queue.hasWaiting }
+
     /// The event is with the broker now.
     public func markSent(_ ticket: UInt64, at instant: ContinuousClock.Instant? = nil) {
         queue.markSent(ticket, at: instant ?? clock())
@@ -138,7 +141,7 @@ open class DeliveryEngine: Sink {
     /// The broker acknowledged the event. Also ends an outage. A ticket not held (reported
     /// already) is ignored; one waiting to be sent again counts: an acknowledgement is one.
     public func delivered(_ ticket: UInt64) {
-        guard queue.finish(ticket) != nil else { return }
+        guard queue.finish(ticket) else { return }
         completions.append(.delivered(ticket: ticket))
         backoff.reset()
         if outage.isActive { recovered() }
@@ -152,7 +155,7 @@ open class DeliveryEngine: Sink {
     }
 
     public func fail(_ ticket: UInt64, _ error: SinkError) {
-        guard queue.finish(ticket) != nil else { return }
+        guard queue.finish(ticket) else { return }
         completions.append(.failed(ticket: ticket, error))
         stop(error)
     }
@@ -171,7 +174,14 @@ open class DeliveryEngine: Sink {
         queue.rewind(at: now)
         retryAt = now + backoff.next(using: &random)
         metrics.retries.increment()
-        if outage.failed(at: now) {
+        unavailable(reason(), warning: warning())
+    }
+
+    /// The broker is in trouble, but nothing needs sending again (the client library retries
+    /// by itself): an outage begins, with its one `warning`, unless one is under way; the
+    /// next acknowledgement ends it.
+    public func unavailable(_ reason: @autoclosure () -> String, warning: @autoclosure () -> String) {
+        if outage.failed(at: clock()) {
             metrics.outages.increment()
             metrics.outageSeconds.record(0)
             log.warning(warning())

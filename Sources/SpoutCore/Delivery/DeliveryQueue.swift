@@ -56,6 +56,8 @@ public struct DeliveryQueue: Sendable {
     }
 
     public var isEmpty: Bool { unfinishedCount == 0 }
+    /// Entries wait to be sent (new, or back from a transient failure).
+    public var hasWaiting: Bool { unfinishedCount > sentCount }
     /// The ticket after the newest entry.
     public var endTicket: UInt64 { oldestTicket + UInt64(count) }
     private var mask: Int { slots.count - 1 }
@@ -141,11 +143,11 @@ public struct DeliveryQueue: Sendable {
         return rewound
     }
 
-    /// Delivered, or failed for good. Returns the entry, or nil if the ticket is not held or
-    /// was finished already.
-    public mutating func finish(_ ticket: UInt64) -> Entry? {
-        guard let slot = slot(ticket), let entry = slots[slot], entry.state != .finished else { return nil }
-        if entry.state == .sent { sentCount -= 1 }
+    /// Delivered, or failed for good. False if the ticket is not held or was finished already.
+    @discardableResult
+    public mutating func finish(_ ticket: UInt64) -> Bool {
+        guard let slot = slot(ticket), let state = slots[slot]?.state, state != .finished else { return false }
+        if state == .sent { sentCount -= 1 }
         unfinishedCount -= 1
         slots[slot]?.state = .finished
         while count > 0, slots[head]?.state == .finished {
@@ -155,7 +157,7 @@ public struct DeliveryQueue: Sendable {
             count -= 1
         }
         waitingFrom = max(waitingFrom, oldestTicket)
-        return entry
+        return true
     }
 
     /// When the oldest entry with the broker was sent. Entries are sent in ticket order, so

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 
 /// Publishes events to Redis Streams through hiredis: one stream per topic (the stream key is
@@ -19,19 +20,23 @@ import Foundation
 /// id; the sink looks (XINFO STREAM, XRANGE id id) once per stream before its first XADD
 /// there, and for every refused XADD: a stream that holds something else stops the sink.
 ///
-/// Lost connections, refused connects and refused batches are retried with exponential
-/// backoff and jitter, resending everything unacknowledged in order; one warning per outage.
-public final class RedisStreamSink: Sink {
-    private struct Entry {
-        var ticket: UInt64
-        var event: OutboxEvent
-        /// How many events of the same transaction this sink saw before (for `--redis-ids lsn`).
-        var position: UInt32
+/// Lost connections, refused connects and refused batches are retried by the delivery engine
+/// (exponential backoff and jitter, one warning per outage), resending everything
+/// unacknowledged in order. This class only builds the engine with its `RedisStreamAdapter`.
+public final class RedisStreamSink: DeliveryEngine {
+    public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
+        let adapter = try RedisStreamAdapter(url: url, options: options, log: log)
+        try super.init(adapter: adapter, capacity: options.maxInFlightEvents, log: log, metrics: metrics)
     }
+}
 
+/// What the Redis sink knows about Redis: the connection and its handshake, MULTI/EXEC
+/// batches of XADDs, their replies, the stream checks of `--redis-ids lsn`, and which error
+/// replies pass by themselves. The events, retries and outages are the engine's.
+final class RedisStreamAdapter: DeliveryAdapter {
     private enum Phase {
-        /// No connection; the next attempt starts at `retryAt`.
-        case disconnected(retryAt: ContinuousClock.Instant)
+        /// No connection; the next attempt starts when the engine's backoff allows.
+        case disconnected
         case connecting(RedisConnection, deadline: ContinuousClock.Instant)
         /// AUTH, SELECT and PING are out; their replies come in this order.
         case handshaking(RedisConnection, awaiting: [HandshakeStep], deadline: ContinuousClock.Instant)
@@ -42,7 +47,7 @@ public final class RedisStreamSink: Sink {
         case auth = "AUTH", select = "SELECT", ping = "PING"
     }
 
-    /// The MULTI … EXEC in flight: `entries[head ..< head + count]`.
+    /// The MULTI … EXEC in flight: the events of `batchTickets`.
     private struct Batch {
         var count: Int
         /// Replies before EXEC's still to come: MULTI's, then one per XADD.
@@ -62,16 +67,16 @@ public final class RedisStreamSink: Sink {
 
     /// Looks at the streams of some entries (`--redis-ids lsn`): for each, `XINFO STREAM` (its
     /// top id) then `XRANGE key id id` (what is at the entry's id). At most one of `batch`
-    /// and `checks` is in flight.
+    /// and `checks` is in flight; both name entries by their offset in `batchTickets`.
     private struct StreamChecks {
         enum Purpose {
             /// Before the first XADD to each of these streams.
             case firstWrite
-            /// Redis refused these XADDs of the batch `entries[head ..< head + count]` as taken.
+            /// Redis refused these XADDs of the batch in flight as taken.
             case takenIDs(count: Int, outcomes: [Outcome])
         }
         var purpose: Purpose
-        /// The entries looked at, by offset from `head`.
+        /// The entries looked at, by offset in `batchTickets`.
         var offsets: [Int]
         var sent = false
         /// Replies handled: two per offset.
@@ -89,8 +94,6 @@ public final class RedisStreamSink: Sink {
     static let maxBatchBytes = 1 << 20
     static let connectTimeout: Duration = .seconds(5)
     static let replyTimeout: Duration = .seconds(30)
-    static let firstBackoff: Duration = .milliseconds(100)
-    static let maxBackoff: Duration = .seconds(5)
     /// How long one `poll` may wait for the socket to take buffered commands.
     static let writeBudget: Duration = .milliseconds(20)
 
@@ -100,32 +103,18 @@ public final class RedisStreamSink: Sink {
     private let log: Log
     private let clock = ContinuousClock()
 
-    private var phase: Phase
-    private let wakeup: RedisWakeup
+    private var phase: Phase = .disconnected
     /// Connections made so far: tells the wakeup a new socket from an old one with its number.
     private var connections = 0
     private var batch: Batch?
     private var checks: StreamChecks?
+    /// The events of the next batch, then of the batch in flight, in ticket order.
+    private var batchTickets: [UInt64] = []
     /// Streams looked at before their first XADD (`--redis-ids lsn`).
     private var checkedStreams: Set<String> = []
-    /// A refused batch is sent again from here on.
-    private var batchRetryAt: ContinuousClock.Instant?
-    /// Unacknowledged events in ticket order: `entries[head...]`; a batch covers a prefix of them.
-    private var entries: [Entry] = []
-    private var head = 0
     private var command = RedisCommand()
 
-    private var lastLSN = LSN.zero
-    private var nextPosition: UInt32 = 0
-
-    /// Failed attempts in a row, for the backoff.
-    private var attempts = 0
-    /// Set while Redis is unreachable or refusing writes; its warning is logged once.
-    private var outageSince: ContinuousClock.Instant?
-    /// Once set, every `poll` throws it: the relay stops.
-    private var failure: SinkError?
-
-    public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
+    init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         self.url = try RedisURL(parsing: url)
         if let length = options.redisMaxLength, length <= 0 {
             throw .invalidOption("--redis-maxlen \(length) must be a positive number")
@@ -133,67 +122,47 @@ public final class RedisStreamSink: Sink {
         lsnIDs = options.redisIDs == .lsn
         maxLength = options.redisMaxLength.map { Array(String($0).utf8) }
         self.log = log
-        phase = .disconnected(retryAt: clock.now)
-        wakeup = try RedisWakeup()
-        entries.reserveCapacity(min(options.maxInFlightEvents, 65_536))
+        batchTickets.reserveCapacity(Self.maxBatchEvents)
         Self.ignoreBrokenPipes()
-        try connectAtStartup()
-        updateWakeup()
     }
 
-    deinit { close() }
+    var sinkName: String { "redis" }
+
+    var recoveredMessage: String { "Redis at \(url.address) accepts events again" }
 
     /// Only `--redis-ids lsn` builds entry ids from the commit LSN; otherwise events go out as they are decoded.
-    public var needsCommitLSN: Bool { lsnIDs }
-
-    /// Always there, also while Redis is down: the relay then sleeps until the next deadline.
-    public var wakeupDescriptor: Int32? { wakeup.descriptor }
-
-    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
-        if let failure { throw failure }
-        // Events of one transaction arrive together and share its commit LSN.
-        var position: UInt32 = 0
-        if event.lsn == lastLSN { position = nextPosition } else { lastLSN = event.lsn }
-        nextPosition = position &+ 1
-        entries.append(Entry(ticket: ticket, event: event, position: position))
-    }
-
-    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
-        if let failure { throw failure }
-        defer { updateWakeup() }
-        try advance(report)
-    }
+    var needsCommitLSN: Bool { lsnIDs }
 
     /// Points the wakeup at what `poll` waits for next: the socket (writable while connecting
-    /// or while commands wait to be written, readable for replies) and the next deadline.
-    private func updateWakeup() {
-        let now = clock.now
+    /// or while commands wait to be written, readable for replies); returns the next deadline.
+    func nextDeadline(_ engine: DeliveryEngine) -> ContinuousClock.Instant? {
+        let wakeup = engine.wakeup
         switch phase {
-        case let .disconnected(retryAt):
-            wakeup.watch(socket: nil, connection: connections, reading: false, writing: false,
-                         until: failure == nil ? retryAt : nil, now: now)
+        case .disconnected:
+            wakeup.watch(socket: nil, connection: connections, reading: false, writing: false)
+            return nil
         case let .connecting(connection, deadline):
-            wakeup.watch(socket: connection.descriptor, connection: connections, reading: false, writing: true, until: deadline, now: now)
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: false, writing: true)
+            return deadline
         case let .handshaking(connection, _, deadline):
-            wakeup.watch(socket: connection.descriptor, connection: connections, reading: true,
-                         writing: connection.hasUnwrittenOutput, until: deadline, now: now)
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: true, writing: connection.hasUnwrittenOutput)
+            return deadline
         case let .ready(connection):
-            var deadline = batch?.deadline ?? checks?.deadline ?? batchRetryAt
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: true, writing: connection.hasUnwrittenOutput)
+            if let deadline = batch?.deadline ?? checks?.deadline { return deadline }
             // Events wait and nothing is in flight: poll has work at once.
-            if deadline == nil, failure == nil, head < entries.count { deadline = now }
-            wakeup.watch(socket: connection.descriptor, connection: connections, reading: true,
-                         writing: connection.hasUnwrittenOutput, until: failure == nil ? deadline : nil, now: now)
+            return engine.hasWaiting && !engine.isBackingOff ? clock.now : nil
         }
     }
 
-    public func close() {
+    func close(_ engine: DeliveryEngine) {
         if case let .ready(connection) = phase, connection.hasUnwrittenOutput {
             let deadline = clock.now + .seconds(1)
             while clock.now < deadline, (try? connection.write()) == false {
                 _ = try? connection.waitFor(Int16(POLLOUT), milliseconds: 50)
             }
         }
-        phase = .disconnected(retryAt: clock.now)
+        phase = .disconnected
         batch = nil
         checks = nil
     }
@@ -202,15 +171,15 @@ public final class RedisStreamSink: Sink {
 
     /// Waits (bounded) for the first connection so that a wrong password or database stops
     /// spout at once; an unreachable server is only a warning, retried while running.
-    private func connectAtStartup() throws(SpoutError) {
+    func start(_ engine: DeliveryEngine) throws(SpoutError) {
         let deadline = clock.now + Self.connectTimeout + .seconds(1)
         while clock.now < deadline {
-            do { try advance { _ in } } catch { throw .sink(error) }
+            do { try advance(engine) } catch { throw .sink(error) }
             if case .ready = phase {
                 log.debug("connected to Redis at \(url.address)")
                 return
             }
-            if outageSince != nil { return }
+            if engine.inOutage { return }
             switch phase {
             case let .connecting(connection, _):
                 _ = try? connection.waitFor(Int16(POLLOUT), milliseconds: 10)
@@ -223,29 +192,29 @@ public final class RedisStreamSink: Sink {
     }
 
     /// Moves the connection on as far as it goes without waiting (at most a short bounded
-    /// wait for a full socket), reporting what EXEC replies acknowledged.
-    private func advance(_ report: (SinkCompletion) -> Void) throws(SinkError) {
+    /// wait for a full socket), reporting to the engine what EXEC replies acknowledged.
+    func advance(_ engine: DeliveryEngine) throws(SinkError) {
         for _ in 0..<4 {
             switch phase {
-            case let .disconnected(retryAt):
-                guard clock.now >= retryAt else { return }
+            case .disconnected:
+                guard !engine.isBackingOff else { return }
                 do {
                     phase = .connecting(try RedisConnection(connectingTo: url.host, port: url.port),
                                         deadline: clock.now + Self.connectTimeout)
                     connections += 1
                 } catch {
-                    retryConnection(after: error.reason, connected: false)
+                    retryConnection(after: error.reason, connected: false, engine)
                     return
                 }
             case let .connecting(connection, deadline):
                 do {
                     guard try connection.finishConnect() else {
-                        if clock.now >= deadline { retryConnection(after: "no answer within \(Self.connectTimeout)", connected: false) }
+                        if clock.now >= deadline { retryConnection(after: "no answer within \(Self.connectTimeout)", connected: false, engine) }
                         return
                     }
                     try startHandshake(connection)
                 } catch {
-                    retryConnection(after: error.reason, connected: false)
+                    retryConnection(after: error.reason, connected: false, engine)
                     return
                 }
             case let .handshaking(connection, awaiting, deadline):
@@ -255,29 +224,26 @@ public final class RedisStreamSink: Sink {
                 } catch {
                     switch error {
                     case let .transient(reason):
-                        retryConnection(after: reason, connected: true)
+                        retryConnection(after: reason, connected: true, engine)
                         return
                     case let .permanent(message):
-                        // Closes the connection; every later poll throws the same error.
-                        let error = SinkError(.permanent, message)
-                        failure = error
-                        phase = .disconnected(retryAt: clock.now + .seconds(3600))
-                        throw error
+                        // Closes the connection; the engine stops the sink with this error.
+                        phase = .disconnected
+                        throw SinkError(.permanent, message)
                     }
                 }
                 if remaining.isEmpty {
                     phase = .ready(connection)
-                    if head == entries.count { recovered() }
+                    engine.reachable()
                 } else if clock.now >= deadline {
-                    retryConnection(after: "no reply to \(remaining[0].rawValue) within \(Self.connectTimeout)", connected: true)
+                    retryConnection(after: "no reply to \(remaining[0].rawValue) within \(Self.connectTimeout)", connected: true, engine)
                     return
                 } else {
                     phase = .handshaking(connection, awaiting: remaining, deadline: deadline)
                     return
                 }
             case let .ready(connection):
-                // A failure reported here is thrown by the next poll: the relay first takes the report.
-                do { try exchange(on: connection, report) } catch { retryConnection(after: error.reason, connected: true) }
+                do { try exchange(on: connection, engine) } catch { retryConnection(after: error.reason, connected: true, engine) }
                 return
             }
         }
@@ -307,7 +273,6 @@ public final class RedisStreamSink: Sink {
         steps.append(.ping)
         batch = nil
         checks = nil
-        batchRetryAt = nil
         phase = .handshaking(connection, awaiting: steps, deadline: clock.now + Self.connectTimeout)
     }
 
@@ -355,66 +320,40 @@ public final class RedisStreamSink: Sink {
         }
     }
 
-    /// Drops the connection; the next attempt waits a backoff. Everything unacknowledged
-    /// goes out again, in order, on the next connection.
-    private func retryConnection(after reason: String, connected: Bool) {
+    /// Drops the connection; the next attempt waits the engine's backoff. Everything
+    /// unacknowledged goes out again, in order, on the next connection.
+    private func retryConnection(after reason: String, connected: Bool, _ engine: DeliveryEngine) {
         batch = nil
         checks = nil
-        batchRetryAt = nil
-        phase = .disconnected(retryAt: clock.now + nextBackoff())
-        let waiting = entries.count - head
+        phase = .disconnected
+        let waiting = engine.queue.unfinishedCount
+        let address = url.address
         if connected {
-            noteOutage("lost the connection to Redis at \(url.address) (\(reason)); reconnecting with backoff"
-                       + (waiting > 0 ? ", \(waiting) unacknowledged events will be sent again" : ""))
+            engine.retry(after: reason, warning: "lost the connection to Redis at \(address) (\(reason)); reconnecting with backoff"
+                         + (waiting > 0 ? ", \(waiting) unacknowledged events will be sent again" : ""))
         } else {
-            noteOutage("cannot connect to Redis at \(url.address) (\(reason)); retrying with backoff, events wait and nothing is confirmed until Redis accepts them")
+            engine.retry(after: reason, warning: "cannot connect to Redis at \(address) (\(reason)); retrying with backoff, events wait and nothing is confirmed until Redis accepts them")
         }
-    }
-
-    private func nextBackoff() -> Duration {
-        attempts += 1
-        var delay = Self.firstBackoff
-        for _ in 1..<min(attempts, 16) where delay < Self.maxBackoff { delay *= 2 }
-        delay = min(delay, Self.maxBackoff)
-        // Full delay at most, half at least: reconnecting clients do not arrive in step.
-        return delay * Double.random(in: 0.5...1.0)
-    }
-
-    private func noteOutage(_ message: String) {
-        guard outageSince == nil else { return }
-        outageSince = clock.now
-        log.warning(message)
-    }
-
-    private func recovered() {
-        attempts = 0
-        guard let since = outageSince else { return }
-        outageSince = nil
-        let outage = (clock.now - since).components
-        let seconds = Double(outage.seconds) + Double(outage.attoseconds) / 1e18
-        log.info("Redis at \(url.address) accepts events again, after \(String(format: "%.1f", seconds)) s")
     }
 
     // MARK: Batches
 
     /// Reads and handles replies, sends the next batch when none is in flight, and writes.
-    private func exchange(on connection: RedisConnection, _ report: (SinkCompletion) -> Void) throws(RedisConnection.Failure) {
+    private func exchange(on connection: RedisConnection, _ engine: DeliveryEngine) throws(RedisConnection.Failure) {
         try connection.read()
         var protocolError: String?
-        while failure == nil, protocolError == nil,
-              try connection.withNextReply({ protocolError = handle($0, report) }) {}
+        while !engine.isStopped, protocolError == nil,
+              try connection.withNextReply({ protocolError = handle($0, engine) }) {}
         if let protocolError { throw RedisConnection.Failure(reason: protocolError) }
-        guard failure == nil else { return }
-        if batch == nil, checks == nil, head < entries.count, batchRetryAt.map({ clock.now >= $0 }) ?? true {
-            batchRetryAt = nil
-            let count = nextBatchCount()
-            if lsnIDs, let unchecked = firstWritesToUncheckedStreams(count) {
+        guard !engine.isStopped else { return }
+        if batch == nil, checks == nil, !engine.isBackingOff, gatherBatch(engine) {
+            if lsnIDs, let unchecked = firstWritesToUncheckedStreams(engine) {
                 checks = StreamChecks(purpose: .firstWrite, offsets: unchecked, deadline: clock.now + Self.replyTimeout)
             } else {
-                try sendBatch(count, on: connection)
+                try sendBatch(on: connection, engine)
             }
         }
-        if let pending = checks, !pending.sent { try sendChecks(pending, on: connection) }
+        if let pending = checks, !pending.sent { try sendChecks(pending, on: connection, engine) }
         let deadline = clock.now + Self.writeBudget
         while try !connection.write() {
             let left = deadline - clock.now
@@ -426,31 +365,41 @@ public final class RedisStreamSink: Sink {
         }
     }
 
-    /// How many waiting entries the next batch takes.
-    private func nextBatchCount() -> Int {
-        var count = 0
+    /// Puts the waiting events the next batch takes into `batchTickets`; false when none wait.
+    private func gatherBatch(_ engine: DeliveryEngine) -> Bool {
+        batchTickets.removeAll(keepingCapacity: true)
         var bytes = 0
-        while head + count < entries.count, count < Self.maxBatchEvents, count == 0 || bytes < Self.maxBatchBytes {
-            bytes += entries[head + count].event.approximateSize
-            count += 1
+        var next = engine.nextWaiting()
+        while let entry = next, batchTickets.count < Self.maxBatchEvents, batchTickets.isEmpty || bytes < Self.maxBatchBytes {
+            bytes += entry.event.approximateSize
+            batchTickets.append(entry.ticket)
+            next = engine.waiting(after: entry.ticket)
         }
-        return count
+        return !batchTickets.isEmpty
     }
 
-    private func sendBatch(_ count: Int, on connection: RedisConnection) throws(RedisConnection.Failure) {
+    /// The event of the batch's entry at `offset`; nil only if the engine no longer holds it.
+    private func entry(_ offset: Int, _ engine: DeliveryEngine) -> DeliveryQueue.Entry? {
+        offset < batchTickets.count ? engine.entry(batchTickets[offset]) : nil
+    }
+
+    private func sendBatch(on connection: RedisConnection, _ engine: DeliveryEngine) throws(RedisConnection.Failure) {
         command.reset()
         command.add("MULTI")
         try connection.append(&command)
-        for offset in 0..<count {
-            try appendXADD(entries[head + offset], on: connection)
+        let now = clock.now
+        for ticket in batchTickets {
+            guard let entry = engine.entry(ticket) else { throw RedisConnection.Failure(reason: "internal error: event \(ticket) is gone") }
+            try appendXADD(entry, on: connection)
+            engine.markSent(ticket, at: now)
         }
         command.reset()
         command.add("EXEC")
         try connection.append(&command)
-        batch = Batch(count: count, queuedRepliesLeft: count + 1, refused: nil, deadline: clock.now + Self.replyTimeout)
+        batch = Batch(count: batchTickets.count, queuedRepliesLeft: batchTickets.count + 1, refused: nil, deadline: now + Self.replyTimeout)
     }
 
-    private func appendXADD(_ entry: Entry, on connection: RedisConnection) throws(RedisConnection.Failure) {
+    private func appendXADD(_ entry: DeliveryQueue.Entry, on connection: RedisConnection) throws(RedisConnection.Failure) {
         let event = entry.event
         command.reset()
         command.add("XADD")
@@ -492,7 +441,7 @@ public final class RedisStreamSink: Sink {
     }
 
     /// `<commit LSN>-<position in the transaction>`, the entry id of `--redis-ids lsn`.
-    private func addEntryID(of entry: Entry) {
+    private func addEntryID(of entry: DeliveryQueue.Entry) {
         command.add { bytes in
             JSONWriter.appendDecimal(entry.event.lsn.rawValue, to: &bytes)
             bytes.append(UInt8(ascii: "-"))
@@ -502,8 +451,8 @@ public final class RedisStreamSink: Sink {
 
     /// Handles one reply of the batch or checks in flight; returns a reason to drop the
     /// connection when the reply makes no sense there.
-    private func handle(_ reply: RedisReply, _ report: (SinkCompletion) -> Void) -> String? {
-        if checks != nil { return handleCheck(reply, report) }
+    private func handle(_ reply: RedisReply, _ engine: DeliveryEngine) -> String? {
+        if checks != nil { return handleCheck(reply, engine) }
         guard var current = batch else { return "a reply arrived with no command in flight" }
         guard current.queuedRepliesLeft == 0 else {
             let index = current.count + 1 - current.queuedRepliesLeft // 0: MULTI, then the XADDs
@@ -514,7 +463,7 @@ public final class RedisStreamSink: Sink {
                 if index == 0 {
                     // Without MULTI the XADDs would run one by one: stop or start over.
                     if RedisErrorReply.isTransient(text) { return "MULTI: \(text)" }
-                    failure = SinkError(.permanent, "Redis at \(url.address) refused MULTI: \(text)\(RedisErrorReply.hint(text, url: url))")
+                    engine.stop(SinkError(.permanent, "Redis at \(url.address) refused MULTI: \(text)\(RedisErrorReply.hint(text, url: url))"))
                     return nil
                 }
                 if current.refused == nil { batch?.refused = (index - 1, text) }
@@ -525,32 +474,31 @@ public final class RedisStreamSink: Sink {
         batch = nil
         switch reply.kind {
         case .array where reply.count == current.count:
-            acknowledge(current, reply, report)
+            acknowledge(current, reply, engine)
         case .error:
             let text = reply.text
             // "EXECABORT Transaction discarded because of: OOM …", or "… because of previous errors."
             let reason = text.range(of: "because of: ").map { String(text[$0.upperBound...]) } ?? current.refused?.message ?? text
             if RedisErrorReply.isTransient(reason) {
                 // Nothing of the batch ran; it goes out again, whole, after a backoff.
-                batchRetryAt = clock.now + nextBackoff()
-                noteOutage("Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile")
+                engine.retry(after: reason, warning: "Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile")
             } else {
-                let entry = entries[head + (current.refused?.offset ?? 0)]
-                fail(entry, reason, report)
+                let offset = current.refused?.offset ?? 0
+                if offset < batchTickets.count { engine.fail(batchTickets[offset], reason) }
             }
         case .null:
             // An aborted transaction (nothing ran): send it again.
-            batchRetryAt = clock.now + nextBackoff()
+            engine.retry(after: "EXEC aborted", warning: "Redis at \(url.address) aborted a batch; sending it again with backoff")
         default:
             return "unexpected reply to EXEC"
         }
         return nil
     }
 
-    private func acknowledge(_ batch: Batch, _ results: RedisReply, _ report: (SinkCompletion) -> Void) {
+    private func acknowledge(_ batch: Batch, _ results: RedisReply, _ engine: DeliveryEngine) {
         guard (0..<batch.count).contains(where: { results[$0]?.kind == .error }) else {
-            for offset in 0..<batch.count { report(.delivered(ticket: entries[head + offset].ticket)) }
-            return settled(batch.count)
+            for ticket in batchTickets { engine.delivered(ticket) }
+            return
         }
         var outcomes: [Outcome] = []
         var taken: [Int] = []
@@ -568,7 +516,7 @@ public final class RedisStreamSink: Sink {
             }
         }
         if taken.isEmpty {
-            settle(outcomes, report)
+            settle(outcomes, engine)
         } else {
             // Sent by `exchange` once the replies are read; the entries stay until they are answered.
             checks = StreamChecks(purpose: .takenIDs(count: batch.count, outcomes: outcomes), offsets: taken,
@@ -577,61 +525,39 @@ public final class RedisStreamSink: Sink {
     }
 
     /// Reports a batch with refusals, entry by entry; the first refusal stops the sink.
-    private func settle(_ outcomes: [Outcome], _ report: (SinkCompletion) -> Void) {
-        for (offset, outcome) in outcomes.enumerated() {
-            let entry = entries[head + offset]
+    private func settle(_ outcomes: [Outcome], _ engine: DeliveryEngine) {
+        for (offset, outcome) in outcomes.enumerated() where offset < batchTickets.count {
+            let ticket = batchTickets[offset]
             switch outcome {
             case .stored:
-                report(.delivered(ticket: entry.ticket))
-            case let .refused(message) where failure == nil:
-                fail(entry, message, report)
+                engine.delivered(ticket)
             case let .refused(message):
-                report(.failed(ticket: entry.ticket, failure ?? SinkError(.permanent, message)))
+                engine.fail(ticket, message)
             case .taken:
                 // Only checks resolve these; an unresolved one is never delivered.
-                report(.failed(ticket: entry.ticket, failure ?? SinkError(.permanent, "entry id taken")))
+                engine.fail(ticket, "entry id taken")
             }
         }
-        settled(outcomes.count)
-    }
-
-    /// Drops the first `count` entries, all reported.
-    private func settled(_ count: Int) {
-        head += count
-        if head == entries.count {
-            entries.removeAll(keepingCapacity: true)
-            head = 0
-        } else if head >= 4096, head * 2 >= entries.count {
-            entries.removeFirst(head)
-            head = 0
-        }
-        if failure == nil { recovered() }
-    }
-
-    private func fail(_ entry: Entry, _ message: String, _ report: (SinkCompletion) -> Void) {
-        let error = SinkError(.permanent, message, eventID: entry.event.id, topic: entry.event.topic)
-        failure = error
-        report(.failed(ticket: entry.ticket, error))
     }
 
     // MARK: Stream checks (`--redis-ids lsn`)
 
-    /// The first entry of each stream the next `count` entries write to and no check has
-    /// looked at yet, by offset from `head`; nil when there is none (the usual case).
-    private func firstWritesToUncheckedStreams(_ count: Int) -> [Int]? {
+    /// The first entry of each stream the batch writes to and no check has looked at yet,
+    /// by offset in `batchTickets`; nil when there is none (the usual case).
+    private func firstWritesToUncheckedStreams(_ engine: DeliveryEngine) -> [Int]? {
         var offsets: [Int]?
         var seen: Set<String> = []
-        for offset in 0..<count {
-            let topic = entries[head + offset].event.topic
+        for offset in batchTickets.indices {
+            guard let topic = entry(offset, engine)?.event.topic else { continue }
             guard !checkedStreams.contains(topic), seen.insert(topic).inserted else { continue }
             offsets = (offsets ?? []) + [offset]
         }
         return offsets
     }
 
-    private func sendChecks(_ pending: StreamChecks, on connection: RedisConnection) throws(RedisConnection.Failure) {
+    private func sendChecks(_ pending: StreamChecks, on connection: RedisConnection, _ engine: DeliveryEngine) throws(RedisConnection.Failure) {
         for offset in pending.offsets {
-            let entry = entries[head + offset]
+            guard let entry = entry(offset, engine) else { throw RedisConnection.Failure(reason: "internal error: a checked event is gone") }
             command.reset()
             command.add("XINFO")
             command.add("STREAM")
@@ -647,11 +573,11 @@ public final class RedisStreamSink: Sink {
         checks?.sent = true
     }
 
-    private func handleCheck(_ reply: RedisReply, _ report: (SinkCompletion) -> Void) -> String? {
+    private func handleCheck(_ reply: RedisReply, _ engine: DeliveryEngine) -> String? {
         guard var current = checks, current.sent, current.replies < current.offsets.count * 2 else {
             return "a reply arrived with no command in flight"
         }
-        let entry = entries[head + current.offsets[current.replies / 2]]
+        guard let entry = entry(current.offsets[current.replies / 2], engine) else { return "a checked event is gone" }
         let isInfo = current.replies % 2 == 0
         if reply.kind == .error {
             let text = reply.text
@@ -662,8 +588,8 @@ public final class RedisStreamSink: Sink {
                 return "\(isInfo ? "XINFO STREAM" : "XRANGE"): \(text)"
             } else {
                 // A check that cannot run must not let a taken id pass as delivered.
-                fail(entry, "Redis refused \(isInfo ? "XINFO STREAM" : "XRANGE"), which --redis-ids lsn needs to tell its own entries from others': "
-                     + "\(text)\(RedisErrorReply.hint(text, url: url))", report)
+                engine.fail(entry.ticket, "Redis refused \(isInfo ? "XINFO STREAM" : "XRANGE"), which --redis-ids lsn needs to tell its own entries from others': "
+                            + "\(text)\(RedisErrorReply.hint(text, url: url))")
                 return nil
             }
         } else if isInfo {
@@ -678,7 +604,7 @@ public final class RedisStreamSink: Sink {
         checks = current
         if current.replies == current.offsets.count * 2 {
             checks = nil
-            resolve(current, report)
+            resolve(current, engine)
         }
         return nil
     }
@@ -694,7 +620,7 @@ public final class RedisStreamSink: Sink {
 
     /// What the stream of `entry` holds, from its XINFO (`topID` nil: no such stream) and
     /// what XRANGE found at the entry's id.
-    private func verdict(on entry: Entry, topID: String?, deletedUpTo: String?, atID found: RedisReply?) -> Verdict {
+    private func verdict(on entry: DeliveryQueue.Entry, topID: String?, deletedUpTo: String?, atID found: RedisReply?) -> Verdict {
         let wanted = RedisEntryID(lsn: entry.event.lsn.rawValue, position: entry.position)
         let there: String
         if let found {
@@ -718,12 +644,12 @@ public final class RedisStreamSink: Sink {
         return .foreign(message)
     }
 
-    private func resolve(_ done: StreamChecks, _ report: (SinkCompletion) -> Void) {
+    private func resolve(_ done: StreamChecks, _ engine: DeliveryEngine) {
         switch done.purpose {
         case .firstWrite:
             for (offset, verdict) in zip(done.offsets, done.verdicts) {
-                let entry = entries[head + offset]
-                if case let .foreign(message) = verdict { return fail(entry, message, report) }
+                guard let entry = entry(offset, engine) else { continue }
+                if case let .foreign(message) = verdict { return engine.fail(entry.ticket, message) }
                 checkedStreams.insert(entry.event.topic)
             }
         case .takenIDs(_, var outcomes):
@@ -733,12 +659,12 @@ public final class RedisStreamSink: Sink {
                 case let .foreign(message): outcomes[offset] = .refused(message: message)
                 case .below:
                     // Refused as taken, yet nothing is there now (the stream was deleted meanwhile?): never counted as stored.
-                    let entry = entries[head + offset]
+                    guard let entry = entry(offset, engine) else { continue }
                     outcomes[offset] = .refused(message: "Redis refused entry id \(RedisEntryID(lsn: entry.event.lsn.rawValue, position: entry.position)) "
                                                 + "in stream \"\(entry.event.topic)\" as taken, yet holds nothing there now: if something deletes entries or the stream, stop it, then restart spout")
                 }
             }
-            settle(outcomes, report)
+            settle(outcomes, engine)
         }
     }
 
@@ -750,60 +676,4 @@ public final class RedisStreamSink: Sink {
         signal(SIGPIPE, SIG_IGN)
     }
 
-}
-
-/// What an error reply from Redis means for the sink.
-enum RedisErrorReply {
-    /// Refusals that pass by themselves: memory freed, dataset loaded, script finished, disk
-    /// fixed, failover done.
-    static func isTransient(_ text: String) -> Bool {
-        let code = text.prefix { $0 != " " }
-        switch code {
-        case "OOM", "LOADING", "BUSY", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS":
-            return true
-        default:
-            return text.contains("max number of clients reached")
-        }
-    }
-
-    /// XADD with an explicit id at or below the stream's top item.
-    static func isTakenID(_ text: String) -> Bool {
-        text.contains("equal or smaller than the target stream top item")
-    }
-
-    /// What to do about a permanent refusal.
-    static func hint(_ text: String, url: RedisURL) -> String {
-        let code = text.prefix { $0 != " " }
-        switch code {
-        case "WRONGTYPE": return " (the key exists and is not a stream: delete or rename it, or route the topic elsewhere with --topic)"
-        case "NOPERM": return " (the Redis user lacks a permission: grant it MULTI, EXEC, XADD and, for --redis-ids lsn, XINFO and XRANGE on the topic keys, e.g. ACL SETUSER <user> +multi +exec +xadd +xinfo +xrange ~*)"
-        case "NOAUTH": return " (Redis requires a password: give it in the URL, redis://:password@\(url.address))"
-        case "MOVED", "ASK": return " (Redis Cluster is not supported: point --sink at a standalone server)"
-        default:
-            if text.contains("unknown command") { return " (streams need Redis 5 or newer)" }
-            return ""
-        }
-    }
-}
-
-/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders them.
-struct RedisEntryID: Comparable, CustomStringConvertible {
-    var high: UInt64
-    var low: UInt64
-
-    init(lsn: UInt64, position: UInt32) {
-        high = lsn
-        low = UInt64(position)
-    }
-
-    init?(_ text: String) {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2, let high = UInt64(parts[0]), let low = UInt64(parts[1]) else { return nil }
-        self.high = high
-        self.low = low
-    }
-
-    static func < (lhs: Self, rhs: Self) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
-
-    var description: String { "\(high)-\(low)" }
 }

@@ -2,12 +2,13 @@ import Foundation
 import XCTest
 @testable import SpoutCore
 
-/// The Redis sink's wakeup: readable for the relay's POLLIN exactly when the sink has
-/// something to do — a deadline passed, its socket ready for what the sink waits for.
-final class RedisWakeupTests: XCTestCase {
+/// The engine's wakeup: readable for the relay's POLLIN exactly when the sink has something
+/// to do — a deadline passed, its socket ready for what the adapter waits for, a broker
+/// callback signalled.
+final class DeliveryWakeupTests: XCTestCase {
     private let clock = ContinuousClock()
 
-    private func isReadable(_ wakeup: RedisWakeup, within milliseconds: Int32 = 0) -> Bool {
+    private func isReadable(_ wakeup: DeliveryWakeup, within milliseconds: Int32 = 0) -> Bool {
         var descriptor = pollfd(fd: wakeup.descriptor, events: Int16(POLLIN), revents: 0)
         return poll(&descriptor, 1, milliseconds) == 1
     }
@@ -19,34 +20,34 @@ final class RedisWakeupTests: XCTestCase {
     }
 
     func testDeadlineWakesOnceThenRearms() throws {
-        let wakeup = try RedisWakeup()
+        let wakeup = try DeliveryWakeup()
         XCTAssertFalse(isReadable(wakeup), "nothing to wait for")
         let start = clock.now
-        wakeup.watch(socket: nil, connection: 0, reading: false, writing: false, until: start + .milliseconds(50), now: start)
+        wakeup.arm(start + .milliseconds(50), now: start)
         XCTAssertFalse(isReadable(wakeup))
         XCTAssertTrue(isReadable(wakeup, within: 2000))
         XCTAssertGreaterThanOrEqual(clock.now - start, .milliseconds(45))
         // The sink looked and has nothing due: the expired timer must stop waking the relay.
-        wakeup.watch(socket: nil, connection: 0, reading: false, writing: false, until: nil, now: clock.now)
+        wakeup.arm(nil, now: clock.now)
         XCTAssertFalse(isReadable(wakeup, within: 20))
         // A later deadline after an earlier one keeps the earlier (an early wake costs a look).
         let now = clock.now
-        wakeup.watch(socket: nil, connection: 0, reading: false, writing: false, until: now + .milliseconds(30), now: now)
-        wakeup.watch(socket: nil, connection: 0, reading: false, writing: false, until: now + .seconds(60), now: now)
+        wakeup.arm(now + .milliseconds(30), now: now)
+        wakeup.arm(now + .seconds(60), now: now)
         XCTAssertTrue(isReadable(wakeup, within: 2000))
         // A deadline already past wakes at once.
-        wakeup.watch(socket: nil, connection: 0, reading: false, writing: false, until: clock.now - .seconds(1), now: clock.now)
+        wakeup.arm(clock.now - .seconds(1), now: clock.now)
         XCTAssertTrue(isReadable(wakeup, within: 100))
     }
 
-    func testSocketWakesForWhatTheSinkWaitsFor() throws {
-        let wakeup = try RedisWakeup()
+    func testSocketWakesForWhatTheAdapterWaitsFor() throws {
+        let wakeup = try DeliveryWakeup()
         let (ours, server) = try socketPair()
         defer { close(server) }
         // Connecting, or commands waiting: a writable socket wakes the relay, though it polls for POLLIN only.
-        wakeup.watch(socket: ours, connection: 1, reading: false, writing: true, until: nil, now: clock.now)
+        wakeup.watch(socket: ours, connection: 1, reading: false, writing: true)
         XCTAssertTrue(isReadable(wakeup))
-        wakeup.watch(socket: ours, connection: 1, reading: true, writing: false, until: nil, now: clock.now)
+        wakeup.watch(socket: ours, connection: 1, reading: true, writing: false)
         XCTAssertFalse(isReadable(wakeup), "waiting for a reply")
         var byte: UInt8 = 43
         XCTAssertEqual(write(server, &byte, 1), 1)
@@ -58,21 +59,44 @@ final class RedisWakeupTests: XCTestCase {
         close(ours)
         let (next, nextServer) = try socketPair()
         defer { close(next); close(nextServer) }
-        wakeup.watch(socket: next, connection: 2, reading: true, writing: false, until: nil, now: clock.now)
+        wakeup.watch(socket: next, connection: 2, reading: true, writing: false)
         XCTAssertFalse(isReadable(wakeup))
         XCTAssertEqual(write(nextServer, &byte, 1), 1)
         XCTAssertTrue(isReadable(wakeup, within: 1000), "the new connection's reply")
-        wakeup.watch(socket: nil, connection: 2, reading: false, writing: false, until: nil, now: clock.now)
+        wakeup.watch(socket: nil, connection: 2, reading: false, writing: false)
         XCTAssertFalse(isReadable(wakeup), "disconnected: the socket is out of the set")
     }
 
-    func testEntryIDsOrderAsRedisDoes() {
-        XCTAssertEqual(RedisEntryID("22048296-0")?.description, "22048296-0")
-        XCTAssertLessThan(RedisEntryID(lsn: 22_048_296, position: 7), RedisEntryID(lsn: 22_048_297, position: 0))
-        XCTAssertLessThan(RedisEntryID(lsn: 22_048_296, position: 1), RedisEntryID("22048296-2")!)
-        XCTAssertLessThan(RedisEntryID(lsn: 22_048_296, position: 0), RedisEntryID("1796134169928-0")!)
-        for malformed in ["", "1", "1-", "-1", "a-1", "1-2-3", "18446744073709551616-0"] {
-            XCTAssertNil(RedisEntryID(malformed), malformed)
+    func testSignalFromAnotherThreadWakesUntilDrained() throws {
+        let wakeup = try DeliveryWakeup()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            for _ in 0..<1000 { wakeup.signal() }
+            done.signal()
         }
+        thread.start()
+        XCTAssertTrue(isReadable(wakeup, within: 2000))
+        // Once the thread is done and the pipe drained, nothing is left to wake for.
+        done.wait()
+        wakeup.drain()
+        XCTAssertFalse(isReadable(wakeup))
+        // A library that writes to the descriptor itself (librdkafka: one byte).
+        var byte: UInt8 = 1
+        XCTAssertEqual(write(wakeup.signalDescriptor, &byte, 1), 1)
+        XCTAssertTrue(isReadable(wakeup))
+        wakeup.drain()
+        XCTAssertFalse(isReadable(wakeup))
+    }
+
+    func testIncludedDescriptorWakes() throws {
+        let wakeup = try DeliveryWakeup()
+        var fds: [Int32] = [-1, -1]
+        XCTAssertEqual(pipe(&fds), 0)
+        defer { close(fds[0]); close(fds[1]) }
+        try wakeup.include(fds[0])
+        XCTAssertFalse(isReadable(wakeup))
+        var byte: UInt8 = 1
+        XCTAssertEqual(write(fds[1], &byte, 1), 1)
+        XCTAssertTrue(isReadable(wakeup))
     }
 }
