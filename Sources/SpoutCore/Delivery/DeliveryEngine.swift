@@ -198,19 +198,6 @@ open class DeliveryEngine: Sink {
         if outage.isActive { recovered() }
     }
 
-    /// The broker is unreachable, but what was sent stays with a client library that retries
-    /// it by itself, in order (librdkafka): an outage begins, as with `retry`, without taking
-    /// anything back or backing off. The first acknowledgement ends it.
-    public func unreachable(_ reason: @autoclosure () -> String, warning: @autoclosure () -> String) {
-        if outage.failed(at: clock()) {
-            metrics.outages.increment()
-            metrics.outageSeconds.record(0)
-            log.warning(warning())
-        } else {
-            log.debug("\(adapter.sinkName): still failing: \(reason())")
-        }
-    }
-
     /// Whether an outage is under way (its warning was logged).
     public var inOutage: Bool { outage.isActive }
 

@@ -12,7 +12,7 @@ import CRdKafka
 /// leader change or a timed-out request for as long as it takes, in order and without
 /// duplicates. The engine's queue holds the same events in ticket order, `sent` while
 /// librdkafka has them; a broker that cannot be reached (librdkafka's error callback) is an
-/// outage for the engine to report (`unreachable`), not a reason to take anything back.
+/// outage for the engine to report (`unavailable`), not a reason to take anything back.
 ///
 /// librdkafka must never give up on a message by itself: when it does (a message timeout,
 /// exhausted retries), it bumps the producer epoch and goes on writing the later messages of
@@ -157,7 +157,7 @@ final class KafkaDeliveryAdapter: DeliveryAdapter {
             return SinkError(.permanent, "Kafka authentication failed: \(error.reason); check the sasl.* and ssl.* properties")
         default:
             let reason = "\(error.reason) (\(KafkaProducerHandle.name(error.code)))"
-            engine.unreachable(reason, warning: Self.warning(reason))
+            engine.unavailable(reason, warning: Self.warning(reason))
             return nil
         }
     }
