@@ -21,54 +21,27 @@ public final class KafkaSink: DeliveryEngine {
 
     // MARK: Configuration
 
-    /// `kafka://host:9092[,host:9092]` → `host:9092,host:9092`.
-    static func bootstrapServers(_ url: String) throws(SpoutError) -> String {
+    /// librdkafka's port where a broker names none.
+    static let defaultPort = 9092
+
+    /// `kafka://host[:port][,host[:port]]` → `host:port,host:port`. The syntax is `SinkURL`'s.
+    static func bootstrapServers(_ text: String) throws(SpoutError) -> String {
         let example = "kafka://host:9092[,host2:9092]"
-        guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a Kafka URL: use \(example)")
+        let url = try SinkURL(text, usage: example)
+        func invalid(_ problem: String) -> SpoutError {
+            .invalidOption("--sink \(url): \(problem) (expected \(example))")
         }
-        var rest = Substring(url[schemeEnd.upperBound...])
-        if rest.hasSuffix("/") { rest = rest.dropLast() }
-        if rest.contains("@") {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)): put Kafka credentials in librdkafka properties, not in the URL "
-                                 + "(--kafka-property security.protocol=SASL_SSL --kafka-property sasl.mechanisms=PLAIN "
-                                 + "--kafka-property sasl.username=... --kafka-property sasl.password=...)")
+        guard url.scheme == "kafka" else { throw invalid("not a kafka:// URL") }
+        if url.user != nil {
+            throw invalid("put Kafka credentials in librdkafka properties, not in the URL "
+                          + "(--kafka-property security.protocol=SASL_SSL --kafka-property sasl.mechanisms=PLAIN "
+                          + "--kafka-property sasl.username=... --kafka-property sasl.password=...)")
         }
-        if rest.contains("/") || rest.contains("?") || rest.contains("#") {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)): a Kafka URL names brokers only (\(example)); "
-                                 + "topics come from --topic, settings from --kafka-property")
+        // A trailing / is harmless.
+        if !(url.path ?? "").isEmpty || !url.query.isEmpty {
+            throw invalid("a Kafka URL names brokers only; topics come from --topic, settings from --kafka-property")
         }
-        let servers = rest.split(separator: ",", omittingEmptySubsequences: false)
-        for server in servers {
-            guard !server.isEmpty else {
-                throw .invalidOption("--sink \(url) lists an empty broker: use \(example)")
-            }
-            // host, host:port, [v6], [v6]:port
-            let portText: Substring?
-            if server.hasPrefix("[") {
-                guard let close = server.firstIndex(of: "]") else {
-                    throw .invalidOption("--sink \(url): broker \"\(server)\" lacks the closing ] of its IPv6 address")
-                }
-                let after = server[server.index(after: close)...]
-                portText = after.isEmpty ? nil : (after.hasPrefix(":") ? after.dropFirst() : after)
-            } else if let colon = server.lastIndex(of: ":") {
-                guard server[..<colon].firstIndex(of: ":") == nil else {
-                    throw .invalidOption("--sink \(url): write IPv6 brokers in brackets, e.g. kafka://[::1]:9092")
-                }
-                guard colon != server.startIndex else {
-                    throw .invalidOption("--sink \(url): broker \"\(server)\" has no host: use \(example)")
-                }
-                portText = server[server.index(after: colon)...]
-            } else {
-                portText = nil
-            }
-            if let portText {
-                guard let port = Int(portText), (1...65535).contains(port) else {
-                    throw .invalidOption("--sink \(url): broker \"\(server)\" has no valid port (1-65535): use \(example)")
-                }
-            }
-        }
-        return servers.joined(separator: ",")
+        return url.servers.map { $0.address(defaultPort: defaultPort) }.joined(separator: ",")
     }
 
     /// librdkafka's names for its message timeout; the sink applies it itself.
