@@ -3,7 +3,7 @@ import Foundation
 
 /// Owns the librdkafka producer and every C resource that goes with it: the handle, its main
 /// queue, and the object its callbacks fill. Nothing here decides what to retry; that is
-/// `KafkaDeliveryAdapter`'s job.
+/// `KafkaAdapter`'s job.
 final class KafkaProducerHandle {
     struct Delivery {
         var ticket: UInt64

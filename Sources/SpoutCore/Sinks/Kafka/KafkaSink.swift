@@ -5,14 +5,14 @@ import CRdKafka
 /// value = the payload bytes as stored, headers = the event's headers plus `id` and `type`.
 ///
 /// The delivery engine holds the events, backs off and reports outages;
-/// `KafkaDeliveryAdapter` produces, reads delivery reports and classifies errors. Here: the
+/// `KafkaAdapter` produces, reads delivery reports and classifies errors. Here: the
 /// URL and the librdkafka properties spout sets, refuses or applies itself.
 public final class KafkaSink: DeliveryEngine {
     public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
         let brokers = try Self.bootstrapServers(url)
         let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties)
         let producer = try KafkaProducerHandle(properties: properties, log: log)
-        let adapter = KafkaDeliveryAdapter(producer: producer, messageTimeout: try Self.messageTimeout(options.kafkaProperties), log: log)
+        let adapter = KafkaAdapter(producer: producer, messageTimeout: try Self.messageTimeout(options.kafkaProperties), log: log)
         // Producing again after a retriable error: 100 ms doubling to 10 s.
         try super.init(adapter: adapter, capacity: min(options.maxInFlightEvents, 1 << 16), backoff: RetryBackoff(ceiling: .seconds(10)),
                        log: log, metrics: metrics)

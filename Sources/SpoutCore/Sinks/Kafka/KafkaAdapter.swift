@@ -25,7 +25,7 @@ import CRdKafka
 /// oldest event, so a later event of a key never overtakes an earlier one (requests that were
 /// in flight may still be written, in order: duplicates, never a reordering). Permanent errors
 /// (too large, not authorized, invalid topic) fail the event's ticket with its id and topic.
-final class KafkaDeliveryAdapter: DeliveryAdapter {
+final class KafkaAdapter: DeliveryAdapter {
     let sinkName = "kafka"
     let needsCommitLSN = false // Kafka messages do not carry the commit LSN: events go out as they are decoded.
     let recoveredMessage = "kafka: the brokers acknowledge events again"
