@@ -73,7 +73,7 @@ final class KafkaProducerHandle {
             let log = Unmanaged<Callbacks>.fromOpaque(opaque).takeUnretainedValue().log
             let text = "librdkafka \(facility.map { String(cString: $0) } ?? ""): \(message.map { String(cString: $0) } ?? "")"
             // Configuration warnings matter to the user; connection chatter repeats during an
-            // outage and is summarised by the sink's own warning instead.
+            // outage and is summarised by the delivery engine's outage warning instead.
             if level <= 4, let facility, String(cString: facility) == "CONFWARN" { log.warning(text) } else { log.debug(text) }
         }
 
@@ -99,9 +99,6 @@ final class KafkaProducerHandle {
         guard let mainQueue else { return }
         rd_kafka_queue_io_event_enable(mainQueue, descriptor, "1", 1)
     }
-
-    /// Messages librdkafka still holds (queued, in flight, or reports not yet served).
-    var outstanding: Int { handle.map { Int(rd_kafka_outq_len($0)) } ?? 0 }
 
     /// Hands one event to librdkafka (copied). Headers: the event's own, then `id` and `type`.
     func produce(_ event: OutboxEvent, ticket: UInt64) -> ProduceResult {

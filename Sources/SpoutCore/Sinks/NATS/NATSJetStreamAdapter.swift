@@ -269,7 +269,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
                           + (serverError.map { " (server said: \($0))" } ?? ""))
     }
 
-    // MARK: Outages
+    // MARK: Lost connections
 
     /// Gives up the connection (closed off the relay thread); the engine puts every
     /// unacknowledged event back to waiting and backs off before the next connect.
