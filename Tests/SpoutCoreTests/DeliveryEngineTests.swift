@@ -1,3 +1,4 @@
+import Foundation
 import MetricsTestKit
 import Synchronization
 import XCTest
@@ -136,6 +137,46 @@ final class DeliveryEngineTests: XCTestCase {
         clock.advance(.milliseconds(100))
         XCTAssertFalse(engine.isBackingOff)
         XCTAssertEqual(try metrics.expectCounter("spout_sink_outages_total", [("sink", "fake")]).totalValue, 2)
+    }
+
+    /// The outage's lines as users see them on stderr: one warning, debug lines while it
+    /// lasts (hidden at info), and one line when it ends, with its length.
+    func testOneWarningAndOneRecoveredLinePerOutage() throws {
+        let lines = try capturingStandardError {
+            let clock = self.clock!
+            let engine = try DeliveryEngine(adapter: adapter, capacity: 8, log: Log(level: .info), metrics: metrics,
+                                            clock: { clock.now }, random: SeededRandom(seed: 5))
+            try engine.send(event(0), ticket: 0)
+            for _ in 0..<3 {
+                adapter.script = [{ $0.retry(after: "refused", warning: "cannot connect to the fake broker (refused)") }]
+                try engine.poll { _ in }
+                clock.advance(.seconds(5))
+            }
+            clock.advance(.milliseconds(1234))
+            adapter.script = [{ $0.delivered(0) }]
+            try engine.poll { _ in }
+        }
+        XCTAssertEqual(lines, ["spout: warning: cannot connect to the fake broker (refused)",
+                               "spout: fake broker accepts events again after 16.2 s"])
+    }
+
+    /// Runs `body` with file descriptor 2 pointing at a file; returns the lines written.
+    private func capturingStandardError(_ body: () throws -> Void) throws -> [String] {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stderr-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let file = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0o600)
+        guard file >= 0 else { throw XCTSkip("cannot create \(path)") }
+        let saved = dup(STDERR_FILENO)
+        dup2(file, STDERR_FILENO)
+        close(file)
+        defer { unlink(path) }
+        do {
+            defer {
+                dup2(saved, STDERR_FILENO)
+                close(saved)
+            }
+            try body()
+        }
+        return try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init)
     }
 
     func testReachableWithNothingOutstandingEndsTheOutage() throws {

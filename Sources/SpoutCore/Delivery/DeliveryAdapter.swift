@@ -14,6 +14,19 @@
 /// - `engine.reachable()` when the broker answers again with nothing outstanding (an outage
 ///   otherwise ends with the first acknowledgement);
 /// - `engine.wakeup` to watch its socket and signal from broker callbacks on other threads.
+///
+/// Porting a sink that carried its own machinery:
+/// - its outstanding list → `engine.queue` (`sentCount` is the publish window in use,
+///   `oldestSentAt` the age an acknowledgement timeout looks at, `unfinishedCount` what a
+///   reconnect sends again);
+/// - its backoff → `retry` and `isBackingOff` (a ceiling other than 5 s: pass
+///   `RetryBackoff(ceiling:)` to the engine); its outage warning and "back" line → the
+///   `warning` of `retry` / `unavailable` and `recoveredMessage`;
+/// - its wakeup pipe or epoll set → `engine.wakeup`: `watch` a socket (thread-safe, so
+///   library callbacks may call it), `include` a descriptor of its own, `signal()` from other
+///   threads, or give `signalDescriptor` to a library that writes to one (librdkafka's
+///   `rd_kafka_queue_io_event_enable`). The engine drains it before each `advance` and arms
+///   its timer for the backoff and for `nextDeadline`, so no timer thread is needed.
 public protocol DeliveryAdapter: AnyObject {
     /// The `sink` dimension of the engine's metrics: `redis`, `nats`, `kafka`.
     var sinkName: String { get }

@@ -39,10 +39,12 @@ open class DeliveryEngine: Sink {
     /// - Parameters:
     ///   - capacity: events the queue is sized for at first (the relay's in-flight window).
     ///   - backoff: the retry policy; sinks differ only in its ceiling.
+    ///   - wakeup: one the adapter made first, when parts it builds before the engine must
+    ///     signal it (a client library's callbacks); nil: the engine makes its own.
     ///   - metrics: where the outage and retry metrics go (tests: `TestMetrics`).
     ///   - clock, random: injected by tests.
     public init(adapter: any DeliveryAdapter, capacity: Int, backoff: RetryBackoff = RetryBackoff(), log: Log,
-                metrics: MetricsFactory = MetricsSystem.factory,
+                wakeup: DeliveryWakeup? = nil, metrics: MetricsFactory = MetricsSystem.factory,
                 clock: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now },
                 random: any RandomNumberGenerator = SystemRandomNumberGenerator()) throws(SpoutError) {
         self.adapter = adapter
@@ -53,7 +55,11 @@ open class DeliveryEngine: Sink {
         self.metrics = DeliveryMetrics(sink: adapter.sinkName, factory: metrics)
         queue = DeliveryQueue(capacity: min(max(capacity, 1), 65_536))
         completions.reserveCapacity(min(max(capacity, 16), 4096))
-        do { wakeup = try DeliveryWakeup() } catch { throw .sink(error) }
+        if let wakeup {
+            self.wakeup = wakeup
+        } else {
+            do { self.wakeup = try DeliveryWakeup() } catch { throw .sink(error) }
+        }
         try adapter.start(self)
         updateWakeup()
     }
@@ -63,6 +69,9 @@ open class DeliveryEngine: Sink {
     // MARK: Sink
 
     public var needsCommitLSN: Bool { adapter.needsCommitLSN }
+
+    /// The `sink` dimension of metrics: the adapter's name (redis, nats, kafka).
+    public var metricsName: String { adapter.sinkName }
 
     /// Always there, also while the broker is down: the relay then sleeps until the next deadline.
     public var wakeupDescriptor: Int32? { wakeup.descriptor }

@@ -14,7 +14,7 @@ public struct SinkOptions: Sendable {
     public var redisIDs: RedisIDs = .server
     /// Create a JetStream stream of this name covering the topics when none exists.
     public var natsCreateStream: String?
-    /// The relay's in-flight window; sinks size their own queues from it.
+    /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 
     public init() {}
