@@ -23,12 +23,12 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
 
     private let endpoint: NATSEndpoint
     private let log: Log
-    private let createStream: String?
     private let publishWindow: Int
 
-    /// Made in `start`, on the engine's wakeup.
-    private var loop: NATSEventLoop?
-    private var worker: NATSAdminWorker?
+    /// The engine's wakeup, made here first: libnats' callbacks and the worker signal it.
+    let wakeup: DeliveryWakeup
+    private let loop: NATSEventLoop
+    private let worker: NATSAdminWorker
     private var connection: NATSConnection?
     /// Numbers the connections, so a stream look-up answered for an abandoned one is ignored.
     private var generation = 0
@@ -55,15 +55,14 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
             }
         }
         self.log = log
-        createStream = options.natsCreateStream
         publishWindow = max(1, min(options.maxInFlightEvents, 4096))
         completions.reserveCapacity(publishWindow)
+        do { wakeup = try DeliveryWakeup() } catch { throw .sink(error) }
+        loop = NATSEventLoop(wakeup: wakeup)
+        worker = NATSAdminWorker(endpoint: endpoint, createStream: options.natsCreateStream, maxPendingAcks: publishWindow, loop: loop)
     }
 
     func start(_ engine: DeliveryEngine) throws(SpoutError) {
-        let loop = NATSEventLoop(wakeup: engine.wakeup)
-        self.loop = loop
-        worker = NATSAdminWorker(endpoint: endpoint, createStream: createStream, maxPendingAcks: publishWindow, loop: loop)
         // Before the relay runs, blocking is harmless, and a wrong password or a server without
         // JetStream stops spout at once with its own message.
         do {
@@ -95,7 +94,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
         collectWorkResults(engine)
         collectCompletions(engine)
         checkAckTimeout(engine)
-        if connection == nil, !connecting, !engine.isBackingOff, let worker {
+        if connection == nil, !connecting, !engine.isBackingOff {
             connecting = true
             worker.connect()
         }
@@ -113,23 +112,23 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
     func close(_ engine: DeliveryEngine) {
         guard !closed else { return }
         closed = true
-        worker?.shutDown()
+        worker.shutDown()
         guard let connection else { return }
         // Bounded: PubAcks still on their way are worth a short wait, not a hang.
         let deadline = ContinuousClock.now + .seconds(2)
         while engine.queue.sentCount > 0, self.connection != nil, ContinuousClock.now < deadline {
             // An expired retry timer would keep the wakeup readable: the wait below would spin.
-            engine.wakeup.arm(nil, now: engine.now)
-            engine.wakeup.drain()
+            wakeup.arm(nil, now: engine.now)
+            wakeup.drain()
             collectCompletions(engine)
             if engine.queue.sentCount > 0 {
-                var ready = pollfd(fd: engine.wakeup.descriptor, events: Int16(POLLIN), revents: 0)
+                var ready = pollfd(fd: wakeup.descriptor, events: Int16(POLLIN), revents: 0)
                 _ = Glibc.poll(&ready, 1, 5)
             }
         }
         connection.flush()
         connection.detach()
-        worker?.closeWhenIdle(connection, timeout: .seconds(6))
+        worker.closeWhenIdle(connection, timeout: .seconds(6))
         self.connection = nil
     }
 
@@ -149,7 +148,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
                     engine.fail(entry.ticket, "topic \"\(topic)\" is not a valid NATS subject (\(problem)): change --topic or the values it is built from")
                     return
                 }
-                if checkingSubject == nil, let worker {
+                if checkingSubject == nil {
                     checkingSubject = topic
                     worker.checkSubject(topic, on: connection, generation: generation)
                 }
@@ -180,7 +179,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
 
     /// Adopts what the worker finished: a new connection, a failed reconnect, a stream look-up.
     private func collectWorkResults(_ engine: DeliveryEngine) {
-        worker?.takeResults(into: &workResults)
+        worker.takeResults(into: &workResults)
         for result in workResults {
             switch result {
             case let .connected(new):
@@ -276,7 +275,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
     private func abandonConnection(_ engine: DeliveryEngine, _ reason: String) {
         if let connection {
             connection.detach()
-            worker?.close(connection)
+            worker.close(connection)
             self.connection = nil
         }
         serverError = nil

@@ -16,6 +16,6 @@ public final class NATSJetStreamSink: DeliveryEngine {
         let adapter = try NATSJetStreamAdapter(url: url, options: options, log: log)
         // Reconnecting after a lost connection: 100 ms doubling to 5 s.
         try super.init(adapter: adapter, capacity: options.maxInFlightEvents, backoff: RetryBackoff(ceiling: .seconds(5)),
-                       log: log, metrics: metrics)
+                       log: log, wakeup: adapter.wakeup, metrics: metrics)
     }
 }
