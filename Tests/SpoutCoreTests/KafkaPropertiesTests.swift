@@ -49,4 +49,20 @@ final class KafkaPropertiesTests: XCTestCase {
         XCTAssertThrowsError(try KafkaSink.properties(bootstrap: "b:9092", user: [("message.send.max.retries", "0")]))
         XCTAssertNoThrow(try KafkaSink.properties(bootstrap: "b:9092", user: [("retries", "2147483647")]))
     }
+
+    /// The URL names brokers only, with `SinkURL`'s syntax; librdkafka gets `host:port,…`.
+    func testBootstrapServers() throws {
+        XCTAssertEqual(try KafkaSink.bootstrapServers("kafka://h1:9093,h2/"), "h1:9093,h2:9092")
+        XCTAssertEqual(try KafkaSink.bootstrapServers("kafka://[::1]:19092"), "[::1]:19092")
+        for (url, expected) in [
+            ("kafka://u:s3cret@h", "librdkafka properties"), ("kafka://h/topic", "brokers only"), ("kafka://h?acks=1", "brokers only"),
+            ("kafka://h,,x", "host"), ("kafka://h:0", "port"), ("nats://h", "kafka://"),
+        ] {
+            XCTAssertThrowsError(try KafkaSink.bootstrapServers(url), url) { error in
+                guard case let SpoutError.invalidOption(message) = error else { return XCTFail("\(url): \(error)") }
+                XCTAssertTrue(message.contains(expected), "\(url): \(message)")
+                XCTAssertFalse(message.contains("s3cret"), "\(url): \(message)")
+            }
+        }
+    }
 }

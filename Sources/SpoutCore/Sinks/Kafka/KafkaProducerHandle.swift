@@ -2,8 +2,8 @@ import CRdKafka
 import Foundation
 
 /// Owns the librdkafka producer and every C resource that goes with it: the handle, its main
-/// queue, the pipe librdkafka writes to when a delivery report (or error) is queued, and the
-/// object its callbacks fill. Nothing here decides what to retry; that is `KafkaSink`'s job.
+/// queue, and the object its callbacks fill. Nothing here decides what to retry; that is
+/// `KafkaAdapter`'s job.
 final class KafkaProducerHandle {
     struct Delivery {
         var ticket: UInt64
@@ -23,7 +23,6 @@ final class KafkaProducerHandle {
     private var handle: OpaquePointer?
     private var mainQueue: OpaquePointer?
     private let callbacks: Unmanaged<Callbacks>
-    private let pipe: (read: Int32, write: Int32)
 
     // Scratch space reused by every produce call: strings back to back, NUL-terminated.
     private var text: [UInt8] = []
@@ -44,27 +43,15 @@ final class KafkaProducerHandle {
 
     /// - Parameter properties: librdkafka properties, applied in order (later ones win).
     init(properties: [(name: String, value: String)], log: Log) throws(SpoutError) {
-        var fds: [Int32] = [-1, -1]
-        guard Glibc.pipe(&fds) == 0 else {
-            throw .invalidOption("kafka sink: cannot create a pipe: \(String(cString: strerror(errno)))")
-        }
-        // librdkafka requires a non-blocking descriptor; neither end belongs in child processes.
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        pipe = (fds[0], fds[1])
         callbacks = Unmanaged.passRetained(Callbacks(log: log))
 
         guard let conf = rd_kafka_conf_new() else {
-            closePipe()
             callbacks.release()
             throw .invalidOption("kafka sink: librdkafka cannot allocate a configuration")
         }
         var errorText = [CChar](repeating: 0, count: 512)
         for (name, value) in properties where rd_kafka_conf_set(conf, name, value, &errorText, errorText.count) != RD_KAFKA_CONF_OK {
             rd_kafka_conf_destroy(conf)
-            closePipe()
             callbacks.release()
             let reason = Self.redact(Self.string(errorText), value: value, of: name)
             throw .invalidOption("--kafka-property \(name): \(reason) (see librdkafka's CONFIGURATION.md for the properties and their values)")
@@ -86,33 +73,32 @@ final class KafkaProducerHandle {
             let log = Unmanaged<Callbacks>.fromOpaque(opaque).takeUnretainedValue().log
             let text = "librdkafka \(facility.map { String(cString: $0) } ?? ""): \(message.map { String(cString: $0) } ?? "")"
             // Configuration warnings matter to the user; connection chatter repeats during an
-            // outage and is summarised by the sink's own warning instead.
+            // outage and is summarised by the delivery engine's outage warning instead.
             if level <= 4, let facility, String(cString: facility) == "CONFWARN" { log.warning(text) } else { log.debug(text) }
         }
 
         guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errorText, errorText.count) else {
             rd_kafka_conf_destroy(conf)
-            closePipe()
             callbacks.release()
             var reason = Self.string(errorText)
             for (name, value) in properties { reason = Self.redact(reason, value: value, of: name) }
             throw .invalidOption("kafka sink: \(reason) (spout sets acks=all and enable.idempotence=true unless you override them with --kafka-property)")
         }
         self.handle = handle
-        // Delivery reports and errors land on the main queue; librdkafka writes a byte to the
-        // pipe when that queue becomes non-empty, which wakes the relay's poll(2).
         mainQueue = rd_kafka_queue_get_main(handle)
-        rd_kafka_queue_io_event_enable(mainQueue, pipe.write, "1", 1)
         text.reserveCapacity(1024)
         fields.reserveCapacity(16)
     }
 
     deinit { close(flushTimeoutMilliseconds: 0) }
 
-    var wakeupDescriptor: Int32 { pipe.read }
-
-    /// Messages librdkafka still holds (queued, in flight, or reports not yet served).
-    var outstanding: Int { handle.map { Int(rd_kafka_outq_len($0)) } ?? 0 }
+    /// Delivery reports and errors land on the main queue; librdkafka writes a byte to
+    /// `descriptor` (non-blocking: the delivery engine's wakeup pipe) when that queue becomes
+    /// non-empty, which wakes the relay's poll(2). Until `close`.
+    func signalReports(to descriptor: Int32) {
+        guard let mainQueue else { return }
+        rd_kafka_queue_io_event_enable(mainQueue, descriptor, "1", 1)
+    }
 
     /// Hands one event to librdkafka (copied). Headers: the event's own, then `id` and `type`.
     func produce(_ event: OutboxEvent, ticket: UInt64) -> ProduceResult {
@@ -188,8 +174,6 @@ final class KafkaProducerHandle {
     /// Serves librdkafka's queued callbacks (without waiting) and hands over what they reported.
     func poll(deliveries: (Delivery) -> Void, errors: (ClientError) -> Void) {
         guard let handle else { return }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while read(pipe.read, &buffer, buffer.count) > 0 {}
         _ = rd_kafka_poll(handle, 0)
         let collected = callbacks.takeUnretainedValue()
         for delivery in collected.deliveries { deliveries(delivery) }
@@ -234,14 +218,8 @@ final class KafkaProducerHandle {
         mainQueue = nil
         rd_kafka_destroy(handle)
         self.handle = nil
-        closePipe()
         callbacks.release()
         return left
-    }
-
-    private func closePipe() {
-        Glibc.close(pipe.read)
-        Glibc.close(pipe.write)
     }
 
     static func name(_ code: rd_kafka_resp_err_t) -> String {

@@ -1,109 +1,47 @@
+import CoreMetrics
 import CRdKafka
 
 /// Publishes events to Kafka through librdkafka: topic = the event's topic, key = its key,
 /// value = the payload bytes as stored, headers = the event's headers plus `id` and `type`.
 ///
-/// An event is acknowledged when its delivery report says the brokers accepted it, which with
-/// the defaults (`acks=all`, `enable.idempotence=true`) means every in-sync replica wrote it.
-/// The per-message opaque carries the ticket, so each report finds its ticket.
-///
-/// Retries: librdkafka runs with `message.timeout.ms=0` (no timeout), so its idempotent
-/// producer retries a down broker, a leader change or a timed-out request for as long as it
-/// takes, in order and without duplicates. librdkafka must never give up on a message by
-/// itself: when it does (a message timeout, exhausted retries), it bumps the producer epoch
-/// and goes on writing the later messages of the partition it still holds, so the failed one,
-/// produced again, lands after them (INTRODUCTION.md, "Message timeout considerations": 1, 4,
-/// 5). A user's `message.timeout.ms` is therefore the sink's own: when the oldest event
-/// librdkafka holds has waited that long, the sink takes everything back (queued and in
-/// flight). Then, as after any retriable error, it waits until librdkafka holds nothing and,
-/// after an exponential backoff with jitter, produces the returned events again in ticket
-/// order, so a later event of a key never overtakes an earlier one (requests that were in
-/// flight may still be written, in order: duplicates, never a reordering). Permanent errors
-/// (too large, not authorized, invalid topic) fail the event's ticket with its id and topic.
-public final class KafkaSink: Sink {
-    private let producer: KafkaProducerHandle
-    private let log: Log
-    private var window: KafkaDeliveryWindow
-    /// Permanent errors found when producing, reported on the next `poll`.
-    private var rejected: [(ticket: UInt64, error: SinkError)] = []
-    /// Set while events came back with retriable errors: nothing is produced until librdkafka
-    /// holds nothing and this instant has passed.
-    private var resumeAt: ContinuousClock.Instant?
-    private var backoff = Backoff()
-    /// The user's `message.timeout.ms` in milliseconds, applied by the sink (librdkafka's own stays 0).
-    private let messageTimeout: Int?
-    /// librdkafka's queue was full: produce again on the next poll.
-    private var queueFull = false
-    /// A transient problem was logged; cleared (with a note) by the next delivery.
-    private var troubled = false
-    private let clock = ContinuousClock()
-    private let started = ContinuousClock.now
-
-    /// How long `close()` waits for librdkafka to deliver what it still holds.
-    /// The relay has already waited (--shutdown-timeout) for acknowledgements by then.
-    static let closeFlushMilliseconds: Int32 = 2_000
-
-    public init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
+/// The delivery engine holds the events, backs off and reports outages;
+/// `KafkaAdapter` produces, reads delivery reports and classifies errors. Here: the
+/// URL and the librdkafka properties spout sets, refuses or applies itself.
+public final class KafkaSink: DeliveryEngine {
+    public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
         let brokers = try Self.bootstrapServers(url)
         let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties)
-        messageTimeout = try Self.messageTimeout(options.kafkaProperties)
-        producer = try KafkaProducerHandle(properties: properties, log: log)
-        self.log = log
-        window = KafkaDeliveryWindow(capacity: min(options.maxInFlightEvents, 1 << 16))
-        rejected.reserveCapacity(4)
+        let producer = try KafkaProducerHandle(properties: properties, log: log)
+        let adapter = KafkaAdapter(producer: producer, messageTimeout: try Self.messageTimeout(options.kafkaProperties), log: log)
+        // Producing again after a retriable error: 100 ms doubling to 10 s.
+        try super.init(adapter: adapter, capacity: min(options.maxInFlightEvents, 1 << 16), backoff: RetryBackoff(ceiling: .seconds(10)),
+                       log: log, metrics: metrics)
         log.debug("kafka sink: bootstrap \(brokers)")
     }
 
     // MARK: Configuration
 
-    /// `kafka://host:9092[,host:9092]` → `host:9092,host:9092`.
-    static func bootstrapServers(_ url: String) throws(SpoutError) -> String {
+    /// librdkafka's port where a broker names none.
+    static let defaultPort = 9092
+
+    /// `kafka://host[:port][,host[:port]]` → `host:port,host:port`. The syntax is `SinkURL`'s.
+    static func bootstrapServers(_ text: String) throws(SpoutError) -> String {
         let example = "kafka://host:9092[,host2:9092]"
-        guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a Kafka URL: use \(example)")
+        let url = try SinkURL(text, usage: example)
+        func invalid(_ problem: String) -> SpoutError {
+            .invalidOption("--sink \(url): \(problem) (expected \(example))")
         }
-        var rest = Substring(url[schemeEnd.upperBound...])
-        if rest.hasSuffix("/") { rest = rest.dropLast() }
-        if rest.contains("@") {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)): put Kafka credentials in librdkafka properties, not in the URL "
-                                 + "(--kafka-property security.protocol=SASL_SSL --kafka-property sasl.mechanisms=PLAIN "
-                                 + "--kafka-property sasl.username=... --kafka-property sasl.password=...)")
+        guard url.scheme == "kafka" else { throw invalid("not a kafka:// URL") }
+        if url.user != nil {
+            throw invalid("put Kafka credentials in librdkafka properties, not in the URL "
+                          + "(--kafka-property security.protocol=SASL_SSL --kafka-property sasl.mechanisms=PLAIN "
+                          + "--kafka-property sasl.username=... --kafka-property sasl.password=...)")
         }
-        if rest.contains("/") || rest.contains("?") || rest.contains("#") {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)): a Kafka URL names brokers only (\(example)); "
-                                 + "topics come from --topic, settings from --kafka-property")
+        // A trailing / is harmless.
+        if !(url.path ?? "").isEmpty || !url.query.isEmpty {
+            throw invalid("a Kafka URL names brokers only; topics come from --topic, settings from --kafka-property")
         }
-        let servers = rest.split(separator: ",", omittingEmptySubsequences: false)
-        for server in servers {
-            guard !server.isEmpty else {
-                throw .invalidOption("--sink \(url) lists an empty broker: use \(example)")
-            }
-            // host, host:port, [v6], [v6]:port
-            let portText: Substring?
-            if server.hasPrefix("[") {
-                guard let close = server.firstIndex(of: "]") else {
-                    throw .invalidOption("--sink \(url): broker \"\(server)\" lacks the closing ] of its IPv6 address")
-                }
-                let after = server[server.index(after: close)...]
-                portText = after.isEmpty ? nil : (after.hasPrefix(":") ? after.dropFirst() : after)
-            } else if let colon = server.lastIndex(of: ":") {
-                guard server[..<colon].firstIndex(of: ":") == nil else {
-                    throw .invalidOption("--sink \(url): write IPv6 brokers in brackets, e.g. kafka://[::1]:9092")
-                }
-                guard colon != server.startIndex else {
-                    throw .invalidOption("--sink \(url): broker \"\(server)\" has no host: use \(example)")
-                }
-                portText = server[server.index(after: colon)...]
-            } else {
-                portText = nil
-            }
-            if let portText {
-                guard let port = Int(portText), (1...65535).contains(port) else {
-                    throw .invalidOption("--sink \(url): broker \"\(server)\" has no valid port (1-65535): use \(example)")
-                }
-            }
-        }
-        return servers.joined(separator: ",")
+        return url.servers.map { $0.address(defaultPort: defaultPort) }.joined(separator: ",")
     }
 
     /// librdkafka's names for its message timeout; the sink applies it itself.
@@ -168,156 +106,5 @@ public final class KafkaSink: Sink {
             throw .invalidOption("--kafka-property \(name)=\(value): expected milliseconds from 0 (no timeout) to 2147483647")
         }
         return milliseconds == 0 ? nil : milliseconds
-    }
-
-    // MARK: Sink
-
-    /// Kafka messages do not carry the commit LSN: events go out as they are decoded.
-    public var needsCommitLSN: Bool { false }
-
-    public var wakeupDescriptor: Int32? { producer.wakeupDescriptor }
-
-    public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
-        guard window.append(event, ticket: ticket) else {
-            throw SinkError(.permanent, "internal error: ticket \(ticket) out of sequence", eventID: event.id, topic: event.topic)
-        }
-        if resumeAt == nil, !queueFull { produceWaiting() }
-    }
-
-    public func poll(_ report: (SinkCompletion) -> Void) throws(SinkError) {
-        var failure: SinkError?
-        // Reports queued after this (purged messages among them) write to the wakeup pipe.
-        producer.poll(deliveries: { handle($0, report) }, errors: { error in
-            if let problem = handle(error), failure == nil { failure = problem }
-        })
-        if let failure { throw failure }
-
-        if resumeAt == nil, let timeout = messageTimeout, let since = window.oldestProducedAt, clock.now - since >= .milliseconds(timeout) {
-            beginRecovery(because: "an event waited longer than message.timeout.ms=\(timeout) for its acknowledgement (_MSG_TIMED_OUT)")
-        }
-        if let resume = resumeAt {
-            if window.producing == 0, clock.now >= resume {
-                resumeAt = nil
-                produceWaiting()
-            }
-        } else if queueFull {
-            produceWaiting()
-        }
-        if !rejected.isEmpty {
-            for (ticket, error) in rejected { report(.failed(ticket: ticket, error)) }
-            rejected.removeAll(keepingCapacity: true)
-        }
-    }
-
-    public func close() {
-        let left = producer.close(flushTimeoutMilliseconds: Self.closeFlushMilliseconds)
-        if left > 0 {
-            log.warning("kafka: \(left) messages were not acknowledged by the brokers within \(Self.closeFlushMilliseconds / 1000) s of closing; "
-                        + "they are not confirmed and are sent again when spout restarts")
-        }
-    }
-
-    // MARK: Producing and reports
-
-    /// Hands waiting events to librdkafka in ticket order until one cannot go.
-    private func produceWaiting() {
-        // The produce time matters only to the sink's message timeout: without one, no clock read.
-        let now = messageTimeout == nil ? started : clock.now
-        while let ticket = window.nextWaiting(), let event = window.event(ticket) {
-            switch producer.produce(event, ticket: ticket) {
-            case .queued:
-                window.markProducing(ticket, at: now)
-                queueFull = false
-            case .rejected(RD_KAFKA_RESP_ERR__QUEUE_FULL, _):
-                // librdkafka's queue is full (queue.buffering.max.*): its delivery reports free
-                // room and wake the relay; produce again from this event then.
-                if !queueFull { log.debug("kafka: librdkafka's queue is full (queue.buffering.max.*); producing again as deliveries free room") }
-                queueFull = true
-                return
-            case let .rejected(code, reason):
-                if KafkaErrorClass(code) == .retriable {
-                    beginRecovery(because: "\(reason) (\(KafkaProducerHandle.name(code)))")
-                    return
-                }
-                _ = window.finish(ticket)
-                rejected.append((ticket, failure(event, code: code, reason: reason)))
-            }
-        }
-    }
-
-    private func handle(_ delivery: KafkaProducerHandle.Delivery, _ report: (SinkCompletion) -> Void) {
-        guard window.state(delivery.ticket) == .producing else { return }
-        if delivery.error == RD_KAFKA_RESP_ERR_NO_ERROR {
-            _ = window.finish(delivery.ticket)
-            report(.delivered(ticket: delivery.ticket))
-            backoff.reset()
-            if troubled {
-                troubled = false
-                log.info("kafka: the brokers acknowledge events again")
-            }
-            return
-        }
-        if KafkaErrorClass(delivery.error) == .retriable {
-            window.markWaiting(delivery.ticket)
-            beginRecovery(because: "\(KafkaProducerHandle.describe(delivery.error)) (\(KafkaProducerHandle.name(delivery.error)))")
-            return
-        }
-        var reason = KafkaProducerHandle.describe(delivery.error)
-        if delivery.error == RD_KAFKA_RESP_ERR__FATAL, let fatal = producer.fatalError { reason = fatal }
-        if let event = window.finish(delivery.ticket) {
-            report(.failed(ticket: delivery.ticket, failure(event, code: delivery.error, reason: reason)))
-        }
-    }
-
-    /// Errors librdkafka raises outside delivery reports: fatal and authentication errors end
-    /// the run; everything else is a transient condition it retries itself.
-    private func handle(_ error: KafkaProducerHandle.ClientError) -> SinkError? {
-        switch error.code {
-        case RD_KAFKA_RESP_ERR__FATAL:
-            let reason = producer.fatalError ?? error.reason
-            return SinkError(.permanent, "the Kafka producer hit a fatal error: \(reason); restart spout, it resumes from the slot")
-        case RD_KAFKA_RESP_ERR__AUTHENTICATION:
-            return SinkError(.permanent, "Kafka authentication failed: \(error.reason); check the sasl.* and ssl.* properties")
-        default:
-            warnOnce("kafka: \(error.reason) (\(KafkaProducerHandle.name(error.code)))")
-            return nil
-        }
-    }
-
-    /// A retriable error came back (or the sink's message timeout ran out): stop producing,
-    /// take back everything librdkafka holds (it reports those as `_PURGE_QUEUE` and
-    /// `_PURGE_INFLIGHT`, which land here too), and resume after a backoff once librdkafka holds
-    /// nothing. Left to librdkafka, messages after a failed one would be written before it is
-    /// produced again; producing again from the oldest returned event keeps the order.
-    private func beginRecovery(because reason: String) {
-        guard resumeAt == nil else { return }
-        producer.purgeAll()
-        let delay = backoff.next()
-        resumeAt = clock.now + delay
-        let message = "kafka: \(reason); producing again in order after \(delay) (and once librdkafka has returned everything it held)"
-        if troubled { log.debug(message) } else { warnOnce(message) }
-    }
-
-    private func warnOnce(_ message: String) {
-        guard !troubled else { return }
-        troubled = true
-        log.warning(message + "; nothing undelivered is confirmed to PostgreSQL meanwhile")
-    }
-
-    private func failure(_ event: OutboxEvent, code: rd_kafka_resp_err_t, reason: String) -> SinkError {
-        var message = "Kafka rejected it: \(reason) (\(KafkaProducerHandle.name(code)))"
-        if let hint = KafkaErrorClass.hint(code) { message += "; " + hint }
-        return SinkError(.permanent, message, eventID: event.id, topic: event.topic)
-    }
-
-    /// Exponential backoff with jitter: 100 ms doubling to 10 s, each delay drawn from its upper half.
-    struct Backoff {
-        private var attempt = 0
-        mutating func reset() { attempt = 0 }
-        mutating func next() -> Duration {
-            let ceiling = min(100 << min(attempt, 7), 10_000)
-            attempt += 1
-            return .milliseconds(Int.random(in: (ceiling / 2)...ceiling))
-        }
     }
 }

@@ -35,23 +35,21 @@ final class NATSAdminWorker: Sendable {
     private let createStream: String?
     private let maxPendingAcks: Int
     private let loop: NATSEventLoop
-    private let wakeup: Wakeup
     private let queue = DispatchQueue(label: "spout.nats.admin")
     private let state = Mutex(State())
 
-    init(endpoint: NATSEndpoint, createStream: String?, maxPendingAcks: Int, loop: NATSEventLoop, wakeup: Wakeup) {
+    init(endpoint: NATSEndpoint, createStream: String?, maxPendingAcks: Int, loop: NATSEventLoop) {
         self.endpoint = endpoint
         self.createStream = createStream
         self.maxPendingAcks = maxPendingAcks
         self.loop = loop
-        self.wakeup = wakeup
     }
 
     /// Opens a new connection pair; the result is `.connected` or `.connectFailed`.
     func connect() {
         queue.async { [self] in
             do throws(NATSFailure) {
-                let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: maxPendingAcks, loop: loop, wakeup: wakeup)
+                let connection = try NATSConnection(endpoint: endpoint, maxPendingAcks: maxPendingAcks, loop: loop)
                 deliver(.connected(connection), orClose: connection)
             } catch {
                 deliver(.connectFailed(error), orClose: nil)
@@ -109,7 +107,7 @@ final class NATSAdminWorker: Sendable {
             return true
         }
         if accepted {
-            wakeup.signal()
+            loop.wakeup.signal()
         } else {
             connection?.close()
         }
