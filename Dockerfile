@@ -2,7 +2,9 @@
 # debian:bookworm-slim with only the C libraries it links (libpq, librdkafka, hiredis, libnats).
 #   docker build -t spout .
 #   docker run --rm -e SPOUT_DATABASE_URL=postgresql://… -e SPOUT_SINK=kafka://broker:9092 spout run
-ARG SWIFT_VERSION=6.1
+# At least the swift-tools-version of Package.swift (6.2: swift-configuration and
+# swift-service-lifecycle need it); ComposeTests checks the two agree.
+ARG SWIFT_VERSION=6.2
 
 FROM swift:${SWIFT_VERSION}-bookworm AS build
 RUN apt-get update \

@@ -7,6 +7,10 @@ let package = Package(
     products: [
         .executable(name: "spout", targets: ["spout"]),
         .library(name: "SpoutCore", targets: ["SpoutCore"]),
+        .library(name: "SpoutKafka", targets: ["SpoutKafka"]),
+        .library(name: "SpoutRedis", targets: ["SpoutRedis"]),
+        .library(name: "SpoutNATS", targets: ["SpoutNATS"]),
+        .library(name: "SpoutSinks", targets: ["SpoutSinks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -23,18 +27,27 @@ let package = Package(
             pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]
         ),
+        // epoll, timerfd and eventfd for the delivery engine's wakeup (headers only).
+        .systemLibrary(name: "CLinux"),
         .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CNats", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
+        // Decode, replicate, map, the replication session and the delivery engine: libpq only.
         .target(
             name: "SpoutCore",
             dependencies: [
-                "CLibPQ", "CRdKafka", "CHiredis", "CNats",
+                "CLibPQ", "CLinux",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
+        // One target per broker, each linking only its own C library.
+        .target(name: "SpoutKafka", dependencies: ["SpoutCore", "CRdKafka", .product(name: "Metrics", package: "swift-metrics")]),
+        .target(name: "SpoutRedis", dependencies: ["SpoutCore", "CHiredis", .product(name: "Metrics", package: "swift-metrics")]),
+        .target(name: "SpoutNATS", dependencies: ["SpoutCore", "CNats", .product(name: "Metrics", package: "swift-metrics")]),
+        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://).
+        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS"]),
         // Test support: hosts librdkafka's mock Kafka cluster in its own process.
         .executableTarget(
             name: "spout-kafka-mock",
@@ -43,7 +56,7 @@ let package = Package(
         .executableTarget(
             name: "spout",
             dependencies: [
-                "SpoutCore",
+                "SpoutCore", "SpoutSinks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -60,9 +73,16 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
+            name: "SpoutSinkTests",
+            dependencies: [
+                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "CRdKafka", "CNats",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
+        .testTarget(
             name: "SpoutIntegrationTests",
             dependencies: [
-                "SpoutCore", "spout", "spout-kafka-mock",
+                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "spout", "spout-kafka-mock",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SpoutCore
+import SpoutSinks
 
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
@@ -67,14 +68,14 @@ struct SinkOptionGroup: ParsableArguments {
     static func validate(_ settings: Settings, maxInFlightEvents: Int) throws {
         let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
         let sink = sink(settings)
-        do { try SinkURL.validate(sink.value, options: options) } catch { throw relabelled(error, sink: sink, settings: settings) }
+        do { try SinkRegistry.validate(sink.value, options: options) } catch { throw relabelled(error, sink: sink, settings: settings) }
     }
 
     static func makeSink(_ settings: Settings, maxInFlightEvents: Int, log: Log) throws -> Sink {
         let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
         let sink = sink(settings)
         do {
-            return try SinkURL.makeSink(sink.value, options: options, log: log)
+            return try SinkRegistry.makeSink(sink.value, options: options, log: log)
         } catch {
             throw relabelled(error, sink: sink, settings: settings)
         }

@@ -43,6 +43,21 @@ final class ComposeTests: XCTestCase {
         }
     }
 
+    /// The image builds with a Swift at least as new as Package.swift's tools version.
+    func testDockerfileSwiftIsNewEnoughForThePackage() throws {
+        func version(_ text: String, after marker: String) throws -> [Int] {
+            let line = try XCTUnwrap(text.split(separator: "\n").first { $0.contains(marker) }, marker)
+            let value = line[try XCTUnwrap(line.range(of: marker)).upperBound...].trimmingCharacters(in: .whitespaces)
+            return value.split(separator: ".").compactMap { Int($0) }
+        }
+        let package = try String(contentsOf: Self.repository.appendingPathComponent("Package.swift"), encoding: .utf8)
+        let dockerfile = try String(contentsOf: Self.repository.appendingPathComponent("Dockerfile"), encoding: .utf8)
+        let tools = try version(package, after: "swift-tools-version:")
+        let image = try version(dockerfile, after: "ARG SWIFT_VERSION=")
+        XCTAssertFalse(tools.isEmpty || image.isEmpty)
+        XCTAssertFalse(image.lexicographicallyPrecedes(tools), "Dockerfile's Swift \(image) is older than swift-tools-version \(tools)")
+    }
+
     /// Each Spout service: configured only through SPOUT_* variables that `spout run
     /// --check-config` accepts, its own slot, restarted, started after PostgreSQL is healthy.
     func testEverySpoutServiceIsConfiguredWithVariablesSpoutUnderstands() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import SpoutCore
+@testable import SpoutKafka
 import XCTest
 
 /// The Kafka sink against librdkafka's mock cluster (its own process, the real wire protocol),

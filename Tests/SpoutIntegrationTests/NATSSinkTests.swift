@@ -1,5 +1,7 @@
 import Foundation
 import SpoutCore
+@testable import SpoutNATS
+import SpoutSinks
 import XCTest
 
 /// The NATS JetStream sink against real `nats-server -js` processes, through the `spout` executable.
@@ -258,11 +260,11 @@ final class NATSSinkTests: XCTestCase {
     /// rejected before connecting.
     func testCredentialsServerListAndBadURLs() throws {
         for bad in ["nats://", "nats://host:notaport", "nats://host:70000", "nats://h1,h2:1,", "nats://a/b", "nats://:pw@host"] {
-            XCTAssertThrowsError(try SinkURL.makeSink(bad), bad) { error in
+            XCTAssertThrowsError(try SinkRegistry.makeSink(bad), bad) { error in
                 guard case SpoutError.invalidOption = error else { return XCTFail("\(bad): \(error)") }
             }
         }
-        XCTAssertThrowsError(try SinkURL.makeSink("nats://user:hunter2@host:x")) { error in
+        XCTAssertThrowsError(try SinkRegistry.makeSink("nats://user:hunter2@host:x")) { error in
             XCTAssertFalse("\(error)".contains("hunter2"), "\(error)")
         }
 

@@ -1,6 +1,7 @@
 import CNats
 import Foundation
 import SpoutCore
+@testable import SpoutNATS
 import XCTest
 
 /// A `nats-server -js` child process on a free loopback port with its own store directory.

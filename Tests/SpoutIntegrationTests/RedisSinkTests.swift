@@ -1,5 +1,6 @@
 import Foundation
 import SpoutCore
+import SpoutSinks
 import XCTest
 
 /// The Redis Streams sink against real `redis-server` processes (RedisSupport.swift), through
@@ -530,7 +531,7 @@ final class RedisSinkTests: XCTestCase {
             ("redis://127.0.0.1:6379?timeout=1", "query"),
         ] {
             do {
-                _ = try SinkURL.makeSink(url, options: SinkOptions(), log: Log(level: .error))
+                _ = try SinkRegistry.makeSink(url, options: SinkOptions(), log: Log(level: .error))
                 XCTFail("\(url) accepted")
             } catch {
                 guard case let .invalidOption(message) = error else { return XCTFail("\(url): \(error)") }

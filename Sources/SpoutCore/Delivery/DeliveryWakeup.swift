@@ -1,7 +1,5 @@
-// timerfd comes with the hiredis shim and epoll with the NATS shim: Swift's Glibc module
-// exposes neither.
-import CHiredis
-import CNats
+// epoll and timerfd: Swift's Glibc module exposes neither.
+import CLinux
 import Foundation
 import Synchronization
 

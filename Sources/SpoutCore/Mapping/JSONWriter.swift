@@ -32,7 +32,7 @@ public enum JSONWriter {
     }
 
     /// An unsigned integer in decimal (a JSON number; also Redis entry ids and NATS reply subjects).
-    static func appendDecimal(_ value: UInt64, to output: inout [UInt8]) {
+    package static func appendDecimal(_ value: UInt64, to output: inout [UInt8]) {
         var divisor: UInt64 = 1
         while value / divisor >= 10 { divisor *= 10 }
         var rest = value
@@ -43,7 +43,7 @@ public enum JSONWriter {
         }
     }
 
-    static func appendString(_ string: String, to output: inout [UInt8]) {
+    package static func appendString(_ string: String, to output: inout [UInt8]) {
         var string = string
         string.withUTF8 { appendString(utf8: $0, to: &output) }
     }

@@ -274,7 +274,7 @@ public final class Relay {
 
 extension Duration {
     /// Whole milliseconds (rounded down, negative stays negative), for poll(2) timeouts.
-    var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+    package var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 
     /// Whole or fractional seconds, as a person writes them (`30`, `2.5`).
     var secondsText: String {

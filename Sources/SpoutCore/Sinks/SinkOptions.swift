@@ -1,0 +1,21 @@
+/// Settings of the broker sinks that are not part of their URL.
+public struct SinkOptions: Sendable {
+    public enum RedisIDs: String, Sendable, CaseIterable {
+        /// `*`: Redis assigns time-based ids.
+        case server
+        /// Ids derived from the commit LSN and the event's position in its transaction.
+        case lsn
+    }
+
+    /// librdkafka properties, passed through verbatim (`--kafka-property linger.ms=5`).
+    public var kafkaProperties: [(name: String, value: String)] = []
+    /// `XADD … MAXLEN ~ N` when set.
+    public var redisMaxLength: Int?
+    public var redisIDs: RedisIDs = .server
+    /// Create a JetStream stream of this name covering the topics when none exists.
+    public var natsCreateStream: String?
+    /// The relay's in-flight window; the delivery engine sizes its queue from it.
+    public var maxInFlightEvents = 10_000
+
+    public init() {}
+}

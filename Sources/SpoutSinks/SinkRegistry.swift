@@ -1,0 +1,46 @@
+import SpoutCore
+import SpoutKafka
+import SpoutNATS
+import SpoutRedis
+
+/// Every sink by its URL scheme: the one place that knows them all, so SpoutCore and each
+/// broker's target stay apart.
+public enum SinkRegistry {
+    public static func makeSink(_ url: String, options: SinkOptions = SinkOptions(), log: Log = Log()) throws(SpoutError) -> Sink {
+        guard let schemeEnd = url.range(of: "://") else {
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+        }
+        let scheme = url[..<schemeEnd.lowerBound].lowercased()
+        switch scheme {
+        case "stdout":
+            // stdout:// takes no host or settings: anything after it is a typo, not ignored.
+            guard url[schemeEnd.upperBound...].isEmpty else {
+                throw .invalidOption("--sink \(SinkURL.redacted(url)): stdout:// takes nothing after it; write just stdout://")
+            }
+            return StdoutSink()
+        case "kafka":
+            return try KafkaSink(url: url, options: options, log: log)
+        case "redis":
+            return try RedisStreamSink(url: url, options: options, log: log)
+        case "nats":
+            return try NATSJetStreamSink(url: url, options: options, log: log)
+        default:
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+        }
+    }
+
+    /// Checks a sink URL and its options as `makeSink` would, without connecting to anything
+    /// (`spout run --check-config`).
+    public static func validate(_ url: String, options: SinkOptions = SinkOptions()) throws(SpoutError) {
+        guard let schemeEnd = url.range(of: "://") else { _ = try makeSink(url, options: options); return }
+        switch url[..<schemeEnd.lowerBound].lowercased() {
+        case "kafka":
+            let properties = options.kafkaProperties.map { (name: $0.0, value: $0.1) }
+            _ = try KafkaSink.properties(bootstrap: try KafkaSink.bootstrapServers(url), user: properties)
+            _ = try KafkaSink.messageTimeout(properties)
+        case "redis": _ = try RedisURL(parsing: url)
+        case "nats": _ = try NATSEndpoint(url)
+        default: _ = try makeSink(url, options: options)
+        }
+    }
+}
