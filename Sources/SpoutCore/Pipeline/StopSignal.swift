@@ -45,16 +45,9 @@ private func writeSecondSignalLine() {
         if secondSignalFormat == .json {
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)
-            // Days since 1970-01-01 to a civil date (Howard Hinnant's days_from_civil, inverted).
-            let days = now.tv_sec / 86_400, secondOfDay = now.tv_sec % 86_400
-            let z = days + 719_468, era = (z >= 0 ? z : z - 146_096) / 146_097
-            let dayOfEra = z - era * 146_097
-            let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-            let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-            let monthIndex = (5 * dayOfYear + 2) / 153
-            let day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
-            let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
-            let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+            let days = Int64(now.tv_sec) / 86_400, secondOfDay = now.tv_sec % 86_400
+            // Integer arithmetic only, no allocation: safe in a signal handler.
+            let (year, month, day) = PostgresTimestamp.civilDate(daysSinceUnixEpoch: days)
             append("{\"time\":\"")
             append(Int(year), digits: 4); append("-"); append(Int(month), digits: 2); append("-"); append(Int(day), digits: 2)
             append("T"); append(Int(secondOfDay / 3600), digits: 2); append(":"); append(Int(secondOfDay / 60 % 60), digits: 2)
