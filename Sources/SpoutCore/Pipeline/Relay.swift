@@ -169,11 +169,18 @@ public final class Relay {
                 try send(event, ticket: ticket)
             case let .spool(event, topic):
                 if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
-                if let encoder { try spool.append(tag: topic) { encoder.encode(event, into: &$0) } } else { try spool.append(event, tag: topic) }
+                try keep(event, topic: topic)
             case let .debug(text): log.debug(text)
             case let .warning(text): log.warning(text)
             }
         }
+    }
+
+    /// Spools an event until its transaction commits: as the sink's bytes, when it encodes
+    /// before the commit LSN is known, so that work overlaps the server's.
+    private func keep(_ event: OutboxEvent, topic: Int32) throws(SpoutError) {
+        guard let encoder else { return try spool.append(event, tag: topic) }
+        try spool.append(tag: topic) { encoder.encode(event, into: &$0) }
     }
 
     /// Hands committed events from the spool to the sink while the window has room.
