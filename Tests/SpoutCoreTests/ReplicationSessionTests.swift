@@ -11,7 +11,7 @@ final class ReplicationSessionTests: XCTestCase {
     struct Driver: ~Copyable {
         var session: ReplicationSession
         /// What the relay's spool would hold.
-        var spool: [OutboxEvent] = []
+        var spool: [(event: OutboxEvent, topic: Int32)] = []
         /// What reached the sink, in order.
         var sent: [(event: OutboxEvent, ticket: UInt64)] = []
         var warnings: [String] = []
@@ -31,7 +31,7 @@ final class ReplicationSessionTests: XCTestCase {
             switch try session.receive(message, walEnd: walEnd, nowMicros: nowMicros) {
             case .none, .debug: break
             case let .send(event, ticket): sent.append((event, ticket))
-            case let .spool(event): spool.append(event)
+            case let .spool(event, topic): spool.append((event, topic))
             case let .warning(text): warnings.append(text)
             }
         }
@@ -59,8 +59,9 @@ final class ReplicationSessionTests: XCTestCase {
         /// What the relay does after reading: committed spooled events to the sink while there is room.
         mutating func dispatch() {
             while session.mayDispatchSpooled {
-                var event = spool.removeFirst()
-                let ticket = session.dispatchSpooled(&event, size: event.approximateSize)
+                var (event, topic) = spool.removeFirst()
+                let ticket: UInt64
+                (ticket, event.lsn) = session.dispatchSpooled(size: event.approximateSize, topic: topic)
                 sent.append((event, ticket))
             }
         }
@@ -432,7 +433,7 @@ final class ReplicationSessionTests: XCTestCase {
         message.flags = 1
         try driver.feed(.begin(fixture.begin))
         try driver.feed(.message(message))
-        XCTAssertEqual(driver.spool.first?.committedAt, fixture.begin.commitTime, "the transaction's commit time")
+        XCTAssertEqual(driver.spool.first?.event.committedAt, fixture.begin.commitTime, "the transaction's commit time")
         var commit = fixture.commit
         commit.endLSN = LSN(0x2000)
         try driver.feed(.commit(commit))
@@ -518,21 +519,30 @@ final class ReplicationSessionTests: XCTestCase {
     }
 
     func testTopicsPastTheCountedOnesShareOneCounter() throws {
-        var driver = Driver { $0.streaming = true; $0.maxInFlightEvents = 5000 }
-        let fixture = try SessionFixture.load()
-        try driver.feed(.begin(fixture.begin))
-        try driver.feed(.relation(fixture.relation))
-        for index in 0..<(ReplicationSession.countedTopics + 5) {
-            var message = try SessionFixture.logical(lsn: LSN(0x2000))
-            message.content = Array(#"{"aggregate_type": "t\#(index)", "payload": 1}"#.utf8)
-            message.flags = 1
-            try driver.feed(.message(message))
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming; $0.maxInFlightEvents = 5000 }
+            let fixture = try SessionFixture.load()
+            try driver.feed(.begin(fixture.begin))
+            try driver.feed(.relation(fixture.relation))
+            for index in 0..<(ReplicationSession.countedTopics + 5) {
+                var message = try SessionFixture.logical(lsn: LSN(0x2000))
+                message.content = Array(#"{"aggregate_type": "t\#(index)", "payload": 1}"#.utf8)
+                message.flags = 1
+                try driver.feed(.message(message))
+            }
+            try driver.feed(.commit(fixture.commit))
+            // Spooled events carry their topic (as the session counts it) through the spool.
+            driver.dispatch()
+            XCTAssertEqual(driver.sent.count, ReplicationSession.countedTopics + 5)
+            for (_, ticket) in driver.sent { driver.ack(ticket) }
+            XCTAssertEqual(driver.session.topics.count, ReplicationSession.countedTopics + 1)
+            XCTAssertEqual(driver.session.topics.last, "_other")
+            XCTAssertEqual(driver.session.topics[7], "outbox.t7")
+            XCTAssertEqual(driver.session.deliveredPerTopic[7], 1)
+            XCTAssertEqual(driver.session.deliveredPerTopic.last, 5)
+            XCTAssertEqual(driver.session.deliveredPerTopic.reduce(0, +), ReplicationSession.countedTopics + 5)
+            if !streaming { XCTAssertEqual(driver.sent.last?.event.lsn, fixture.commit.endLSN, "the commit LSN") }
         }
-        for (_, ticket) in driver.sent { driver.ack(ticket) }
-        XCTAssertEqual(driver.session.topics.count, ReplicationSession.countedTopics + 1)
-        XCTAssertEqual(driver.session.topics.last, "_other")
-        XCTAssertEqual(driver.session.deliveredPerTopic.last, 5)
-        XCTAssertEqual(driver.session.deliveredPerTopic.reduce(0, +), ReplicationSession.countedTopics + 5)
     }
 
     func testSinksNameThemselvesForMetrics() {

@@ -50,6 +50,8 @@ public final class Relay {
     private var session: ReplicationSession
     /// Events waiting for their commit or for room in the window (a sink that needs the commit LSN).
     private let spool: EventSpool
+    /// The sink, when it encodes events before their commit LSN is known: the spool keeps its bytes.
+    private let encoder: (any PreCommitEncoding)?
     private let metrics: RelayMetrics
 
     public var tracker: AckTracker { session.tracker }
@@ -79,6 +81,7 @@ public final class Relay {
         configuration.recordLatency = options.recordLatency
         session = ReplicationSession(start: start, configuration: configuration, mapper: mapper, verified: watch?.verified, now: clock.now)
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
+        encoder = sink as? any PreCommitEncoding
         self.metrics = RelayMetrics(sink: sink.metricsName, factory: metrics)
     }
 
@@ -164,23 +167,42 @@ public final class Relay {
             case let .send(event, ticket):
                 if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
                 try send(event, ticket: ticket)
-            case let .spool(event):
+            case let .spool(event, topic):
                 if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
-                try spool.append(event)
+                try keep(event, topic: topic)
             case let .debug(text): log.debug(text)
             case let .warning(text): log.warning(text)
             }
         }
     }
 
+    /// Spools an event until its transaction commits: as the sink's bytes, when it encodes
+    /// before the commit LSN is known, so that work overlaps the server's.
+    private func keep(_ event: OutboxEvent, topic: Int32) throws(SpoutError) {
+        guard let encoder else { return try spool.append(event, tag: topic) }
+        try spool.append(tag: topic) { encoder.encode(event, into: &$0) }
+    }
+
     /// Hands committed events from the spool to the sink while the window has room.
     private func dispatchSpooled() throws(SpoutError) {
         while session.mayDispatchSpooled {
-            guard var (event, size) = try spool.pop() else {
-                throw .spoolFailed("the event spool lost \(session.spooledCommitted) committed events")
+            if let encoder {
+                let popped = try spool.popRecord { (record, topic) throws(SpoutError) in
+                    // In the window: the record's bytes and a little for the sink's part of it.
+                    let (ticket, commitLSN) = session.dispatchSpooled(size: record.count + 64, topic: topic)
+                    do throws(SinkError) { try encoder.send(encoded: record, commitLSN: commitLSN, ticket: ticket) } catch {
+                        session.rejected(ticket)
+                        throw .sink(error)
+                    }
+                }
+                if popped { continue }
+            } else if var (event, size, topic) = try spool.pop() {
+                let ticket: UInt64
+                (ticket, event.lsn) = session.dispatchSpooled(size: size, topic: topic)
+                try send(event, ticket: ticket)
+                continue
             }
-            let ticket = session.dispatchSpooled(&event, size: size)
-            try send(event, ticket: ticket)
+            throw .spoolFailed("the event spool lost \(session.spooledCommitted) committed events")
         }
     }
 

@@ -3,19 +3,23 @@ import Foundation
 /// The events between the replication stream and a sink that needs their commit LSN, in
 /// commit order: those of the transaction being received and those committed but not yet
 /// handed to the sink. The session knows which are committed and their LSNs; the spool only
-/// keeps them, first in, first out.
+/// keeps them, first in, first out, each with a tag (the session's topic index) it hands back.
 ///
-/// Events are kept as values while they fit in `memoryLimit` bytes (by `approximateSize`),
-/// so the common case costs no encoding at all. Beyond it they are encoded
-/// (`SpooledEvent`) to an unlinked temporary file and decoded on their way out, so a
-/// million-row transaction or a long backlog takes the same memory as a small one.
+/// It keeps either events (`append(_:tag:)`, `pop`) or a sink's own records of them
+/// (`append(tag:encoding:)`, `popRecord`, for a `PreCommitEncoding` sink); the relay uses
+/// one kind throughout. Events are kept as values while they fit in `memoryLimit` bytes (by
+/// `approximateSize`), so the common case costs no encoding at all; beyond it they are encoded
+/// (`SpooledEvent`) and decoded on their way out. Records are kept as bytes up to
+/// `memoryLimit`. What does not fit goes to an unlinked temporary file, so a million-row
+/// transaction or a long backlog takes the same memory as a small one.
 final class EventSpool {
     private let memoryLimit: Int
 
-    // Oldest to newest: values (memory) → front (bytes read back from the file) → file →
-    // back (bytes written to the file in batches). Once anything is encoded, new events are
-    // encoded too until the encoded part has drained, so order holds.
-    private var values: [(event: OutboxEvent, size: Int)] = []
+    // Oldest to newest: values (memory) → front (records in memory, or read back from the
+    // file) → file → back (records written to the file in batches). Once anything is encoded,
+    // new events are encoded too until the encoded part has drained, so order holds. A record
+    // is framed as its length (UInt32) and tag (Int32), little-endian, then its bytes.
+    private var values: [(event: OutboxEvent, size: Int, tag: Int32)] = []
     private var valuesHead = 0
     private var valueBytes = 0
     private var encodedCount = 0
@@ -48,29 +52,58 @@ final class EventSpool {
         if file >= 0 { close(file) }
     }
 
-    func append(_ event: consuming OutboxEvent) throws(SpoutError) {
+    func append(_ event: consuming OutboxEvent, tag: Int32 = -1) throws(SpoutError) {
         let size = event.approximateSize
         if encodedCount == 0, valueBytes + size <= memoryLimit || valuesHead == values.count {
             if valuesHead == values.count, valuesHead > 0 {
                 values.removeAll(keepingCapacity: true)
                 valuesHead = 0
             }
-            values.append((event, size))
+            values.append((event, size, tag))
             valueBytes += size
             return
         }
-        releasePopped()
-        try Self.frame(into: &back) { SpooledEvent.encode(event, into: &$0) }
-        encodedCount += 1
-        if back.count >= Self.backBatchBytes { try flushBack() }
+        try append(tag: tag) { SpooledEvent.encode(event, into: &$0) }
     }
 
-    /// The oldest event and its `approximateSize` (taken once, here); nil when the spool is empty.
-    func pop() throws(SpoutError) -> (event: OutboxEvent, size: Int)? {
+    /// Appends a record that `encode` appends to the bytes it is given (a sink's
+    /// `PreCommitEncoding.encode`).
+    func append(tag: Int32, encoding encode: (inout [UInt8]) -> Void) throws(SpoutError) {
+        releasePopped()
+        // In memory while nothing older waits on disk and the memory part has room.
+        if valuesHead == values.count, readOffset == writeOffset, back.isEmpty, front.count - frontHead < memoryLimit {
+            try Self.frame(into: &front, tag: tag, encode)
+        } else {
+            try Self.frame(into: &back, tag: tag, encode)
+            if back.count >= Self.backBatchBytes { try flushBack() }
+        }
+        encodedCount += 1
+    }
+
+    /// Hands the oldest record (`append(tag:encoding:)`) and its tag to `body`; false when the
+    /// spool is empty. The bytes are valid only inside `body`.
+    func popRecord(_ body: (UnsafeRawBufferPointer, Int32) throws(SpoutError) -> Void) throws(SpoutError) -> Bool {
+        guard let (range, tag) = try nextEncoded() else { return false }
+        let result: Result<Void, SpoutError> = front.withUnsafeBytes { bytes in
+            do throws(SpoutError) {
+                try body(UnsafeRawBufferPointer(rebasing: bytes[range]), tag)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try result.get()
+        return true
+    }
+
+    /// The oldest event, its `approximateSize` (taken once, here) and its tag; nil when the
+    /// spool is empty.
+    func pop() throws(SpoutError) -> (event: OutboxEvent, size: Int, tag: Int32)? {
         if valuesHead < values.count {
             var event = Self.placeholder
             swap(&event, &values[valuesHead].event)
             let size = values[valuesHead].size
+            let tag = values[valuesHead].tag
             valuesHead += 1
             valueBytes -= size
             if valuesHead == values.count {
@@ -81,39 +114,54 @@ final class EventSpool {
                 values.removeFirst(valuesHead)
                 valuesHead = 0
             }
-            return (event, size)
+            return (event, size, tag)
         }
-        guard encodedCount > 0 else { return nil }
-        releasePopped()
-        guard let range = try nextRecord() else {
-            throw .spoolFailed("the event spool lost \(encodedCount) events")
-        }
-        encodedCount -= 1
+        guard let (range, tag) = try nextEncoded() else { return nil }
         let event = front.withUnsafeBytes { SpooledEvent.decode(UnsafeRawBufferPointer(rebasing: $0[range]), lsn: .zero) }
         guard let event else {
             throw .spoolFailed("the event spool is damaged (a record of \(range.count) bytes does not decode)")
         }
-        return (event, range.count + 64)
+        return (event, range.count + 64, tag)
+    }
+
+    /// The byte range (in `front`) and tag of the oldest record, taken out of the spool; nil
+    /// when no record is left.
+    private func nextEncoded() throws(SpoutError) -> (range: Range<Int>, tag: Int32)? {
+        guard encodedCount > 0 else { return nil }
+        releasePopped()
+        guard let record = try nextRecord() else {
+            throw .spoolFailed("the event spool lost \(encodedCount) events")
+        }
+        encodedCount -= 1
+        return record
     }
 
     /// What a popped slot holds until the array is compacted: no storage of its own.
     private static let placeholder = OutboxEvent(id: "", topic: "", key: nil, type: nil, payload: [], payloadFormat: .json,
                                                  headers: [], lsn: .zero, committedAt: PostgresTimestamp(rawValue: 0))
 
-    private static func frame(into buffer: inout [UInt8], _ write: (inout [UInt8]) -> Void) throws(SpoutError) {
+    /// A record's length and tag.
+    private static let headerBytes = 8
+
+    private static func frame(into buffer: inout [UInt8], tag: Int32, _ write: (inout [UInt8]) -> Void) throws(SpoutError) {
         let start = buffer.count
-        buffer.append(contentsOf: [0, 0, 0, 0] as [UInt8])
+        buffer.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0] as [UInt8])
         write(&buffer)
-        guard buffer.count - start - 4 <= Int(UInt32.max) else {
-            let size = buffer.count - start - 4
+        guard buffer.count - start - headerBytes <= Int(UInt32.max) else {
+            let size = buffer.count - start - headerBytes
             buffer.removeSubrange(start...)
             throw .spoolFailed("an event of \(size) bytes is too large for the event spool (at most 4 GiB)")
         }
-        let length = UInt32(buffer.count - start - 4)
-        buffer[start] = UInt8(truncatingIfNeeded: length)
-        buffer[start + 1] = UInt8(truncatingIfNeeded: length >> 8)
-        buffer[start + 2] = UInt8(truncatingIfNeeded: length >> 16)
-        buffer[start + 3] = UInt8(truncatingIfNeeded: length >> 24)
+        let length = UInt32(buffer.count - start - headerBytes)
+        let tag = UInt32(bitPattern: tag)
+        for index in 0..<4 {
+            buffer[start + index] = UInt8(truncatingIfNeeded: length >> (8 * index))
+            buffer[start + 4 + index] = UInt8(truncatingIfNeeded: tag >> (8 * index))
+        }
+    }
+
+    private static func uint32(_ buffer: [UInt8], at offset: Int) -> UInt32 {
+        UInt32(buffer[offset]) | UInt32(buffer[offset + 1]) << 8 | UInt32(buffer[offset + 2]) << 16 | UInt32(buffer[offset + 3]) << 24
     }
 
     /// Forgets popped records at the front: all of them once the front is used up, or the
@@ -130,21 +178,21 @@ final class EventSpool {
         }
     }
 
-    /// The byte range (in `front`) of the next record, loading it from the file or the back
-    /// buffer when the front has no whole record; nil when the spool is empty.
-    private func nextRecord() throws(SpoutError) -> Range<Int>? {
+    /// The byte range (in `front`) and tag of the next record, loading it from the file or the
+    /// back buffer when the front has no whole record; nil when the spool is empty.
+    private func nextRecord() throws(SpoutError) -> (range: Range<Int>, tag: Int32)? {
         while true {
             let available = front.count - frontHead
-            var needed = 4
-            if available >= 4 {
-                let length = Int(front[frontHead]) | Int(front[frontHead + 1]) << 8 | Int(front[frontHead + 2]) << 16
-                    | Int(front[frontHead + 3]) << 24
-                if available - 4 >= length {
-                    let start = frontHead + 4
+            var needed = Self.headerBytes
+            if available >= Self.headerBytes {
+                let length = Int(Self.uint32(front, at: frontHead))
+                if available - Self.headerBytes >= length {
+                    let tag = Int32(bitPattern: Self.uint32(front, at: frontHead + 4))
+                    let start = frontHead + Self.headerBytes
                     frontHead = start + length
-                    return start..<start + length
+                    return (start..<start + length, tag)
                 }
-                needed = 4 + length
+                needed = Self.headerBytes + length
             }
             if readOffset < writeOffset {
                 try readFile(needed: needed - available)

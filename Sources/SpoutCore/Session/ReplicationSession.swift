@@ -37,8 +37,9 @@ public struct ReplicationSession: ~Copyable {
         case none
         /// Hand the event to the sink now, with this ticket (a streaming sink: `lsn` is zero).
         case send(OutboxEvent, ticket: UInt64)
-        /// Keep the event in the spool until `dispatchSpooled` gives it a ticket and its commit LSN.
-        case spool(OutboxEvent)
+        /// Keep the event in the spool until `dispatchSpooled` gives it a ticket and its commit
+        /// LSN; `topic` (the session's index of its topic) goes back to `dispatchSpooled` with it.
+        case spool(OutboxEvent, topic: Int32)
         case debug(String)
         case warning(String)
     }
@@ -72,10 +73,10 @@ public struct ReplicationSession: ~Copyable {
     private var warnedRename: String?
 
     // Spooled events (a sink that needs the commit LSN): those of the open transaction, and
-    // committed ones waiting for room, with their transactions' commit LSNs in order.
+    // committed ones waiting for room, with their transactions' commit LSNs and times in order.
     private var spooledOpen = 0
     public private(set) var spooledCommitted = 0
-    private var spooledCommits: [(remaining: Int, endLSN: LSN)] = []
+    private var spooledCommits: [(remaining: Int, endLSN: LSN, committedAt: PostgresTimestamp)] = []
     private var spooledCommitsHead = 0
 
     // The in-flight window: sizes (and commit times, topics) of dispatched events by ticket,
@@ -223,11 +224,12 @@ public struct ReplicationSession: ~Copyable {
             guard let event else { return .none }
             return accept(event)
         case let .commit(commit):
-            guard transaction != nil else {
+            guard let begin = transaction else {
                 throw .protocolViolation(.invalidValue(message: "Commit", field: "transaction", value: 0), context: "Commit without Begin")
             }
             transaction = nil
-            committed(endLSN: commit.endLSN)
+            // The events' commit time is the Begin's, which the mapper gave them.
+            committed(endLSN: commit.endLSN, committedAt: begin.commitTime)
             // Every later transaction commits after this one: nothing more can be inside the end.
             if let end = configuration.endLSN, commit.endLSN >= end { reachedEnd = true }
             return .none
@@ -255,35 +257,37 @@ public struct ReplicationSession: ~Copyable {
         }
         if let start = configuration.startLSN, logical.lsn < start { return .none }
         let event: OutboxEvent?
-        do { event = try mapper.event(message: logical, committedAt: PostgresTimestamp(unixMicroseconds: nowMicros)) } catch {
+        let committedAt = PostgresTimestamp(unixMicroseconds: nowMicros)
+        do { event = try mapper.event(message: logical, committedAt: committedAt) } catch {
             throw .unmappableMessage(error, lsn: logical.lsn)
         }
         guard let event else { return .none }
         tracker.transactionBegan()
         let delivery = accept(event)
-        committed(endLSN: logical.lsn)
+        committed(endLSN: logical.lsn, committedAt: committedAt)
         return delivery
     }
 
     /// A decoded event: straight to a streaming sink (`canRead` made room), else to the spool.
     private mutating func accept(_ event: OutboxEvent) -> Delivery {
+        let topic = index(ofTopic: event.topic)
         guard configuration.streaming else {
             spooledOpen += 1
-            return .spool(event)
+            return .spool(event, topic: topic)
         }
         let ticket = tracker.issueTicket()
-        dispatched(event, size: event.approximateSize)
+        dispatched(size: event.approximateSize, topic: topic, committedAt: event.committedAt)
         return .send(event, ticket: ticket)
     }
 
-    private mutating func committed(endLSN: LSN) {
+    private mutating func committed(endLSN: LSN, committedAt: PostgresTimestamp) {
         if configuration.streaming {
             _ = tracker.transactionCommitted(endLSN: endLSN, eventCount: 0)
         } else {
             let count = spooledOpen
             spooledOpen = 0
             if count > 0 {
-                spooledCommits.append((count, endLSN))
+                spooledCommits.append((count, endLSN, committedAt))
                 spooledCommitted += count
             }
             _ = tracker.transactionCommitted(endLSN: endLSN, eventCount: count)
@@ -297,9 +301,9 @@ public struct ReplicationSession: ~Copyable {
     public var mayDispatchSpooled: Bool { spooledCommitted > 0 && dispatchHasRoom }
 
     /// The oldest committed event left the spool (`mayDispatchSpooled` was true), `size` bytes
-    /// of the window: stamps its commit LSN and returns its ticket.
-    public mutating func dispatchSpooled(_ event: inout OutboxEvent, size: Int) -> UInt64 {
-        event.lsn = spooledCommits[spooledCommitsHead].endLSN
+    /// of the window, with the `topic` its `.spool` gave: its ticket and its commit LSN.
+    public mutating func dispatchSpooled(size: Int, topic: Int32) -> (ticket: UInt64, commitLSN: LSN) {
+        let commit = spooledCommits[spooledCommitsHead]
         spooledCommits[spooledCommitsHead].remaining -= 1
         if spooledCommits[spooledCommitsHead].remaining == 0 {
             spooledCommitsHead += 1
@@ -313,15 +317,15 @@ public struct ReplicationSession: ~Copyable {
         }
         spooledCommitted -= 1
         let ticket = nextDispatchTicket
-        dispatched(event, size: size)
-        return ticket
+        dispatched(size: size, topic: topic, committedAt: commit.committedAt)
+        return (ticket, commit.endLSN)
     }
 
-    private mutating func dispatched(_ event: OutboxEvent, size: Int) {
+    private mutating func dispatched(size: Int, topic: Int32, committedAt: PostgresTimestamp) {
         let slot = Int(nextDispatchTicket % UInt64(inFlightSizes.count))
         inFlightSizes[slot] = size
-        inFlightTopics[slot] = index(ofTopic: event.topic)
-        inFlightCommitTimes[slot] = event.committedAt
+        inFlightTopics[slot] = topic
+        inFlightCommitTimes[slot] = committedAt
         inFlightBytes += size
         dispatchedUnacknowledged += 1
         nextDispatchTicket += 1

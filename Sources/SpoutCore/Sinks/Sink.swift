@@ -11,7 +11,8 @@ public protocol Sink: AnyObject {
     /// Whether the sink needs an event's commit LSN (`OutboxEvent.lsn`), which PostgreSQL
     /// sends only after the transaction's last row. A sink that does not gets each event as
     /// soon as it is decoded, with `lsn` zero, so its work overlaps the server's. One that
-    /// does gets a transaction's events after its Commit (the relay keeps them meanwhile).
+    /// does gets a transaction's events after its Commit (the relay keeps them meanwhile;
+    /// a sink that is also `PreCommitEncoding` encodes them as they are decoded).
     var needsCommitLSN: Bool { get }
 
     /// Makes progress (flushes, reads acknowledgements) and reports each finished ticket.
@@ -38,6 +39,23 @@ extension Sink {
         for name in ["stdout", "redis", "nats", "kafka", "amqp", "stomp", "http"] where type.hasPrefix(name) { return name }
         return type.hasSuffix("sink") ? String(type.dropLast(4)) : type
     }
+}
+
+/// A sink that needs the commit LSN but can do most of its encoding without it: the relay
+/// has it encode each event as soon as it is decoded, while the server is still sending the
+/// transaction, and keeps the sink's bytes (in memory or its spool file) instead of the event.
+/// After the Commit it hands them back with the LSN, so what is left is little more than a
+/// copy. Optional: a sink without it gets the event itself, with its `lsn`, from `send`.
+///
+/// The bytes are the sink's own; the relay only frames and keeps them, in commit order, on
+/// the relay's thread like every other call.
+public protocol PreCommitEncoding: Sink {
+    /// Appends `event`'s encoding, without its commit LSN (`lsn` is zero), to `record`.
+    func encode(_ event: OutboxEvent, into record: inout [UInt8])
+
+    /// Accepts an event `encode` wrote, now that its transaction's commit LSN is known, like
+    /// `send`. The bytes are valid only during the call.
+    func send(encoded record: UnsafeRawBufferPointer, commitLSN: LSN, ticket: UInt64) throws(SinkError)
 }
 
 public enum SinkCompletion: Sendable {

@@ -3,7 +3,7 @@ import Foundation
 /// Writes one event per line to a file descriptor (stdout by default) and acknowledges
 /// each event once its line has been written. Lines are batched into one `write(2)` per
 /// poll, not one per event.
-public final class StdoutSink: Sink {
+public final class StdoutSink: Sink, PreCommitEncoding {
     public enum Format: String, Sendable, CaseIterable {
         /// One JSON object per line: id, topic, key, type, payload, headers, committed_at, lsn.
         case json
@@ -48,6 +48,28 @@ public final class StdoutSink: Sink {
         case .pretty: appendPretty(event)
         }
         try lineAppended(ticket: ticket)
+    }
+
+    public func encode(_ event: OutboxEvent, into record: inout [UInt8]) {
+        switch format {
+        // The line up to its LSN, which comes last: sending it later is a copy.
+        case .json: Self.appendJSONLineHead(event, to: &record)
+        case .pretty: SpooledEvent.encode(event, into: &record)
+        }
+    }
+
+    public func send(encoded record: UnsafeRawBufferPointer, commitLSN: LSN, ticket: UInt64) throws(SinkError) {
+        switch format {
+        case .json:
+            buffer.append(contentsOf: record)
+            Self.appendJSONLineTail(lsn: commitLSN, to: &buffer)
+            try lineAppended(ticket: ticket)
+        case .pretty:
+            guard let event = SpooledEvent.decode(record, lsn: commitLSN) else {
+                throw SinkError(.permanent, "the event spool is damaged (a record of \(record.count) bytes does not decode)")
+            }
+            try send(event, ticket: ticket)
+        }
     }
 
     /// The line for `ticket` ends at the buffer's end; write once 64 KiB are waiting.
@@ -99,6 +121,12 @@ public final class StdoutSink: Sink {
     /// column's own line breaks removed), text as a string, bytea as base64 with
     /// `"payload_encoding":"base64"`.
     public static func appendJSONLine(_ event: OutboxEvent, to output: inout [UInt8]) {
+        appendJSONLineHead(event, to: &output)
+        appendJSONLineTail(lsn: event.lsn, to: &output)
+    }
+
+    /// The JSON line up to the value of its last field, the LSN.
+    static func appendJSONLineHead(_ event: OutboxEvent, to output: inout [UInt8]) {
         func key(_ name: StaticString) {
             output.append(contentsOf: UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
         }
@@ -134,8 +162,13 @@ public final class StdoutSink: Sink {
         key("},\"committed_at\":\"")
         event.committedAt.appendISO8601(to: &output)
         key("\",\"lsn\":\"")
-        event.lsn.appendText(to: &output)
-        key("\"}\n")
+    }
+
+    static func appendJSONLineTail(lsn: LSN, to output: inout [UInt8]) {
+        lsn.appendText(to: &output)
+        output.append(UInt8(ascii: "\""))
+        output.append(UInt8(ascii: "}"))
+        output.append(UInt8(ascii: "\n"))
     }
 
     private func appendPretty(_ event: OutboxEvent) {
