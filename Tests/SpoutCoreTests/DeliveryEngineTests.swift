@@ -205,21 +205,37 @@ final class DeliveryEngineTests: XCTestCase {
         XCTAssertFalse(engine.inOutage)
     }
 
-    func testPermanentFailureIsReportedThenStopsTheSink() throws {
-        for ticket: UInt64 in 0..<3 { try engine.send(event(ticket), ticket: ticket) }
+    func testPermanentFailureStopsSendingButEarlierAcknowledgementsStillCount() throws {
+        for ticket: UInt64 in 0..<4 { try engine.send(event(ticket), ticket: ticket) }
         try poll()
-        adapter.script = [{ $0.delivered(0) }, { $0.fail(1, "the broker refused it") }]
-        var reported: [SinkCompletion] = []
-        XCTAssertThrowsError(try engine.poll { reported.append($0) }) { error in
-            XCTAssertEqual((error as? SinkError)?.eventID, "e1")
-        }
-        XCTAssertEqual(reported.count, 2, "the relay takes the reports first")
-        guard case let .failed(ticket, error) = reported[1] else { return XCTFail("\(reported)") }
-        XCTAssertEqual(ticket, 1)
-        XCTAssertEqual(error.description, "sink failed on event \"e1\" for topic \"t\": the broker refused it")
-        XCTAssertThrowsError(try engine.send(event(3), ticket: 3))
+        XCTAssertEqual(adapter.sent, [0, 1, 2, 3])
+        // The broker refuses 2; 0 and 1 are still on their way back, 3 was sent behind it.
+        adapter.script = [{ $0.fail(2, "the broker refused it") }]
+        let first = try poll()
+        XCTAssertEqual(first.count, 2, "\(first)")
+        guard case let .failed(ticket, error) = first[0] else { return XCTFail("\(first)") }
+        XCTAssertEqual(ticket, 2)
+        XCTAssertEqual(error.description, "sink failed on event \"e2\" for topic \"t\": the broker refused it")
+        guard case let .failed(behind, notPublished) = first[1] else { return XCTFail("\(first)") }
+        XCTAssertEqual(behind, 3, "what is behind the failed event fails at once: the relay's drain does not wait for it")
+        XCTAssertTrue(notPublished.message.hasPrefix("not published"), notPublished.message)
+        XCTAssertTrue(engine.isStopped)
+        // Events handed over later (the relay's drain) fail too, and nothing more goes out.
+        try engine.send(event(4), ticket: 4)
+        adapter.script = [{ $0.delivered(1) }, { $0.delivered(0) }, { $0.delivered(3) }]
+        let later = try poll()
+        XCTAssertEqual(delivered(later), [1, 0], "acknowledgements of events before the failed one still arrive")
+        XCTAssertEqual(later.count, 3, "\(later)")
+        XCTAssertEqual(adapter.sent, [0, 1, 2, 3], "nothing more goes out")
+    }
+
+    func testSinkFailureThrowsFromEveryLaterCall() throws {
+        try engine.send(event(0), ticket: 0)
+        try poll()
+        adapter.script = [{ $0.stop(SinkError(.permanent, "the broker closed the account")) }]
+        XCTAssertThrowsError(try poll())
+        XCTAssertThrowsError(try engine.send(event(1), ticket: 1))
         XCTAssertThrowsError(try poll(), "every later poll throws it")
-        XCTAssertEqual(adapter.sent, [0, 1, 2], "nothing more goes out")
     }
 
     func testAdapterErrorStopsTheSink() throws {

@@ -15,8 +15,11 @@ import CoreMetrics
 ///   unacknowledged event back to waiting and holds sending back for a backoff, so the
 ///   oldest goes out again first and per-key order survives;
 /// - every ticket is reported exactly once, delivered or failed, from `poll`;
-/// - after a permanent failure (`fail`, `stop`) nothing more is sent and every later `send`
-///   and `poll` throws it: the relay stops, confirming nothing past the failed event.
+/// - after an event's permanent failure (`fail`) nothing more is sent: every event behind it
+///   fails at once ("not published"), while acknowledgements of events before it are still
+///   read and reported, so the relay confirms all that came before the failed event;
+/// - after a failure of the sink itself (`stop`, an error from the adapter) every later
+///   `send` and `poll` throws it.
 open class DeliveryEngine: Sink {
     public let wakeup: DeliveryWakeup
     /// The outstanding events, in ticket order.
@@ -30,6 +33,8 @@ open class DeliveryEngine: Sink {
     private var retryAt: ContinuousClock.Instant?
     /// Once set, every `send` and `poll` throws it.
     private var failure: SinkError?
+    /// The first event that failed for good: nothing after it is sent.
+    private var failedTicket: UInt64?
     /// Reported by the next `poll`.
     private var completions: [SinkCompletion] = []
     private let metrics: DeliveryMetrics
@@ -78,6 +83,10 @@ open class DeliveryEngine: Sink {
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
         if let failure { throw failure }
+        if failedTicket != nil {
+            completions.append(.failed(ticket: ticket, Self.notPublished(event)))
+            return
+        }
         guard queue.append(event, ticket: ticket) else {
             throw SinkError(.permanent, "internal error: ticket \(ticket) out of sequence", eventID: event.id, topic: event.topic)
         }
@@ -124,8 +133,8 @@ open class DeliveryEngine: Sink {
         return clock() < retryAt
     }
 
-    /// A permanent failure stopped the sink.
-    public var isStopped: Bool { failure != nil }
+    /// Nothing more is sent: an event failed for good, or the sink did.
+    public var isStopped: Bool { failure != nil || failedTicket != nil }
 
     /// The oldest waiting event: the next to send.
     public func nextWaiting() -> DeliveryQueue.Entry? {
@@ -166,7 +175,21 @@ open class DeliveryEngine: Sink {
     public func fail(_ ticket: UInt64, _ error: SinkError) {
         guard queue.finish(ticket) else { return }
         completions.append(.failed(ticket: ticket, error))
-        stop(error)
+        guard failedTicket.map({ ticket < $0 }) ?? true else { return }
+        failedTicket = ticket
+        // What waits or is in flight behind it can never be confirmed: fail it now rather than
+        // leave the relay's drain waiting for it; what came before is still acknowledged.
+        var later = ticket + 1
+        while later < queue.endTicket {
+            if let entry = queue[later], entry.state != .finished, queue.finish(later) {
+                completions.append(.failed(ticket: later, Self.notPublished(entry.event)))
+            }
+            later += 1
+        }
+    }
+
+    private static func notPublished(_ event: OutboxEvent) -> SinkError {
+        SinkError(.permanent, "not published: an earlier event failed permanently", eventID: event.id, topic: event.topic)
     }
 
     /// A permanent failure not tied to one event (a refused login): the sink stops, and the

@@ -91,6 +91,7 @@ public struct ReplicationSession: ~Copyable {
     private var failedTickets: Set<UInt64> = []
     /// The first failure the sink reported and the relay has not yet taken.
     private var sinkFailure: SinkError?
+    private var sinkFailureTaken = false
     public private(set) var failedEvents = 0
     /// The commit time of the event acknowledged last, and when: a sample of commit → ack
     /// latency for metrics, without a clock read or a histogram per event.
@@ -395,10 +396,12 @@ public struct ReplicationSession: ~Copyable {
         return true
     }
 
-    /// The first failure the sink reported since the last call: the relay stops with it
-    /// (after delivering and confirming what came before).
+    /// The first failure the sink reported, once: the relay stops with it (after delivering and
+    /// confirming what came before). Failures after it (events behind it that were never
+    /// published) are its consequence and do not cut the drain short.
     public mutating func takeSinkFailure() -> SinkError? {
-        defer { sinkFailure = nil }
+        guard !sinkFailureTaken, let sinkFailure else { return nil }
+        sinkFailureTaken = true
         return sinkFailure
     }
 
