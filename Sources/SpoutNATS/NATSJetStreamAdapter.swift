@@ -138,15 +138,16 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
     /// Publishes waiting events in ticket order while the PubAck window has room. A
     /// permanently failed event stops the engine: nothing after it goes out.
     private func publishWaiting(_ engine: DeliveryEngine) {
-        while let connection, !engine.isStopped, engine.queue.sentCount < publishWindow, let entry = engine.nextWaiting() {
-            let topic = entry.event.topic
+        while let connection, !engine.isStopped, engine.sentCount < publishWindow, let ticket = engine.nextWaitingTicket(),
+              let event = engine.event(ticket) {
+            let topic = event.topic
             if !readySubjects.contains(topic) {
                 if let problem = rejectedSubjects[topic] {
-                    engine.fail(entry.ticket, problem)
+                    engine.fail(ticket, problem)
                     return
                 }
                 if let problem = NATSWireRules.subjectProblem(topic) {
-                    engine.fail(entry.ticket, "topic \"\(topic)\" is not a valid NATS subject (\(problem)): change --topic or the values it is built from")
+                    engine.fail(ticket, "topic \"\(topic)\" is not a valid NATS subject (\(problem)): change --topic or the values it is built from")
                     return
                 }
                 if checkingSubject == nil {
@@ -156,25 +157,25 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
                 return
             }
             do {
-                if try connection.publish(entry.event, ticket: entry.ticket), !warnedReservedHeader {
+                if try connection.publish(event, ticket: ticket), !warnedReservedHeader {
                     warnedReservedHeader = true
-                    log.warning("event headers named Nats-… are not passed to NATS (they would steer the server); first seen on event \"\(entry.event.id)\"")
+                    log.warning("event headers named Nats-… are not passed to NATS (they would steer the server); first seen on event \"\(event.id)\"")
                 }
             } catch {
                 switch error.status {
                 case NATS_MAX_PAYLOAD:
-                    engine.fail(entry.ticket, "the message (\(entry.event.payload.count) bytes of payload plus headers) exceeds the NATS server's max_payload of \(connection.maxPayload) bytes: raise max_payload in the nats-server configuration")
+                    engine.fail(ticket, "the message (\(event.payload.count) bytes of payload plus headers) exceeds the NATS server's max_payload of \(connection.maxPayload) bytes: raise max_payload in the nats-server configuration")
                 case NATS_NO_SERVER_SUPPORT:
-                    engine.fail(entry.ticket, "the NATS server does not support message headers, which spout needs (Nats-Msg-Id): use nats-server 2.2 or newer")
+                    engine.fail(ticket, "the NATS server does not support message headers, which spout needs (Nats-Msg-Id): use nats-server 2.2 or newer")
                 case NATS_INVALID_SUBJECT:
-                    engine.fail(entry.ticket, "cannot publish to NATS: \(error)")
+                    engine.fail(ticket, "cannot publish to NATS: \(error)")
                 default:
                     // The connection's trouble, not the event's: publish it again on a new one.
                     abandonConnection(engine, error.description)
                 }
                 return
             }
-            engine.markSent(entry.ticket)
+            engine.markSent(ticket)
         }
     }
 
@@ -227,7 +228,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
         for completion in completions {
             // The ticket comes from a PubAck subject (the network): only one published and
             // unacknowledged counts.
-            guard engine.queue.state(completion.ticket) == .sent else { continue }
+            guard engine.state(completion.ticket) == .sent else { continue }
             guard let failure = completion.failure else {
                 engine.delivered(completion.ticket)
                 continue
@@ -238,7 +239,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
             }
             // A PubAck names a JetStream error; "no responders" never gets here (`receive`
             // reports it without a ticket, as `broken`).
-            if transient == nil, let event = engine.entry(completion.ticket)?.event {
+            if transient == nil, let event = engine.event(completion.ticket) {
                 transient = "JetStream did not store an event on subject \"\(event.topic)\": \(failure)"
             }
         }

@@ -370,11 +370,11 @@ final class RedisStreamAdapter: DeliveryAdapter {
     private func gatherBatch(_ engine: DeliveryEngine) -> Bool {
         batchTickets.removeAll(keepingCapacity: true)
         var bytes = 0
-        var next = engine.nextWaiting()
-        while let entry = next, batchTickets.count < Self.maxBatchEvents, batchTickets.isEmpty || bytes < Self.maxBatchBytes {
-            bytes += entry.event.approximateSize
-            batchTickets.append(entry.ticket)
-            next = engine.waiting(after: entry.ticket)
+        var next = engine.nextWaitingTicket()
+        while let ticket = next, batchTickets.count < Self.maxBatchEvents, batchTickets.isEmpty || bytes < Self.maxBatchBytes {
+            bytes += engine.size(ticket) ?? 0
+            batchTickets.append(ticket)
+            next = engine.waitingTicket(after: ticket)
         }
         return !batchTickets.isEmpty
     }
@@ -390,8 +390,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
         try connection.append(&command)
         let now = clock.now
         for ticket in batchTickets {
-            guard let entry = engine.entry(ticket) else { throw RedisConnection.Failure(reason: "internal error: event \(ticket) is gone") }
-            try appendXADD(entry, on: connection)
+            guard let event = engine.event(ticket) else { throw RedisConnection.Failure(reason: "internal error: event \(ticket) is gone") }
+            try appendXADD(event, position: engine.position(ticket) ?? 0, on: connection)
             engine.markSent(ticket, at: now)
         }
         command.reset()
@@ -400,8 +400,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
         batch = Batch(count: batchTickets.count, queuedRepliesLeft: batchTickets.count + 1, refused: nil, deadline: now + Self.replyTimeout)
     }
 
-    private func appendXADD(_ entry: DeliveryQueue.Entry, on connection: RedisConnection) throws(RedisConnection.Failure) {
-        let event = entry.event
+    /// `position`: the event's in its transaction (`DeliveryQueue.Entry.position`), for `--redis-ids lsn`.
+    private func appendXADD(_ event: OutboxEvent, position: UInt32, on connection: RedisConnection) throws(RedisConnection.Failure) {
         command.reset()
         command.add("XADD")
         command.add(event.topic)
@@ -411,7 +411,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
             command.add(maxLength)
         }
         if lsnIDs {
-            addEntryID(of: entry)
+            addEntryID(lsn: event.lsn, position: position)
         } else {
             command.add("*")
         }
@@ -443,10 +443,14 @@ final class RedisStreamAdapter: DeliveryAdapter {
 
     /// `<commit LSN>-<position in the transaction>`, the entry id of `--redis-ids lsn`.
     private func addEntryID(of entry: DeliveryQueue.Entry) {
+        addEntryID(lsn: entry.event.lsn, position: entry.position)
+    }
+
+    private func addEntryID(lsn: LSN, position: UInt32) {
         command.add { bytes in
-            JSONWriter.appendDecimal(entry.event.lsn.rawValue, to: &bytes)
+            JSONWriter.appendDecimal(lsn.rawValue, to: &bytes)
             bytes.append(UInt8(ascii: "-"))
-            JSONWriter.appendDecimal(UInt64(entry.position), to: &bytes)
+            JSONWriter.appendDecimal(UInt64(position), to: &bytes)
         }
     }
 

@@ -77,6 +77,37 @@ final class DeliveryQueueTests: XCTestCase {
         XCTAssertEqual((0..<6).map { queue[UInt64($0)]?.position }, [0, 1, 2, 0, 0, 1])
     }
 
+    /// The per-event accessors read what the entry copy (`subscript`) gives, and the times the
+    /// queue stores as offsets come back as the very instants given.
+    func testTicketAccessorsAgreeWithTheEntries() {
+        var queue = DeliveryQueue(capacity: 2)
+        var payloadEvent = event(7, lsn: 100)
+        payloadEvent.payload = Array(repeating: 1, count: 300)
+        payloadEvent.headers = [.init(name: "h", value: "v")]
+        _ = queue.append(event(6, lsn: 100), ticket: 6)
+        _ = queue.append(payloadEvent, ticket: 7)
+        _ = queue.append(event(8, lsn: 200), ticket: 8) // grows the ring
+        for ticket: UInt64 in 6...8 {
+            let entry = queue[ticket]
+            XCTAssertEqual(queue.event(ticket), entry?.event)
+            XCTAssertEqual(queue.position(ticket), entry?.position)
+            XCTAssertEqual(queue.state(ticket), entry?.state)
+            XCTAssertEqual(queue.size(ticket), entry?.event.approximateSize)
+        }
+        XCTAssertEqual(queue.position(7), 1)
+        XCTAssertNil(queue.event(9))
+        XCTAssertNil(queue.size(5))
+        let sentAt = start + .nanoseconds(123_456_789) + .seconds(-3)
+        queue.markSent(6, at: sentAt)
+        XCTAssertEqual(queue[6]?.sentAt, sentAt)
+        XCTAssertEqual(queue.oldestSentAt, sentAt)
+        XCTAssertEqual(queue.state(6), .sent)
+        queue.rewind(at: start + .seconds(1))
+        XCTAssertEqual(queue[6]?.firstFailureAt, start + .seconds(1))
+        XCTAssertTrue(queue.finish(6))
+        XCTAssertNil(queue.event(6), "freed")
+    }
+
     // MARK: Retry policy
 
     func testBackoffDoublesToItsCeilingWithJitterAndResets() {
@@ -116,6 +147,7 @@ final class DeliveryQueueTests: XCTestCase {
         var outage = OutageState()
         XCTAssertNil(outage.recovered(at: start), "no outage to end")
         XCTAssertTrue(outage.failed(at: start))
+        XCTAssertEqual(outage.since, start)
         XCTAssertFalse(outage.failed(at: start + .seconds(1)), "the same outage")
         XCTAssertEqual(outage.length(at: start + .seconds(3)), .seconds(3))
         XCTAssertEqual(outage.recovered(at: start + .milliseconds(12_340)), .milliseconds(12_340))

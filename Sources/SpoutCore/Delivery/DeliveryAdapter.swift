@@ -5,8 +5,9 @@
 ///
 /// The engine calls the adapter on the relay's thread only, passing itself; the adapter
 /// answers through it:
-/// - `engine.nextWaiting()` / `engine.waiting(after:)` and `engine.markSent(_:)` to send
-///   events in ticket order;
+/// - `engine.nextWaitingTicket()` / `engine.waitingTicket(after:)`, `engine.event(_:)` and
+///   `engine.markSent(_:)` to send events in ticket order (per event, these read the queue in
+///   place; `nextWaiting()` / `entry(_:)` copy a whole entry, for the rare paths);
 /// - `engine.delivered(_:)` and `engine.fail(_:_:)` for what the broker acknowledged or
 ///   refused for good;
 /// - `engine.retry(after:warning:)` for a transient failure: every sent event goes back to

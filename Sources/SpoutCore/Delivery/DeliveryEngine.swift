@@ -125,40 +125,71 @@ open class DeliveryEngine: Sink {
     // MARK: For adapters
 
     /// The engine's clock (tests inject theirs).
-    public var now: ContinuousClock.Instant { clock() }
+    public final var now: ContinuousClock.Instant { clock() }
 
     /// A backoff after a transient failure holds sending and reconnecting back.
-    public var isBackingOff: Bool {
+    public final var isBackingOff: Bool {
         guard let retryAt else { return false }
         return clock() < retryAt
     }
 
     /// Nothing more is sent: an event failed for good, or the sink did.
-    public var isStopped: Bool { failure != nil || failedTicket != nil }
+    public final var isStopped: Bool { failure != nil || failedTicket != nil }
+
+    // Per event, adapters use the ticket methods and `event(_:)`: they read the queue in place
+    // (`queue` from outside the engine is a copy of it). The entry methods copy a whole entry.
+
+    /// The oldest waiting ticket: the next to send.
+    public final func nextWaitingTicket() -> UInt64? { queue.nextWaiting() }
+
+    /// The waiting ticket after `ticket`, to gather a batch before marking it sent.
+    public final func waitingTicket(after ticket: UInt64) -> UInt64? { inPlace { $0.waiting(after: ticket) } }
+
+    /// The event of a ticket the queue holds.
+    public final func event(_ ticket: UInt64) -> OutboxEvent? { inPlace { $0.event(ticket) } }
+
+    /// The event's `approximateSize` (taken when it arrived), to size a batch without a copy.
+    public final func size(_ ticket: UInt64) -> Int? { inPlace { $0.size(ticket) } }
+
+    /// The event's position in its transaction (`DeliveryQueue.Entry.position`).
+    public final func position(_ ticket: UInt64) -> UInt32? { inPlace { $0.position(ticket) } }
+
+    /// Where a ticket stands; nil when the queue does not hold it.
+    public final func state(_ ticket: UInt64) -> DeliveryQueue.State? { inPlace { $0.state(ticket) } }
+
+    /// Events with the broker (the publish window in use).
+    public final var sentCount: Int { queue.sentCount }
 
     /// The oldest waiting event: the next to send.
-    public func nextWaiting() -> DeliveryQueue.Entry? {
-        queue.nextWaiting().flatMap { queue[$0] }
+    public final func nextWaiting() -> DeliveryQueue.Entry? {
+        inPlace { queue in queue.nextWaiting().flatMap { queue[$0] } }
     }
 
     /// The waiting event after `ticket`, to gather a batch before marking it sent.
-    public func waiting(after ticket: UInt64) -> DeliveryQueue.Entry? {
-        queue.waiting(after: ticket).flatMap { queue[$0] }
+    public final func waiting(after ticket: UInt64) -> DeliveryQueue.Entry? {
+        inPlace { queue in queue.waiting(after: ticket).flatMap { queue[$0] } }
     }
 
-    public func entry(_ ticket: UInt64) -> DeliveryQueue.Entry? { queue[ticket] }
+    public final func entry(_ ticket: UInt64) -> DeliveryQueue.Entry? { inPlace { $0[ticket] } }
+
+    /// Reads the queue in place. `queue.method()` on the stored property would copy the queue
+    /// for the call (retaining its arrays, then releasing them): a cost per event otherwise.
+    @inline(__always)
+    private func inPlace<Result>(_ body: (inout DeliveryQueue) -> Result) -> Result {
+        body(&queue)
+    }
 
     /// Events wait to be sent.
-    public var hasWaiting: Bool { queue.hasWaiting }
+    public final var hasWaiting: Bool { queue.hasWaiting }
 
     /// The event is with the broker now.
-    public func markSent(_ ticket: UInt64, at instant: ContinuousClock.Instant? = nil) {
+    public final func markSent(_ ticket: UInt64, at instant: ContinuousClock.Instant? = nil) {
         queue.markSent(ticket, at: instant ?? clock())
     }
 
     /// The broker acknowledged the event. Also ends an outage. A ticket not held (reported
     /// already) is ignored; one waiting to be sent again counts: an acknowledgement is one.
-    public func delivered(_ ticket: UInt64) {
+    public final func delivered(_ ticket: UInt64) {
         guard queue.finish(ticket) else { return }
         completions.append(.delivered(ticket: ticket))
         backoff.reset()
@@ -167,12 +198,12 @@ open class DeliveryEngine: Sink {
 
     /// The broker refused the event for good: it fails with `message` (naming the event),
     /// and the sink stops.
-    public func fail(_ ticket: UInt64, _ message: String) {
+    public final func fail(_ ticket: UInt64, _ message: String) {
         guard let entry = queue[ticket] else { return }
         fail(ticket, SinkError(.permanent, message, eventID: entry.event.id, topic: entry.event.topic))
     }
 
-    public func fail(_ ticket: UInt64, _ error: SinkError) {
+    public final func fail(_ ticket: UInt64, _ error: SinkError) {
         guard queue.finish(ticket) else { return }
         completions.append(.failed(ticket: ticket, error))
         guard failedTicket.map({ ticket < $0 }) ?? true else { return }
@@ -181,8 +212,8 @@ open class DeliveryEngine: Sink {
         // leave the relay's drain waiting for it; what came before is still acknowledged.
         var later = ticket + 1
         while later < queue.endTicket {
-            if let entry = queue[later], entry.state != .finished, queue.finish(later) {
-                completions.append(.failed(ticket: later, Self.notPublished(entry.event)))
+            if let event = queue.event(later), queue.finish(later) {
+                completions.append(.failed(ticket: later, Self.notPublished(event)))
             }
             later += 1
         }

@@ -18,6 +18,7 @@ public struct DeliveryQueue: Sendable {
         case finished
     }
 
+    /// One held event and its bookkeeping, as `subscript` hands it out (a copy).
     public struct Entry: Sendable {
         public var ticket: UInt64
         public var event: OutboxEvent
@@ -33,7 +34,24 @@ public struct DeliveryQueue: Sendable {
         public var firstFailureAt: ContinuousClock.Instant?
     }
 
-    private var slots: [Entry?]
+    /// An entry's bookkeeping, apart from its event: plain values of fixed layout, so the
+    /// per-event reads and writes (state, markSent, finish) neither copy the event (and
+    /// retain its strings and arrays) nor go through runtime value witnesses, as a stored
+    /// `ContinuousClock.Instant` would make them (a resilient standard-library type).
+    private struct Mark {
+        var state: State = .waiting
+        var position: UInt32 = 0
+        var attempts: UInt32 = 0
+        /// `approximateSize` of the event, taken once when it arrives (batching by bytes).
+        var size: UInt32 = 0
+        /// `StoredInstant`s.
+        var sentAt: Duration?
+        var firstFailureAt: Duration?
+    }
+
+    private var marks: [Mark]
+    /// The events, slot by slot like `marks`; nil in a free slot.
+    private var events: [OutboxEvent?]
     private var head = 0
     /// Unfinished and finished-but-not-yet-freed entries from `head`.
     public private(set) var count = 0
@@ -52,7 +70,8 @@ public struct DeliveryQueue: Sendable {
     public init(capacity: Int) {
         var size = 16
         while size < capacity, size < 1 << 20 { size <<= 1 }
-        slots = [Entry?](repeating: nil, count: size)
+        marks = [Mark](repeating: Mark(), count: size)
+        events = [OutboxEvent?](repeating: nil, count: size)
     }
 
     public var isEmpty: Bool { unfinishedCount == 0 }
@@ -60,7 +79,7 @@ public struct DeliveryQueue: Sendable {
     public var hasWaiting: Bool { unfinishedCount > sentCount }
     /// The ticket after the newest entry.
     public var endTicket: UInt64 { oldestTicket + UInt64(count) }
-    private var mask: Int { slots.count - 1 }
+    private var mask: Int { marks.count - 1 }
 
     private func slot(_ ticket: UInt64) -> Int? {
         guard ticket >= oldestTicket, ticket < endTicket else { return nil }
@@ -74,25 +93,46 @@ public struct DeliveryQueue: Sendable {
             waitingFrom = ticket
         }
         guard ticket == endTicket else { return false }
-        if count == slots.count { grow() }
+        if count == marks.count { grow() }
         // Events of one transaction arrive together and share its commit LSN.
         var position: UInt32 = 0
         if event.lsn == lastLSN { position = nextPosition } else { lastLSN = event.lsn }
         nextPosition = position &+ 1
-        slots[(head + count) & mask] = Entry(ticket: ticket, event: event, position: position, state: .waiting,
-                                             attempts: 0, sentAt: nil, firstFailureAt: nil)
+        let slot = (head + count) & mask
+        marks[slot] = Mark(position: position, size: UInt32(clamping: event.approximateSize))
+        events[slot] = event
         count += 1
         unfinishedCount += 1
         return true
     }
 
-    /// The entry with this ticket, if the queue holds it (finished ones too, until freed).
+    /// The entry with this ticket, if the queue holds it (finished ones too, until freed): a
+    /// copy, for what is not on the per-event path (the hot path reads `event`, `state`, `size`).
     public subscript(ticket: UInt64) -> Entry? {
-        slot(ticket).flatMap { slots[$0] }
+        guard let slot = slot(ticket), let event = events[slot] else { return nil }
+        let mark = marks[slot]
+        return Entry(ticket: ticket, event: event, position: mark.position, state: mark.state, attempts: mark.attempts,
+                     sentAt: mark.sentAt.map(StoredInstant.instant), firstFailureAt: mark.firstFailureAt.map(StoredInstant.instant))
+    }
+
+    /// The event with this ticket, if the queue holds it.
+    public func event(_ ticket: UInt64) -> OutboxEvent? {
+        guard let slot = slot(ticket) else { return nil }
+        return events[slot]
+    }
+
+    /// The event's position in its transaction (see `Entry.position`).
+    public func position(_ ticket: UInt64) -> UInt32? {
+        slot(ticket).map { marks[$0].position }
+    }
+
+    /// The event's `approximateSize`, as taken when it arrived.
+    public func size(_ ticket: UInt64) -> Int? {
+        slot(ticket).map { Int(marks[$0].size) }
     }
 
     public func state(_ ticket: UInt64) -> State? {
-        slot(ticket).flatMap { slots[$0]?.state }
+        slot(ticket).map { marks[$0].state }
     }
 
     /// The oldest waiting ticket: the next to send.
@@ -115,10 +155,10 @@ public struct DeliveryQueue: Sendable {
     }
 
     public mutating func markSent(_ ticket: UInt64, at instant: ContinuousClock.Instant) {
-        guard let slot = slot(ticket), slots[slot]?.state == .waiting else { return }
-        slots[slot]?.state = .sent
-        slots[slot]?.sentAt = instant
-        slots[slot]?.attempts += 1
+        guard let slot = slot(ticket), marks[slot].state == .waiting else { return }
+        marks[slot].state = .sent
+        marks[slot].sentAt = StoredInstant.store(instant)
+        marks[slot].attempts += 1
         sentCount += 1
     }
 
@@ -130,10 +170,11 @@ public struct DeliveryQueue: Sendable {
         let rewound = sentCount
         var ticket = oldestTicket
         var first: UInt64?
+        let failedAt = StoredInstant.store(instant)
         while sentCount > 0, ticket < endTicket {
-            if let slot = slot(ticket), slots[slot]?.state == .sent {
-                slots[slot]?.state = .waiting
-                if slots[slot]?.firstFailureAt == nil { slots[slot]?.firstFailureAt = instant }
+            if let slot = slot(ticket), marks[slot].state == .sent {
+                marks[slot].state = .waiting
+                if marks[slot].firstFailureAt == nil { marks[slot].firstFailureAt = failedAt }
                 sentCount -= 1
                 if first == nil { first = ticket }
             }
@@ -146,12 +187,14 @@ public struct DeliveryQueue: Sendable {
     /// Delivered, or failed for good. False if the ticket is not held or was finished already.
     @discardableResult
     public mutating func finish(_ ticket: UInt64) -> Bool {
-        guard let slot = slot(ticket), let state = slots[slot]?.state, state != .finished else { return false }
+        guard let slot = slot(ticket) else { return false }
+        let state = marks[slot].state
+        guard state != .finished else { return false }
         if state == .sent { sentCount -= 1 }
         unfinishedCount -= 1
-        slots[slot]?.state = .finished
-        while count > 0, slots[head]?.state == .finished {
-            slots[head] = nil
+        marks[slot].state = .finished
+        while count > 0, marks[head].state == .finished {
+            events[head] = nil
             head = (head + 1) & mask
             oldestTicket += 1
             count -= 1
@@ -166,7 +209,7 @@ public struct DeliveryQueue: Sendable {
         guard sentCount > 0 else { return nil }
         var ticket = oldestTicket
         while ticket < endTicket {
-            if let entry = self[ticket], entry.state == .sent { return entry.sentAt }
+            if let slot = slot(ticket), marks[slot].state == .sent { return marks[slot].sentAt.map(StoredInstant.instant) }
             ticket += 1
         }
         return nil
@@ -183,9 +226,14 @@ public struct DeliveryQueue: Sendable {
     }
 
     private mutating func grow() {
-        var bigger = [Entry?](repeating: nil, count: slots.count * 2)
-        for offset in 0..<count { bigger[offset] = slots[(head + offset) & mask] }
-        slots = bigger
+        var biggerMarks = [Mark](repeating: Mark(), count: marks.count * 2)
+        var biggerEvents = [OutboxEvent?](repeating: nil, count: marks.count * 2)
+        for offset in 0..<count {
+            biggerMarks[offset] = marks[(head + offset) & mask]
+            biggerEvents[offset] = events[(head + offset) & mask]
+        }
+        marks = biggerMarks
+        events = biggerEvents
         head = 0
     }
 }

@@ -2,18 +2,21 @@
 /// the engine logs one warning when an outage begins and one line when it ends.
 public struct OutageState: Sendable {
     /// When the current outage began; nil while the broker is fine.
-    public private(set) var since: ContinuousClock.Instant?
+    public var since: ContinuousClock.Instant? { began.map(StoredInstant.instant) }
+    /// `since`, stored with a fixed layout (`StoredInstant`): the engine asks `isActive` per
+    /// acknowledged event.
+    private var began: Duration?
     /// Outages so far.
     public private(set) var count = 0
 
     public init() {}
 
-    public var isActive: Bool { since != nil }
+    public var isActive: Bool { began != nil }
 
     /// A transient failure at `now`; true when it begins an outage (the one to warn about).
     public mutating func failed(at now: ContinuousClock.Instant) -> Bool {
-        guard since == nil else { return false }
-        since = now
+        guard began == nil else { return false }
+        began = StoredInstant.store(now)
         count += 1
         return true
     }
@@ -21,7 +24,7 @@ public struct OutageState: Sendable {
     /// The broker took events again at `now`; the outage's length when one ended.
     public mutating func recovered(at now: ContinuousClock.Instant) -> Duration? {
         guard let since else { return nil }
-        self.since = nil
+        began = nil
         return now - since
     }
 
