@@ -398,7 +398,7 @@ final class ReplicationSessionTests: XCTestCase {
         XCTAssertThrowsError(try driver.session.watchReported(verified: LSN(0x9000), failure: .publicationChanged("dropped"))) {
             XCTAssertEqual(($0 as? SpoutError).map { "\($0)" }, "\(SpoutError.publicationChanged("dropped"))")
         }
-        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(9), verified: LSN(7)), LSN(7))
+        XCTAssertEqual(ReplicationSession.confirmable(acknowledged: LSN(9), verified: LSN(7)), LSN(7))
     }
 
     // MARK: Logical messages

@@ -40,9 +40,9 @@ final class PublicationWatchRulesTests: XCTestCase {
     }
 
     func testNothingIsConfirmedPastTheVerifiedPosition() {
-        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(9), verified: nil), LSN(9), "no watch (tests of the relay alone)")
-        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(9), verified: LSN(7)), LSN(7), "an acknowledged commit past the check waits for it")
-        XCTAssertEqual(Relay.confirmable(acknowledged: LSN(5), verified: LSN(7)), LSN(5))
+        XCTAssertEqual(ReplicationSession.confirmable(acknowledged: LSN(9), verified: nil), LSN(9), "no watch (tests of the relay alone)")
+        XCTAssertEqual(ReplicationSession.confirmable(acknowledged: LSN(9), verified: LSN(7)), LSN(7), "an acknowledged commit past the check waits for it")
+        XCTAssertEqual(ReplicationSession.confirmable(acknowledged: LSN(5), verified: LSN(7)), LSN(5))
     }
 
     func testLSNAdvancedSaturates() {

@@ -102,7 +102,7 @@ open class DeliveryEngine: Sink {
         if failure == nil {
             do { try adapter.advance(self) } catch { stop(error) }
         }
-        if outage.isActive { metrics.outageSeconds.record(Self.seconds(outage.length(at: clock()))) }
+        if outage.isActive { metrics.outageSeconds.record(outage.length(at: clock()).seconds) }
         if !completions.isEmpty {
             for completion in completions { report(completion) }
             completions.removeAll(keepingCapacity: true)
@@ -270,8 +270,4 @@ open class DeliveryEngine: Sink {
         log.info("\(adapter.recoveredMessage) after \(OutageState.seconds(length)) s")
     }
 
-    private static func seconds(_ duration: Duration) -> Double {
-        let parts = duration.components
-        return Double(parts.seconds) + Double(parts.attoseconds) / 1e18
-    }
 }

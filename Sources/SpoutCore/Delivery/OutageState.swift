@@ -35,9 +35,7 @@ public struct OutageState: Sendable {
 
     /// "12.3", the seconds of an outage as its log line gives them.
     public static func seconds(_ length: Duration) -> String {
-        let parts = length.components
-        let seconds = Double(parts.seconds) + Double(parts.attoseconds) / 1e18
-        let tenths = Int((seconds * 10).rounded())
+        let tenths = Int((length.seconds * 10).rounded())
         return "\(tenths / 10).\(tenths % 10)"
     }
 }

@@ -288,19 +288,17 @@ public final class Relay {
         if let failure { throw failure }
     }
 
-    /// What may be confirmed (see `ReplicationSession.confirmable`).
-    static func confirmable(acknowledged: LSN, verified: LSN?) -> LSN {
-        ReplicationSession.confirmable(acknowledged: acknowledged, verified: verified)
-    }
 }
 
 extension Duration {
     /// Whole milliseconds (rounded down, negative stays negative), for poll(2) timeouts.
     package var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 
+    /// The length in seconds, fractions included.
+    package var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+
     /// Whole or fractional seconds, as a person writes them (`30`, `2.5`).
     var secondsText: String {
-        let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
-        return seconds == seconds.rounded() ? String(Int64(seconds)) : String(format: "%.3g", seconds)
+        seconds == seconds.rounded() ? String(Int64(seconds)) : String(format: "%.3g", seconds)
     }
 }
