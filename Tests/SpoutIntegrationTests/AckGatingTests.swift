@@ -39,6 +39,22 @@ final class HoldingSink: Sink, @unchecked Sendable {
     func close() {}
 }
 
+extension OutboxFixture {
+    /// An in-process relay on this outbox's publication and slot (both created when missing),
+    /// and the position it starts from.
+    func relay(sink: Sink, options: Relay.Options) throws -> (relay: Relay, start: LSN) {
+        let connection = try PostgresConnection(url, replication: true)
+        let setup = ReplicationSetup(table: TableName(schema: "public", name: table), publication: publication, slot: slot)
+        try setup.ensurePublication(connection, create: true)
+        let (slot, _) = try setup.ensureSlot(connection, create: true)
+        let start = slot.confirmedFlush ?? .zero
+        let stream = try ReplicationStream(connection: connection, slot: self.slot, publication: publication, start: start)
+        let mapping = OutboxMapping(table: setup.table, topic: try TopicTemplate("outbox.event.{aggregate_type}"))
+        let relay = Relay(stream: stream, mapper: EventMapper(mapping: mapping), sink: sink, start: start, options: options, log: Log(level: .warning))
+        return (relay, start)
+    }
+}
+
 /// Runs a Relay in-process on its own thread.
 final class RelayRunner: @unchecked Sendable {
     let stop = StopSignal()
@@ -46,17 +62,10 @@ final class RelayRunner: @unchecked Sendable {
     let outcome = LockedBox<Result<Relay.Outcome, SpoutError>?>(nil)
 
     init(outbox: OutboxFixture, sink: Sink, configure: (inout Relay.Options) -> Void = { _ in }) throws {
-        let connection = try PostgresConnection(outbox.url, replication: true)
-        let setup = ReplicationSetup(table: TableName(schema: "public", name: outbox.table), publication: outbox.publication, slot: outbox.slot)
-        try setup.ensurePublication(connection, create: true)
-        let (slot, _) = try setup.ensureSlot(connection, create: true)
-        let start = slot.confirmedFlush ?? .zero
-        let stream = try ReplicationStream(connection: connection, slot: outbox.slot, publication: outbox.publication, start: start)
-        let mapping = OutboxMapping(table: setup.table, topic: try TopicTemplate("outbox.event.{aggregate_type}"))
         var options = Relay.Options()
         options.shutdownTimeout = .seconds(2)
         configure(&options)
-        let relay = Relay(stream: stream, mapper: EventMapper(mapping: mapping), sink: sink, start: start, options: options, log: Log(level: .warning))
+        let (relay, _) = try outbox.relay(sink: sink, options: options)
         let stop = stop
         let outcome = outcome
         let box = UncheckedBox(relay)

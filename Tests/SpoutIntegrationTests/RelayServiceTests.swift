@@ -11,20 +11,12 @@ final class RelayServiceTests: XCTestCase {
     func testGracefulShutdownOfTheGroupStopsTheRelay() async throws {
         let outbox = try OutboxFixture("service")
         defer { outbox.tearDown() }
-        let connection = try PostgresConnection(outbox.url, replication: true)
-        let setup = ReplicationSetup(table: TableName(schema: "public", name: outbox.table), publication: outbox.publication, slot: outbox.slot)
-        try setup.ensurePublication(connection, create: true)
-        let (slot, _) = try setup.ensureSlot(connection, create: true)
-        let start = slot.confirmedFlush ?? .zero
-        let stream = try ReplicationStream(connection: connection, slot: outbox.slot, publication: outbox.publication, start: start)
-        let mapping = OutboxMapping(table: setup.table, topic: try TopicTemplate("outbox.event.{aggregate_type}"))
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("spout-service-\(UUID().uuidString).jsonl")
         FileManager.default.createFile(atPath: output.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: output) }
         let handle = try FileHandle(forWritingTo: output)
         let sink = StdoutSink(descriptor: handle.fileDescriptor)
-        let relay = Relay(stream: stream, mapper: EventMapper(mapping: mapping), sink: sink, start: start, options: Relay.Options(),
-                          log: Log(level: .warning))
+        let (relay, start) = try outbox.relay(sink: sink, options: Relay.Options())
         let service = RelayService(relay: relay, stop: StopSignal())
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
