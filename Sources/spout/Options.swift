@@ -20,6 +20,8 @@ enum Setting: String, CaseIterable {
     case maxInFlightBytes = "max-in-flight-bytes", spoolMemoryBytes = "spool-memory-bytes"
     case shutdownTimeout = "shutdown-timeout"
     case format
+    // issue 12: reconnect and standby
+    case reconnectTimeout = "reconnect-timeout", noStandby = "no-standby"
 
     var flag: String { "--" + rawValue }
 
@@ -92,6 +94,8 @@ enum Limits {
     static let spoolMemoryBytes = (1 << 16)...(1 << 40)
     static let redisMaxLength = 1...Int(Int64.max)
     static let shutdownTimeoutSeconds = 0.0...86_400.0
+    // issue 12: reconnect
+    static let reconnectTimeoutSeconds = 0.0...604_800.0
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.
