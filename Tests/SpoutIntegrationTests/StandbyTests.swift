@@ -97,7 +97,7 @@ final class StandbyTests: XCTestCase {
         let second = try SpoutProcess(outbox.arguments() + ["--no-standby"])
         let error = second.waitForFailure(timeout: 30)
         XCTAssertTrue(error.contains("replication slot \"\(outbox.slot)\" is in use by \"spout run host="), error)
-        XCTAssertTrue(second.logLines(containing: "standby").isEmpty, second.stderr)
+        XCTAssertTrue(second.logLines(containing: "standby: slot").isEmpty, second.stderr)
         active.signal(SIGTERM)
         XCTAssertEqual(active.waitForExit(timeout: 60), 0, active.stderr)
     }
