@@ -111,6 +111,25 @@ final class ReconnectTests: XCTestCase {
         }
     }
 
+    /// SIGTERM while the database is unreachable: the sink finishes, spout says nothing could
+    /// be confirmed, and exits 0; the slot keeps the unconfirmed part, which comes again.
+    func testStopDuringAnOutageExitsCleanly() throws {
+        let server = try privateServer()
+        let outbox = try PrivateOutbox(server, prefix: "stopout")
+        let proxy = try CuttableProxy(to: server.port)
+        let spout = try SpoutProcess(outbox.arguments(url: "postgresql://postgres@127.0.0.1:\(proxy.port)/postgres"))
+        eventually(timeout: 60, "spout streams: \(spout.stderr)") { spout.stderr.contains("streaming") }
+        let admin = try server.connect()
+        try admin.sql("INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', 'k', 'Created', '{}')")
+        eventually(timeout: 30, "the event arrives") { spout.lines.count == 1 }
+        try proxy.cut()
+        eventually(timeout: 30, "spout noticed: \(spout.stderr)") { !spout.logLines(containing: Self.lostLine).isEmpty }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(timeout: 60), 0, spout.stderr)
+        XCTAssertEqual(spout.logLines(containing: "stopping while disconnected from PostgreSQL").count, 1, spout.stderr)
+        try proxy.open()
+    }
+
     /// `--reconnect-timeout 0`: today's exit, with today's error, at once.
     func testReconnectTimeoutZeroExitsAtOnce() throws {
         let outbox = try PrivateOutbox(try privateServer(), prefix: "zero")

@@ -134,7 +134,7 @@ public final class PublicationWatch: Sendable {
                 }
                 if !outage {
                     outage = true
-                    log.warning("cannot verify the outbox table and publication (\(error.description)); "
+                    log.warning("cannot verify the outbox table and publication (\(error.connectionDetail)); "
                                 + "an idle slot is not confirmed further until this works again")
                 }
             }
