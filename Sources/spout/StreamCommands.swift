@@ -156,7 +156,9 @@ struct Run: AsyncParsableCommand {
                 }
             }
             if let stream {
-                log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))",
+                // A multi-host URL: which of its hosts this is.
+                let reached = connection.target.contains(",") ? " (\(connection.server))" : ""
+                log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target)\(reached) (pgoutput v\(stream.protocolVersion))",
                          metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
             }
             watch.start()
