@@ -47,7 +47,13 @@ final class PrivatePostgres: @unchecked Sendable {
 
     init(_ name: String) throws {
         self.name = name
-        let started = try runCommand("/usr/bin/env", ["bash", repositoryRoot.appendingPathComponent("scripts/pg-start").path, name])
+        let start = { try runCommand("/usr/bin/env", ["bash", repositoryRoot.appendingPathComponent("scripts/pg-start").path, name]) }
+        var started = try start()
+        if started.status != 0 {
+            // Once more (a port taken between choosing and binding it, a machine under load).
+            _ = try? runCommand("/usr/bin/env", ["bash", repositoryRoot.appendingPathComponent("scripts/pg-stop").path, name])
+            started = try start()
+        }
         guard started.status == 0 else { throw XCTSkipFailure("scripts/pg-start \(name) failed: \(started.output)") }
         let text = try String(contentsOf: repositoryRoot.appendingPathComponent(".run/\(name).env"), encoding: .utf8)
         var values: [String: String] = [:]

@@ -8,10 +8,11 @@ import XCTest
 /// own (`scripts/pg-start`), since the tests restart it.
 final class ReconnectTests: XCTestCase {
     nonisolated(unsafe) static var server: PrivatePostgres?
+    nonisolated(unsafe) static var startFailure = ""
 
     override class func setUp() {
         super.setUp()
-        server = try? PrivatePostgres("reconnect-tests")
+        do { server = try PrivatePostgres("reconnect-tests") } catch { startFailure = "\(error)" }
     }
 
     override class func tearDown() {
@@ -21,7 +22,7 @@ final class ReconnectTests: XCTestCase {
     }
 
     private func privateServer() throws -> PrivatePostgres {
-        guard let server = Self.server else { throw XCTSkipFailure("scripts/pg-start reconnect-tests did not start a server") }
+        guard let server = Self.server else { throw XCTSkipFailure("scripts/pg-start reconnect-tests did not start a server: \(Self.startFailure)") }
         return server
     }
 

@@ -7,10 +7,11 @@ import XCTest
 /// behind for a moment; nothing else should see them).
 final class StandbyTests: XCTestCase {
     nonisolated(unsafe) static var server: PrivatePostgres?
+    nonisolated(unsafe) static var startFailure = ""
 
     override class func setUp() {
         super.setUp()
-        server = try? PrivatePostgres("standby-tests")
+        do { server = try PrivatePostgres("standby-tests") } catch { startFailure = "\(error)" }
     }
 
     override class func tearDown() {
@@ -20,7 +21,7 @@ final class StandbyTests: XCTestCase {
     }
 
     private func privateServer() throws -> PrivatePostgres {
-        guard let server = Self.server else { throw XCTSkipFailure("scripts/pg-start standby-tests did not start a server") }
+        guard let server = Self.server else { throw XCTSkipFailure("scripts/pg-start standby-tests did not start a server: \(Self.startFailure)") }
         return server
     }
 
