@@ -8,7 +8,9 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Creates the publication (publish = 'insert') and the slot when they are missing, unless --no-create. \
             Events go to the sink (stdout:// writes JSON lines to stdout); logs go to stderr. \
-            SIGINT/SIGTERM stop reading, wait for acknowledgements, confirm, and exit 0.
+            SIGINT/SIGTERM stop reading, wait for acknowledgements, confirm, and exit 0. \
+            A lost database connection is retried with backoff (--reconnect-timeout); a slot another client streams \
+            from makes this instance a standby that takes over when it is released (--no-standby fails instead).
             """)
 
     @OptionGroup var database: DatabaseOptions
