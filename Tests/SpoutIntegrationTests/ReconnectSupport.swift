@@ -23,10 +23,14 @@ func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: 
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    // Through bash, which first closes every descriptor the test process leaves open (its
+    // earlier tests' sockets and pipes lack FD_CLOEXEC): a postmaster started from here would
+    // inherit them all and refuse to start ("insufficient file descriptors").
+    let closeInherited = #"for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ] 2>/dev/null; then eval "exec $n>&-" 2>/dev/null; fi; done; exec "$@""#
+    let argv = (["/bin/bash", "-c", closeInherited, "bash", executable] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+    let spawned = posix_spawn(&pid, "/bin/bash", &actions, nil, argv, environ)
     guard spawned == 0 else { throw XCTSkipFailure("cannot run \(executable): \(String(cString: strerror(spawned)))") }
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0, errno == EINTR {}
