@@ -112,6 +112,14 @@ final class ReconnectTests: XCTestCase {
         }
     }
 
+    /// Messages name a multi-host URL's hosts with their ports (libpq's lists), never the password.
+    func testMultiHostTargetNamesEachHost() {
+        XCTAssertEqual(PostgresConnection.describe("postgresql://u:secret@h1:5433,h2:5434/db?target_session_attrs=read-write"),
+                       "u@h1:5433,h2:5434/db")
+        XCTAssertEqual(PostgresConnection.describe("host=a,b port=6543 dbname=d user=u password=secret"), "u@a:6543,b:6543/d")
+        XCTAssertEqual(PostgresConnection.describe("postgresql://u@h1,h2/db"), "u@h1,h2/db")
+    }
+
     /// SIGTERM while the database is unreachable: the sink finishes, spout says nothing could
     /// be confirmed, and exits 0; the slot keeps the unconfirmed part, which comes again.
     func testStopDuringAnOutageExitsCleanly() throws {
