@@ -53,7 +53,9 @@ public struct OutboxTableReader: Sendable {
     /// Every column, in table order, then the primary key's columns as text (the key a
     /// backfill prints and resumes after).
     public var selectList: String {
-        (columns.map { SQL.identifier($0.name) } + primaryKey.map { "\(SQL.identifier($0.name))::text" }).joined(separator: ", ")
+        // Aliased: a second output column named like the key would make ORDER BY ambiguous.
+        (columns.map { SQL.identifier($0.name) }
+            + primaryKey.enumerated().map { "\(SQL.identifier($1.name))::text AS spout_key_\($0)" }).joined(separator: ", ")
     }
 
     public var orderBy: String {
