@@ -40,6 +40,23 @@ public final class AcknowledgedPublisher {
         while !inFlight.isEmpty { try waitForProgress() }
     }
 
+    /// Keeps the sink going (acknowledgements, flushes) until `deadline`: `--rate`'s pause.
+    public func idle(until deadline: ContinuousClock.Instant) throws(SpoutError) {
+        let clock = ContinuousClock()
+        while true {
+            try pollSink()
+            let left = deadline - clock.now
+            guard left > .zero else { return }
+            let milliseconds = Int32(min(100, max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+            if let descriptor = sink.wakeupDescriptor {
+                var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+                _ = Glibc.poll(&entry, 1, milliseconds)
+            } else {
+                usleep(UInt32(milliseconds) * 1000)
+            }
+        }
+    }
+
     /// Polls the sink; when that finished nothing, waits (bounded) for its wakeup.
     private func waitForProgress() throws(SpoutError) {
         if try pollSink() > 0 { return }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Reads outbox rows with SQL, for a snapshot or a backfill: which columns the table has (in
 /// the order a `SELECT` returns them), its primary key, and rows turned into the same
 /// `TupleData` pgoutput sends, so `EventMapper` maps them as it maps inserted rows.
@@ -83,6 +85,14 @@ public struct OutboxTableReader: Sendable {
         }
         let key = values.dropFirst(columns.count).map { $0 ?? "" }
         return (TupleData(columns: tupleColumns, storage: storage), key)
+    }
+
+    /// A key as `keyText` wrote it: nil when a composite key is not a JSON array of that many strings.
+    public static func key(_ text: String, columns: Int) -> [String]? {
+        if columns == 1 { return [text] }
+        guard let array = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [Any], array.count == columns else { return nil }
+        let values = array.compactMap { $0 as? String }
+        return values.count == columns ? values : nil
     }
 
     /// How a key is shown and given back with `--after`: the value itself for a one-column
