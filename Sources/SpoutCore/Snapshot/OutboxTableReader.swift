@@ -20,6 +20,12 @@ public struct OutboxTableReader: Sendable {
     /// Empty when the table has none.
     public let primaryKey: [KeyColumn]
 
+    init(table: TableName, columns: [Column], primaryKey: [KeyColumn]) {
+        self.table = table
+        self.columns = columns
+        self.primaryKey = primaryKey
+    }
+
     public init(_ connection: PostgresConnection, table: TableName) throws(SpoutError) {
         self.table = table
         let rows = try connection.query("""
