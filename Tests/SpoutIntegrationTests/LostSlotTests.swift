@@ -126,23 +126,23 @@ final class LostSlotServer {
 
     func stop() { _ = try? Self.script("pg-stop", name) }
 
+    /// Runs `scripts/NAME` with posix_spawn and waitpid: Foundation's Process did not see
+    /// pg-start end (it leaves the server running), and waited forever.
     private static func script(_ script: String, _ name: String) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["bash", "scripts/\(script)", name]
-        process.currentDirectoryURL = root
-        // A file, not a pipe: the server pg-start leaves running inherits the descriptor, and
-        // a pipe would never reach its end.
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("spout-\(script)-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: output.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: output) }
-        let handle = try FileHandle(forWritingTo: output)
-        defer { try? handle.close() }
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        return (process.terminationStatus, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+        let command = "cd \(SQL.literal(root.path)) && exec bash scripts/\(script) \(SQL.literal(name)) >\(SQL.literal(output.path)) 2>&1 </dev/null"
+        let words: [String] = ["/bin/sh", "-c", command]
+        let arguments: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { arguments.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, "/bin/sh", nil, nil, arguments, environ)
+        guard spawned == 0 else { throw XCTSkipFailure("cannot start scripts/\(script): \(String(cString: strerror(spawned)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            guard errno == EINTR else { throw XCTSkipFailure("waitpid for scripts/\(script): \(String(cString: strerror(errno)))") }
+        }
+        let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+        return (exitStatus, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
     }
 }
