@@ -93,7 +93,7 @@ public struct Backfill {
             let fetched = try connection.query("""
                 SELECT \(table.selectList), pg_current_wal_insert_lsn()::text FROM \(table.table.sql)\(condition(after: after))\(table.orderBy) LIMIT \(options.batch)
                 """, context: "cannot read the rows to backfill")
-            if fetched.isEmpty { break }
+            if fetched.isEmpty { return .finished }
             let now = PostgresTimestamp(unixMicroseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
             var lastKey: [String] = []
             for values in fetched {
@@ -119,6 +119,6 @@ public struct Backfill {
             report(Progress(rows: rows, total: max(total, rows), lastKey: OutboxTableReader.keyText(lastKey), elapsed: clock.now - started))
             if fetched.count < options.batch { return .finished }
         }
-        return stop.isRequested ? .interrupted : .finished
+        return .interrupted
     }
 }
