@@ -103,6 +103,13 @@ final class SnapshotTests: XCTestCase {
             return try outbox.admin.value(
                 "SELECT created_lsn IS NOT NULL AND snapshot_pending FROM public.spout_slots WHERE slot_name = '\(outbox.slot)'") == "t"
         }
+        // The slot looks idle while its snapshot is published (PostgreSQL releases a slot once
+        // created): another spout must not take it for an abandoned one and drop it.
+        let slotBefore = try outbox.confirmedFlush
+        let other = try SpoutProcess.run(["setup"] + outbox.arguments)
+        XCTAssertEqual(other.status, 1, other.stderr)
+        XCTAssertTrue(other.stderr.contains("is in use by \"spout run host="), other.stderr)
+        XCTAssertEqual(try outbox.confirmedFlush, slotBefore, "the slot was left alone")
         stuck.signal(SIGKILL)
         XCTAssertNotNil(stuck.waitForExit(timeout: 30))
         try eventually("the killed walsender lets go of the slot") { try !outbox.slotIsActive }

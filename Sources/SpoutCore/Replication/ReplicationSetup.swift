@@ -221,9 +221,14 @@ public struct ReplicationSetup: Sendable {
         /// Rows owed from a snapshot: the table's rows are published before streaming.
         var owesSnapshot = false
         var lost = false
+        var locked = false
         if let state = existing, let marker, marker.snapshotPending, !state.active {
             let streamed = if let created = marker.createdLSN, let confirmed = state.confirmedFlush { confirmed > created } else { false }
             if !streamed {
+                // PostgreSQL releases a slot once it is created: while another spout publishes
+                // its snapshot the slot looks idle. That spout holds the snapshot lock.
+                try takeSnapshotLock(connection)
+                locked = true
                 // Nothing was streamed from it yet: a fresh slot and snapshot lose nothing.
                 try dropSlot(connection, because: "its snapshot was not finished (spout stopped during it)")
                 log.warning("replication slot \"\(slot)\" was created with a snapshot that was not finished (spout stopped during it): "
@@ -269,6 +274,7 @@ public struct ReplicationSetup: Sendable {
                         + "(same ids), and rows deleted from the table since \(marker?.confirmedLSN?.description ?? "the loss") are not recovered")
         }
         if withSnapshot, replication {
+            if !locked { try takeSnapshotLock(connection) }
             let exported = try createSlotExportingSnapshot(connection, failover: failover)
             // The slot's state waits: any command here would end the exported snapshot.
             let state = SlotState(plugin: "pgoutput", database: database, active: false, activePID: nil, confirmedFlush: exported.consistentPoint,
@@ -284,6 +290,28 @@ public struct ReplicationSetup: Sendable {
         }
         return SlotProvision(state: state, created: true, snapshot: nil)
     }
+
+    /// The session advisory lock of this slot's snapshot: held by the connection that creates
+    /// the slot with a snapshot until its rows are published (`releaseSnapshotLock`), so that
+    /// a second spout does not take the idle-looking slot for one whose snapshot was abandoned.
+    /// Another holder is reported as the slot being in use (a standby waits for it).
+    func takeSnapshotLock(_ connection: PostgresConnection) throws(SpoutError) {
+        let taken = try connection.query("SELECT pg_try_advisory_lock(\(snapshotLockKey))",
+                                         context: "cannot take the snapshot lock of slot \"\(slot)\"").first?.first ?? nil
+        guard taken != "t" else { return }
+        let holder = try connection.query("""
+            SELECT l.pid, (\(Self.clientSQL(pid: "l.pid"))) FROM pg_locks l
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.objid = (\(snapshotLockKey))::bigint & 4294967295 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """, context: "cannot look up the snapshot lock of slot \"\(slot)\"").first
+        throw .slotActive(slot: slot, pid: (holder?.first ?? nil) ?? "?", client: holder.flatMap { $0.count > 1 ? $0[1] : nil })
+    }
+
+    public func releaseSnapshotLock(_ connection: PostgresConnection) throws(SpoutError) {
+        try connection.query("SELECT pg_advisory_unlock(\(snapshotLockKey))", context: "cannot release the snapshot lock of slot \"\(slot)\"")
+    }
+
+    private var snapshotLockKey: String { "hashtext(\(SQL.literal("spout snapshot " + slot)))" }
 
     private func dropSlot(_ connection: PostgresConnection, because reason: String) throws(SpoutError) {
         try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(slot)))", context: "cannot drop replication slot \"\(slot)\" (\(reason))")

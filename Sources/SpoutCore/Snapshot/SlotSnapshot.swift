@@ -100,6 +100,7 @@ public struct SlotSnapshot {
         try publisher.waitForAll()
         try reader.query("COMMIT", context: "cannot end the snapshot's transaction")
         try SlotMarker.finishSnapshot(replication, schema: setup.table.schema, slot: exported.slot)
+        try setup.releaseSnapshotLock(replication)
         log.info("snapshot: published \(rows) rows of \(setup.table), all acknowledged; streaming from \(exported.consistentPoint)",
                  metadata: ["slot": "\(exported.slot)", "lsn": "\(exported.consistentPoint)", "events": "\(rows)"])
         return rows
