@@ -127,6 +127,34 @@ final class SnapshotTests: XCTestCase {
         try assertEveryRowOnce(spout.events.compactMap { $0["id"] as? String }, outbox)
         XCTAssertEqual(spout.events.filter { $0["source"] as? String == "snapshot" }.count, 5002)
     }
+
+    /// `--redis-ids lsn`: the snapshot's entries get ids `<consistent point>-<n>`, in
+    /// primary-key order and below every streamed entry's, and a `source` field.
+    func testSnapshotIntoRedisWithLSNIDs() throws {
+        let redis = try RedisServer()
+        defer { redis.kill() }
+        let outbox = try OutboxFixture("snapredis")
+        defer { outbox.tearDown() }
+        try outbox.admin.sql("""
+            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
+            SELECT 'order', g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 300) g
+            """)
+        let spout = try SpoutProcess(["run", "--snapshot", "initial", "--sink", redis.url, "--redis-ids", "lsn"] + outbox.arguments)
+        try eventually("spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
+        try outbox.insert(outbox.admin, rows: 2)
+        let client = try redis.client()
+        try eventually("302 entries: \(spout.stderr)") { try client.totalLength("outbox.event.order") == 302 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        let entries = try client.entries("outbox.event.order")
+        let point = try XCTUnwrap(try outbox.admin.lsn("SELECT created_lsn FROM public.spout_slots WHERE slot_name = '\(outbox.slot)'"))
+        XCTAssertEqual(entries.prefix(300).map(\.id), (0..<300).map { "\(point.rawValue)-\($0)" })
+        XCTAssertTrue(entries.prefix(300).allSatisfy { $0.fields["source"] == "snapshot" })
+        // Lower-case hex sorts like PostgreSQL's uuid order.
+        let snapshotIDs = entries.prefix(300).compactMap { $0.fields["id"] }
+        XCTAssertEqual(snapshotIDs, snapshotIDs.sorted(), "primary-key order")
+        XCTAssertTrue(entries.suffix(2).allSatisfy { $0.fields["source"] == nil })
+    }
 }
 
 /// The ids delivered are exactly the table's, each once.
