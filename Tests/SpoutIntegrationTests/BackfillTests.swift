@@ -12,10 +12,7 @@ final class BackfillTests: XCTestCase {
     func testInterruptedBackfillResumesWithEveryRow() throws {
         let outbox = try OutboxFixture("backfill")
         defer { outbox.tearDown() }
-        try outbox.admin.sql("""
-            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
-            SELECT 'order', g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 200000) g
-            """)
+        try outbox.insertSeries(200000, aggregateType: "order")
         // --rate keeps each run long (20 s for the table) next to the test's reaction to a progress line.
         let options = ["backfill", "--batch", "2000", "--rate", "10000"] + outbox.arguments
 
@@ -57,10 +54,7 @@ final class BackfillTests: XCTestCase {
     func testWhereRateAndRefusals() throws {
         let outbox = try OutboxFixture("backfillwhere")
         defer { outbox.tearDown() }
-        try outbox.admin.sql("""
-            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
-            SELECT CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END, g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 600) g
-            """)
+        try outbox.insertSeries(600, aggregateType: "CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END", sql: true)
         let started = Date()
         let even = try SpoutProcess.run(["backfill", "--where", "aggregate_type = 'even'", "--rate", "200", "--batch", "50"] + outbox.arguments)
         let elapsed = Date().timeIntervalSince(started)

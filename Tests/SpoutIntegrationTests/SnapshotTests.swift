@@ -12,10 +12,7 @@ final class SnapshotTests: XCTestCase {
     func testRowsBeforeTheSlotArriveOnceThenStreamedOnes() throws {
         let outbox = try OutboxFixture("snapinit")
         defer { outbox.tearDown() }
-        try outbox.admin.sql("""
-            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
-            SELECT 'before', g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 2500) g
-            """)
+        try outbox.insertSeries(2500, aggregateType: "before")
         let spout = try SpoutProcess(["run", "--snapshot", "initial", "--max-in-flight", "100"] + outbox.arguments)
         try eventually("spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
         XCTAssertEqual(spout.events.count, 2500, "every snapshot row is acknowledged before streaming starts")
@@ -51,10 +48,7 @@ final class SnapshotTests: XCTestCase {
     func testConcurrentInsertsDuringTheSnapshotArriveExactlyOnce() throws {
         let outbox = try OutboxFixture("snapconc")
         defer { outbox.tearDown() }
-        try outbox.admin.sql("""
-            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
-            SELECT 'before', g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 20000) g
-            """)
+        try outbox.insertSeries(20000, aggregateType: "before")
         let writes = Counter()
         let streaming = Flag()
         let finished = Flag()
@@ -93,10 +87,7 @@ final class SnapshotTests: XCTestCase {
     func testKillDuringTheSnapshotLosesNothing() throws {
         let outbox = try OutboxFixture("snapkill")
         defer { outbox.tearDown() }
-        try outbox.admin.sql("""
-            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
-            SELECT 'before', g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 5000) g
-            """)
+        try outbox.insertSeries(5000, aggregateType: "before")
         let stuck = try SpoutProcess(["run", "--snapshot", "initial"] + outbox.arguments, stdoutPipe: true)
         try eventually("the snapshot is being published: \(stuck.stderr)") {
             guard stuck.stderr.contains("publishing the rows of") else { return false }
@@ -135,10 +126,7 @@ final class SnapshotTests: XCTestCase {
         defer { redis.kill() }
         let outbox = try OutboxFixture("snapredis")
         defer { outbox.tearDown() }
-        try outbox.admin.sql("""
-            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
-            SELECT 'order', g::text, 'Created', jsonb_build_object('n', g) FROM generate_series(1, 300) g
-            """)
+        try outbox.insertSeries(300, aggregateType: "order")
         let spout = try SpoutProcess(["run", "--snapshot", "initial", "--sink", redis.url, "--redis-ids", "lsn"] + outbox.arguments)
         try eventually("spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
         try outbox.insert(outbox.admin, rows: 2)
@@ -154,6 +142,18 @@ final class SnapshotTests: XCTestCase {
         let snapshotIDs = entries.prefix(300).compactMap { $0.fields["id"] }
         XCTAssertEqual(snapshotIDs, snapshotIDs.sorted(), "primary-key order")
         XCTAssertTrue(entries.suffix(2).allSatisfy { $0.fields["source"] == nil })
+    }
+}
+
+extension OutboxFixture {
+    /// `count` rows in one statement, aggregate ids 1…count, payload `{"n": i}`; the aggregate
+    /// type is a string, or with `sql` an expression over `g` (the row's number).
+    func insertSeries(_ count: Int, aggregateType: String, sql: Bool = false) throws {
+        try admin.sql("""
+            INSERT INTO public.\(table) (aggregate_type, aggregate_id, event_type, payload)
+            SELECT \(sql ? aggregateType : SQL.literal(aggregateType)), g::text, 'Created', jsonb_build_object('n', g)
+              FROM generate_series(1, \(count)) g
+            """)
     }
 }
 
