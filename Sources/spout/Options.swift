@@ -20,6 +20,9 @@ enum Setting: String, CaseIterable {
     case maxInFlightBytes = "max-in-flight-bytes", spoolMemoryBytes = "spool-memory-bytes"
     case shutdownTimeout = "shutdown-timeout"
     case format
+    // issue 12: snapshot (a lost slot, snapshot and backfill)
+    case onSlotLost = "on-slot-lost", snapshot
+    case backfillWhere = "where", backfillAfter = "after", backfillBatch = "batch", backfillRate = "rate"
 
     var flag: String { "--" + rawValue }
 
@@ -92,6 +95,9 @@ enum Limits {
     static let spoolMemoryBytes = (1 << 16)...(1 << 40)
     static let redisMaxLength = 1...Int(Int64.max)
     static let shutdownTimeoutSeconds = 0.0...86_400.0
+    // issue 12: snapshot (backfill)
+    static let backfillBatch = 1...100_000
+    static let backfillRate = 1...10_000_000
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.

@@ -107,7 +107,9 @@ struct Run: AsyncParsableCommand {
                 log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)",
                          metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
             }
-            let (slot, created) = try setup.ensureSlot(connection, create: create, recreateLost: try settings.flag(.recreateLostSlot), log: log)
+            let (slot, created) = try SlotStartup.provideSlot(setup, connection: connection, create: create, settings: settings,
+                                                              mapper: mapper, sink: sink, options: options, log: log)
+            guard !slot.active else { throw SpoutError.slotActive(slot: setup.slot, pid: slot.activePID ?? "?", client: slot.activeClient) }
             if created { log.info("created replication slot \"\(setup.slot)\"", metadata: ["slot": "\(setup.slot)"]) }
             let confirmed = slot.confirmedFlush ?? .zero
             if let start = options.startLSN, start < confirmed {
