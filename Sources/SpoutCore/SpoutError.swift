@@ -33,6 +33,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case spoolFailed(String)
     /// Reconnecting to PostgreSQL did not succeed within `--reconnect-timeout`.
     case reconnectTimedOut(seconds: String, lastError: String)
+    /// A row read from the table (snapshot, backfill) that cannot be mapped; `key`: its primary key.
+    case unmappableRow(MappingError, key: String, while: String)
 
     public var description: String {
         switch self {
@@ -62,14 +64,16 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
             "replication slot \"\(slot)\" uses the \(plugin) plugin, spout needs pgoutput: drop it (spout slot drop \(slot)) or use another --slot"
         case let .slotLost(slot, reason):
             "replication slot \"\(slot)\" is invalidated (\(reason)\(reason == "wal_removed" ? ": PostgreSQL removed WAL it needed, see max_slot_wal_keep_size" : "")): "
-                + "events in that WAL are gone from the slot; backfill them from the table, then create a new slot with spout setup --recreate-lost-slot"
+                + "events in that WAL are gone from the slot: run spout with --on-slot-lost recreate to create it again and publish the rows the table "
+                + "still holds from its snapshot (events delivered before come again, same ids), or re-publish them with spout backfill and drop the slot (spout slot drop \(slot))"
         case let .slotVanished(slot, marker, current):
             "replication slot \"\(slot)\" is gone: spout created it\(marker.createdAt.map { " at \($0)" } ?? "")"
                 + "\(marker.createdLSN.map { " (LSN \($0))" } ?? "") and last saw it confirmed up to \(marker.confirmedLSN?.description ?? "its start")"
                 + "\(marker.seenAt.map { " at \($0)" } ?? ""), but it was dropped (by hand, or lost in a restore or failover). "
                 + "Events committed after \(marker.confirmedLSN?.description ?? "that")\(current.map { " up to now (\($0))" } ?? "") were not delivered by spout "
-                + "and a new slot would never see them: re-publish outbox rows created since \(marker.seenAt ?? marker.createdAt ?? "then") from the table, "
-                + "then create a new slot with spout setup --recreate-lost-slot (or spout run --recreate-lost-slot)"
+                + "and a new slot would never see them: re-publish outbox rows created since \(marker.seenAt ?? marker.createdAt ?? "then") from the table (spout backfill), "
+                + "then create a new slot, or let spout do both: spout run --on-slot-lost recreate creates it again and publishes the rows the table "
+                + "still holds from its snapshot before streaming (events delivered before come again, same ids)"
         case let .slotUnusable(slot, reason, fix):
             "replication slot \"\(slot)\" \(reason): \(fix)"
         case let .slotMarker(message):
@@ -94,6 +98,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
                 + "is wrong, or skip that message (and only it) with spout run --start-lsn \(lsn) and your other options"
         case let .sink(error):
             error.description
+        case let .unmappableRow(error, key, context):
+            "\(context): cannot map the outbox row with key \(key): \(error). Fix the row or the mapping (e.g. --topic) and start again"
         case let .spoolFailed(message):
             message + "; nothing past the spooled events was confirmed"
         case let .reconnectTimedOut(seconds, lastError):

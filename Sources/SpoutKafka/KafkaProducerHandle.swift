@@ -101,7 +101,7 @@ final class KafkaProducerHandle {
         rd_kafka_queue_io_event_enable(mainQueue, descriptor, "1", 1)
     }
 
-    /// Hands one event to librdkafka (copied). Headers: the event's own, then `id` and `type`.
+    /// Hands one event to librdkafka (copied). Headers: the event's own, then `id`, `type` and (snapshot, backfill) `source`.
     func produce(_ event: OutboxEvent, ticket: UInt64) -> ProduceResult {
         guard let handle else { return .rejected(RD_KAFKA_RESP_ERR__DESTROY, reason: "the producer is closed") }
         text.removeAll(keepingCapacity: true)
@@ -119,6 +119,7 @@ final class KafkaProducerHandle {
         }
         headerSpans.append((append("id"), append(event.id), event.id.utf8.count))
         if let type = event.type { headerSpans.append((append("type"), append(type), type.utf8.count)) }
+        if let source = event.source.marker { headerSpans.append((append("source"), append(source), source.utf8.count)) }
 
         let error: OpaquePointer? = text.withUnsafeBytes { strings in
             // Every offset points into `strings`, which is never empty here (the topic's NUL).

@@ -259,6 +259,7 @@ final class NATSConnection: @unchecked Sendable {
             try check(natsMsgHeader_Set(message, "Nats-Msg-Id", NATSWireRules.headerValue(event.id)))
             if let key = event.key { try check(natsMsgHeader_Set(message, NATSJetStreamSink.keyHeader, NATSWireRules.headerValue(key))) }
             if let type = event.type { try check(natsMsgHeader_Set(message, NATSJetStreamSink.typeHeader, NATSWireRules.headerValue(type))) }
+            if let source = event.source.marker { try check(natsMsgHeader_Set(message, NATSJetStreamSink.sourceHeader, source)) }
             for header in event.headers {
                 let name = NATSWireRules.headerName(header.name)
                 if name.isEmpty { continue }

@@ -12,6 +12,8 @@ public final class NATSJetStreamSink: DeliveryEngine {
     public static let keyHeader = "Spout-Key"
     /// Header carrying the event's type, when it has one.
     public static let typeHeader = "Spout-Event-Type"
+    /// `snapshot` or `backfill` on re-published rows; streamed events have none.
+    public static let sourceHeader = "Spout-Source"
 
     public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
         let adapter = try NATSJetStreamAdapter(url: url, options: options, log: log)

@@ -425,6 +425,10 @@ final class RedisStreamAdapter: DeliveryAdapter {
             command.add("key")
             command.add(key)
         }
+        if let source = event.source.marker {
+            command.add("source")
+            command.add(source)
+        }
         command.add("payload")
         command.add(event.payload)
         command.add("headers")

@@ -36,7 +36,10 @@ struct Setup: AsyncParsableCommand {
             log.info(createdPublication ? "created publication \"\(setup.publication)\" for \(setup.table) (inserts only)"
                      : "publication \"\(setup.publication)\" exists and publishes \(setup.table)",
                      metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
-            let (state, created) = try setup.provideSlot(connection, create: true, recreateLost: try settings.flag(.recreateLostSlot), log: log)
+            do { try SlotMarker.migrate(connection, schema: setup.table.schema) } catch { log.warning("\(error)") }
+            let provision = try setup.provisionSlot(connection, create: true, onLost: try LostSlotOption.onSlotLost(settings, log: log),
+                                                    snapshot: try LostSlotOption.snapshot(settings), log: log)
+            let (state, created) = (provision.state, provision.created)
             log.info(created ? "created replication slot \"\(setup.slot)\" at \(state.confirmedFlush?.description ?? "?")"
                      : "replication slot \"\(setup.slot)\" exists (confirmed_flush_lsn \(state.confirmedFlush?.description ?? "?"))",
                      metadata: ["slot": "\(setup.slot)", "lsn": "\(state.confirmedFlush?.description ?? "")"])
@@ -146,11 +149,47 @@ func formatBytes(_ bytes: Int64) -> String {
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@ (%lld bytes)", value, units[unit], bytes)
 }
 
-/// The explicit choice to replace a slot Spout created and lost (or one PostgreSQL invalidated).
+/// How `run` and `setup` create a slot: what to do with a lost one (`--on-slot-lost`, and its
+/// deprecated spelling `--recreate-lost-slot`), and whether a new one first publishes the
+/// rows already in the table (`--snapshot`).
 struct LostSlotOption: ParsableArguments {
-    @Flag(name: .customLong("recreate-lost-slot"), help: ArgumentHelp(
-        "Create a new slot in place of one spout created and lost (dropped, or invalidated); events committed meanwhile are not recovered: backfill them. [SPOUT_RECREATE_LOST_SLOT]"))
+    @Option(name: .customLong("on-slot-lost"), help: ArgumentHelp(
+        "A slot spout created that is gone, or an invalidated slot: fail (stop with the cause and the fix) or recreate (create it again, publish the rows the table holds from its snapshot, then stream; events delivered before come again) (default: fail). [SPOUT_ON_SLOT_LOST]",
+        valueName: "fail|recreate"))
+    var onSlotLostFlag: String?
+
+    @Flag(name: .customLong("recreate-lost-slot"), help: ArgumentHelp("Deprecated: --on-slot-lost recreate. [SPOUT_RECREATE_LOST_SLOT]"))
     var flag = false
 
-    var flags: Settings.Flags { Settings.Flags(flags: [:], switches: [.recreateLostSlot: flag]) }
+    @Option(name: .customLong("snapshot"), help: ArgumentHelp(
+        "initial: a slot spout creates first publishes the rows already in the table (from the slot's exported snapshot), then streams; never: only rows inserted later (default: never). [SPOUT_SNAPSHOT]",
+        valueName: "initial|never"))
+    var snapshotFlag: String?
+
+    var flags: Settings.Flags {
+        Settings.Flags(flags: [.onSlotLost: onSlotLostFlag, .snapshot: snapshotFlag], switches: [.recreateLostSlot: flag])
+    }
+
+    static func onSlotLost(_ settings: Settings, log: Log) throws -> ReplicationSetup.SlotLostPolicy {
+        var policy = ReplicationSetup.SlotLostPolicy.fail
+        let given = settings.given(.onSlotLost)
+        if let given {
+            guard let chosen = ReplicationSetup.SlotLostPolicy(rawValue: given.value.lowercased()) else { throw given.invalid("is not fail or recreate") }
+            policy = chosen
+        }
+        if let alias = settings.given(.recreateLostSlot), try alias.boolean() {
+            if let given, policy != .recreate {
+                throw SpoutError.invalidOption("\(alias.display()) contradicts \(given.display()): give only --on-slot-lost")
+            }
+            log.warning("\(alias.display()) is deprecated: use --on-slot-lost recreate")
+            policy = .recreate
+        }
+        return policy
+    }
+
+    static func snapshot(_ settings: Settings) throws -> ReplicationSetup.InitialSnapshot {
+        guard let given = settings.given(.snapshot) else { return .never }
+        guard let chosen = ReplicationSetup.InitialSnapshot(rawValue: given.value.lowercased()) else { throw given.invalid("is not initial or never") }
+        return chosen
+    }
 }

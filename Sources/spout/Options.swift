@@ -22,6 +22,9 @@ enum Setting: String, CaseIterable {
     case format
     // issue 12: reconnect and standby
     case reconnectTimeout = "reconnect-timeout", noStandby = "no-standby"
+    // issue 12: snapshot (a lost slot, snapshot and backfill)
+    case onSlotLost = "on-slot-lost", snapshot
+    case backfillWhere = "where", backfillAfter = "after", backfillBatch = "batch", backfillRate = "rate"
 
     var flag: String { "--" + rawValue }
 
@@ -96,6 +99,9 @@ enum Limits {
     static let shutdownTimeoutSeconds = 0.0...86_400.0
     // issue 12: reconnect
     static let reconnectTimeoutSeconds = 0.0...604_800.0
+    // issue 12: snapshot (backfill)
+    static let backfillBatch = 1...100_000
+    static let backfillRate = 1...10_000_000
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.

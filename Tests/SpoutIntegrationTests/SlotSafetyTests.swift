@@ -148,7 +148,8 @@ final class SlotSafetyTests: XCTestCase {
     }
 
     /// A slot spout created and that was dropped: refused with the events at risk and the
-    /// fix, never silently created anew; `--recreate-lost-slot` is the explicit choice.
+    /// fix, never silently created anew; `--on-slot-lost recreate` (here by its deprecated
+    /// spelling `--recreate-lost-slot`) is the explicit choice.
     func testLostSlotIsRefusedUntilRecreatedExplicitly() throws {
         let outbox = try OutboxFixture("lost")
         defer { outbox.tearDown() }
@@ -166,7 +167,7 @@ final class SlotSafetyTests: XCTestCase {
         let line = refused.waitForFailure(timeout: 30, "a lost slot is refused")
         XCTAssertTrue(line.contains("replication slot \"\(outbox.slot)\" is gone"), line)
         XCTAssertTrue(line.contains("last saw it confirmed up to"), line)
-        XCTAssertTrue(line.contains("--recreate-lost-slot"), line)
+        XCTAssertTrue(line.contains("--on-slot-lost recreate"), line)
         XCTAssertFalse(refused.stderr.contains("created replication slot"), refused.stderr)
         XCTAssertNil(try outbox.confirmedFlush, "no slot was created")
         let markerLSN = try XCTUnwrap(try outbox.admin.lsn("SELECT confirmed_lsn FROM public.spout_slots WHERE slot_name = '\(outbox.slot)'"))
@@ -180,8 +181,10 @@ final class SlotSafetyTests: XCTestCase {
         let recreated = try SpoutProcess(["run", "--recreate-lost-slot"] + outbox.arguments)
         try eventually("spout streams from the slot: \(recreated.stderr)") { try outbox.streamingWalsender != nil }
         XCTAssertTrue(recreated.stderr.contains("in place of the lost one"), recreated.stderr)
+        // The rows the table holds come first, from the new slot's snapshot (LostSlotTests has the details).
+        XCTAssertEqual(recreated.events.count, 5, recreated.stderr)
         try outbox.insert(outbox.admin, rows: 1, aggregate: "new")
-        try eventually("the new slot streams") { recreated.events.count == 1 }
+        try eventually("the new slot streams") { recreated.events.count == 6 }
         recreated.signal(SIGTERM)
         XCTAssertEqual(recreated.waitForExit(), 0, recreated.stderr)
 
@@ -239,7 +242,7 @@ final class SlotSafetyTests: XCTestCase {
         let result = try SpoutProcess.run(["run"] + outbox.arguments)
         XCTAssertEqual(result.status, 1, result.stderr)
         XCTAssertTrue(result.stderr.contains("is invalidated (wal_removed"), result.stderr)
-        XCTAssertTrue(result.stderr.contains("--recreate-lost-slot"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("--on-slot-lost recreate"), result.stderr)
         let list = try SpoutProcess.run(["slot", "list", "--database-url", outbox.url])
         let row = list.stdout.split(separator: "\n").first { $0.hasPrefix(outbox.slot + " ") } ?? ""
         XCTAssertTrue(row.contains("invalidated (wal_removed)"), list.stdout)

@@ -44,8 +44,15 @@ public struct EventMapper: Sendable {
             otherRelations[relation.oid] = "\(schema).\(relation.name)"
             return false
         }
+        layouts[relation.oid] = try layout(columns: relation.columns.map { ($0.name, $0.typeOID) })
+        otherRelations[relation.oid] = nil
+        return true
+    }
+
+    /// Where the mapping's columns sit among `columns` (name and type OID, in row order).
+    func layout(columns: [(name: String, typeOID: UInt32)]) throws(MappingError) -> RowLayout {
         var positions: [String: (index: Int, type: UInt32)] = [:]
-        for (index, column) in relation.columns.enumerated() { positions[column.name] = (index, column.typeOID) }
+        for (index, column) in columns.enumerated() { positions[column.name] = (index, column.typeOID) }
         try checkColumns(Set(positions.keys))
         let names = mapping.columns
         let id = positions[names.id]?.index ?? 0
@@ -57,12 +64,10 @@ public struct EventMapper: Sendable {
         case TypeOID.bytea: .binary
         default: .text
         }
-        layouts[relation.oid] = RowLayout(
+        return RowLayout(
             id: id, payload: positions[names.payload]?.index ?? 0, payloadFormat: format,
             aggregateID: positions[names.aggregateID]?.index, eventType: positions[names.eventType]?.index,
             headers: positions[names.headers]?.index, topicColumns: topicColumns)
-        otherRelations[relation.oid] = nil
-        return true
     }
 
     /// Throws when a table with these columns lacks one the mapping needs: the id, the
@@ -94,6 +99,34 @@ public struct EventMapper: Sendable {
     /// `committedAt` is the transaction's; its `lsn` stays zero until the Commit (the spool sets it).
     public func event(relationOID: UInt32, row: TupleData, commit: PgOutputMessage.Begin) throws(MappingError) -> OutboxEvent? {
         guard let layout = layouts[relationOID] else { return nil }
+        return try event(layout: layout, row: row, committedAt: commit.commitTime, lsn: .zero, source: .stream)
+    }
+
+    /// The columns of a row read from the table with SQL (a snapshot or a backfill), where
+    /// the mapping finds its columns; built once per read, like a Relation message's.
+    public struct TableLayout: Sendable {
+        let row: RowLayout
+    }
+
+    /// The layout of rows whose columns are `columns` (name and type OID, in row order), as
+    /// `SELECT` returns them; throws when one the mapping needs is missing.
+    public func tableLayout(columns: [(name: String, typeOID: UInt32)]) throws(MappingError) -> TableLayout {
+        TableLayout(row: try layout(columns: columns))
+    }
+
+    /// Maps a row read from the table with SQL, in text format: the same mapping as an
+    /// inserted row's (PostgreSQL's text output is what pgoutput sends), marked with its
+    /// `source`. Such a row has no commit of its own: the caller says which LSN and time it carries.
+    public func event(tableRow row: TupleData, layout: TableLayout, lsn: LSN, committedAt: PostgresTimestamp,
+                      source: OutboxEvent.Source) throws(MappingError) -> OutboxEvent {
+        try event(layout: layout.row, row: row, committedAt: committedAt, lsn: lsn, source: source)
+    }
+
+    /// The id of a row read from the table, for error messages.
+    public func rowID(tableRow row: TupleData, layout: TableLayout) -> String? { row.string(at: layout.row.id) }
+
+    private func event(layout: RowLayout, row: TupleData, committedAt: PostgresTimestamp, lsn: LSN,
+                       source: OutboxEvent.Source) throws(MappingError) -> OutboxEvent {
         guard let id = row.string(at: layout.id) else { throw .nullColumn(column: mapping.columns.id) }
         guard let rawPayload = row.bytes(at: layout.payload) else { throw .nullColumn(column: mapping.columns.payload) }
         let payload: [UInt8]
@@ -111,7 +144,7 @@ public struct EventMapper: Sendable {
         return OutboxEvent(id: id, topic: topic, key: layout.aggregateID.flatMap { row.string(at: $0) },
                            type: layout.eventType.flatMap { row.string(at: $0) }, payload: payload,
                            payloadFormat: layout.payloadFormat, headers: headers,
-                           lsn: .zero, committedAt: commit.commitTime)
+                           lsn: lsn, committedAt: committedAt, source: source)
     }
 
     /// Maps a logical message with the outbox prefix: a JSON object with the same fields as an

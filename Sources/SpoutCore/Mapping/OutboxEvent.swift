@@ -9,6 +9,26 @@ public struct OutboxEvent: Equatable, Sendable {
         case binary
     }
 
+    /// Where an event comes from. Streamed events (the WAL) carry no marker on the wire; the
+    /// others say so, so consumers can tell a re-published row from a new one.
+    public enum Source: UInt8, Equatable, Sendable {
+        /// Decoded from the slot: an insert as it committed.
+        case stream
+        /// Read from the slot's exported snapshot (`--snapshot initial`, `--on-slot-lost recreate`).
+        case snapshot
+        /// Re-published by `spout backfill`.
+        case backfill
+
+        /// The marker's value on the wire (`source` field or header); nil for streamed events.
+        public var marker: String? {
+            switch self {
+            case .stream: nil
+            case .snapshot: "snapshot"
+            case .backfill: "backfill"
+            }
+        }
+    }
+
     public struct Header: Equatable, Sendable {
         public var name: String
         public var value: String
@@ -32,9 +52,11 @@ public struct OutboxEvent: Equatable, Sendable {
     /// (`Sink.needsCommitLSN`), which gets events before their Commit arrives.
     public var lsn: LSN
     public var committedAt: PostgresTimestamp
+    public var source: Source
 
     public init(id: String, topic: String, key: String?, type: String?, payload: [UInt8],
-                payloadFormat: PayloadFormat, headers: [Header], lsn: LSN, committedAt: PostgresTimestamp) {
+                payloadFormat: PayloadFormat, headers: [Header], lsn: LSN, committedAt: PostgresTimestamp,
+                source: Source = .stream) {
         self.id = id
         self.topic = topic
         self.key = key
@@ -44,6 +66,7 @@ public struct OutboxEvent: Equatable, Sendable {
         self.headers = headers
         self.lsn = lsn
         self.committedAt = committedAt
+        self.source = source
     }
 
     /// Bytes this event holds in memory, for the in-flight byte window.

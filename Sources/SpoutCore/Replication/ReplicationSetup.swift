@@ -25,9 +25,12 @@ public struct ReplicationSetup: Sendable {
     }
 
     /// Idempotent: creates the slot only when no slot of that name exists.
-    public var slotSQL: String {
+    public var slotSQL: String { slotSQL(failover: false) }
+
+    /// `failover`: PostgreSQL 17's fifth argument (a slot synchronized to standbys).
+    public func slotSQL(failover: Bool) -> String {
         """
-        SELECT pg_create_logical_replication_slot(\(SQL.literal(slot)), 'pgoutput')
+        SELECT pg_create_logical_replication_slot(\(SQL.literal(slot)), 'pgoutput'\(failover ? ", false, false, true" : ""))
           WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot)));
         """
     }
@@ -175,51 +178,169 @@ public struct ReplicationSetup: Sendable {
         if let reason = state.invalidation { throw .slotLost(slot: slot, reason: reason) }
     }
 
+    /// What to do with a slot that is invalidated, or that Spout created and is gone
+    /// (`--on-slot-lost`).
+    public enum SlotLostPolicy: String, Sendable, CaseIterable {
+        /// Stop with the cause and the fix (the default).
+        case fail
+        /// Create the slot again and publish the table's rows from its exported snapshot.
+        case recreate
+    }
+
+    /// Whether a slot Spout creates first publishes the rows already in the table (`--snapshot`).
+    public enum InitialSnapshot: String, Sendable, CaseIterable {
+        case initial
+        case never
+    }
+
+    /// What `provideSlot` did.
+    public struct SlotProvision: Sendable {
+        public var state: SlotState
+        public var created: Bool
+        /// The slot was created with an exported snapshot whose rows must be published (see
+        /// `SlotSnapshot`) before streaming starts, and before this connection runs any other
+        /// command: the snapshot lives only until then.
+        public var snapshot: ExportedSnapshot?
+    }
+
     /// Makes sure the slot exists (creating it when `create`) and can be streamed; in use or
-    /// not (what `spout setup` needs). A slot Spout created and that is gone is refused (its
-    /// events are lost: see `SlotMarker`) unless `recreateLost`. Returns its state and whether
-    /// it was created.
-    public func provideSlot(_ connection: PostgresConnection, create: Bool, recreateLost: Bool = false,
-                            log: Log = Log()) throws(SpoutError) -> (state: SlotState, created: Bool) {
+    /// not (what `spout setup` needs). A slot Spout created and that is gone, or an invalidated
+    /// one, is refused (its events are lost: see `SlotMarker`) unless `onLost` is `recreate`.
+    ///
+    /// A slot is created with an exported snapshot when its rows must be published: after a
+    /// loss (`recreate`), with `snapshot` `initial`, or when a snapshot started earlier never
+    /// finished (the marker says so). That needs a replication connection (`replication`);
+    /// on a plain one (`spout setup`) the slot is created without and marked, so that the next
+    /// `spout run` creates it again with the snapshot. `failover`: a failover slot (PostgreSQL 17+).
+    public func provisionSlot(_ connection: PostgresConnection, create: Bool, onLost: SlotLostPolicy = .fail,
+                            snapshot: InitialSnapshot = .never, replication: Bool = false, failover: Bool = false,
+                            log: Log = Log()) throws(SpoutError) -> SlotProvision {
         let database = try connection.query("SELECT current_database()", context: "cannot read the database name").first?.first ?? nil
         let marker = try SlotMarker.read(connection, schema: table.schema, slot: slot)
         var existing = try Self.slotState(connection, slot: slot)
-        if let state = existing, state.invalidation != nil, recreateLost, !state.active {
-            try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(slot)))", context: "cannot drop the invalidated slot \"\(slot)\"")
-            log.warning("dropped the invalidated replication slot \"\(slot)\" (--recreate-lost-slot)")
+        /// Rows owed from a snapshot: the table's rows are published before streaming.
+        var owesSnapshot = false
+        var lost = false
+        var locked = false
+        if let state = existing, let marker, marker.snapshotPending, !state.active {
+            let streamed = if let created = marker.createdLSN, let confirmed = state.confirmedFlush { confirmed > created } else { false }
+            if !streamed {
+                // PostgreSQL releases a slot once it is created: while another spout publishes
+                // its snapshot the slot looks idle. That spout holds the snapshot lock.
+                try takeSnapshotLock(connection)
+                locked = true
+                // Nothing was streamed from it yet: a fresh slot and snapshot lose nothing.
+                try dropSlot(connection, because: "its snapshot was not finished (spout stopped during it)")
+                log.warning("replication slot \"\(slot)\" was created with a snapshot that was not finished (spout stopped during it): "
+                            + "creating it again and publishing the table's rows from a new snapshot; rows published before come again (same ids)")
+                existing = nil
+                owesSnapshot = true
+            } else {
+                try SlotMarker.finishSnapshot(connection, schema: table.schema, slot: slot)
+            }
+        } else if existing == nil, marker?.snapshotPending == true {
+            owesSnapshot = true
+        }
+        if let state = existing, state.invalidation != nil, onLost == .recreate, !state.active {
+            try dropSlot(connection, because: "it is invalidated")
+            log.warning("dropped the invalidated replication slot \"\(slot)\" (\(state.invalidation ?? "?"), --on-slot-lost recreate)")
             existing = nil
+            lost = true
         }
         if let state = existing {
             try checkUsable(state, database: database)
             if marker == nil { try SlotMarker.adopt(connection, schema: table.schema, slot: slot, log: log) }
-            return (state, false)
+            if snapshot == .initial {
+                log.debug("replication slot \"\(slot)\" exists: --snapshot initial applies only to a slot spout creates")
+            }
+            return SlotProvision(state: state, created: false, snapshot: nil)
         }
         // A marker without created_lsn is a creation that failed (a full max_replication_slots,
         // a bad name): that slot never existed, nothing was lost.
-        if let marker, marker.createdLSN != nil, !recreateLost {
-            let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
-            throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
+        if let marker, marker.createdLSN != nil, !owesSnapshot, !lost {
+            guard onLost == .recreate else {
+                let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
+                throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
+            }
+            lost = true
         }
-        guard create || (marker?.createdLSN != nil && recreateLost) else { throw .slotMissing(slot: slot) }
+        guard create || lost || owesSnapshot else { throw .slotMissing(slot: slot) }
+        let withSnapshot = lost || owesSnapshot || snapshot == .initial
         // The marker first: a slot Spout cannot remember having created would go unnoticed when lost.
-        try SlotMarker.prepare(connection, schema: table.schema, slot: slot)
-        try connection.query(slotSQL, context: "cannot create replication slot \"\(slot)\"")
+        try SlotMarker.prepare(connection, schema: table.schema, slot: slot, snapshotPending: withSnapshot)
+        if lost {
+            log.warning("creating replication slot \"\(slot)\" again in place of the lost one (--on-slot-lost recreate): "
+                        + "the table's rows are published from its snapshot, then it streams; events delivered before the loss come again "
+                        + "(same ids), and rows deleted from the table since \(marker?.confirmedLSN?.description ?? "the loss") are not recovered")
+        }
+        if withSnapshot, replication {
+            if !locked { try takeSnapshotLock(connection) }
+            let exported = try createSlotExportingSnapshot(connection, failover: failover)
+            // The slot's state waits: any command here would end the exported snapshot.
+            let state = SlotState(plugin: "pgoutput", database: database, active: false, activePID: nil, confirmedFlush: exported.consistentPoint,
+                                  restartLSN: nil, walStatus: nil, temporary: false, twoPhase: false, invalidation: nil, activeClient: nil)
+            return SlotProvision(state: state, created: true, snapshot: exported)
+        }
+        try connection.query(slotSQL(failover: failover && connection.serverVersion >= 170000), context: "cannot create replication slot \"\(slot)\"")
         guard let state = try Self.slotState(connection, slot: slot) else { throw .slotMissing(slot: slot) }
         try SlotMarker.recordCreation(connection, schema: table.schema, slot: slot, at: state.confirmedFlush)
-        if let marker, marker.createdLSN != nil {
-            log.warning("created a new replication slot \"\(slot)\" in place of the lost one (--recreate-lost-slot); "
-                        + "events committed after \(marker.confirmedLSN?.description ?? "?") were not delivered by spout: backfill them")
+        if withSnapshot {
+            log.warning("created replication slot \"\(slot)\" without a snapshot (this connection cannot export one): "
+                        + "the next spout run creates it again and publishes the table's rows before streaming")
         }
-        return (state, true)
+        return SlotProvision(state: state, created: true, snapshot: nil)
     }
 
-    /// Makes sure the slot exists, can be streamed and is not in use.
-    /// Returns its state and whether it was created.
+    /// The session advisory lock of this slot's snapshot: held by the connection that creates
+    /// the slot with a snapshot until its rows are published (`releaseSnapshotLock`), so that
+    /// a second spout does not take the idle-looking slot for one whose snapshot was abandoned.
+    /// Another holder is reported as the slot being in use (a standby waits for it).
+    func takeSnapshotLock(_ connection: PostgresConnection) throws(SpoutError) {
+        let taken = try connection.query("SELECT pg_try_advisory_lock(\(snapshotLockKey))",
+                                         context: "cannot take the snapshot lock of slot \"\(slot)\"").first?.first ?? nil
+        guard taken != "t" else { return }
+        let holder = try connection.query("""
+            SELECT l.pid, (\(Self.clientSQL(pid: "l.pid"))) FROM pg_locks l
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.objid = (\(snapshotLockKey))::bigint & 4294967295 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """, context: "cannot look up the snapshot lock of slot \"\(slot)\"").first
+        throw .slotActive(slot: slot, pid: (holder?.first ?? nil) ?? "?", client: holder.flatMap { $0.count > 1 ? $0[1] : nil })
+    }
+
+    public func releaseSnapshotLock(_ connection: PostgresConnection) throws(SpoutError) {
+        try connection.query("SELECT pg_advisory_unlock(\(snapshotLockKey))", context: "cannot release the snapshot lock of slot \"\(slot)\"")
+    }
+
+    private var snapshotLockKey: String { "hashtext(\(SQL.literal("spout snapshot " + slot)))" }
+
+    private func dropSlot(_ connection: PostgresConnection, because reason: String) throws(SpoutError) {
+        try connection.query("SELECT pg_drop_replication_slot(\(SQL.literal(slot)))", context: "cannot drop replication slot \"\(slot)\" (\(reason))")
+    }
+
+    /// Makes sure the slot exists, can be streamed and is not in use (see `provisionSlot`).
+    public func ensureSlotProvision(_ connection: PostgresConnection, create: Bool, onLost: SlotLostPolicy = .fail,
+                                    snapshot: InitialSnapshot = .never, replication: Bool = false, failover: Bool = false,
+                                    log: Log = Log()) throws(SpoutError) -> SlotProvision {
+        let provision = try provisionSlot(connection, create: create, onLost: onLost, snapshot: snapshot, replication: replication,
+                                          failover: failover, log: log)
+        guard !provision.state.active else {
+            throw .slotActive(slot: slot, pid: provision.state.activePID ?? "?", client: provision.state.activeClient)
+        }
+        return provision
+    }
+
+    /// `provisionSlot` without a snapshot of its own: returns the slot's state and whether it was created.
+    public func provideSlot(_ connection: PostgresConnection, create: Bool, recreateLost: Bool = false,
+                            log: Log = Log()) throws(SpoutError) -> (state: SlotState, created: Bool) {
+        let provision = try provisionSlot(connection, create: create, onLost: recreateLost ? .recreate : .fail, log: log)
+        return (provision.state, provision.created)
+    }
+
+    /// `ensureSlotProvision` without a snapshot of its own: returns the slot's state and whether it was created.
     public func ensureSlot(_ connection: PostgresConnection, create: Bool, recreateLost: Bool = false,
                            log: Log = Log()) throws(SpoutError) -> (state: SlotState, created: Bool) {
-        let (state, created) = try provideSlot(connection, create: create, recreateLost: recreateLost, log: log)
-        guard !state.active else { throw .slotActive(slot: slot, pid: state.activePID ?? "?", client: state.activeClient) }
-        return (state, created)
+        let provision = try ensureSlotProvision(connection, create: create, onLost: recreateLost ? .recreate : .fail, log: log)
+        return (provision.state, provision.created)
     }
 
     /// Creates a temporary slot on this (replication) connection: PostgreSQL drops it when

@@ -3,13 +3,20 @@
 /// slot dropped by hand (or missing after a restore or failover) would be created afresh,
 /// silently skipping every event committed in between. With it, a slot that Spout had and
 /// lost is told apart from one it never had: `run` and `setup` refuse to go on until the
-/// user chooses `--recreate-lost-slot`. While Spout runs, the row records how far the slot
+/// user chooses `--on-slot-lost recreate`. While Spout runs, the row records how far the slot
 /// was confirmed and when, which is what the refusal names as the events at risk.
+///
+/// `snapshot_pending` makes a slot's snapshot crash-safe: it is set before a slot is created
+/// with an exported snapshot (`--snapshot initial`, `--on-slot-lost recreate`) and cleared once
+/// every row of that snapshot is acknowledged. A slot whose snapshot is still pending, and
+/// that was never confirmed past its consistent point, is dropped and created again with a
+/// fresh snapshot on the next start: rows may come twice, none is lost.
 public struct SlotMarker: Sendable, Equatable {
     public var createdAt: String?
     public var createdLSN: LSN?
     public var confirmedLSN: LSN?
     public var seenAt: String?
+    public var snapshotPending = false
 
     public static let tableName = "spout_slots"
 
@@ -23,9 +30,16 @@ public struct SlotMarker: Sendable, Equatable {
           created_at    timestamptz NOT NULL DEFAULT now(),
           created_lsn   pg_lsn,               -- its first confirmed_flush_lsn
           confirmed_lsn pg_lsn,               -- how far spout last saw it confirmed
-          seen_at       timestamptz           -- when
+          seen_at       timestamptz,          -- when
+          snapshot_pending boolean NOT NULL DEFAULT false  -- its rows are still to be published from a snapshot
         );
+        \(snapshotColumnSQL(schema: schema))
         """
+    }
+
+    /// Tables made before the column existed get it (`spout setup`, as the table's owner).
+    static func snapshotColumnSQL(schema: String) -> String {
+        "ALTER TABLE \(table(schema)) ADD COLUMN IF NOT EXISTS snapshot_pending boolean NOT NULL DEFAULT false;"
     }
 
     /// The marker of `slot`, nil when Spout never recorded one (or the table does not exist).
@@ -35,24 +49,29 @@ public struct SlotMarker: Sendable, Equatable {
         do {
             rows = try connection.query("""
                 SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), created_lsn, confirmed_lsn,
-                       to_char(seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                  FROM \(table(schema)) WHERE slot_name = \(SQL.literal(slot))
+                       to_char(seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                       to_jsonb(m) ->> 'snapshot_pending'
+                  FROM \(table(schema)) m WHERE slot_name = \(SQL.literal(slot))
                 """, context: "cannot read \(schema).\(tableName)")
         } catch {
             throw markerError(error, schema: schema)
         }
-        guard let row = rows.first, row.count == 4 else { return nil }
+        // to_jsonb: a table from before snapshot_pending reads as false, without an error.
+        guard let row = rows.first, row.count == 5 else { return nil }
         return SlotMarker(createdAt: row[0], createdLSN: row[1].flatMap { LSN($0) },
-                          confirmedLSN: row[2].flatMap { LSN($0) }, seenAt: row[3])
+                          confirmedLSN: row[2].flatMap { LSN($0) }, seenAt: row[3], snapshotPending: row[4] == "true")
     }
 
     /// Before Spout creates `slot`: the table exists and holds a row for it.
-    static func prepare(_ connection: PostgresConnection, schema: String, slot: String) throws(SpoutError) {
+    /// `snapshotPending`: the slot's rows are still to be published from its snapshot.
+    static func prepare(_ connection: PostgresConnection, schema: String, slot: String, snapshotPending: Bool = false) throws(SpoutError) {
         do {
             try createTable(connection, schema: schema)
+            let hasColumn = try hasSnapshotColumn(connection, schema: schema, adding: snapshotPending)
+            let pending = hasColumn ? ", snapshot_pending = \(snapshotPending)" : ""
             try connection.query("""
-                INSERT INTO \(table(schema)) (slot_name) VALUES (\(SQL.literal(slot)))
-                ON CONFLICT (slot_name) DO UPDATE SET created_at = now(), created_lsn = NULL, confirmed_lsn = NULL, seen_at = NULL
+                INSERT INTO \(table(schema)) (slot_name\(hasColumn ? ", snapshot_pending" : "")) VALUES (\(SQL.literal(slot))\(hasColumn ? ", \(snapshotPending)" : ""))
+                ON CONFLICT (slot_name) DO UPDATE SET created_at = now(), created_lsn = NULL, confirmed_lsn = NULL, seen_at = NULL\(pending)
                 """, context: "cannot record replication slot \"\(slot)\" in \(schema).\(tableName)")
         } catch {
             throw markerError(error, schema: schema)
@@ -69,6 +88,39 @@ public struct SlotMarker: Sendable, Equatable {
         } catch {
             throw markerError(error, schema: schema)
         }
+    }
+
+    /// Every row of the slot's snapshot is acknowledged: from now on the slot is streamed.
+    static func finishSnapshot(_ connection: PostgresConnection, schema: String, slot: String) throws(SpoutError) {
+        do {
+            try connection.query("UPDATE \(table(schema)) SET snapshot_pending = false WHERE slot_name = \(SQL.literal(slot))",
+                                 context: "cannot record replication slot \"\(slot)\" in \(schema).\(tableName)")
+        } catch {
+            throw markerError(error, schema: schema)
+        }
+    }
+
+    /// Whether the table has `snapshot_pending`; with `adding`, adds it when missing (which
+    /// needs the table's owner: a run role gets a message naming `spout setup`).
+    private static func hasSnapshotColumn(_ connection: PostgresConnection, schema: String, adding: Bool) throws(SpoutError) -> Bool {
+        let exists = try connection.query("""
+            SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(\(SQL.literal(table(schema))))
+               AND attname = 'snapshot_pending' AND NOT attisdropped
+            """, context: "cannot look up \(schema).\(tableName)").isEmpty == false
+        guard !exists, adding else { return exists }
+        do {
+            try connection.query(snapshotColumnSQL(schema: schema), context: "cannot add column snapshot_pending to \(schema).\(tableName)")
+        } catch let .server(error, context) where error.sqlState == "42501" {
+            throw .slotMarker("\(context): permission denied; spout records there that a slot's snapshot is still to be published, "
+                              + "so that a crash during it loses no row: run spout setup once as the table's owner (it adds the column)")
+        }
+        return true
+    }
+
+    /// `spout setup`, as the table's owner: brings a table from an older spout up to date.
+    public static func migrate(_ connection: PostgresConnection, schema: String) throws(SpoutError) {
+        guard try tableExists(connection, schema: schema) else { return }
+        _ = try hasSnapshotColumn(connection, schema: schema, adding: true)
     }
 
     /// A slot that exists but has no marker (made by hand, or by a Spout before markers):

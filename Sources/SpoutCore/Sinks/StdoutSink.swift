@@ -5,7 +5,8 @@ import Foundation
 /// poll, not one per event.
 public final class StdoutSink: Sink, PreCommitEncoding {
     public enum Format: String, Sendable, CaseIterable {
-        /// One JSON object per line: id, topic, key, type, payload, headers, committed_at, lsn.
+        /// One JSON object per line: id, topic, key, type, payload, headers, committed_at, lsn
+        /// (and `source` for snapshot and backfill events).
         case json
         /// Human-readable, colored when `color` is set (for `spout tail` on a terminal).
         case pretty
@@ -159,7 +160,13 @@ public final class StdoutSink: Sink, PreCommitEncoding {
             output.append(UInt8(ascii: ":"))
             JSONWriter.appendString(header.value, to: &output)
         }
-        key("},\"committed_at\":\"")
+        key("}")
+        // Only re-published rows are marked: streamed lines stay as they always were.
+        if let source = event.source.marker {
+            key(",\"source\":")
+            JSONWriter.appendString(source, to: &output)
+        }
+        key(",\"committed_at\":\"")
         event.committedAt.appendISO8601(to: &output)
         key("\",\"lsn\":\"")
     }
@@ -182,6 +189,7 @@ public final class StdoutSink: Sink, PreCommitEncoding {
         if let key = event.key { line += " key=" + styled(key, "33") }
         if let type = event.type { line += " type=" + styled(type, "35") }
         line += " id=" + Log.escaped(event.id)
+        if let source = event.source.marker { line += " source=" + source }
         for header in event.headers { line += " " + styled(header.name, "2") + "=" + Log.escaped(header.value) }
         line += "\n  "
         buffer.append(contentsOf: line.utf8)

@@ -1,0 +1,24 @@
+import Foundation
+import SpoutCore
+
+/// `run`'s slot, before streaming: found, or created (again) with an exported snapshot whose
+/// rows are published and acknowledged first (`--snapshot initial`, `--on-slot-lost recreate`,
+/// or a snapshot an earlier run did not finish). One call from `Run`, on the replication
+/// connection it streams on, before START_REPLICATION. Like `ReplicationSetup.provideSlot`,
+/// it returns a slot in use by another client as it is (the caller refuses it or waits).
+enum SlotStartup {
+    static func provideSlot(_ setup: ReplicationSetup, connection: PostgresConnection, create: Bool, settings: Settings,
+                           mapper: EventMapper, sink: Sink, options: Relay.Options, failover: Bool = false,
+                           log: Log) throws -> (state: ReplicationSetup.SlotState, created: Bool) {
+        let provision = try setup.provisionSlot(connection, create: create, onLost: try LostSlotOption.onSlotLost(settings, log: log),
+                                                snapshot: try LostSlotOption.snapshot(settings), replication: true,
+                                                failover: failover, log: log)
+        if let exported = provision.snapshot {
+            var snapshot = SlotSnapshot(setup: setup, conninfo: settings.text(.databaseURL), mapper: mapper, log: log)
+            snapshot.maxInFlightEvents = options.maxInFlightEvents
+            snapshot.maxInFlightBytes = options.maxInFlightBytes
+            try snapshot.publish(exported, replication: connection, sink: sink)
+        }
+        return (provision.state, provision.created)
+    }
+}
