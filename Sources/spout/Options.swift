@@ -20,6 +20,8 @@ enum Setting: String, CaseIterable {
     case maxInFlightBytes = "max-in-flight-bytes", spoolMemoryBytes = "spool-memory-bytes"
     case shutdownTimeout = "shutdown-timeout"
     case format
+    // issue 12: reconnect and standby
+    case reconnectTimeout = "reconnect-timeout", noStandby = "no-standby"
     // issue 12: snapshot (a lost slot, snapshot and backfill)
     case onSlotLost = "on-slot-lost", snapshot
     case backfillWhere = "where", backfillAfter = "after", backfillBatch = "batch", backfillRate = "rate"
@@ -95,6 +97,8 @@ enum Limits {
     static let spoolMemoryBytes = (1 << 16)...(1 << 40)
     static let redisMaxLength = 1...Int(Int64.max)
     static let shutdownTimeoutSeconds = 0.0...86_400.0
+    // issue 12: reconnect
+    static let reconnectTimeoutSeconds = 0.0...604_800.0
     // issue 12: snapshot (backfill)
     static let backfillBatch = 1...100_000
     static let backfillRate = 1...10_000_000
