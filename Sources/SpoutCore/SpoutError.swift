@@ -18,6 +18,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case slotLost(slot: String, reason: String)
     /// A slot Spout created (its `SlotMarker`) no longer exists.
     case slotVanished(slot: String, marker: SlotMarker, currentLSN: LSN?)
+    /// The slot was created with a snapshot whose rows its spout did not finish publishing.
+    case snapshotUnfinished(slot: String)
     case slotUnusable(slot: String, reason: String, fix: String)
     /// The slot marker table cannot be read or written.
     case slotMarker(String)
@@ -74,6 +76,10 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
                 + "and a new slot would never see them: re-publish outbox rows created since \(marker.seenAt ?? marker.createdAt ?? "then") from the table (spout backfill), "
                 + "then create a new slot, or let spout do both: spout run --on-slot-lost recreate creates it again and publishes the rows the table "
                 + "still holds from its snapshot before streaming (events delivered before come again, same ids)"
+        case let .snapshotUnfinished(slot):
+            "replication slot \"\(slot)\" was created with a snapshot whose rows the spout that created it did not finish publishing (it stopped during it), "
+                + "so streaming from it would skip them: start spout again (a restart manager's Restart=on-failure does), and it creates the slot "
+                + "again and publishes the table's rows from a new snapshot before streaming"
         case let .slotUnusable(slot, reason, fix):
             "replication slot \"\(slot)\" \(reason): \(fix)"
         case let .slotMarker(message):

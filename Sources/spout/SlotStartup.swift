@@ -21,4 +21,28 @@ enum SlotStartup {
         }
         return (provision.state, provision.created)
     }
+
+    /// `provideSlot`, standing by while another spout holds the slot's snapshot lock (it is
+    /// publishing the rows of the slot it just created, which looks idle meanwhile): checked
+    /// every second until that spout streams (the relay then stands by on the slot) or stops
+    /// (this one then creates the slot again with a new snapshot). Stop signals are not caught
+    /// yet: nothing was handed to the sink, so they end spout at once.
+    static func provideSlotStandingBy(_ setup: ReplicationSetup, connection: PostgresConnection, create: Bool, settings: Settings,
+                                      mapper: EventMapper, sink: Sink, options: Relay.Options, failover: Bool = false,
+                                      log: Log) throws -> (state: ReplicationSetup.SlotState, created: Bool) {
+        var standingBy = false
+        while true {
+            do {
+                return try provideSlot(setup, connection: connection, create: create, settings: settings, mapper: mapper, sink: sink,
+                                       options: options, failover: failover, log: log)
+            } catch let SpoutError.slotActive(slot, pid, client) where options.standby {
+                if !standingBy {
+                    standingBy = true
+                    log.info("standby: slot \"\(slot)\" is held by pid \(pid) (\(client ?? "unknown client")) while it publishes the slot's snapshot, "
+                             + "taking over when it is released", metadata: ["slot": "\(slot)"])
+                }
+                sleep(1)
+            }
+        }
+    }
 }

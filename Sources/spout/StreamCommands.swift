@@ -120,8 +120,8 @@ struct Run: AsyncParsableCommand {
                 log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)",
                          metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
             }
-            let (slot, created) = try SlotStartup.provideSlot(setup, connection: connection, create: create, settings: settings,
-                                                              mapper: mapper, sink: sink, options: options, log: log)
+            let (slot, created) = try SlotStartup.provideSlotStandingBy(setup, connection: connection, create: create, settings: settings,
+                                                                        mapper: mapper, sink: sink, options: options, log: log)
             if slot.active, !options.standby {
                 throw SpoutError.slotActive(slot: setup.slot, pid: slot.activePID ?? "?", client: slot.activeClient)
             }

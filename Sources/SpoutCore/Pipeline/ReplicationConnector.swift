@@ -43,7 +43,7 @@ public final class ReplicationConnector {
             }
             waiting = nil
             // Before streaming again: the slot may have been dropped or invalidated meanwhile.
-            let (state, _) = try setup.provideSlot(connection, create: false, log: log)
+            let state = try setup.resumableSlot(connection)
             if state.active, let pid = state.activePID {
                 if let client = state.activeClient, client == applicationName || client.hasPrefix(applicationName + " from ") {
                     try connection.query("SELECT pg_terminate_backend(\(pid))", context: "cannot end the previous walsender (pid \(pid))")

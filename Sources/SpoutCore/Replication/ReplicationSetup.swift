@@ -291,6 +291,36 @@ public struct ReplicationSetup: Sendable {
         return SlotProvision(state: state, created: true, snapshot: nil)
     }
 
+    /// The slot as a reconnecting or standby relay finds it before streaming again: it only
+    /// looks, it never creates or drops a slot (that is startup's, with the sink's snapshot).
+    /// Missing, invalidated, or created with a snapshot nobody finished publishing: an error.
+    public func resumableSlot(_ connection: PostgresConnection) throws(SpoutError) -> SlotState {
+        let database = try connection.query("SELECT current_database()", context: "cannot read the database name").first?.first ?? nil
+        let marker = try SlotMarker.read(connection, schema: table.schema, slot: slot)
+        guard let state = try Self.slotState(connection, slot: slot) else {
+            guard let marker, marker.createdLSN != nil else { throw .slotMissing(slot: slot) }
+            let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
+            throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
+        }
+        try checkUsable(state, database: database)
+        if let marker, marker.snapshotPending, !state.active {
+            let streamed = if let created = marker.createdLSN, let confirmed = state.confirmedFlush { confirmed > created } else { false }
+            // The spout publishing the snapshot holds its lock; without it, nobody finishes it.
+            if !streamed {
+                do { try takeSnapshotLock(connection) } catch {
+                    if case let .slotActive(_, pid, client) = error { return SlotState(
+                        plugin: state.plugin, database: state.database, active: true, activePID: pid, confirmedFlush: state.confirmedFlush,
+                        restartLSN: state.restartLSN, walStatus: state.walStatus, temporary: state.temporary, twoPhase: state.twoPhase,
+                        invalidation: nil, activeClient: client) }
+                    throw error
+                }
+                try? releaseSnapshotLock(connection)
+                throw .snapshotUnfinished(slot: slot)
+            }
+        }
+        return state
+    }
+
     /// The session advisory lock of this slot's snapshot: held by the connection that creates
     /// the slot with a snapshot until its rows are published (`releaseSnapshotLock`), so that
     /// a second spout does not take the idle-looking slot for one whose snapshot was abandoned.
