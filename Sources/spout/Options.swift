@@ -20,6 +20,8 @@ enum Setting: String, CaseIterable {
     case maxInFlightBytes = "max-in-flight-bytes", spoolMemoryBytes = "spool-memory-bytes"
     case shutdownTimeout = "shutdown-timeout"
     case format
+    // issue 12: failover slots (PostgreSQL 17+)
+    case failover
 
     var flag: String { "--" + rawValue }
 

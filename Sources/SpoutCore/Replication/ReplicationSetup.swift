@@ -4,6 +4,8 @@ public struct ReplicationSetup: Sendable {
     public var table: TableName
     public var publication: String
     public var slot: String
+    /// Create the slot with `failover = true` (PostgreSQL 17+, see FailoverSlots.swift).
+    public var failover = false
 
     public init(table: TableName, publication: String, slot: String) {
         self.table = table
@@ -27,7 +29,7 @@ public struct ReplicationSetup: Sendable {
     /// Idempotent: creates the slot only when no slot of that name exists.
     public var slotSQL: String {
         """
-        SELECT pg_create_logical_replication_slot(\(SQL.literal(slot)), 'pgoutput')
+        SELECT \(Self.createSlotCall(slot: slot, failover: failover))
           WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot)));
         """
     }
