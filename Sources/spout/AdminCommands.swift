@@ -77,10 +77,11 @@ struct Status: AsyncParsableCommand {
             let failover = try ReplicationSetup.failoverStatus(connection, slot: slot)
             guard let row = rows.first else {
                 guard failover.isStandby else { throw SpoutError.slotMissing(slot: slot) }
+                let missing = failover.problems.isEmpty ? "" : "; here: " + failover.problems.joined(separator: "; ")
                 throw SpoutError.slotUnusable(slot: slot, reason: "is not on this standby",
                                               fix: "PostgreSQL 17+ copies failover slots to standbys that synchronize slots: check with spout status on the primary "
                                                   + "that it is a failover slot, and on this standby sync_replication_slots = on, hot_standby_feedback = on, "
-                                                  + "primary_slot_name and a dbname in primary_conninfo")
+                                                  + "primary_slot_name and a dbname in primary_conninfo" + missing)
             }
             let fields = ["slot", "plugin", "database", "active", "active_pid", "confirmed_flush_lsn", "restart_lsn",
                           "wal_status", "wal_held_bytes", "lag_bytes", "current_wal_lsn"]

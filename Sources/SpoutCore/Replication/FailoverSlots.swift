@@ -117,14 +117,6 @@ extension ReplicationSetup {
             status.problems.append("PostgreSQL \(version / 10000) has no failover slots (17 and newer have): after a failover the slot is not on the new primary")
             return status
         }
-        let row = try connection.query("""
-            SELECT failover, synced, confirmed_flush_lsn, temporary FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot))
-            """, context: "cannot read pg_replication_slots").first
-        guard let row, row.count == 4 else { return status }
-        status.failover = row[0] == "t"
-        status.synced = row[1] == "t"
-        status.temporary = row[3] == "t"
-        let confirmed = row[2].flatMap { LSN($0) }
         let settings = try Dictionary(connection.query("""
             SELECT name, setting FROM pg_settings WHERE name IN ('synchronized_standby_slots', 'sync_replication_slots',
               'hot_standby_feedback', 'wal_level', 'primary_slot_name', 'primary_conninfo')
@@ -132,6 +124,18 @@ extension ReplicationSetup {
                 guard row.count == 2, let name = row[0] else { return nil }
                 return (name, row[1] ?? "")
             }, uniquingKeysWith: { first, _ in first })
+        let row = try connection.query("""
+            SELECT failover, synced, confirmed_flush_lsn, temporary FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot))
+            """, context: "cannot read pg_replication_slots").first
+        guard let row, row.count == 4 else {
+            // No copy on this standby: what it lacks is the likely reason.
+            if isStandby { status.problems = standbyProblems(settings) }
+            return status
+        }
+        status.failover = row[0] == "t"
+        status.synced = row[1] == "t"
+        status.temporary = row[3] == "t"
+        let confirmed = row[2].flatMap { LSN($0) }
         if status.failover == false {
             status.problems.append("the slot is not a failover slot: run spout setup (it sets failover = true on 17+), "
                                    + "or \(alterFailoverCommand(slot: slot)) over a replication connection while the slot is not in use")
