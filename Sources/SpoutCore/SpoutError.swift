@@ -31,6 +31,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case unmappableMessage(MappingError, lsn: LSN)
     case sink(SinkError)
     case spoolFailed(String)
+    /// Reconnecting to PostgreSQL did not succeed within `--reconnect-timeout`.
+    case reconnectTimedOut(seconds: String, lastError: String)
 
     public var description: String {
         switch self {
@@ -94,6 +96,31 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
             error.description
         case let .spoolFailed(message):
             message + "; nothing past the spooled events was confirmed"
+        case let .reconnectTimedOut(seconds, lastError):
+            "lost the connection to PostgreSQL and could not stream again within --reconnect-timeout \(seconds) s (last: \(lastError)); "
+                + "nothing unacknowledged was confirmed: make the database reachable and restart spout to resume from the slot, "
+                + "or raise --reconnect-timeout"
+        }
+    }
+
+    /// What went wrong with the connection, for the outage's log line (without the advice to restart).
+    public var connectionDetail: String {
+        switch self {
+        case let .connectionLost(detail): detail
+        default: description
+        }
+    }
+
+    /// The database went away or cannot be reached for now (a restart, a terminated
+    /// walsender, a network fault, a server starting up or out of connections): worth
+    /// reconnecting. Everything else (a slot or publication that changed, a bad option) is not.
+    public var isConnectionLoss: Bool {
+        switch self {
+        case .connectionFailed, .connectionLost: true
+        // 08: connection exception; 57: operator intervention (admin_shutdown, crash_shutdown,
+        // cannot_connect_now); 53: insufficient resources (too many connections).
+        case let .server(error, _): ["08", "57", "53"].contains(String(error.sqlState.prefix(2)))
+        default: false
         }
     }
 

@@ -22,6 +22,8 @@ enum Setting: String, CaseIterable {
     case format
     // issue 12: failover slots (PostgreSQL 17+)
     case failover
+    // issue 12: reconnect and standby
+    case reconnectTimeout = "reconnect-timeout", noStandby = "no-standby"
 
     var flag: String { "--" + rawValue }
 
@@ -94,6 +96,8 @@ enum Limits {
     static let spoolMemoryBytes = (1 << 16)...(1 << 40)
     static let redisMaxLength = 1...Int(Int64.max)
     static let shutdownTimeoutSeconds = 0.0...86_400.0
+    // issue 12: reconnect
+    static let reconnectTimeoutSeconds = 0.0...604_800.0
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.

@@ -58,6 +58,15 @@ struct Run: AsyncParsableCommand {
         valueName: "seconds"))
     var shutdownTimeoutFlag: String?
 
+    @Option(name: .customLong("reconnect-timeout"), parsing: .unconditional, help: ArgumentHelp(
+        "After losing the database connection, exit non-zero if streaming does not resume within this many seconds; 0 exits at once; "
+            + "\(Int(Limits.reconnectTimeoutSeconds.lowerBound)) to \(Int(Limits.reconnectTimeoutSeconds.upperBound)), fractions allowed (default: retry forever). [SPOUT_RECONNECT_TIMEOUT]",
+        valueName: "seconds"))
+    var reconnectTimeoutFlag: String?
+
+    @Flag(name: .customLong("no-standby"), help: "Fail when another client streams from the slot, instead of waiting as a standby to take over. [SPOUT_NO_STANDBY]")
+    var noStandbyFlag = false
+
     @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
     var checkConfig = false
 
@@ -65,8 +74,8 @@ struct Run: AsyncParsableCommand {
         database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags
             + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
                                      .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
-                                     .shutdownTimeout: shutdownTimeoutFlag],
-                             switches: [.noCreate: noCreateFlag])
+                                     .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag],
+                             switches: [.noCreate: noCreateFlag, .noStandby: noStandbyFlag])
     }
 
     func run() async throws {
@@ -84,6 +93,8 @@ struct Run: AsyncParsableCommand {
             options.spoolMemoryBytes = try settings.integer(.spoolMemoryBytes, in: Limits.spoolMemoryBytes) ?? options.spoolMemoryBytes
             options.recordLatency = reportLatency
             options.shutdownTimeout = try seconds(settings.given(.shutdownTimeout)) ?? options.shutdownTimeout
+            options.reconnectTimeout = try seconds(settings.given(.reconnectTimeout), in: Limits.reconnectTimeoutSeconds)
+            options.standby = try !settings.flag(.noStandby)
             // Every sink option too, before anything connects: a bad value never waits for the database.
             _ = try SinkOptionGroup.options(settings, maxInFlightEvents: options.maxInFlightEvents)
             let create = try !settings.flag(.noCreate)
@@ -109,9 +120,13 @@ struct Run: AsyncParsableCommand {
                 log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)",
                          metadata: ["publication": "\(setup.publication)", "table": "\(setup.table)"])
             }
-            let (slot, created) = try setup.ensureSlot(connection, create: create, recreateLost: try settings.flag(.recreateLostSlot), log: log)
+            let (slot, created) = try setup.provideSlot(connection, create: create, recreateLost: try settings.flag(.recreateLostSlot), log: log)
+            if slot.active, !options.standby {
+                throw SpoutError.slotActive(slot: setup.slot, pid: slot.activePID ?? "?", client: slot.activeClient)
+            }
             if created { log.info("created replication slot \"\(setup.slot)\"", metadata: ["slot": "\(setup.slot)"]) }
-            else { try setup.ensureFailover(connection, conninfo: settings.text(.databaseURL), enabled: setup.failover, log: log) }
+            // A slot held by another instance (this one waits as a standby) cannot be altered now.
+            else if !slot.active { try setup.ensureFailover(connection, conninfo: settings.text(.databaseURL), enabled: setup.failover, log: log) }
             let confirmed = slot.confirmedFlush ?? .zero
             if let start = options.startLSN, start < confirmed {
                 throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)
@@ -132,13 +147,27 @@ struct Run: AsyncParsableCommand {
                                          markSlot: true, log: log)
             // From here on SIGINT/SIGTERM drain and confirm; before, they end spout at once (nothing was confirmed).
             let stop = StopSignal.forProcessSignals(log: log)
-            let stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
-            log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))",
-                     metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
+            // One loop reconnects after a lost connection and waits while another client holds the slot.
+            let connector = ReplicationConnector(conninfo: settings.text(.databaseURL), setup: setup,
+                                                 applicationName: PostgresConnection.applicationName("run"), log: log)
+            var stream: ReplicationStream?
+            if !slot.active {
+                do {
+                    stream = try ReplicationStream(connection: connection, slot: setup.slot, publication: setup.publication, start: start)
+                } catch {
+                    // Taken by another client since it was looked up: a standby waits for it.
+                    guard case SpoutError.slotActive = error, options.standby else { throw error }
+                }
+            }
+            if let stream {
+                log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))",
+                         metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
+            }
             watch.start()
             defer { watch.stop() }
 
-            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch)
+            let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch,
+                              connector: connector)
             let outcome = try await RelayService.run(relay, until: stop, log: log)
             log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.confirmed)",
                      metadata: ["slot": "\(setup.slot)", "lsn": "\(relay.confirmed)", "events": "\(relay.statistics.events)"])
@@ -220,10 +249,9 @@ struct Tail: AsyncParsableCommand {
     }
 }
 
-/// `--shutdown-timeout`: seconds, fractions allowed, within `Limits.shutdownTimeoutSeconds`.
-private func seconds(_ text: Sourced?) throws -> Duration? {
+/// `--shutdown-timeout`, `--reconnect-timeout`: seconds, fractions allowed, within `range`.
+private func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
     guard let text else { return nil }
-    let range = Limits.shutdownTimeoutSeconds
     let bounds = "\(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds"
     guard let seconds = Double(text.value.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
         throw text.invalid("is not a number of seconds: use \(bounds)")

@@ -441,6 +441,136 @@ final class ReplicationSessionTests: XCTestCase {
         XCTAssertEqual(driver.sent.map(\.event.lsn), [LSN(0x2000)])
     }
 
+    // MARK: Reconnecting (the server resends everything after the slot's confirmed_flush)
+
+    /// The first `inserts` messages of the captured transaction committing at `commit`, as a
+    /// connection that drops in the middle delivers them.
+    private func partial(_ driver: inout Driver, commit: LSN, relation: Bool = false, inserts: Int) throws {
+        let fixture = try SessionFixture.load()
+        var begin = fixture.begin
+        begin.finalLSN = LSN(commit.rawValue - 0x10)
+        begin.commitTime = PostgresTimestamp(unixMicroseconds: driver.nowMicros - 1000)
+        try driver.feed(.begin(begin), walEnd: begin.finalLSN)
+        if relation { try driver.feed(.relation(fixture.relation)) }
+        for index in 0..<inserts { try driver.feed(.insert(fixture.inserts[index]), walEnd: begin.finalLSN) }
+    }
+
+    private func reconnect(_ driver: inout Driver, slotConfirmed: LSN? = nil) {
+        driver.session.connectionLost()
+        XCTAssertFalse(driver.session.isConnected)
+        driver.session.resumed(slotConfirmed: slotConfirmed, now: driver.now)
+    }
+
+    func testResumeAfterACommitSkipsWholeTransactionsAlreadyTaken() throws {
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming }
+            try driver.transaction(commit: LSN(0x2000), relation: true)
+            try driver.transaction(commit: LSN(0x3000))
+            driver.dispatch()
+            driver.ack(0, 1, 2)
+            XCTAssertEqual(driver.session.confirmable, LSN(0x2000))
+            reconnect(&driver)
+            // The server resends from its confirmed_flush (older than what was taken).
+            try driver.transaction(commit: LSN(0x2000), relation: true)
+            try driver.transaction(commit: LSN(0x3000))
+            driver.dispatch()
+            XCTAssertEqual(driver.sent.count, 6, "nothing taken twice (streaming: \(streaming))")
+            try driver.transaction(commit: LSN(0x4000))
+            driver.dispatch()
+            XCTAssertEqual(driver.sent.map(\.ticket), Array(0..<9), "tickets continue")
+            driver.ack(3, 4, 5, 6, 7, 8)
+            XCTAssertEqual(driver.session.confirmable, LSN(0x4000))
+            XCTAssertEqual(driver.session.statistics.transactions, 3)
+        }
+    }
+
+    func testResumeMidTransactionSkipsTheEventsTakenAndContinuesIt() throws {
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming }
+            try driver.transaction(commit: LSN(0x2000), relation: true)
+            try partial(&driver, commit: LSN(0x3000), inserts: 2)
+            reconnect(&driver)
+            XCTAssertEqual(driver.session.interrupted?.taken, 2)
+            try driver.transaction(commit: LSN(0x2000), relation: true)
+            try driver.transaction(commit: LSN(0x3000), relation: true)
+            driver.dispatch()
+            let ids = try SessionFixture.ids()
+            XCTAssertEqual(driver.sent.map(\.event.id), ids + ids, "the third insert only once, after the two taken before")
+            if !streaming {
+                XCTAssertEqual(driver.sent.map(\.event.lsn), [LSN(0x2000), LSN(0x2000), LSN(0x2000), LSN(0x3000), LSN(0x3000), LSN(0x3000)])
+            }
+            XCTAssertNil(driver.session.interrupted)
+            driver.ack(0, 1, 2, 3, 4)
+            XCTAssertEqual(driver.session.confirmable, LSN(0x2000), "the resumed transaction's last event is out")
+            driver.ack(5)
+            XCTAssertEqual(driver.session.confirmable, LSN(0x3000))
+            XCTAssertEqual(driver.session.statistics.transactions, 2)
+        }
+    }
+
+    func testCutTwiceInOneTransactionStillTakesEachEventOnce() throws {
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming }
+            try partial(&driver, commit: LSN(0x3000), relation: true, inserts: 1)
+            reconnect(&driver)
+            try partial(&driver, commit: LSN(0x3000), relation: true, inserts: 2)
+            reconnect(&driver)
+            XCTAssertEqual(driver.session.interrupted?.taken, 2)
+            try driver.transaction(commit: LSN(0x3000), relation: true)
+            driver.dispatch()
+            XCTAssertEqual(driver.sent.map(\.event.id), try SessionFixture.ids())
+        }
+    }
+
+    func testNonTransactionalMessageAlreadyTakenIsSkipped() throws {
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming }
+            try driver.feed(.message(SessionFixture.logical(lsn: LSN(0x2000))))
+            reconnect(&driver)
+            try driver.feed(.message(SessionFixture.logical(lsn: LSN(0x2000))))
+            try driver.feed(.message(SessionFixture.logical(lsn: LSN(0x2100))))
+            driver.dispatch()
+            XCTAssertEqual(driver.sent.count, 2)
+            driver.ack(0, 1)
+            XCTAssertEqual(driver.session.confirmable, LSN(0x2100))
+        }
+    }
+
+    func testAcksDuringTheOutageAreConfirmedOnceStreamingAgain() throws {
+        var driver = Driver { $0.streaming = true }
+        try driver.transaction(commit: LSN(0x2000), relation: true)
+        XCTAssertNotNil(driver.statusIfDue())
+        driver.session.connectionLost()
+        driver.ack(0, 1, 2)
+        XCTAssertEqual(driver.session.resumePosition, LSN(0x1000), "what was last confirmed to the server")
+        driver.advance(.milliseconds(1))
+        driver.session.resumed(slotConfirmed: LSN(0x1000), now: driver.now)
+        XCTAssertEqual(driver.statusIfDue()?.flush, LSN(0x2000), "due at once, with the acks of the outage")
+    }
+
+    func testAStandbyTakingOverStartsAtTheSlotsPosition() throws {
+        var driver = Driver(start: LSN(0x1000)) { $0.streaming = true }
+        driver.session.resumed(slotConfirmed: LSN(0x8000), now: driver.now)
+        XCTAssertEqual(driver.statusIfDue()?.flush, LSN(0x8000), "idle: what the slot's previous holder confirmed")
+    }
+
+    func testAnInterruptedTransactionThatNeverComesAgainIsClosedWithAWarning() throws {
+        for streaming in [true, false] {
+            var driver = Driver { $0.streaming = streaming }
+            try partial(&driver, commit: LSN(0x3000), relation: true, inserts: 2)
+            reconnect(&driver)
+            try driver.transaction(commit: LSN(0x4000))
+            driver.dispatch()
+            XCTAssertEqual(driver.warnings.count, 1)
+            XCTAssertEqual(driver.sent.count, 5)
+            driver.ack(0, 1)
+            // Its commit record's start: a restart decodes it again, nothing is skipped.
+            XCTAssertEqual(driver.session.confirmable, LSN(0x2FF0))
+            driver.ack(2, 3, 4)
+            XCTAssertEqual(driver.session.confirmable, LSN(0x4000))
+        }
+    }
+
     // MARK: Errors (their texts are the product's)
 
     func testErrorsNameTheirCause() throws {

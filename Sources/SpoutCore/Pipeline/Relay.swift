@@ -24,6 +24,11 @@ public final class Relay {
         public var spoolMemoryBytes = 8 << 20
         /// Record commit → acknowledgement latency of every event (`latency`).
         public var recordLatency = false
+        /// After a lost connection (with a connector), give up when streaming does not resume
+        /// within this long; nil: never. Zero: exit at once with the lost connection's error.
+        public var reconnectTimeout: Duration?
+        /// Wait while another client streams from the slot (false: fail at once).
+        public var standby = true
 
         public init() {}
     }
@@ -40,7 +45,11 @@ public final class Relay {
         public var transactions = 0
     }
 
-    private let stream: ReplicationStream
+    /// The replication connection; nil while disconnected (or standing by).
+    private var stream: ReplicationStream?
+    /// Opens the stream again after a lost connection, or when the slot is released; nil: a
+    /// lost connection ends the relay (`spout tail`: its temporary slot is gone with it).
+    private let connector: ReplicationConnector?
     private let sink: Sink
     /// Verifies that the table and publication did not change; nothing is confirmed past where it verified.
     private let watch: PublicationWatch?
@@ -63,10 +72,13 @@ public final class Relay {
     /// The position the last status update confirmed to PostgreSQL.
     public var confirmed: LSN { session.lastSentFlush }
 
-    /// - Parameter start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
-    public init(stream: ReplicationStream, mapper: EventMapper, sink: Sink, start: LSN, options: Options, log: Log,
-                watch: PublicationWatch? = nil, metrics: MetricsFactory = MetricsSystem.factory) {
+    /// - Parameters:
+    ///   - stream: nil when the slot is held by another client: the relay starts as a standby (needs `connector`).
+    ///   - start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
+    public init(stream: ReplicationStream?, mapper: EventMapper, sink: Sink, start: LSN, options: Options, log: Log,
+                watch: PublicationWatch? = nil, connector: ReplicationConnector? = nil, metrics: MetricsFactory = MetricsSystem.factory) {
         self.stream = stream
+        self.connector = connector
         self.sink = sink
         self.watch = watch
         self.options = options
@@ -83,12 +95,41 @@ public final class Relay {
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
         encoder = sink as? any PreCommitEncoding
         self.metrics = RelayMetrics(sink: sink.metricsName, factory: metrics)
+        self.metrics.connection(up: stream != nil)
     }
 
     /// Runs until `stop` is requested, `--end-lsn` is reached, or an error. Errors that leave
     /// the connection usable first let the sink finish what it holds and confirm that.
     public func run(until stop: StopSignal) throws(SpoutError) -> Outcome {
+        var lost: SpoutError?
+        while true {
+            if stream == nil {
+                guard try reconnect(after: lost, until: stop) else {
+                    try drain()
+                    return .stopped
+                }
+            }
+            do {
+                return try streamUntilStopped(stop)
+            } catch {
+                // A connection that broke (or a stop's drain that lost it): stream again, same session.
+                if connector != nil, options.reconnectTimeout != .zero, error.isConnectionLoss, !session.isFinished {
+                    stream = nil
+                    lost = error
+                    continue
+                }
+                let error = session.naming(error)
+                if case .connectionLost = error { throw error }
+                // Deliver and confirm what came before the failure; nothing after it is confirmed.
+                try? drain()
+                throw error
+            }
+        }
+    }
+
+    private func streamUntilStopped(_ stop: StopSignal) throws(SpoutError) -> Outcome {
         let others = [stop.descriptor] + (sink.wakeupDescriptor.map { [$0] } ?? [])
+        guard let stream else { throw .connectionLost(detail: "not connected") }
         do {
             while !stop.isRequested {
                 let read = try readAvailable()
@@ -110,12 +151,99 @@ public final class Relay {
             log.info("stopping: waiting up to \(options.shutdownTimeout.secondsText) s for \(session.outstanding) acknowledgements")
             try drain()
             return .stopped
-        } catch {
-            let error = session.naming(error)
-            if case .connectionLost = error { throw error }
-            // Deliver and confirm what came before the failure; nothing after it is confirmed.
-            try? drain()
-            throw error
+        }
+    }
+
+    // MARK: Reconnecting and standing by
+
+    /// Streams again after `lost` (or, with nil, for the first time: the slot is held and this
+    /// relay stands by), one attempt after another, while the sink keeps working and its
+    /// acknowledgements are recorded. One warning when the outage begins, one line when it
+    /// ends. Returns false when a stop was requested first; throws when `reconnectTimeout`
+    /// passed or the slot cannot be streamed again (missing, invalidated).
+    private func reconnect(after lost: SpoutError?, until stop: StopSignal) throws(SpoutError) -> Bool {
+        guard let connector else { throw lost ?? .connectionLost(detail: "not connected") }
+        let slot = connector.slot
+        let began = clock.now
+        var outage = false
+        if let lost {
+            session.connectionLost()
+            metrics.connection(up: false)
+            outage = true
+            log.warning("lost the connection to PostgreSQL (\(lost.connectionDetail)); reconnecting with backoff"
+                        + (options.reconnectTimeout.map { " for up to \($0.secondsText) s" } ?? "")
+                        + ", the sink keeps delivering and its acknowledgements are confirmed once streaming again",
+                        metadata: ["slot": "\(slot)"])
+        }
+        var backoff = RetryBackoff(first: .milliseconds(200), ceiling: .seconds(30))
+        var random = SystemRandomNumberGenerator()
+        var standingBy = false
+        var ownEnded = false
+        while !stop.isRequested {
+            let delay: Duration
+            switch try connector.attempt(at: session.resumePosition) {
+            case let .streaming(stream, slotConfirmed):
+                self.stream = stream
+                session.resumed(slotConfirmed: slotConfirmed, now: clock.now)
+                metrics.connection(up: true)
+                let position = max(session.resumePosition, slotConfirmed ?? .zero)
+                if standingBy {
+                    log.info("taking over slot \"\(slot)\": streaming from \(position) on \(stream.connection.server)",
+                             metadata: ["slot": "\(slot)", "lsn": "\(position)"])
+                }
+                if outage {
+                    metrics.reconnected()
+                    log.info("recovered the connection to PostgreSQL after \(OutageState.seconds(clock.now - began)) s: streaming from slot "
+                             + "\"\(slot)\" at \(position) on \(stream.connection.server)", metadata: ["slot": "\(slot)", "lsn": "\(position)"])
+                }
+                return true
+            case let .held(pid, client):
+                guard options.standby else { throw .slotActive(slot: slot, pid: pid, client: client) }
+                if !standingBy {
+                    standingBy = true
+                    log.info("standby: slot \"\(slot)\" is held by pid \(pid) (\(client ?? "unknown client")), taking over when it is released",
+                             metadata: ["slot": "\(slot)"])
+                }
+                backoff.reset()
+                delay = .seconds(1)
+            case let .releasedOwn(pid):
+                // Our previous connection's walsender: the server had not noticed it was gone.
+                if !ownEnded { log.debug("ended this spout's previous walsender (server pid \(pid)), which still held slot \"\(slot)\"") }
+                ownEnded = true
+                delay = .milliseconds(100)
+            case let .failed(error):
+                if !outage {
+                    // Standing by, and the database went away.
+                    outage = true
+                    metrics.connection(up: false)
+                    log.warning("lost the connection to PostgreSQL (\(error.connectionDetail)); reconnecting with backoff", metadata: ["slot": "\(slot)"])
+                }
+                if let timeout = options.reconnectTimeout, clock.now - began >= timeout {
+                    throw .reconnectTimedOut(seconds: timeout.secondsText, lastError: error.connectionDetail)
+                }
+                delay = options.reconnectTimeout.map { min(backoff.next(using: &random), began + $0 - clock.now) }
+                    ?? backoff.next(using: &random)
+            }
+            try keepSinkWorking(for: delay, until: stop)
+        }
+        if session.outstanding > 0 || !session.isConnected {
+            log.info("stopping while disconnected from PostgreSQL: the sink may finish what it holds, but nothing can be confirmed "
+                     + "without a connection; the slot keeps the unconfirmed part, which is sent again on the next start")
+        }
+        return false
+    }
+
+    /// While disconnected: the sink goes on delivering (committed spooled events too) and its
+    /// acknowledgements are recorded, for `delay` or until a stop request.
+    private func keepSinkWorking(for delay: Duration, until stop: StopSignal) throws(SpoutError) {
+        let others = [stop.descriptor] + (sink.wakeupDescriptor.map { [$0] } ?? [])
+        let deadline = clock.now + delay
+        while clock.now < deadline, !stop.isRequested {
+            try dispatchSpooled()
+            if try pollSink() == 0 {
+                let poll: Duration = session.dispatchedUnacknowledged > 0 && sink.wakeupDescriptor == nil ? .milliseconds(1) : .milliseconds(100)
+                try ReplicationStream.wait(others: others, timeout: min(poll, deadline - clock.now))
+            }
         }
     }
 
@@ -123,6 +251,7 @@ public final class Relay {
     /// backlog, it also reads the socket again (a few times) when the buffer runs dry, rather
     /// than waiting in poll(2) for every few messages.
     private func readAvailable() throws(SpoutError) -> Int {
+        guard let stream else { return 0 }
         var count = 0
         var socketReads = 0
         // Once per batch: the session only needs it to tell a backlog from live traffic.
@@ -234,6 +363,7 @@ public final class Relay {
     }
 
     private func send(_ status: ReplicationSession.Status) throws(SpoutError) {
+        guard let stream else { throw .connectionLost(detail: "not connected") }
         try stream.send(StandbyStatusUpdate(write: status.write, flush: status.flush, apply: status.flush,
                                             sendTime: PostgresTimestamp(unixMicroseconds: LatencyRecorder.nowMicros())))
         session.statusSent(status, now: clock.now)
@@ -263,14 +393,15 @@ public final class Relay {
         session.stop(now: clock.now, timeout: options.shutdownTimeout)
         let others = sink.wakeupDescriptor.map { [$0] } ?? []
         var failure: SpoutError?
+        let stream = self.stream
         // Committed transactions still in the spool go out too: after a poison event, all
         // before it must be confirmed, or skipping just its transaction would skip them too.
         while session.isDraining(now: clock.now) {
             do {
                 try dispatchSpooled()
                 if try pollSink() == 0 {
-                    try sendStatusIfDue()
-                    try stream.wait(readingSocket: false, others: others, timeout: .milliseconds(others.isEmpty ? 1 : 100))
+                    if stream != nil { try sendStatusIfDue() }
+                    try ReplicationStream.wait(others: others, timeout: .milliseconds(others.isEmpty ? 1 : 100))
                 }
             } catch {
                 failure = error
@@ -279,6 +410,11 @@ public final class Relay {
         }
         if session.outstanding > 0, failure == nil {
             log.warning("\(session.outstanding) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
+        }
+        guard let stream else {
+            // Nothing can be confirmed without a connection: the slot keeps it, sent again on the next start.
+            if let failure { throw failure }
+            return
         }
         if failure == nil {
             do { try verifyBeforeFinalStatus() } catch { failure = error }

@@ -13,10 +13,12 @@ public final class PostgresConnection {
         let parsed = try Self.parse(conninfo)
         target = parsed.target
         // Defaults first: the user's URL/DSN (expanded from dbname) overrides them. TCP
-        // keepalives find a silently dead peer in about a minute instead of hours.
-        var keywords = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+        // keepalives find a silently dead peer in about a minute instead of hours; a connect
+        // attempt gives up after 10 s (per host of a multi-host URL) instead of hanging on an
+        // unreachable address, so a reconnecting relay tries again.
+        var keywords = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "connect_timeout",
                         "dbname", "client_encoding", "fallback_application_name"]
-        var values = ["1", "30", "10", "3", conninfo, "UTF8", applicationName]
+        var values = ["1", "30", "10", "3", "10", conninfo, "UTF8", applicationName]
         if replication {
             keywords.append("replication")
             values.append("database")
@@ -50,6 +52,13 @@ public final class PostgresConnection {
     }
 
     public var serverVersion: Int { Int(PQserverVersion(handle)) }
+
+    /// `host:port` of the server this connection reached (one of a multi-host URL's).
+    public var server: String {
+        let host = PQhost(handle).map { String(cString: $0) } ?? "?"
+        let port = PQport(handle).map { String(cString: $0) } ?? "?"
+        return host.hasPrefix("/") ? "\(host) (socket, port \(port))" : "\(host):\(port)"
+    }
     var socket: Int32 { PQsocket(handle) }
 
     /// Runs one statement (simple query protocol) and returns its rows as text.
@@ -136,11 +145,22 @@ public final class PostgresConnection {
             throw .invalidOption("\(urlErrorPrefix) \(shown) has a \"/\" before its last \"@\", which libpq does not read as "
                                  + "user:password@: percent-encode \"/\" in the password as %2F (or \"@\" in a database name as %40)")
         }
-        let host = values["host"] ?? values["hostaddr"] ?? "localhost"
         let user = values["user"].map { "\($0)@" } ?? ""
-        let port = values["port"].map { ":\($0)" } ?? ""
         let database = values["dbname"].map { "/\($0)" } ?? ""
-        return (Redaction.scrub(user + host + port + database, secrets: secrets), secrets)
+        return (Redaction.scrub(user + hostList(host: values["host"] ?? values["hostaddr"], port: values["port"]) + database, secrets: secrets),
+                secrets)
+    }
+
+    /// `host:port`, or for a multi-host URL (libpq's `host=a,b port=1,2`) `a:1,b:2`; one port
+    /// applies to every host.
+    static func hostList(host: String?, port: String?) -> String {
+        let hosts = (host ?? "localhost").split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let ports = port.map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) } ?? []
+        return hosts.enumerated().map { index, host in
+            let port = ports.count == hosts.count ? ports[index] : ports.first
+            let shown = host.isEmpty ? "localhost" : host
+            return port.map { $0.isEmpty ? shown : "\(shown):\($0)" } ?? shown
+        }.joined(separator: ",")
     }
 
     /// libpq's parse errors end in the input they choke on, in double quotes; a quoted

@@ -149,6 +149,15 @@ public final class ReplicationStream {
         }
     }
 
+    /// Waits, without a connection, until one of `descriptors` is readable or `timeout` passes.
+    public static func wait(others descriptors: [Int32], timeout: Duration) throws(SpoutError) {
+        var polled = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let milliseconds = Int32(clamping: max(0, timeout.wholeMilliseconds))
+        if poll(&polled, nfds_t(polled.count), milliseconds) < 0, errno != EINTR {
+            throw .connectionLost(detail: "poll failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Moves what the socket holds into libpq's buffer (one non-blocking read), without
     /// waiting for it to become readable.
     public func readSocket() throws(SpoutError) {

@@ -16,6 +16,10 @@ final class RelayMetrics {
     /// Sampled: the newest acknowledged event's commit → ack time, once per status update
     /// that follows new acknowledgements (not per event: that would cost a histogram update each).
     private let commitToAck: CoreMetrics.Timer
+    /// Connections to PostgreSQL made again after one was lost.
+    private let reconnects: Counter
+    /// 1 while streaming from PostgreSQL, 0 while disconnected or standing by.
+    private let connected: Gauge
     private var sampledAcknowledgement: Int64 = 0
     /// Per topic, in the session's topic order, with what was already published.
     private var delivered: [(counter: Counter, published: Int)] = []
@@ -34,7 +38,15 @@ final class RelayMetrics {
         inFlightBytes = Gauge(label: "spout_in_flight_bytes", dimensions: dimensions, factory: factory)
         spoolBytes = Gauge(label: "spout_spool_bytes", dimensions: dimensions, factory: factory)
         commitToAck = CoreMetrics.Timer(label: "spout_commit_to_ack_seconds", dimensions: dimensions, factory: factory)
+        reconnects = Counter(label: "spout_reconnects_total", dimensions: dimensions, factory: factory)
+        connected = Gauge(label: "spout_connected", dimensions: dimensions, factory: factory)
     }
+
+    /// Streaming (or not) from PostgreSQL.
+    func connection(up: Bool) { connected.record(up ? 1 : 0) }
+
+    /// Streaming again after a lost connection.
+    func reconnected() { reconnects.increment() }
 
     /// Publishes what changed since the last call. `confirmed` is what the status update reported.
     func publish(_ session: borrowing ReplicationSession, confirmed: LSN, spoolBytes spooled: Int) {

@@ -4,7 +4,7 @@
 ///
 /// Inputs: a keepalive, a decoded pgoutput message (with its XLogData `walEnd`), a committed
 /// event leaving the spool, a sink completion, the publication watch's news, a clock tick
-/// (status and wait), a stop request. Answers: hand an event to the sink with its ticket, or
+/// (status and wait), a stop request, the connection lost and resumed. Answers: hand an event to the sink with its ticket, or
 /// spool it until its transaction commits; read or pause reading (`canRead`, `wait`); send a
 /// status update with the write/flush LSN; finish at the end LSN; fail with an error.
 ///
@@ -71,6 +71,24 @@ public struct ReplicationSession: ~Copyable {
     private var skippingTransaction = false
     public private(set) var reachedEnd = false
     private var warnedRename: String?
+
+    // Reconnecting: the server resends every transaction after the slot's confirmed_flush, so
+    // what was already taken is recognised and skipped (see `connectionLost`).
+    /// Begin.finalLSN of the newest transaction received whole (its Commit arrived).
+    private var lastCommitFinal: LSN?
+    /// The newest non-transactional message taken (its record's end).
+    private var lastMessageLSN: LSN?
+    /// Events taken from the open transaction so far.
+    private var takenInTransaction = 0
+    /// A transaction received again whole after a reconnect: none of it is taken.
+    private var replaying = false
+    /// The transaction that was open when the connection dropped, and how many of its events
+    /// were taken: when its Begin comes again, that many are skipped and the rest continue it.
+    public private(set) var interrupted: (begin: PgOutputMessage.Begin, taken: Int)?
+    /// Events of a resumed transaction still to skip (taken before the connection dropped).
+    private var skipInTransaction = 0
+    /// Whether a connection streams now (false between `connectionLost` and `resumed`).
+    public private(set) var isConnected = true
 
     // Spooled events (a sink that needs the commit LSN): those of the open transaction, and
     // committed ones waiting for room, with their transactions' commit LSNs and times in order.
@@ -162,7 +180,7 @@ public struct ReplicationSession: ~Copyable {
         if reply { replyRequested = true }
         // The server waits for WAL: whatever backlog there was is read.
         if transaction == nil { behindMicros = 0 }
-        if let end = configuration.endLSN, transaction == nil, walEnd >= end { reachedEnd = true }
+        if let end = configuration.endLSN, transaction == nil, interrupted == nil, walEnd >= end { reachedEnd = true }
         tracker.observe(walEnd: walEnd)
     }
 
@@ -177,16 +195,41 @@ public struct ReplicationSession: ~Copyable {
     private mutating func handle(_ message: PgOutputMessage, nowMicros: Int64) throws(SpoutError) -> Delivery {
         switch message {
         case let .begin(begin):
+            // Sent again after a reconnect, and received whole before: none of it is taken again.
+            if let last = lastCommitFinal, begin.finalLSN <= last {
+                replaying = true
+                return .none
+            }
+            var answer = Delivery.none
+            if let open = interrupted {
+                interrupted = nil
+                if begin.finalLSN == open.begin.finalLSN {
+                    // The transaction that was open when the connection dropped: its first
+                    // events were taken, the rest continue it (tracker and spool kept it open).
+                    transaction = begin
+                    takenInTransaction = open.taken
+                    skipInTransaction = open.taken
+                    return .none
+                }
+                // It never comes again (another instance confirmed it while this one waited,
+                // or a failover lost it): close it where its commit record starts, which a
+                // restart decodes again, so confirming it skips nothing.
+                committed(endLSN: open.begin.finalLSN, committedAt: open.begin.commitTime)
+                answer = .warning("the transaction that was open when the connection dropped (commit at \(open.begin.finalLSN)) was not "
+                                + "sent again after reconnecting; its \(open.taken) events already handed over stay delivered")
+            }
             // Replay ends before the first transaction whose commit record starts at or after the end.
             if let end = configuration.endLSN, begin.finalLSN >= end {
                 reachedEnd = true
-                return .none
+                return answer
             }
+            takenInTransaction = 0
+            skipInTransaction = 0
             transaction = begin
             behindMicros = LatencyRecorder.age(of: begin.commitTime, at: nowMicros)
             skippingTransaction = configuration.startLSN.map { begin.finalLSN < $0 } ?? false
             tracker.transactionBegan()
-            return .none
+            return answer
         case let .relation(relation):
             let isOutbox: Bool
             do { isOutbox = try mapper.register(relation) } catch { throw .invalidOption(error.description) }
@@ -199,7 +242,7 @@ public struct ReplicationSession: ~Copyable {
             }
             return .debug("outbox relation \(relation.namespace).\(relation.name) oid \(relation.oid)")
         case let .insert(insert):
-            guard let begin = transaction, !skippingTransaction else { return .none }
+            guard !replaying, let begin = transaction, !skippingTransaction else { return .none }
             guard mapper.isOutbox(relationOID: insert.relationOID) else {
                 // Every insert the publication sends is an event or an error, never dropped unnoticed.
                 let name = mapper.otherRelationName(insert.relationOID) ?? "oid \(insert.relationOID)"
@@ -215,7 +258,7 @@ public struct ReplicationSession: ~Copyable {
             guard let event else { return .none }
             return accept(event)
         case let .message(logical):
-            guard logical.prefix == mapper.mapping.messagePrefix else { return .none }
+            guard logical.prefix == mapper.mapping.messagePrefix, !replaying else { return .none }
             guard let begin = transaction else { return try acceptNonTransactional(logical, nowMicros: nowMicros) }
             guard !skippingTransaction else { return .none }
             let event: OutboxEvent?
@@ -225,10 +268,15 @@ public struct ReplicationSession: ~Copyable {
             guard let event else { return .none }
             return accept(event)
         case let .commit(commit):
+            if replaying {
+                replaying = false
+                return .none
+            }
             guard let begin = transaction else {
                 throw .protocolViolation(.invalidValue(message: "Commit", field: "transaction", value: 0), context: "Commit without Begin")
             }
             transaction = nil
+            lastCommitFinal = begin.finalLSN
             // The events' commit time is the Begin's, which the mapper gave them.
             committed(endLSN: commit.endLSN, committedAt: begin.commitTime)
             // Every later transaction commits after this one: nothing more can be inside the end.
@@ -257,6 +305,9 @@ public struct ReplicationSession: ~Copyable {
             return .none
         }
         if let start = configuration.startLSN, logical.lsn < start { return .none }
+        // Taken before the connection dropped, and sent again.
+        if let last = lastMessageLSN, logical.lsn <= last { return .none }
+        lastMessageLSN = logical.lsn
         let event: OutboxEvent?
         let committedAt = PostgresTimestamp(unixMicroseconds: nowMicros)
         do { event = try mapper.event(message: logical, committedAt: committedAt) } catch {
@@ -271,6 +322,13 @@ public struct ReplicationSession: ~Copyable {
 
     /// A decoded event: straight to a streaming sink (`canRead` made room), else to the spool.
     private mutating func accept(_ event: OutboxEvent) -> Delivery {
+        if transaction != nil {
+            if skipInTransaction > 0 {
+                skipInTransaction -= 1
+                return .none
+            }
+            takenInTransaction += 1
+        }
         let topic = index(ofTopic: event.topic)
         guard configuration.streaming else {
             spooledOpen += 1
@@ -449,7 +507,9 @@ public struct ReplicationSession: ~Copyable {
     }
 
     /// Replay reached `endLSN` and everything before it is confirmed or about to be.
-    public var isFinished: Bool { reachedEnd && transaction == nil && spooledCommitted == 0 && dispatchedUnacknowledged == 0 }
+    public var isFinished: Bool {
+        reachedEnd && transaction == nil && interrupted == nil && spooledCommitted == 0 && dispatchedUnacknowledged == 0
+    }
 
     /// How to wait when a round read and completed nothing. `sinkHasWakeup`: the sink signals
     /// completions on a descriptor.
@@ -467,6 +527,38 @@ public struct ReplicationSession: ~Copyable {
         let gather: Duration? = reading && isCatchingUp ? min(timeout, .milliseconds(1)) : nil
         return Wait(readingSocket: reading, gather: gather, timeout: timeout)
     }
+
+    // MARK: Reconnecting
+
+    /// The connection to the server broke. What was taken stays: the window, the tracker and
+    /// the spool (the sink keeps acknowledging); a transaction cut off in the middle is kept
+    /// open, to be continued when the server sends it again.
+    public mutating func connectionLost() {
+        isConnected = false
+        replyRequested = false
+        replaying = false
+        if let open = transaction {
+            // Skipped events of a resumed transaction were counted when first taken.
+            interrupted = (open, takenInTransaction)
+            transaction = nil
+            skipInTransaction = 0
+            takenInTransaction = 0
+        }
+    }
+
+    /// Streaming again from the slot, which the server says is confirmed up to `slotConfirmed`:
+    /// it resends every transaction after that; what was taken before is skipped (`receive`).
+    /// A status update is due at once, with whatever the sink acknowledged meanwhile.
+    public mutating func resumed(slotConfirmed: LSN?, now: ContinuousClock.Instant) {
+        isConnected = true
+        // Nothing of ours outstanding (a standby taking over): the slot's position is confirmed already.
+        if let slotConfirmed { tracker.observe(walEnd: slotConfirmed) }
+        lastStatusAt = now - configuration.statusInterval
+    }
+
+    /// Where to ask the server to start streaming after a reconnect: what this session last
+    /// confirmed (the server starts at its slot's position when that is further).
+    public var resumePosition: LSN { lastSentFlush }
 
     // MARK: Stopping
 
