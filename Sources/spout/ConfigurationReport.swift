@@ -19,6 +19,9 @@ enum ConfigurationReport {
         ]
         if let start = relay.startLSN { lines.append(("start-lsn", start.description)) }
         if let end = relay.endLSN { lines.append(("end-lsn", end.description)) }
+        // issue 12: reconnect and standby
+        lines.append(("reconnect-timeout", relay.reconnectTimeout?.description ?? "none (retry forever)"))
+        lines.append(("no-standby", relay.standby ? "false" : "true"))
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")
     }

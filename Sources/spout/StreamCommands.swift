@@ -8,7 +8,9 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Creates the publication (publish = 'insert') and the slot when they are missing, unless --no-create. \
             Events go to the sink (stdout:// writes JSON lines to stdout); logs go to stderr. \
-            SIGINT/SIGTERM stop reading, wait for acknowledgements, confirm, and exit 0.
+            SIGINT/SIGTERM stop reading, wait for acknowledgements, confirm, and exit 0. \
+            A lost database connection is retried with backoff (--reconnect-timeout); a slot another client streams \
+            from makes this instance a standby that takes over when it is released (--no-standby fails instead).
             """)
 
     @OptionGroup var database: DatabaseOptions
@@ -160,7 +162,9 @@ struct Run: AsyncParsableCommand {
                 }
             }
             if let stream {
-                log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target) (pgoutput v\(stream.protocolVersion))",
+                // A multi-host URL: which of its hosts this is.
+                let reached = connection.target.contains(",") ? " (\(connection.server))" : ""
+                log.info("streaming \(setup.table) from slot \"\(setup.slot)\" at \(start) on \(connection.target)\(reached) (pgoutput v\(stream.protocolVersion))",
                          metadata: ["slot": "\(setup.slot)", "lsn": "\(start)", "table": "\(setup.table)"])
             }
             watch.start()

@@ -613,6 +613,19 @@ final class ReplicationSessionTests: XCTestCase {
 
     // MARK: Metrics
 
+    func testConnectionMetrics() throws {
+        let metrics = TestMetrics()
+        let relayMetrics = RelayMetrics(sink: "stdout", factory: metrics)
+        relayMetrics.connection(up: true)
+        XCTAssertEqual(try metrics.expectGauge("spout_connected", [("sink", "stdout")]).lastValue, 1)
+        relayMetrics.connection(up: false)
+        XCTAssertEqual(try metrics.expectGauge("spout_connected", [("sink", "stdout")]).lastValue, 0)
+        relayMetrics.reconnected()
+        relayMetrics.connection(up: true)
+        XCTAssertEqual(try metrics.expectCounter("spout_reconnects_total", [("sink", "stdout")]).totalValue, 1)
+        XCTAssertEqual(try metrics.expectGauge("spout_connected", [("sink", "stdout")]).lastValue, 1)
+    }
+
     func testMetricsCountPerTopicAndPublishGauges() throws {
         let metrics = TestMetrics()
         let relayMetrics = RelayMetrics(sink: "stdout", factory: metrics)

@@ -228,7 +228,8 @@ final class ErrorMessageTests: XCTestCase {
         }
         let pid = try XCTUnwrap(streamer)
         // The PID in PostgreSQL's message is the walsender's (a database backend): spout names its client instead.
-        _ = try assertOneLineError(["run"] + outbox.arguments, contains: [
+        // --no-standby: fail at once (without it, spout waits as a standby: StandbyTests).
+        _ = try assertOneLineError(["run", "--no-standby"] + outbox.arguments, contains: [
             "replication slot \"\(outbox.slot)\" is in use by \"spout run host=", "pid=\(first.process.processIdentifier)",
             "server PID \(pid)", "not that PID"])
         first.signal(SIGTERM)

@@ -62,6 +62,8 @@ public final class Relay {
     /// The sink, when it encodes events before their commit LSN is known: the spool keeps its bytes.
     private let encoder: (any PreCommitEncoding)?
     private let metrics: RelayMetrics
+    /// The watch's count of server shutdowns that the relay let go of its connection for.
+    private var handledShutdowns = 0
 
     public var tracker: AckTracker { session.tracker }
     public var statistics: Statistics { session.statistics }
@@ -185,6 +187,8 @@ public final class Relay {
             case let .streaming(stream, slotConfirmed):
                 self.stream = stream
                 session.resumed(slotConfirmed: slotConfirmed, now: clock.now)
+                // A shutdown the watch saw meanwhile is over: this connection is to a running server.
+                handledShutdowns = watch?.serverShutdowns ?? 0
                 metrics.connection(up: true)
                 let position = max(session.resumePosition, slotConfirmed ?? .zero)
                 if standingBy {
@@ -382,6 +386,12 @@ public final class Relay {
     /// The watch's news: a change it found stops the relay; otherwise how far it verified.
     private func refreshVerified() throws(SpoutError) {
         guard let watch else { return }
+        let shutdowns = watch.serverShutdowns
+        if shutdowns != handledShutdowns {
+            handledShutdowns = shutdowns
+            throw .connectionLost(detail: "PostgreSQL is shutting down: its walsender waits for a confirmation of all WAL, which spout gives "
+                                  + "only up to where the outbox table and publication were verified, so spout closed its connection")
+        }
         try session.watchReported(verified: watch.verified, failure: watch.failure)
     }
 

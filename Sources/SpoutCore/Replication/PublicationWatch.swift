@@ -34,6 +34,8 @@ public final class PublicationWatch: Sendable {
         var checks = 0
         var checkRequested = false
         var stopped = false
+        var shuttingDown = false
+        var shutdowns = 0
     }
 
     private let state: Mutex<State>
@@ -65,6 +67,11 @@ public final class PublicationWatch: Sendable {
     /// Set once a check found a change: the relay stops with it.
     public var failure: SpoutError? { state.withLock { $0.failure } }
     var checks: Int { state.withLock { $0.checks } }
+    /// The server refuses new connections because it is shutting down. A fast shutdown waits
+    /// until every walsender's client confirmed all WAL, which the relay cannot do past what
+    /// this watch verified: so the relay lets go of its connection (and reconnects later).
+    /// Counts the shutdowns seen (the relay acts on each once).
+    public var serverShutdowns: Int { state.withLock { $0.shutdowns } }
 
     public func start() {
         let thread = Thread { [self] in loop() }
@@ -101,6 +108,7 @@ public final class PublicationWatch: Sendable {
                     connection = current
                 }
                 try check(current)
+                state.withLock { $0.shuttingDown = false }
                 if outage {
                     outage = false
                     log.info("verifying the outbox table and publication again")
@@ -111,9 +119,22 @@ public final class PublicationWatch: Sendable {
                     return
                 }
                 connection = nil
+                // The check's connection was ended: a new one at once tells a shutdown apart.
+                var shuttingDown = Self.isShutdown(error)
+                if !shuttingDown {
+                    do throws(SpoutError) {
+                        connection = try PostgresConnection(conninfo, applicationName: PostgresConnection.applicationName("watch"))
+                    } catch {
+                        shuttingDown = Self.isShutdown(error)
+                    }
+                }
+                state.withLock { state in
+                    if shuttingDown, !state.shuttingDown { state.shutdowns += 1 }
+                    state.shuttingDown = shuttingDown
+                }
                 if !outage {
                     outage = true
-                    log.warning("cannot verify the outbox table and publication (\(error.description)); "
+                    log.warning("cannot verify the outbox table and publication (\(error.connectionDetail)); "
                                 + "an idle slot is not confirmed further until this works again")
                 }
             }
@@ -122,6 +143,12 @@ public final class PublicationWatch: Sendable {
             if !state.withLock({ $0.checkRequested || $0.stopped }) { _ = poll(&descriptor, 1, milliseconds) }
             wakeThread.drain()
         }
+    }
+
+    /// PostgreSQL's "the database system is shutting down" (SQLSTATE 57P03, which also means
+    /// "starting up": only the message tells them apart; a connection attempt has no SQLSTATE).
+    static func isShutdown(_ error: SpoutError) -> Bool {
+        error.description.contains("is shutting down")
     }
 
     private func check(_ connection: PostgresConnection) throws(SpoutError) {
