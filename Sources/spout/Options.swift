@@ -20,6 +20,8 @@ enum Setting: String, CaseIterable {
     case maxInFlightBytes = "max-in-flight-bytes", spoolMemoryBytes = "spool-memory-bytes"
     case shutdownTimeout = "shutdown-timeout"
     case format
+    // issue 12: failover slots (PostgreSQL 17+)
+    case failover
     // issue 12: reconnect and standby
     case reconnectTimeout = "reconnect-timeout", noStandby = "no-standby"
     // issue 12: snapshot (a lost slot, snapshot and backfill)

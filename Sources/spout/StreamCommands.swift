@@ -33,6 +33,7 @@ struct Run: AsyncParsableCommand {
     var noCreateFlag = false
 
     @OptionGroup var lostSlot: LostSlotOption
+    @OptionGroup var failover: FailoverOption
 
     // Numbers are parsed by spout, not ArgumentParser: one error line naming the range and the
     // source, and `.unconditional` so that `--max-in-flight -1` is a value, not an option.
@@ -72,7 +73,7 @@ struct Run: AsyncParsableCommand {
     var checkConfig = false
 
     private var flags: Settings.Flags {
-        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags
+        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags
             + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
                                      .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
                                      .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag],
@@ -99,7 +100,7 @@ struct Run: AsyncParsableCommand {
             // Every sink option too, before anything connects: a bad value never waits for the database.
             _ = try SinkOptionGroup.options(settings, maxInFlightEvents: options.maxInFlightEvents)
             let create = try !settings.flag(.noCreate)
-            let setup = try database.setup(settings)
+            var setup = try database.setup(settings)
             var mapper = EventMapper(mapping: try MappingOptions.mapping(settings, table: setup.table))
             if checkConfig {
                 try SinkOptionGroup.validate(settings, maxInFlightEvents: options.maxInFlightEvents)
@@ -113,6 +114,7 @@ struct Run: AsyncParsableCommand {
             let connection = try database.connect(settings, replication: true,
                                                     applicationName: PostgresConnection.applicationName("run"))
             try ReplicationSetup.checkServer(connection)
+            setup.failover = try FailoverOption.enabled(settings, serverVersion: connection.serverVersion)
             let table = try setup.checkTable(connection)
             try mapping.check(mapper, against: table)
             mapper.outboxOID = table.oid
@@ -126,6 +128,8 @@ struct Run: AsyncParsableCommand {
                 throw SpoutError.slotActive(slot: setup.slot, pid: slot.activePID ?? "?", client: slot.activeClient)
             }
             if created { log.info("created replication slot \"\(setup.slot)\"", metadata: ["slot": "\(setup.slot)"]) }
+            // A slot held by another instance (this one waits as a standby) cannot be altered now.
+            else if !slot.active { try setup.ensureFailover(connection, conninfo: settings.text(.databaseURL), enabled: setup.failover, log: log) }
             let confirmed = slot.confirmedFlush ?? .zero
             if let start = options.startLSN, start < confirmed {
                 throw SpoutError.startBeforeSlot(start: start, slot: setup.slot, confirmed: confirmed)

@@ -61,7 +61,8 @@ final class ConfigurationTests: XCTestCase {
             }
         }
         XCTAssertTrue(names.contains("spool-memory-bytes") && names.contains("redis-maxlen") && names.contains("format"), "\(names)")
-        let switches: Set<String> = ["help", "json", "print", "report-latency", "check-config", "config", "version"]
+        // no-failover: the inversion of --failover, which a file writes as `failover: false`.
+        let switches: Set<String> = ["help", "json", "print", "report-latency", "check-config", "config", "version", "no-failover"]
         for name in names.subtracting(switches).sorted() {
             for line in ["\(name): x", "\(name) = x"] {
                 let file = try configFile([line])

@@ -288,3 +288,102 @@ extension SpoutProcess {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }
+
+// issue 12: failover slots
+/// The PostgreSQL major version `scripts/test` runs this pass against (SPOUT_TEST_PG_VERSION),
+/// 15 when unset. Version-specific tests run in one pass and skip in the other.
+enum TestServerVersion {
+    static var major: Int { ProcessInfo.processInfo.environment["SPOUT_TEST_PG_VERSION"].flatMap { Int($0) } ?? 15 }
+
+    static func require(atLeast version: Int, for what: String) throws {
+        guard major >= version else {
+            throw XCTSkip("\(what) needs PostgreSQL \(version)+: it runs in scripts/test's PostgreSQL 18 pass (this pass: \(major))")
+        }
+    }
+}
+
+/// A private server of the project's scripts (scripts/pg-start, scripts/pg-standby), for tests
+/// that stop, restart or promote PostgreSQL: never the shared test server.
+final class PrivateServer {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    let name: String
+    /// The settings the script wrote to .run/NAME.env (SPOUT_PG_DIR, SPOUT_PG_PORT, SPOUT_PG_BIN…).
+    let environment: [String: String]
+
+    var url: String { environment["SPOUT_TEST_DATABASE_URL"] ?? "" }
+    var port: String { environment["SPOUT_PG_PORT"] ?? "" }
+
+    /// `scripts/pg-start NAME logical VERSION`.
+    static func start(_ name: String, version: Int) throws -> PrivateServer {
+        try script("pg-start", [name, "logical", String(version)])
+        return try PrivateServer(name: name)
+    }
+
+    /// `scripts/pg-standby PRIMARY NAME`: a physical standby set up for slot synchronization.
+    static func standby(of primary: PrivateServer, _ name: String) throws -> PrivateServer {
+        try script("pg-standby", [primary.name, name])
+        return try PrivateServer(name: name)
+    }
+
+    private init(name: String) throws {
+        self.name = name
+        let file = Self.repository.appendingPathComponent(".run/\(name).env")
+        let text = try String(contentsOf: file, encoding: .utf8)
+        var environment: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            environment[String(line[..<equals])] = String(line[line.index(after: equals)...])
+        }
+        self.environment = environment
+    }
+
+    func connect() throws -> PostgresConnection { try PostgresConnection(url) }
+
+    /// `pg_ctl ARGUMENTS` on this server's data directory, as the user that runs it.
+    func pgCtl(_ arguments: [String]) throws {
+        let bin = try XCTUnwrap(environment["SPOUT_PG_BIN"]), directory = try XCTUnwrap(environment["SPOUT_PG_DIR"])
+        var command = ["\(bin)/pg_ctl", "-D", "\(directory)/data"] + arguments
+        if getuid() == 0 { command = ["runuser", "-u", "postgres", "--"] + command }
+        try Self.run(command)
+    }
+
+    /// `scripts/pg-stop NAME`: stops it (if running) and removes its directory.
+    func stop() { _ = try? Self.script("pg-stop", [name]) }
+
+    @discardableResult
+    static func script(_ script: String, _ arguments: [String]) throws -> String {
+        try run([repository.appendingPathComponent("scripts/\(script)").path] + arguments)
+    }
+
+    /// Runs a command to completion; its output on failure is the error. Not `Process`: a
+    /// server the script starts would inherit the descriptor through which Foundation learns
+    /// that its child exited, and hold it open while it runs. The child runs with only
+    /// stdin/stdout/stderr (bash closes the rest before it execs the command).
+    @discardableResult
+    static func run(_ command: [String]) throws -> String {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("spout-script-\(UUID().uuidString).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let closeAndExec = #"cd "$1" || exit 1; shift; for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; exec "$@""#
+        let arguments = ["/bin/bash", "-c", closeAndExec, "bash", repository.path] + command
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, "/bin/bash", &actions, nil, argv, environ)
+        guard spawned == 0 else { throw XCTSkipFailure("cannot start \(command.joined(separator: " ")): \(String(cString: strerror(spawned)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        // WIFEXITED / WEXITSTATUS are macros: exited normally when the low 7 bits are 0.
+        guard status & 0x7F == 0, (status >> 8) & 0xFF == 0 else {
+            throw XCTSkipFailure("\(command.joined(separator: " ")) failed (wait status \(status)): \(text)")
+        }
+        return text
+    }
+}

@@ -4,6 +4,8 @@ public struct ReplicationSetup: Sendable {
     public var table: TableName
     public var publication: String
     public var slot: String
+    /// Create the slot with `failover = true` (PostgreSQL 17+, see FailoverSlots.swift).
+    public var failover = false
 
     public init(table: TableName, publication: String, slot: String) {
         self.table = table
@@ -25,12 +27,12 @@ public struct ReplicationSetup: Sendable {
     }
 
     /// Idempotent: creates the slot only when no slot of that name exists.
-    public var slotSQL: String { slotSQL(failover: false) }
+    public var slotSQL: String { slotSQL(failover: failover) }
 
     /// `failover`: PostgreSQL 17's fifth argument (a slot synchronized to standbys).
     public func slotSQL(failover: Bool) -> String {
         """
-        SELECT pg_create_logical_replication_slot(\(SQL.literal(slot)), 'pgoutput'\(failover ? ", false, false, true" : ""))
+        SELECT \(Self.createSlotCall(slot: slot, failover: failover))
           WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = \(SQL.literal(slot)));
         """
     }
@@ -215,6 +217,7 @@ public struct ReplicationSetup: Sendable {
     public func provisionSlot(_ connection: PostgresConnection, create: Bool, onLost: SlotLostPolicy = .fail,
                             snapshot: InitialSnapshot = .never, replication: Bool = false, failover: Bool = false,
                             log: Log = Log()) throws(SpoutError) -> SlotProvision {
+        let failover = failover || self.failover
         let database = try connection.query("SELECT current_database()", context: "cannot read the database name").first?.first ?? nil
         let marker = try SlotMarker.read(connection, schema: table.schema, slot: slot)
         var existing = try Self.slotState(connection, slot: slot)
