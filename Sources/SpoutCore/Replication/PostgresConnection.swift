@@ -33,11 +33,40 @@ public final class PostgresConnection {
             PQfinish(connection)
             throw .connectionFailed(target: target, detail: detail)
         }
-        // libpq prints server NOTICEs raw to stderr ("relation … already exists, skipping"):
-        // Spout reports what matters itself, escaped.
-        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
+        // libpq prints server NOTICEs raw to stderr ("relation … already exists, skipping"):
+        // Spout reports what matters itself, escaped. The receiver keeps the one notice that
+        // matters to a stream (see `Notices`).
+        PQsetNoticeReceiver(connection, { context, result in
+            guard let context, let result else { return }
+            Unmanaged<Notices>.fromOpaque(context).takeUnretainedValue().receive(result)
+        }, Unmanaged.passUnretained(notices).toOpaque())
     }
+
+    /// What the server said in notices that Spout must act on. PostgreSQL 18's walsender
+    /// decodes a change made while the publication did not exist with a WARNING ("skipped
+    /// loading publication", object_not_in_prerequisite_state) and skips the change, where earlier versions
+    /// fail: without this, a publication dropped and created again would lose those rows
+    /// silently.
+    public final class Notices {
+        /// The primary message of a WARNING with SQLSTATE 55000 (object_not_in_prerequisite_state) about a publication.
+        public private(set) var skippedPublication: String?
+
+        fileprivate func receive(_ result: OpaquePointer) {
+            func field(_ code: Character) -> String? {
+                guard let ascii = code.asciiValue, let value = PQresultErrorField(result, Int32(ascii)) else { return nil }
+                return String(cString: value)
+            }
+            guard skippedPublication == nil, field("C") == "55000", field("V") == "WARNING" else { return }
+            let message = field("M") ?? "a publication was skipped"
+            guard message.localizedCaseInsensitiveContains("publication") else { return }
+            skippedPublication = message
+        }
+    }
+
+    /// Owned here, referenced unretained by libpq's notice receiver, which only runs inside
+    /// libpq calls on `handle`.
+    public let notices = Notices()
 
     deinit { PQfinish(handle) }
 

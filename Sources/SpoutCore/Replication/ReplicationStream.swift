@@ -72,6 +72,12 @@ public final class ReplicationStream {
     public func read<R>(_ body: (Read) throws(SpoutError) -> R) throws(SpoutError) -> R {
         var buffer: UnsafeMutablePointer<CChar>?
         let length = PQgetCopyData(connection.handle, &buffer, 1)
+        // A notice is taken in while libpq parses the input, before the messages after it are
+        // handed out: nothing decoded after a skipped change reaches the session.
+        if let skipped = connection.notices.skippedPublication {
+            if let buffer { PQfreemem(buffer) }
+            throw skippedPublication(skipped)
+        }
         if length > 0, let buffer {
             defer { PQfreemem(buffer) }
             return try body(.message(UnsafeRawBufferPointer(start: buffer, count: Int(length))))
@@ -111,6 +117,12 @@ public final class ReplicationStream {
             + "as it was then, so this repeats on every start. Inserts between the drop and the re-creation were never published. "
             + "To recover: advance the slot past the re-creation (SELECT pg_replication_slot_advance('\(slot)', pg_current_wal_lsn())), "
             + "re-publish outbox rows written since spout last ran from the table, then restart spout")
+    }
+
+    /// PostgreSQL 18 skipped a change because the publication did not exist at its point in
+    /// the WAL (a publication dropped and created again): say so, as earlier versions' error does.
+    private func skippedPublication(_ message: String) -> SpoutError {
+        explained(.server(ServerError(sqlState: "42704", message: message, detail: nil, hint: nil), while: "streaming"))
     }
 
     /// Reads the remaining results without blocking past `deadline`. A result still in a
