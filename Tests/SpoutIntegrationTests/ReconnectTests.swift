@@ -64,6 +64,8 @@ final class ReconnectTests: XCTestCase {
         XCTAssertEqual(Set(delivered).count, committed.count, "nothing but the committed rows", file: file, line: line)
         XCTAssertEqual(spout.logLines(containing: Self.lostLine).count, 1, spout.stderr, file: file, line: line)
         XCTAssertEqual(spout.logLines(containing: Self.recoveredLine).count, 1, spout.stderr, file: file, line: line)
+        // One warning per outage in all: the publication watch loses its connection too, and stays quiet.
+        XCTAssertEqual(spout.logLines(containing: "spout: warning: ").count, 1, spout.stderr, file: file, line: line)
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(timeout: 60), 0, spout.stderr, file: file, line: line)
         print("reconnect \(prefix): \(committed.count) events, \(spout.logLines(containing: Self.recoveredLine).first ?? "")")

@@ -99,6 +99,7 @@ public final class PublicationWatch: Sendable {
     private func loop() {
         var connection: PostgresConnection?
         var outage = false
+        var quietOutage = false
         while !state.withLock({ $0.stopped }) {
             state.withLock { $0.checkRequested = false }
             do throws(SpoutError) {
@@ -111,7 +112,9 @@ public final class PublicationWatch: Sendable {
                 state.withLock { $0.shuttingDown = false }
                 if outage {
                     outage = false
-                    log.info("verifying the outbox table and publication again")
+                    if quietOutage { log.debug("verifying the outbox table and publication again") } else {
+                        log.info("verifying the outbox table and publication again")
+                    }
                 }
             } catch {
                 if case .publicationChanged = error {
@@ -134,8 +137,11 @@ public final class PublicationWatch: Sendable {
                 }
                 if !outage {
                     outage = true
-                    log.warning("cannot verify the outbox table and publication (\(error.connectionDetail)); "
-                                + "an idle slot is not confirmed further until this works again")
+                    // A lost connection is the relay's outage too, and it says so once: here only a debug line.
+                    quietOutage = error.isConnectionLoss
+                    let text = "cannot verify the outbox table and publication (\(error.connectionDetail)); "
+                        + "an idle slot is not confirmed further until this works again"
+                    if quietOutage { log.debug(text) } else { log.warning(text) }
                 }
             }
             var descriptor = pollfd(fd: wakeThread.descriptor, events: Int16(POLLIN), revents: 0)
