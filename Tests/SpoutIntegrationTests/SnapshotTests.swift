@@ -82,8 +82,8 @@ final class SnapshotTests: XCTestCase {
     }
 
     /// kill -9 while the snapshot's rows are being published (the sink is a pipe nobody
-    /// reads, so spout waits there): the next start drops the slot, whose snapshot is pending,
-    /// creates it again and publishes every row — without --snapshot this time.
+    /// reads, so spout waits there): a second run standing by meanwhile drops the slot, whose
+    /// snapshot is pending, creates it again and publishes every row — without --snapshot.
     func testKillDuringTheSnapshotLosesNothing() throws {
         let outbox = try OutboxFixture("snapkill")
         defer { outbox.tearDown() }
@@ -101,13 +101,15 @@ final class SnapshotTests: XCTestCase {
         XCTAssertEqual(other.status, 1, other.stderr)
         XCTAssertTrue(other.stderr.contains("is in use by \"spout run host="), other.stderr)
         XCTAssertEqual(try outbox.confirmedFlush, slotBefore, "the slot was left alone")
+        // A second run stands by meanwhile, and takes over by publishing a new snapshot.
+        let spout = try SpoutProcess(["run"] + outbox.arguments)
+        try eventually("the second run stands by: \(spout.stderr)") { spout.stderr.contains("while it publishes the slot's snapshot") }
+        XCTAssertEqual(try outbox.confirmedFlush, slotBefore, "the slot was left alone")
+        let oldConsistentPoint = try XCTUnwrap(try outbox.confirmedFlush)
         stuck.signal(SIGKILL)
         XCTAssertNotNil(stuck.waitForExit(timeout: 30))
-        try eventually("the killed walsender lets go of the slot") { try !outbox.slotIsActive }
-        let oldConsistentPoint = try XCTUnwrap(try outbox.confirmedFlush)
         try outbox.insert(outbox.admin, rows: 2, aggregate: "meanwhile")
 
-        let spout = try SpoutProcess(["run"] + outbox.arguments)
         try eventually(timeout: 60, "spout streams from the slot: \(spout.stderr)") { try outbox.streamingWalsender != nil }
         XCTAssertTrue(spout.stderr.contains("was not finished"), spout.stderr)
         XCTAssertGreaterThan(try XCTUnwrap(try outbox.confirmedFlush), oldConsistentPoint, "a new slot")
@@ -116,7 +118,8 @@ final class SnapshotTests: XCTestCase {
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
         try assertEveryRowOnce(spout.events.compactMap { $0["id"] as? String }, outbox)
-        XCTAssertEqual(spout.events.filter { $0["source"] as? String == "snapshot" }.count, 5002)
+        // The two rows written after the kill are in the new snapshot or streamed, as the takeover fell.
+        XCTAssertGreaterThanOrEqual(spout.events.filter { $0["source"] as? String == "snapshot" }.count, 5000)
     }
 
     /// `--redis-ids lsn`: the snapshot's entries get ids `<consistent point>-<n>`, in
