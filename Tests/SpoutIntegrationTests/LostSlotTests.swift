@@ -65,7 +65,7 @@ final class LostSlotTests: XCTestCase {
     /// test's own): `fail` names the cause and the option; `recreate` drops it, and every
     /// row of the table arrives, then streamed ones.
     func testInvalidatedSlotRecreatedPublishesEveryRow() throws {
-        let server = try LostSlotServer("lostslot-\(ProcessInfo.processInfo.processIdentifier)")
+        let server = try PrivateServer.start("lostslot-\(ProcessInfo.processInfo.processIdentifier)")
         defer { server.stop() }
         let admin = try PostgresConnection(server.url)
         try admin.query("""
@@ -103,46 +103,5 @@ final class LostSlotTests: XCTestCase {
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
         let ids = spout.events.compactMap { $0["id"] as? String }
         XCTAssertEqual(ids, (1...101).map(String.init), "every row once, in primary-key order, then the streamed one")
-    }
-}
-
-/// A PostgreSQL of the test's own (`scripts/pg-start NAME`): its settings can be changed
-/// without touching the shared test server.
-final class LostSlotServer {
-    let name: String
-    let url: String
-    private static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    init(_ name: String) throws {
-        self.name = name
-        let started = try Self.script("pg-start", name)
-        guard started.status == 0 else { throw XCTSkipFailure("scripts/pg-start \(name) failed: \(started.output)") }
-        let text = try String(contentsOf: Self.root.appendingPathComponent(".run/\(name).env"), encoding: .utf8)
-        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("SPOUT_TEST_DATABASE_URL=") }) else {
-            throw XCTSkipFailure(".run/\(name).env has no SPOUT_TEST_DATABASE_URL: \(text)")
-        }
-        url = String(line.dropFirst("SPOUT_TEST_DATABASE_URL=".count))
-    }
-
-    func stop() { _ = try? Self.script("pg-stop", name) }
-
-    /// Runs `scripts/NAME` with posix_spawn and waitpid: Foundation's Process did not see
-    /// pg-start end (it leaves the server running), and waited forever.
-    private static func script(_ script: String, _ name: String) throws -> (status: Int32, output: String) {
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("spout-\(script)-\(UUID().uuidString).log")
-        defer { try? FileManager.default.removeItem(at: output) }
-        let command = "cd \(SQL.literal(root.path)) && exec bash scripts/\(script) \(SQL.literal(name)) >\(SQL.literal(output.path)) 2>&1 </dev/null"
-        let words: [String] = ["/bin/sh", "-c", command]
-        let arguments: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-        defer { arguments.forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, "/bin/sh", nil, nil, arguments, environ)
-        guard spawned == 0 else { throw XCTSkipFailure("cannot start scripts/\(script): \(String(cString: strerror(spawned)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            guard errno == EINTR else { throw XCTSkipFailure("waitpid for scripts/\(script): \(String(cString: strerror(errno)))") }
-        }
-        let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-        return (exitStatus, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
     }
 }

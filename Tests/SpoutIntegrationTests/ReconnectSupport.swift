@@ -40,67 +40,14 @@ func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: 
     return (exited ? (status >> 8) & 0xFF : 128 + (status & 0x7F), output)
 }
 
-/// A PostgreSQL of the test's own (`scripts/pg-start NAME`), which a test may restart or stop
-/// without disturbing the shared test server.
-final class PrivatePostgres: @unchecked Sendable {
-    let name: String
-    let url: String
-    let port: Int
-    private let directory: String
-    private let binaries: String
-
-    init(_ name: String) throws {
-        self.name = name
-        let start = { try runCommand("/usr/bin/env", ["bash", repositoryRoot.appendingPathComponent("scripts/pg-start").path, name]) }
-        var started = try start()
-        if started.status != 0 {
-            // Once more (a port taken between choosing and binding it, a machine under load).
-            _ = try? runCommand("/usr/bin/env", ["bash", repositoryRoot.appendingPathComponent("scripts/pg-stop").path, name])
-            started = try start()
-        }
-        guard started.status == 0 else { throw XCTSkipFailure("scripts/pg-start \(name) failed: \(started.output)") }
-        let text = try String(contentsOf: repositoryRoot.appendingPathComponent(".run/\(name).env"), encoding: .utf8)
-        var values: [String: String] = [:]
-        for line in text.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
-            if parts.count == 2 { values[parts[0]] = parts[1] }
-        }
-        guard let url = values["SPOUT_TEST_DATABASE_URL"], let port = values["SPOUT_PG_PORT"].flatMap({ Int($0) }),
-              let directory = values["SPOUT_PG_DIR"], let binaries = values["SPOUT_PG_BIN"] else {
-            throw XCTSkipFailure(".run/\(name).env lacks a setting: \(text)")
-        }
-        self.url = url
-        self.port = port
-        self.directory = directory
-        self.binaries = binaries
-    }
-
-    func connect() throws -> PostgresConnection { try PostgresConnection(url) }
-
-    /// `pg_ctl` as the server's owner (PostgreSQL refuses to run as root).
-    private func pgCtl(_ arguments: [String]) throws {
-        let command = ["\(binaries)/pg_ctl", "-D", "\(directory)/data"] + arguments
-        let result = getuid() == 0 ? try runCommand("/usr/sbin/runuser", ["-u", "postgres", "--"] + command)
-            : try runCommand(command[0], Array(command.dropFirst()))
-        guard result.status == 0 else { throw XCTSkipFailure("pg_ctl \(arguments.joined(separator: " ")) failed: \(result.output)") }
-    }
-
-    /// `pg_ctl restart -m MODE`: every connection ends; the server is back when this returns.
-    func restart(mode: String) throws {
-        try pgCtl(["restart", "-m", mode, "-w", "-t", "60", "-l", "\(directory)/server.log"])
-    }
-
-    func stop() { _ = try? runCommand("/usr/bin/env", ["bash", repositoryRoot.appendingPathComponent("scripts/pg-stop").path, name]) }
-}
-
 /// An outbox table on a private server, streamed by `spout run` processes to their stdout.
 final class PrivateOutbox: @unchecked Sendable {
-    let server: PrivatePostgres
+    let server: PrivateServer
     let admin: PostgresConnection
     let table: String
     let slot: String
 
-    init(_ server: PrivatePostgres, prefix: String) throws {
+    init(_ server: PrivateServer, prefix: String) throws {
         self.server = server
         admin = try server.connect()
         let name = TestDatabase.uniqueName(prefix)

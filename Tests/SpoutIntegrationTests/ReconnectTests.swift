@@ -7,12 +7,12 @@ import XCTest
 /// spout never exits, one outage warning and one "recovered" line. The server is this class's
 /// own (`scripts/pg-start`), since the tests restart it.
 final class ReconnectTests: XCTestCase {
-    nonisolated(unsafe) static var server: PrivatePostgres?
+    nonisolated(unsafe) static var server: PrivateServer?
     nonisolated(unsafe) static var startFailure = ""
 
     override class func setUp() {
         super.setUp()
-        do { server = try PrivatePostgres("reconnect-tests") } catch { startFailure = "\(error)" }
+        do { server = try PrivateServer.start("reconnect-tests") } catch { startFailure = "\(error)" }
     }
 
     override class func tearDown() {
@@ -21,7 +21,7 @@ final class ReconnectTests: XCTestCase {
         super.tearDown()
     }
 
-    private func privateServer() throws -> PrivatePostgres {
+    private func privateServer() throws -> PrivateServer {
         guard let server = Self.server else { throw XCTSkipFailure("scripts/pg-start reconnect-tests did not start a server: \(Self.startFailure)") }
         return server
     }
@@ -34,7 +34,7 @@ final class ReconnectTests: XCTestCase {
                           _ disrupt: (_ outbox: PrivateOutbox, _ spout: SpoutProcess, _ proxy: CuttableProxy?) throws -> Void) throws {
         let server = try privateServer()
         let outbox = try PrivateOutbox(server, prefix: prefix)
-        let proxy = throughProxy ? try CuttableProxy(to: server.port) : nil
+        let proxy = throughProxy ? try CuttableProxy(to: server.portNumber) : nil
         let url = proxy.map { "postgresql://postgres@127.0.0.1:\($0.port)/postgres" } ?? server.url
         let spout = try SpoutProcess(outbox.arguments(url: url))
         note("\(prefix): spout started")
@@ -127,7 +127,7 @@ final class ReconnectTests: XCTestCase {
     func testStopDuringAnOutageExitsCleanly() throws {
         let server = try privateServer()
         let outbox = try PrivateOutbox(server, prefix: "stopout")
-        let proxy = try CuttableProxy(to: server.port)
+        let proxy = try CuttableProxy(to: server.portNumber)
         let spout = try SpoutProcess(outbox.arguments(url: "postgresql://postgres@127.0.0.1:\(proxy.port)/postgres"))
         eventually(timeout: 60, "spout streams: \(spout.stderr)") { spout.stderr.contains("streaming") }
         let admin = try server.connect()
@@ -157,7 +157,7 @@ final class ReconnectTests: XCTestCase {
     func testShortReconnectTimeoutExitsWithAClearMessage() throws {
         let server = try privateServer()
         let outbox = try PrivateOutbox(server, prefix: "short")
-        let proxy = try CuttableProxy(to: server.port)
+        let proxy = try CuttableProxy(to: server.portNumber)
         let spout = try SpoutProcess(outbox.arguments(url: "postgresql://postgres@127.0.0.1:\(proxy.port)/postgres")
                                      + ["--reconnect-timeout", "3"])
         eventually(timeout: 60, "spout streams: \(spout.stderr)") { spout.stderr.contains("streaming") }

@@ -6,12 +6,12 @@ import XCTest
 /// over when the first dies. On a server of this class's own (the kills leave walsenders
 /// behind for a moment; nothing else should see them).
 final class StandbyTests: XCTestCase {
-    nonisolated(unsafe) static var server: PrivatePostgres?
+    nonisolated(unsafe) static var server: PrivateServer?
     nonisolated(unsafe) static var startFailure = ""
 
     override class func setUp() {
         super.setUp()
-        do { server = try PrivatePostgres("standby-tests") } catch { startFailure = "\(error)" }
+        do { server = try PrivateServer.start("standby-tests") } catch { startFailure = "\(error)" }
     }
 
     override class func tearDown() {
@@ -20,7 +20,7 @@ final class StandbyTests: XCTestCase {
         super.tearDown()
     }
 
-    private func privateServer() throws -> PrivatePostgres {
+    private func privateServer() throws -> PrivateServer {
         guard let server = Self.server else { throw XCTSkipFailure("scripts/pg-start standby-tests did not start a server: \(Self.startFailure)") }
         return server
     }

@@ -304,7 +304,7 @@ enum TestServerVersion {
 
 /// A private server of the project's scripts (scripts/pg-start, scripts/pg-standby), for tests
 /// that stop, restart or promote PostgreSQL: never the shared test server.
-final class PrivateServer {
+final class PrivateServer: @unchecked Sendable {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     let name: String
@@ -313,10 +313,15 @@ final class PrivateServer {
 
     var url: String { environment["SPOUT_TEST_DATABASE_URL"] ?? "" }
     var port: String { environment["SPOUT_PG_PORT"] ?? "" }
+    var portNumber: Int { Int(port) ?? 0 }
 
-    /// `scripts/pg-start NAME logical VERSION`.
-    static func start(_ name: String, version: Int) throws -> PrivateServer {
-        try script("pg-start", [name, "logical", String(version)])
+    /// `scripts/pg-start NAME logical VERSION` (the version of this test pass by default).
+    static func start(_ name: String, version: Int = TestServerVersion.major) throws -> PrivateServer {
+        do { try script("pg-start", [name, "logical", String(version)]) } catch {
+            // Once more: a port taken between choosing and binding it, a machine under load.
+            _ = try? script("pg-stop", [name])
+            try script("pg-start", [name, "logical", String(version)])
+        }
         return try PrivateServer(name: name)
     }
 
@@ -348,6 +353,12 @@ final class PrivateServer {
         try Self.run(command)
     }
 
+    /// `pg_ctl restart -m MODE`: every connection ends; the server is back when this returns.
+    func restart(mode: String) throws {
+        let directory = try XCTUnwrap(environment["SPOUT_PG_DIR"])
+        try pgCtl(["restart", "-m", mode, "-w", "-t", "60", "-l", "\(directory)/server.log"])
+    }
+
     /// `scripts/pg-stop NAME`: stops it (if running) and removes its directory.
     func stop() { _ = try? Self.script("pg-stop", [name]) }
 
@@ -356,34 +367,11 @@ final class PrivateServer {
         try run([repository.appendingPathComponent("scripts/\(script)").path] + arguments)
     }
 
-    /// Runs a command to completion; its output on failure is the error. Not `Process`: a
-    /// server the script starts would inherit the descriptor through which Foundation learns
-    /// that its child exited, and hold it open while it runs. The child runs with only
-    /// stdin/stdout/stderr (bash closes the rest before it execs the command).
+    /// Runs a command to completion (`runCommand`); its output on failure is the error.
     @discardableResult
     static func run(_ command: [String]) throws -> String {
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("spout-script-\(UUID().uuidString).log")
-        defer { try? FileManager.default.removeItem(at: log) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let closeAndExec = #"cd "$1" || exit 1; shift; for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; exec "$@""#
-        let arguments = ["/bin/bash", "-c", closeAndExec, "bash", repository.path] + command
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, "/bin/bash", &actions, nil, argv, environ)
-        guard spawned == 0 else { throw XCTSkipFailure("cannot start \(command.joined(separator: " ")): \(String(cString: strerror(spawned)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-        // WIFEXITED / WEXITSTATUS are macros: exited normally when the low 7 bits are 0.
-        guard status & 0x7F == 0, (status >> 8) & 0xFF == 0 else {
-            throw XCTSkipFailure("\(command.joined(separator: " ")) failed (wait status \(status)): \(text)")
-        }
+        let (status, text) = try runCommand(command[0], Array(command.dropFirst()))
+        guard status == 0 else { throw XCTSkipFailure("\(command.joined(separator: " ")) failed (status \(status)): \(text)") }
         return text
     }
 }
