@@ -5,7 +5,7 @@ import SpoutCore
 /// line each, with every password, token and secret property masked.
 enum ConfigurationReport {
     static func text(settings: Settings, setup: ReplicationSetup, mapping: OutboxMapping, relay: Relay.Options,
-                     sink: String, create: Bool) -> String {
+                     sink: String, create: Bool, lifecycle: [(String, String)] = []) -> String {
         let columns = mapping.columns
         var lines: [(String, String)] = [
             ("database-url", Redaction.url(settings.text(.databaseURL))),
@@ -22,6 +22,7 @@ enum ConfigurationReport {
         // issue 12: reconnect and standby
         lines.append(("reconnect-timeout", relay.reconnectTimeout?.description ?? "none (retry forever)"))
         lines.append(("no-standby", relay.standby ? "false" : "true"))
+        lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")
     }

@@ -104,8 +104,12 @@ struct Run: AsyncParsableCommand {
             var mapper = EventMapper(mapping: try MappingOptions.mapping(settings, table: setup.table))
             if checkConfig {
                 try SinkOptionGroup.validate(settings, maxInFlightEvents: options.maxInFlightEvents)
+                // Without a server: a failover slot is the default only on 17+.
+                let failover = try settings.given(.failover).map { try $0.boolean() ? "true" : "false" } ?? "on for PostgreSQL 17+, off before"
+                let lifecycle = [("on-slot-lost", try LostSlotOption.onSlotLost(settings, log: log).rawValue),
+                                 ("snapshot", try LostSlotOption.snapshot(settings).rawValue), ("failover", failover)]
                 print(ConfigurationReport.text(settings: settings, setup: setup, mapping: mapper.mapping, relay: options,
-                                               sink: SinkOptionGroup.sink(settings).value, create: create))
+                                               sink: SinkOptionGroup.sink(settings).value, create: create, lifecycle: lifecycle))
                 return
             }
             let sink = try SinkOptionGroup.makeSink(settings, maxInFlightEvents: options.maxInFlightEvents, log: log)

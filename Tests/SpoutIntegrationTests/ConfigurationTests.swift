@@ -212,6 +212,15 @@ final class ConfigFileTests: XCTestCase {
         XCTAssertEqual(fromFlag.status, 0, fromFlag.stderr)
         assertLines(fromFlag.stdout, ["slot = from_flag", "max-in-flight = 500"])
 
+        // The lifecycle settings (issue 12), checked without a server.
+        let lifecycle = try SpoutProcess.run(["run", "--check-config", "--config", file.path, "--on-slot-lost", "recreate",
+                                              "--snapshot", "initial", "--reconnect-timeout", "90"], environment: ["SPOUT_FAILOVER": "false"])
+        XCTAssertEqual(lifecycle.status, 0, lifecycle.stderr)
+        assertLines(lifecycle.stdout, ["on-slot-lost = recreate", "snapshot = initial", "failover = false", "no-standby = false"])
+        let badSnapshot = try SpoutProcess.run(["run", "--check-config", "--config", file.path, "--snapshot", "always"])
+        XCTAssertEqual(badSnapshot.status, 1, badSnapshot.stderr)
+        XCTAssertTrue(badSnapshot.stderr.contains("--snapshot always is not initial or never"), badSnapshot.stderr)
+
         // Flags of a repeatable option replace the file's list; SPOUT_KAFKA_PROPERTIES too.
         let badItem = try configFile(["sink: kafka://b:9092", "kafka-property:", "  - acks=all", "  - linger.ms"])
         let fileItem = try SpoutProcess.run(["run", "--check-config", "--config", badItem.path])
