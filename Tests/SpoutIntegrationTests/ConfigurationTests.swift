@@ -133,7 +133,8 @@ final class ConfigurationTests: XCTestCase {
                     if valid {
                         XCTAssertEqual(status, 0, "\(source): \(spout.stderr)")
                         XCTAssertTrue(spout.stderr.contains("streaming"), "\(source): \(spout.stderr)")
-                        XCTAssertEqual(spout.lines.count, 2, "\(source): both events delivered")
+                        // Both of this round's events (a round before may come again: at least once).
+                        XCTAssertGreaterThanOrEqual(spout.lines.count, 2, "\(source): both events delivered")
                     } else {
                         XCTAssertEqual(status, 64, "\(source): \(spout.stderr)")
                         XCTAssertEqual(spout.stderr.split(separator: "\n").count, 1, spout.stderr)

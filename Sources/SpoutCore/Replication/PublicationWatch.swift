@@ -33,6 +33,9 @@ public final class PublicationWatch: Sendable {
         var failure: SpoutError?
         var checks = 0
         var checkRequested = false
+        /// `checkNow` requests, counted; and the newest of them that a check started after has answered.
+        var requests = 0
+        var answeredRequest = 0
         var stopped = false
         var shuttingDown = false
         var shutdowns = 0
@@ -86,14 +89,17 @@ public final class PublicationWatch: Sendable {
 
     /// Asks for a check now and waits (at most `timeout`) until one finished: the final status
     /// update on exit then confirms as far as is verified.
+    /// A check already running when this is called read its WAL position earlier, so only one
+    /// that starts after the request answers it.
     public func checkNow(timeout: Duration) {
-        let before = state.withLock { state in
+        let request = state.withLock { state in
             state.checkRequested = true
-            return state.checks
+            state.requests += 1
+            return state.requests
         }
         wakeThread.signal()
         let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline, checks == before, failure == nil { usleep(5_000) }
+        while ContinuousClock.now < deadline, state.withLock({ $0.answeredRequest < request && $0.failure == nil }) { usleep(5_000) }
     }
 
     private func loop() {
@@ -158,6 +164,7 @@ public final class PublicationWatch: Sendable {
     }
 
     private func check(_ connection: PostgresConnection) throws(SpoutError) {
+        let answering = state.withLock { $0.requests }
         // The position first: whatever committed before it is visible to the check below.
         guard let text = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil,
               let position = LSN(text) else {
@@ -178,6 +185,7 @@ public final class PublicationWatch: Sendable {
         state.withLock { state in
             if position > state.verified { state.verified = position }
             state.checks += 1
+            state.answeredRequest = max(state.answeredRequest, answering)
         }
     }
 
