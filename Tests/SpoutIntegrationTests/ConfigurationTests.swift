@@ -219,7 +219,7 @@ final class ConfigFileTests: XCTestCase {
         XCTAssertEqual(lifecycle.status, 0, lifecycle.stderr)
         assertLines(lifecycle.stdout, ["on-slot-lost = recreate", "snapshot = initial", "failover = false", "no-standby = false"])
         let badSnapshot = try SpoutProcess.run(["run", "--check-config", "--config", file.path, "--snapshot", "always"])
-        XCTAssertEqual(badSnapshot.status, 1, badSnapshot.stderr)
+        XCTAssertEqual(badSnapshot.status, 64, badSnapshot.stderr)
         XCTAssertTrue(badSnapshot.stderr.contains("--snapshot always is not initial or never"), badSnapshot.stderr)
 
         // Flags of a repeatable option replace the file's list; SPOUT_KAFKA_PROPERTIES too.
