@@ -25,7 +25,10 @@ public final class ObservabilityServer: Sendable {
     public static func start(host: String, port: Int, registry: PrometheusCollectorRegistry, health: RelayHealth,
                              unreadyAfter: Double, logger: Logger) async throws(SpoutError) -> ObservabilityServer {
         let router = Router()
+        // Readiness as a metric too, for an alert rule: refreshed at each scrape.
+        let ready = registry.makeGauge(name: "spout_ready", labels: [], help: "1 when /readyz answers 200 (ready), else 0.")
         router.get("/metrics") { _, _ -> Response in
+            ready.set(to: HealthRules.ready(health.snapshot, unreadyAfter: unreadyAfter).ok ? 1.0 : 0.0)
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))

@@ -36,7 +36,7 @@ final class RelayMetrics {
     private var publishedFailed = 0
     private var publishedTransactions = 0
 
-    init(sink: String, factory: MetricsFactory, health: RelayHealth) {
+    init(sink: String, factory: MetricsFactory, health: RelayHealth = RelayHealth()) {
         self.sink = sink
         self.health = health
         self.factory = factory

@@ -1,0 +1,85 @@
+import Foundation
+@testable import spout
+import SpoutCore
+import XCTest
+
+/// `/healthz`, `/readyz` and `spout health`: ready while streaming, not ready during a sink
+/// outage longer than `--unready-after` and ready again after it, a standby alive but not
+/// ready, and `spout health`'s exit codes both ways.
+final class HealthTests: XCTestCase {
+    /// `spout health --address`: its exit status and what it printed.
+    private func health(_ port: Int) throws -> (status: Int32?, output: String) {
+        let run = try SpoutProcess.run(["health", "--address", "127.0.0.1:\(port)"], timeout: 30)
+        return (run.status, run.stdout)
+    }
+
+    func testReadyWhileStreamingNotReadyDuringASinkOutageReadyAfter() throws {
+        let redis = try RedisServer()
+        let outbox = try OutboxFixture("health_redis")
+        defer { outbox.tearDown() }
+        let port = try freeLoopbackPort()
+        let spout = try SpoutProcess(["run", "--sink", redis.url, "--metrics-address", "127.0.0.1:\(port)", "--unready-after", "2"]
+                                     + outbox.arguments)
+        defer { spout.signal(SIGKILL); spout.waitForExit() }
+        var answer: (status: Int32?, output: String) = (nil, "")
+        try eventually("spout health exits 0 while streaming: \(answer) \(spout.stderr)") {
+            answer = try health(port)
+            return answer.status == 0
+        }
+        XCTAssertEqual(answer.output, "{\"status\":\"ready\"}\n")
+        XCTAssertEqual(MetricsTests.get(port: port, path: "/healthz")?.status, 200)
+        _ = try outbox.insert(outbox.admin, rows: 3)
+        eventually("3 events delivered") { MetricsTests.get(port: port, path: "/metrics")?.body.contains("topic=\"outbox.event.order\"} 3") ?? false }
+
+        // Redis goes away while events keep coming: not ready after 2 s of outage, alive all along.
+        redis.kill()
+        _ = try outbox.insert(outbox.admin, rows: 2)
+        try eventually("spout health exits 1 during the outage: \(answer) \(spout.stderr)") {
+            answer = try health(port)
+            return answer.status == 1 && answer.output.contains("the sink has been unavailable")
+        }
+        XCTAssertTrue(answer.output.hasPrefix("{\"status\":\"not ready\",\"reason\":\""), answer.output)
+        let readyz = try XCTUnwrap(MetricsTests.get(port: port, path: "/readyz"))
+        XCTAssertEqual(readyz.status, 503)
+        XCTAssertEqual(MetricsTests.get(port: port, path: "/healthz")?.status, 200, "alive during the outage")
+        XCTAssertTrue(MetricsTests.get(port: port, path: "/metrics")?.body.contains("spout_sink_outages_total{sink=\"redis\"} 1") ?? false)
+
+        try redis.start()
+        try eventually("ready again after the outage: \(answer) \(spout.stderr)") {
+            answer = try health(port)
+            return answer.status == 0
+        }
+        eventually("5 events delivered") { MetricsTests.get(port: port, path: "/metrics")?.body.contains("topic=\"outbox.event.order\"} 5") ?? false }
+
+        // Stopped: nothing answers, spout health says so and exits 1.
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        answer = try health(port)
+        XCTAssertEqual(answer.status, 1)
+        XCTAssertTrue(answer.output.contains("\"status\":\"unreachable\""), answer.output)
+    }
+
+    func testStandbyIsAliveButNotReady() throws {
+        let outbox = try OutboxFixture("health_standby")
+        defer { outbox.tearDown() }
+        let activePort = try freeLoopbackPort()
+        let active = try SpoutProcess(["run", "--metrics-address", "127.0.0.1:\(activePort)"] + outbox.arguments)
+        defer { active.signal(SIGKILL); active.waitForExit() }
+        eventually("the first instance is ready: \(active.stderr)") { MetricsTests.get(port: activePort, path: "/readyz")?.status == 200 }
+
+        let standbyPort = try freeLoopbackPort()
+        let standby = try SpoutProcess(["run", "--metrics-address", "127.0.0.1:\(standbyPort)"] + outbox.arguments)
+        defer { standby.signal(SIGKILL); standby.waitForExit() }
+        var readyz: (status: Int, body: String)?
+        eventually("the second instance stands by, not ready: \(String(describing: readyz)) \(standby.stderr)") {
+            readyz = MetricsTests.get(port: standbyPort, path: "/readyz")
+            return readyz?.status == 503 && readyz?.body.contains("standby") == true
+        }
+        XCTAssertEqual(readyz?.body, "{\"status\":\"not ready\",\"reason\":\"standby: another client holds the slot\"}\n")
+        XCTAssertEqual(MetricsTests.get(port: standbyPort, path: "/healthz")?.status, 200, "a standby is alive")
+        XCTAssertTrue(MetricsTests.get(port: standbyPort, path: "/metrics")?.body.contains("spout_standby{sink=\"stdout\"} 1") ?? false)
+        let answer = try health(standbyPort)
+        XCTAssertEqual(answer.status, 1, answer.output)
+        XCTAssertEqual(try health(activePort).status, 0)
+    }
+}
