@@ -81,5 +81,8 @@ final class HealthTests: XCTestCase {
         let answer = try health(standbyPort)
         XCTAssertEqual(answer.status, 1, answer.output)
         XCTAssertEqual(try health(activePort).status, 0)
+        // Without --address: the metrics address from SPOUT_METRICS_ADDRESS.
+        let fromEnvironment = try SpoutProcess.run(["health"], environment: ["SPOUT_METRICS_ADDRESS": "127.0.0.1:\(activePort)"], timeout: 30)
+        XCTAssertEqual(fromEnvironment.status, 0, fromEnvironment.stdout + fromEnvironment.stderr)
     }
 }

@@ -21,16 +21,7 @@ struct Health: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors(Settings.Flags(flags: [.metricsAddress: metricsAddressFlag])) { settings in
-            var target: (host: String, port: Int) = ("127.0.0.1", 9187)
-            if let address {
-                guard let parsed = ObservabilityOptions.parseAddress(address) else {
-                    throw SpoutError.invalidOption("--address \(address) is not an address: use HOST:PORT, e.g. 127.0.0.1:9187")
-                }
-                target = parsed
-            } else if let configured = try ObservabilityOptions.address(settings) {
-                target = configured
-            }
-            if ["0.0.0.0", "::", "*", ""].contains(target.host) { target.host = target.host == "::" ? "::1" : "127.0.0.1" }
+            let target = try Self.target(address: address, configured: try ObservabilityOptions.address(settings))
             guard timeout > 0, timeout <= 3600 else { throw SpoutError.invalidOption("--timeout \(timeout) is out of range: use 0 to 3600 seconds") }
             switch HealthProbe.get(host: target.host, port: target.port, path: "/readyz", timeout: timeout) {
             case let .success((status, body)):
@@ -42,6 +33,23 @@ struct Health: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
+    }
+}
+
+extension Health {
+    /// `--address`, else the metrics address (a wildcard host asked on loopback), else 127.0.0.1:9187.
+    static func target(address: String?, configured: (host: String, port: Int)?) throws(SpoutError) -> (host: String, port: Int) {
+        var target: (host: String, port: Int) = ("127.0.0.1", 9187)
+        if let address {
+            guard let parsed = ObservabilityOptions.parseAddress(address) else {
+                throw SpoutError.invalidOption("--address \(address) is not an address: use HOST:PORT, e.g. 127.0.0.1:9187")
+            }
+            target = parsed
+        } else if let configured {
+            target = configured
+        }
+        if ["0.0.0.0", "::", "*"].contains(target.host) { target.host = target.host == "::" ? "::1" : "127.0.0.1" }
+        return target
     }
 }
 
