@@ -6,6 +6,11 @@ public struct HealthVerdict: Sendable, Equatable {
     /// Why not, in a few words; nil when ok.
     public var reason: String?
 
+    public init(ok: Bool, reason: String? = nil) {
+        self.ok = ok
+        self.reason = reason
+    }
+
     /// The JSON body: `{"status":"ready"}` or `{"status":"not ready","reason":"…"}`.
     public func json(ok okWord: String, notOK notOKWord: String) -> String {
         guard let reason, !ok else { return "{\"status\":\"\(okWord)\"}\n" }
@@ -30,9 +35,10 @@ public struct HealthVerdict: Sendable, Equatable {
 }
 
 public enum HealthRules {
-    /// The relay loop turns at least once a second (its status interval); this long without a
-    /// turn means it is stuck.
-    public static let aliveWindowSeconds = 10.0
+    /// The relay loop turns at least once a second (its status interval), but one connection
+    /// attempt to an unreachable server may take libpq's connect_timeout (10 s) per host; this
+    /// long without a turn means it is stuck.
+    public static let aliveWindowSeconds = 30.0
 
     /// Alive: the relay loop turned in the last `aliveWindowSeconds` (also while waiting,
     /// standing by or in an outage), or spout is still setting up.

@@ -1,6 +1,7 @@
 import Foundation
 @testable import spout
 import SpoutCore
+import SpoutObservability
 import XCTest
 
 /// `/healthz`, `/readyz` and `spout health`: ready while streaming, not ready during a sink
@@ -84,5 +85,31 @@ final class HealthTests: XCTestCase {
         // Without --address: the metrics address from SPOUT_METRICS_ADDRESS.
         let fromEnvironment = try SpoutProcess.run(["health"], environment: ["SPOUT_METRICS_ADDRESS": "127.0.0.1:\(activePort)"], timeout: 30)
         XCTAssertEqual(fromEnvironment.status, 0, fromEnvironment.stdout + fromEnvironment.stderr)
+    }
+
+    /// The verdicts for states a test cannot hold a real relay in for long: a stuck loop, a halt.
+    func testVerdicts() {
+        let ready = HealthRules.ready(.init(phase: .streaming, sinceBeat: 0.5, sinkOutageSeconds: 29), unreadyAfter: 30)
+        XCTAssertEqual(ready, HealthVerdict(ok: true))
+        XCTAssertEqual(ready.json(ok: "ready", notOK: "not ready"), "{\"status\":\"ready\"}\n")
+        let outage = HealthRules.ready(.init(phase: .streaming, sinceBeat: 0.5, sinkOutageSeconds: 31), unreadyAfter: 30)
+        XCTAssertEqual(outage.reason, "the sink has been unavailable for 31 s (--unready-after 30)")
+        let stuck = RelayHealth.Snapshot(phase: .streaming, sinceBeat: 45)
+        XCTAssertEqual(HealthRules.alive(stuck).reason, "the relay loop has not turned for 45 s")
+        XCTAssertFalse(HealthRules.ready(stuck, unreadyAfter: 30).ok)
+        let halted = RelayHealth.Snapshot(phase: .stopped, sinceBeat: 0, haltReason: "the sink refused \"x\"\n")
+        XCTAssertEqual(HealthRules.ready(halted, unreadyAfter: 30).json(ok: "ready", notOK: "not ready"),
+                       "{\"status\":\"not ready\",\"reason\":\"halted: the sink refused \\\"x\\\"\\n\"}\n")
+        XCTAssertTrue(HealthRules.alive(.init(phase: .starting, sinceBeat: nil)).ok, "alive while setting up")
+        XCTAssertEqual(HealthRules.ready(.init(phase: .disconnected, sinceBeat: 1), unreadyAfter: 30).reason, "not connected to PostgreSQL: reconnecting")
+        // The state machine: a stop is final.
+        let health = RelayHealth()
+        health.set(.streaming)
+        health.set(.stopping)
+        health.set(.streaming)
+        XCTAssertEqual(health.snapshot.phase, .stopping)
+        health.halted("boom")
+        XCTAssertEqual(health.snapshot.phase, .stopped)
+        XCTAssertEqual(health.snapshot.haltReason, "boom")
     }
 }

@@ -142,6 +142,14 @@ public final class RelayHealth: Sendable {
         public var haltReason: String?
         /// The position the relay last confirmed to PostgreSQL.
         public var confirmed: LSN
+
+        public init(phase: Phase, sinceBeat: Double?, sinkOutageSeconds: Double = 0, haltReason: String? = nil, confirmed: LSN = .zero) {
+            self.phase = phase
+            self.sinceBeat = sinceBeat
+            self.sinkOutageSeconds = sinkOutageSeconds
+            self.haltReason = haltReason
+            self.confirmed = confirmed
+        }
     }
 
     private let phase = Atomic<UInt8>(Phase.starting.rawValue)
