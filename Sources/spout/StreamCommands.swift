@@ -113,7 +113,7 @@ struct Run: AsyncParsableCommand {
                 let failover = try settings.given(.failover).map { try $0.boolean() ? "true" : "false" } ?? "on for PostgreSQL 17+, off before"
                 let lifecycle = [("on-slot-lost", try LostSlotOption.onSlotLost(settings, log: log).rawValue),
                                  ("snapshot", try LostSlotOption.snapshot(settings).rawValue), ("failover", failover),
-                                 ("metrics-address", metricsAddress.map { "\($0.host):\($0.port)" } ?? "off"), ("unready-after", String(unreadyAfter))]
+                                 ("metrics-address", metricsAddress.map { "\($0.host):\($0.port)" } ?? "off"), ("unready-after", unreadyAfter == unreadyAfter.rounded() ? String(Int64(unreadyAfter)) : String(unreadyAfter))]
                 print(ConfigurationReport.text(settings: settings, setup: setup, mapping: mapper.mapping, relay: options,
                                                sink: SinkOptionGroup.sink(settings).value, create: create, lifecycle: lifecycle))
                 return

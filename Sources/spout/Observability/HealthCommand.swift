@@ -16,7 +16,7 @@ struct Health: AsyncParsableCommand {
     @Option(name: .customLong("metrics-address"), help: ArgumentHelp("The metrics address spout run was given. [SPOUT_METRICS_ADDRESS]", valueName: "host:port"))
     var metricsAddressFlag: String?
 
-    @Option(name: .customLong("timeout"), help: ArgumentHelp("Seconds to wait for the answer (default: 5).", valueName: "seconds"))
+    @Option(name: .customLong("timeout"), help: ArgumentHelp("Seconds to wait for the answer.", valueName: "seconds"))
     var timeout: Double = 5
 
     func run() async throws {
