@@ -14,13 +14,25 @@ final class HealthTests: XCTestCase {
         return (run.status, run.stdout)
     }
 
-    func testReadyWhileStreamingNotReadyDuringASinkOutageReadyAfter() throws {
+    func testReadyWhileStreamingNotReadyDuringARedisOutageReadyAfter() throws {
         let redis = try RedisServer()
-        let outbox = try OutboxFixture("health_redis")
+        try outageRoundTrip(sink: redis.url, name: "redis", extra: [], down: { redis.kill() }, up: { try redis.start() })
+    }
+
+    func testNotReadyDuringANATSOutageReadyAfter() throws {
+        let nats = try NATSServer()
+        try outageRoundTrip(sink: nats.url, name: "nats", extra: ["--nats-create-stream", "OUTBOX"], down: { nats.kill() }, up: { try nats.start() })
+    }
+
+    /// Ready while streaming; the broker goes away while events keep coming: not ready after
+    /// 2 s of outage, alive all along; ready again once it is back; after spout stopped,
+    /// `spout health` exits 1.
+    private func outageRoundTrip(sink: String, name: String, extra: [String], down: () -> Void, up: () throws -> Void) throws {
+        let outbox = try OutboxFixture("health_\(name)")
         defer { outbox.tearDown() }
         let port = try freeLoopbackPort()
-        let spout = try SpoutProcess(["run", "--sink", redis.url, "--metrics-address", "127.0.0.1:\(port)", "--unready-after", "2"]
-                                     + outbox.arguments)
+        let spout = try SpoutProcess(["run", "--sink", sink, "--metrics-address", "127.0.0.1:\(port)", "--unready-after", "2"]
+                                     + extra + outbox.arguments)
         defer { spout.signal(SIGKILL); spout.waitForExit() }
         var answer: (status: Int32?, output: String) = (nil, "")
         try eventually("spout health exits 0 while streaming: \(answer) \(spout.stderr)") {
@@ -32,27 +44,26 @@ final class HealthTests: XCTestCase {
         _ = try outbox.insert(outbox.admin, rows: 3)
         eventually("3 events delivered") { MetricsTests.get(port: port, path: "/metrics")?.body.contains("topic=\"outbox.event.order\"} 3") ?? false }
 
-        // Redis goes away while events keep coming: not ready after 2 s of outage, alive all along.
-        redis.kill()
+        down()
         _ = try outbox.insert(outbox.admin, rows: 2)
         try eventually("spout health exits 1 during the outage: \(answer) \(spout.stderr)") {
             answer = try health(port)
             return answer.status == 1 && answer.output.contains("the sink has been unavailable")
         }
         XCTAssertTrue(answer.output.hasPrefix("{\"status\":\"not ready\",\"reason\":\""), answer.output)
-        let readyz = try XCTUnwrap(MetricsTests.get(port: port, path: "/readyz"))
-        XCTAssertEqual(readyz.status, 503)
+        XCTAssertEqual(MetricsTests.get(port: port, path: "/readyz")?.status, 503)
         XCTAssertEqual(MetricsTests.get(port: port, path: "/healthz")?.status, 200, "alive during the outage")
-        XCTAssertTrue(MetricsTests.get(port: port, path: "/metrics")?.body.contains("spout_sink_outages_total{sink=\"redis\"} 1") ?? false)
+        XCTAssertTrue(MetricsTests.get(port: port, path: "/metrics")?.body.contains("spout_sink_outages_total{sink=\"\(name)\"} 1") ?? false)
 
-        try redis.start()
-        try eventually("ready again after the outage: \(answer) \(spout.stderr)") {
+        try up()
+        try eventually(timeout: 60, "ready again after the outage: \(answer) \(spout.stderr)") {
             answer = try health(port)
             return answer.status == 0
         }
-        eventually("5 events delivered") { MetricsTests.get(port: port, path: "/metrics")?.body.contains("topic=\"outbox.event.order\"} 5") ?? false }
+        eventually(timeout: 60, "5 events delivered") {
+            MetricsTests.get(port: port, path: "/metrics")?.body.contains("topic=\"outbox.event.order\"} 5") ?? false
+        }
 
-        // Stopped: nothing answers, spout health says so and exits 1.
         spout.signal(SIGTERM)
         XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
         answer = try health(port)
