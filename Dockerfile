@@ -27,6 +27,10 @@ RUN apt-get update \
 COPY --from=build /out/spout /usr/local/bin/spout
 USER spout
 # Configured through SPOUT_* variables (see README, Configuration); `spout run --check-config`
-# prints what it understood. A HEALTHCHECK through `spout health` follows once Spout serves /readyz.
+# prints what it understood. /metrics, /healthz and /readyz on port 9187 (README, Observability);
+# the health check asks /readyz on 127.0.0.1:9187 through `spout health` (no curl in the image).
+ENV SPOUT_METRICS_ADDRESS=0.0.0.0:9187
+EXPOSE 9187
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["spout", "health"]
 ENTRYPOINT ["spout"]
 CMD ["run"]

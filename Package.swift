@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: [.defaults, "YAML"]),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // libpq from Debian's libpq-dev. The shim only includes the header.
@@ -48,6 +50,16 @@ let package = Package(
         .target(name: "SpoutNATS", dependencies: ["SpoutCore", "CNats", .product(name: "Metrics", package: "swift-metrics")]),
         // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://).
         .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS"]),
+        // /metrics, /healthz and /readyz: swift-prometheus behind a Hummingbird server on its own threads.
+        .target(
+            name: "SpoutObservability",
+            dependencies: [
+                "SpoutCore",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
         // Test support: hosts librdkafka's mock Kafka cluster in its own process.
         .executableTarget(
             name: "spout-kafka-mock",
@@ -56,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "spout",
             dependencies: [
-                "SpoutCore", "SpoutSinks",
+                "SpoutCore", "SpoutSinks", "SpoutObservability",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -60,6 +60,8 @@ final class RelayService: Service, @unchecked Sendable {
             gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
         try await group.run()
         guard let outcome = service.outcome else { throw SpoutError.invalidOption("the relay service ended without running") }
+        // /healthz and /readyz: stopped, or halted with the error as the reason, until the process exits.
+        if case let .failure(error) = outcome { relay.health.halted(error.description) } else { relay.health.set(.stopped) }
         return try outcome.get()
     }
 }

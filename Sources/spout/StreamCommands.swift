@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
+import CoreMetrics
 import SpoutCore
+import SpoutObservability
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,6 +36,7 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var lostSlot: LostSlotOption
     @OptionGroup var failover: FailoverOption
+    @OptionGroup var observability: ObservabilityOptions
 
     // Numbers are parsed by spout, not ArgumentParser: one error line naming the range and the
     // source, and `.unconditional` so that `--max-in-flight -1` is a value, not an option.
@@ -73,7 +76,7 @@ struct Run: AsyncParsableCommand {
     var checkConfig = false
 
     private var flags: Settings.Flags {
-        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags
+        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags + observability.flags
             + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
                                      .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
                                      .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag],
@@ -100,6 +103,8 @@ struct Run: AsyncParsableCommand {
             // Every sink option too, before anything connects: a bad value never waits for the database.
             _ = try SinkOptionGroup.options(settings, maxInFlightEvents: options.maxInFlightEvents)
             let create = try !settings.flag(.noCreate)
+            // issue 13: metrics and health
+            let metricsAddress = try ObservabilityOptions.address(settings), unreadyAfter = try ObservabilityOptions.unreadyAfter(settings)
             var setup = try database.setup(settings)
             var mapper = EventMapper(mapping: try MappingOptions.mapping(settings, table: setup.table))
             if checkConfig {
@@ -107,11 +112,16 @@ struct Run: AsyncParsableCommand {
                 // Without a server: a failover slot is the default only on 17+.
                 let failover = try settings.given(.failover).map { try $0.boolean() ? "true" : "false" } ?? "on for PostgreSQL 17+, off before"
                 let lifecycle = [("on-slot-lost", try LostSlotOption.onSlotLost(settings, log: log).rawValue),
-                                 ("snapshot", try LostSlotOption.snapshot(settings).rawValue), ("failover", failover)]
+                                 ("snapshot", try LostSlotOption.snapshot(settings).rawValue), ("failover", failover),
+                                 ("metrics-address", metricsAddress.map { "\($0.host):\($0.port)" } ?? "off"), ("unready-after", unreadyAfter == unreadyAfter.rounded() ? String(Int64(unreadyAfter)) : String(unreadyAfter))]
                 print(ConfigurationReport.text(settings: settings, setup: setup, mapping: mapper.mapping, relay: options,
                                                sink: SinkOptionGroup.sink(settings).value, create: create, lifecycle: lifecycle))
                 return
             }
+            // Before the sink: it creates its metrics with the factory the server bootstraps.
+            let health = RelayHealth()
+            let server = try await ObservabilityOptions.start(settings, health: health, log: log)
+            defer { server?.stop() }
             let sink = try SinkOptionGroup.makeSink(settings, maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 
@@ -174,9 +184,12 @@ struct Run: AsyncParsableCommand {
             }
             watch.start()
             defer { watch.stop() }
+            let lag = server.map { _ in LagWatch(conninfo: settings.text(.databaseURL), slot: setup.slot, sink: sink.metricsName, factory: MetricsSystem.factory) }
+            lag?.start()
+            defer { lag?.stop() }
 
             let relay = Relay(stream: stream, mapper: mapper, sink: sink, start: start, options: options, log: log, watch: watch,
-                              connector: connector)
+                              connector: connector, health: health)
             let outcome = try await RelayService.run(relay, until: stop, log: log)
             log.info("\(outcome == .reachedEnd ? "reached --end-lsn" : "stopped"): delivered \(relay.statistics.events) events, confirmed up to \(relay.confirmed)",
                      metadata: ["slot": "\(setup.slot)", "lsn": "\(relay.confirmed)", "events": "\(relay.statistics.events)"])

@@ -1,4 +1,5 @@
 import Foundation
+@testable import spout
 import SpoutCore
 import XCTest
 
@@ -103,6 +104,26 @@ final class ComposeTests: XCTestCase {
         XCTAssertEqual(try db.value("SELECT rolreplication FROM pg_roles WHERE rolname = 'spout'"), "t")
         XCTAssertEqual(try db.value("SELECT has_table_privilege('spout', 'public.spout_slots', 'INSERT')"), "t")
     }
+
+    /// issue 13: every Spout service serves metrics and health, and is healthy while `spout health`
+    /// (which asks 127.0.0.1 at the port of a wildcard metrics address) passes; so is the image.
+    func testSpoutServicesHaveAHealthCheck() throws {
+        let spouts = try Self.services().filter { $0.key.hasPrefix("spout") }
+        XCTAssertFalse(spouts.isEmpty)
+        for (name, service) in spouts {
+            let environment = try XCTUnwrap(service["environment"] as? [String: Any], name)
+            XCTAssertEqual(environment["SPOUT_METRICS_ADDRESS"] as? String, "0.0.0.0:9187", name)
+            let check = try XCTUnwrap(service["healthcheck"] as? [String: Any], "\(name) has no healthcheck")
+            XCTAssertEqual(check["test"] as? [String], ["CMD", "spout", "health"], name)
+        }
+        let dockerfile = try String(contentsOf: Self.repository.appendingPathComponent("Dockerfile"), encoding: .utf8)
+        XCTAssertTrue(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("CMD [\"spout\", \"health\"]"), dockerfile)
+        XCTAssertTrue(dockerfile.contains("ENV SPOUT_METRICS_ADDRESS=0.0.0.0:9187"), dockerfile)
+        let target = try Health.target(address: nil, configured: ObservabilityOptions.parseAddress("0.0.0.0:9187"))
+        XCTAssertEqual("\(target.host):\(target.port)", "127.0.0.1:9187")
+        let fallback = try Health.target(address: nil, configured: nil)
+        XCTAssertEqual("\(fallback.host):\(fallback.port)", "127.0.0.1:9187")
+    }
 }
 
 /// Running without containers: `make install`'s script puts the binary, the systemd unit and
@@ -141,4 +162,5 @@ final class InstallTests: XCTestCase {
         XCTAssertTrue(check.output.contains("slot = spout_orders"), check.output)
         XCTAssertFalse(check.output.contains("pw-sentinel"), check.output)
     }
+
 }

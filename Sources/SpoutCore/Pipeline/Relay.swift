@@ -73,12 +73,15 @@ public final class Relay {
     public private(set) var decodeLatency = LatencyRecorder()
     /// The position the last status update confirmed to PostgreSQL.
     public var confirmed: LSN { session.lastSentFlush }
+    /// The state `/healthz` and `/readyz` read (issue 13).
+    public var health: RelayHealth { metrics.health }
 
     /// - Parameters:
     ///   - stream: nil when the slot is held by another client: the relay starts as a standby (needs `connector`).
     ///   - start: where the slot stands (its `confirmed_flush_lsn`, or the temporary slot's consistent point).
     public init(stream: ReplicationStream?, mapper: EventMapper, sink: Sink, start: LSN, options: Options, log: Log,
-                watch: PublicationWatch? = nil, connector: ReplicationConnector? = nil, metrics: MetricsFactory = MetricsSystem.factory) {
+                watch: PublicationWatch? = nil, connector: ReplicationConnector? = nil, metrics: MetricsFactory = MetricsSystem.factory,
+                health: RelayHealth = RelayHealth()) {
         self.stream = stream
         self.connector = connector
         self.sink = sink
@@ -96,7 +99,7 @@ public final class Relay {
         session = ReplicationSession(start: start, configuration: configuration, mapper: mapper, verified: watch?.verified, now: clock.now)
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
         encoder = sink as? any PreCommitEncoding
-        self.metrics = RelayMetrics(sink: sink.metricsName, factory: metrics)
+        self.metrics = RelayMetrics(sink: sink.metricsName, factory: metrics, health: health)
         self.metrics.connection(up: stream != nil)
     }
 
@@ -134,6 +137,7 @@ public final class Relay {
         guard let stream else { throw .connectionLost(detail: "not connected") }
         do {
             while !stop.isRequested {
+                metrics.health.beat()
                 let read = try readAvailable()
                 try dispatchSpooled()
                 let completed = try pollSink()
@@ -205,6 +209,7 @@ public final class Relay {
                 guard options.standby else { throw .slotActive(slot: slot, pid: pid, client: client) }
                 if !standingBy {
                     standingBy = true
+                    metrics.standingBy()
                     log.info("standby: slot \"\(slot)\" is held by pid \(pid) (\(client ?? "unknown client")), taking over when it is released",
                              metadata: ["slot": "\(slot)"])
                 }
@@ -243,6 +248,7 @@ public final class Relay {
         let others = [stop.descriptor] + (sink.wakeupDescriptor.map { [$0] } ?? [])
         let deadline = clock.now + delay
         while clock.now < deadline, !stop.isRequested {
+            metrics.health.beat()
             try dispatchSpooled()
             if try pollSink() == 0 {
                 let poll: Duration = session.dispatchedUnacknowledged > 0 && sink.wakeupDescriptor == nil ? .milliseconds(1) : .milliseconds(100)
@@ -401,12 +407,14 @@ public final class Relay {
     /// after it.
     private func drain() throws(SpoutError) {
         session.stop(now: clock.now, timeout: options.shutdownTimeout)
+        metrics.health.set(.stopping)
         let others = sink.wakeupDescriptor.map { [$0] } ?? []
         var failure: SpoutError?
         let stream = self.stream
         // Committed transactions still in the spool go out too: after a poison event, all
         // before it must be confirmed, or skipping just its transaction would skip them too.
         while session.isDraining(now: clock.now) {
+            metrics.health.beat()
             do {
                 try dispatchSpooled()
                 if try pollSink() == 0 {

@@ -1,4 +1,6 @@
 import CoreMetrics
+import Foundation
+import Synchronization
 
 /// The relay's metrics (swift-metrics). The session counts in plain integers on the hot
 /// path; these objects are brought up to date only when a status update goes out, so the
@@ -20,14 +22,23 @@ final class RelayMetrics {
     private let reconnects: Counter
     /// 1 while streaming from PostgreSQL, 0 while disconnected or standing by.
     private let connected: Gauge
+    /// 1 while standing by (another client holds the slot), 0 otherwise.
+    private let standby: Gauge
+    /// Seconds since the commit of the newest acknowledged event while events wait for the sink; 0 when none wait.
+    private let lagSeconds: Gauge
+    /// When events began waiting for the sink, since none waited (wall clock, microseconds; 0: none wait).
+    private var waitingSince: Int64 = 0
+    /// What `/healthz` and `/readyz` read (another thread): state changes, never per event.
+    let health: RelayHealth
     private var sampledAcknowledgement: Int64 = 0
     /// Per topic, in the session's topic order, with what was already published.
     private var delivered: [(counter: Counter, published: Int)] = []
     private var publishedFailed = 0
     private var publishedTransactions = 0
 
-    init(sink: String, factory: MetricsFactory) {
+    init(sink: String, factory: MetricsFactory, health: RelayHealth = RelayHealth()) {
         self.sink = sink
+        self.health = health
         self.factory = factory
         let dimensions = [("sink", sink)]
         failed = Counter(label: "spout_events_failed_total", dimensions: dimensions, factory: factory)
@@ -40,10 +51,22 @@ final class RelayMetrics {
         commitToAck = CoreMetrics.Timer(label: "spout_commit_to_ack_seconds", dimensions: dimensions, factory: factory)
         reconnects = Counter(label: "spout_reconnects_total", dimensions: dimensions, factory: factory)
         connected = Gauge(label: "spout_connected", dimensions: dimensions, factory: factory)
+        standby = Gauge(label: "spout_standby", dimensions: dimensions, factory: factory)
+        lagSeconds = Gauge(label: "spout_lag_seconds", dimensions: dimensions, factory: factory)
     }
 
     /// Streaming (or not) from PostgreSQL.
-    func connection(up: Bool) { connected.record(up ? 1 : 0) }
+    func connection(up: Bool) {
+        connected.record(up ? 1 : 0)
+        if up { standby.record(0) }
+        health.set(up ? .streaming : .disconnected)
+    }
+
+    /// Another client holds the slot: this relay waits to take over.
+    func standingBy() {
+        standby.record(1)
+        health.set(.standby)
+    }
 
     /// Streaming again after a lost connection.
     func reconnected() { reconnects.increment() }
@@ -72,9 +95,105 @@ final class RelayMetrics {
         inFlightEvents.record(session.dispatchedUnacknowledged)
         inFlightBytes.record(session.inFlightBytes)
         spoolBytes.record(spooled)
+        health.confirmed(confirmed)
+        // Lag: since the newest acknowledged event's commit, or since events began waiting if that is later.
+        if session.outstanding == 0 {
+            waitingSince = 0
+            lagSeconds.record(0)
+        } else {
+            let now = LatencyRecorder.nowMicros()
+            if waitingSince == 0 { waitingSince = now }
+            let committed = session.newestAcknowledged.map { now - LatencyRecorder.age(of: $0.committedAt, at: now) } ?? waitingSince
+            lagSeconds.record(Double(max(0, now - max(committed, waitingSince))) / 1e6)
+        }
         if let newest = session.newestAcknowledged, newest.acknowledgedAt != sampledAcknowledgement {
             sampledAcknowledgement = newest.acknowledgedAt
             commitToAck.recordMicroseconds(max(0, LatencyRecorder.age(of: newest.committedAt, at: newest.acknowledgedAt)))
         }
+    }
+}
+
+/// The relay's state for `/healthz` and `/readyz`, read from another thread. The relay writes
+/// it when its state changes and once per loop turn (`beat`: one clock read and one atomic
+/// store, never per event); readers take a `Snapshot`.
+public final class RelayHealth: Sendable {
+    public enum Phase: UInt8, Sendable {
+        /// Setting up (connecting, checking the table and slot), before the relay runs.
+        case starting
+        /// Streaming from PostgreSQL.
+        case streaming
+        /// Disconnected from PostgreSQL, reconnecting with backoff.
+        case disconnected
+        /// Another client holds the slot; this instance takes over when it is released.
+        case standby
+        /// Stopping: draining what the sink holds, confirming, exiting.
+        case stopping
+        /// The relay ended (stopped, or halted on an error).
+        case stopped
+    }
+
+    public struct Snapshot: Sendable {
+        public var phase: Phase
+        /// Seconds since the relay loop last turned; nil before it ran.
+        public var sinceBeat: Double?
+        /// How long the sink's current outage has lasted, 0 without one.
+        public var sinkOutageSeconds: Double
+        /// Why the relay ended, when it ended on an error.
+        public var haltReason: String?
+        /// The position the relay last confirmed to PostgreSQL.
+        public var confirmed: LSN
+
+        public init(phase: Phase, sinceBeat: Double?, sinkOutageSeconds: Double = 0, haltReason: String? = nil, confirmed: LSN = .zero) {
+            self.phase = phase
+            self.sinceBeat = sinceBeat
+            self.sinkOutageSeconds = sinkOutageSeconds
+            self.haltReason = haltReason
+            self.confirmed = confirmed
+        }
+    }
+
+    private let phase = Atomic<UInt8>(Phase.starting.rawValue)
+    /// Monotonic nanoseconds of the last loop turn; 0: not yet.
+    private let lastBeat = Atomic<Int64>(0)
+    private let outageBits = Atomic<UInt64>(0)
+    private let confirmedLSN = Atomic<UInt64>(0)
+    private let halt = Mutex<String?>(nil)
+
+    public init() {}
+
+    /// The relay loop turned (also while waiting, standing by or in an outage).
+    @inline(__always)
+    public func beat() { lastBeat.store(Self.monotonicNanos(), ordering: .relaxed) }
+
+    public func set(_ phase: Phase) {
+        // A stop is final: a reconnect reported while draining does not make it streaming again.
+        let current = Phase(rawValue: self.phase.load(ordering: .relaxed))
+        if current == .stopped || (current == .stopping && phase != .stopped) { return }
+        self.phase.store(phase.rawValue, ordering: .relaxed)
+    }
+
+    /// The relay ended on `error` (a halt: not ready, with the error as the reason).
+    public func halted(_ reason: String) {
+        halt.withLock { $0 = reason }
+        phase.store(Phase.stopped.rawValue, ordering: .relaxed)
+    }
+
+    /// The sink's outage has lasted `seconds` (0: none). Fed from `spout_sink_outage_seconds`.
+    public func sinkOutage(seconds: Double) { outageBits.store(seconds.bitPattern, ordering: .relaxed) }
+
+    func confirmed(_ lsn: LSN) { confirmedLSN.store(lsn.rawValue, ordering: .relaxed) }
+
+    public var snapshot: Snapshot {
+        let beat = lastBeat.load(ordering: .relaxed)
+        return Snapshot(phase: Phase(rawValue: phase.load(ordering: .relaxed)) ?? .starting,
+                        sinceBeat: beat == 0 ? nil : Double(Self.monotonicNanos() - beat) / 1e9,
+                        sinkOutageSeconds: Double(bitPattern: outageBits.load(ordering: .relaxed)),
+                        haltReason: halt.withLock { $0 }, confirmed: LSN(rawValue: confirmedLSN.load(ordering: .relaxed)))
+    }
+
+    static func monotonicNanos() -> Int64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
     }
 }
