@@ -27,6 +27,8 @@ enum Setting: String, CaseIterable {
     // issue 12: snapshot (a lost slot, snapshot and backfill)
     case onSlotLost = "on-slot-lost", snapshot
     case backfillWhere = "where", backfillAfter = "after", backfillBatch = "batch", backfillRate = "rate"
+    // issue 13: poison events and retries
+    case onPoison = "on-poison", deadLetterTopic = "dead-letter-topic", maxRetries = "max-retries"
 
     var flag: String { "--" + rawValue }
 
@@ -104,6 +106,8 @@ enum Limits {
     // issue 12: snapshot (backfill)
     static let backfillBatch = 1...100_000
     static let backfillRate = 1...10_000_000
+    // issue 13: poison events and retries
+    static let maxRetries = 0...1_000_000
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.

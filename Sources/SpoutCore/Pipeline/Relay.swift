@@ -31,6 +31,8 @@ public final class Relay {
         public var standby = true
         /// Poison events: stop, dead-letter or skip them (`--on-poison`; the sink learns it too).
         public var onPoison = PoisonPolicy.stop
+        /// Transient refusals of one event before it is poison (`--max-retries`); nil: retry for ever.
+        public var maxRetries: Int?
 
         public init() {}
     }
@@ -96,7 +98,7 @@ public final class Relay {
         configuration.streaming = !sink.needsCommitLSN
         configuration.recordLatency = options.recordLatency
         configuration.onPoison = options.onPoison
-        sink.adopt(options.onPoison)
+        sink.adopt(options.onPoison, maxRetries: options.maxRetries)
         session = ReplicationSession(start: start, configuration: configuration, mapper: mapper, verified: watch?.verified, now: clock.now)
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
         encoder = sink as? any PreCommitEncoding
