@@ -489,8 +489,15 @@ final class RedisStreamAdapter: DeliveryAdapter {
             // "EXECABORT Transaction discarded because of: OOM …", or "… because of previous errors."
             let reason = text.range(of: "because of: ").map { String(text[$0.upperBound...]) } ?? current.refused?.message ?? text
             if RedisErrorReply.isTransient(reason) {
-                // Nothing of the batch ran; it goes out again, whole, after a backoff.
-                engine.retry(after: reason, warning: "Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile")
+                // Nothing of the batch ran; it goes out again, whole, after a backoff. A reply
+                // refusing one XADD (OOM: this entry does not fit now) counts against that
+                // event's --max-retries; an aborted EXEC alone is the server's state, not the event's.
+                let warning = "Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile"
+                if let offset = current.refused?.offset, offset < batchTickets.count {
+                    engine.refusedTransiently(batchTickets[offset], reason: reason, warning: warning)
+                } else {
+                    engine.retry(after: reason, warning: warning)
+                }
             } else {
                 let offset = current.refused?.offset ?? 0
                 if offset < batchTickets.count { engine.fail(batchTickets[offset], reason) }

@@ -46,6 +46,9 @@ open class DeliveryEngine: Sink {
     /// A dead letter waits to be sent: `poll` lets the adapter advance once more.
     private var deadLetterQueued = false
     private var poisonCounters: [String: Counter] = [:]
+    /// Transient refusals per ticket (`refusedTransiently`), apart from the sends an outage
+    /// repeats, which never count.
+    private var refusals: [UInt64: Int] = [:]
     /// `--max-retries`: transient refusals of one event (`refusedTransiently`) before it is
     /// poison; nil: retried for ever.
     public private(set) var maxRetries: Int?
@@ -218,6 +221,7 @@ open class DeliveryEngine: Sink {
         if !deadLetters.isEmpty, let topic = deadLetters.removeValue(forKey: ticket) {
             count("spout_events_dead_lettered_total", topic: topic)
         }
+        if !refusals.isEmpty { refusals[ticket] = nil }
         completions.append(.delivered(ticket: ticket))
         backoff.reset()
         if outage.isActive { recovered() }
@@ -277,12 +281,23 @@ open class DeliveryEngine: Sink {
     /// `maxRetries` times; then it is poison (`fail`). Outages (a lost connection, a broker
     /// down) are `retry`, never this: they do not count.
     public final func refusedTransiently(_ ticket: UInt64, reason: @autoclosure () -> String, warning: @autoclosure () -> String) {
-        if let maxRetries, let entry = queue[ticket], entry.attempts > UInt32(clamping: maxRetries) {
-            fail(ticket, SinkError(.permanent, "refused \(entry.attempts) times, more than --max-retries \(maxRetries): \(reason())",
-                                   eventID: entry.event.id, topic: entry.event.topic))
-            return
-        }
+        if refusalExhaustsRetries(ticket, reason: reason()) { return }
         retry(after: reason(), warning: warning())
+    }
+
+    /// Counts a transient refusal of this one event, for an adapter that retries its own way
+    /// (a new connection): true when it was one too many, and the event is poison now (`fail`).
+    public final func refusalExhaustsRetries(_ ticket: UInt64, reason: @autoclosure () -> String) -> Bool {
+        guard let maxRetries, let event = queue.event(ticket) else { return false }
+        let refused = refusals[ticket, default: 0] + 1
+        guard refused > maxRetries else {
+            refusals[ticket] = refused
+            return false
+        }
+        refusals[ticket] = nil
+        fail(ticket, SinkError(.permanent, "refused \(refused) times, more than --max-retries \(maxRetries): \(reason())",
+                               eventID: event.id, topic: event.topic))
+        return true
     }
 
     private func count(_ label: String, topic: String) {

@@ -326,7 +326,8 @@ enum SpooledEvent {
         guard headers.count == Int(headerCount), let committedAt = integer(Int64.self) else { return nil }
         var source = OutboxEvent.Source.stream
         if cursor < record.count {
-            guard let marked = integer(UInt8.self).flatMap(OutboxEvent.Source.init(rawValue:)) else { return nil }
+            // Only other sources are written: a `stream` byte there is damage.
+            guard let marked = integer(UInt8.self).flatMap(OutboxEvent.Source.init(rawValue:)), marked != .stream else { return nil }
             source = marked
         }
         guard cursor == record.count else { return nil }
