@@ -1,0 +1,136 @@
+import Foundation
+@testable import SpoutCore
+import XCTest
+
+/// `--on-poison` end to end: a poison row among good ones, under each policy, with the real
+/// spout, PostgreSQL and broker. Nothing good is lost, order is kept, the dead letter holds
+/// the row, and the slot moves past the poison event (a restarted spout does not see it again).
+final class PoisonTests: XCTestCase {
+    /// Rows `tenants` (nil: a NULL tenant_id, which `--topic {tenant_id}` cannot map) in one
+    /// transaction, with `seq` payloads from `first`; returns their ids.
+    @discardableResult
+    private func insert(_ outbox: OutboxFixture, _ connection: PostgresConnection, tenants: [String?], aggregate: String = "order",
+                        first: Int = 0) throws -> [String] {
+        let values = tenants.enumerated().map { index, tenant in
+            "('\(aggregate)', 'k\(first + index)', 'Created', '{\"seq\": \(first + index)}', \(tenant.map { SQL.literal($0) } ?? "NULL"))"
+        }
+        return try connection.sql("""
+            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, tenant_id)
+            VALUES \(values.joined(separator: ",")) RETURNING id
+            """).compactMap { $0.first ?? nil }
+    }
+
+    private func seqs(_ events: [[String: Any]]) -> [Int] {
+        events.compactMap { ($0["payload"] as? [String: Any])?["seq"] as? Int }
+    }
+
+    private func waitConfirmed(_ outbox: OutboxFixture, past lsn: LSN) throws {
+        try eventually("the slot is confirmed past \(lsn)") { (try outbox.confirmedFlush ?? .zero) >= lsn }
+    }
+
+    // MARK: stdout, a row that cannot be mapped
+
+    func testStdoutStopHaltsBeforeTheRowThatCannotBeMapped() throws {
+        let outbox = try OutboxFixture("poison_stop")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--topic", "t.{tenant_id}"] + outbox.arguments)
+        try eventually("spout streams") { try outbox.streamingWalsender != nil }
+        let writer = try TestDatabase.connect()
+        try insert(outbox, writer, tenants: ["a", "a"])
+        let ids = try insert(outbox, writer, tenants: ["a", nil, "a"], first: 2)
+        let error = spout.waitForFailure(timeout: 30)
+        XCTAssertTrue(error.contains(ids[1]) && error.contains("{tenant_id}"), error)
+        XCTAssertEqual(seqs(spout.events).prefix(2), [0, 1], "what came before is delivered")
+    }
+
+    func testStdoutSkipAndDeadLetterGoOnAndMovePast() throws {
+        for policy in ["skip", "dead-letter"] {
+            let outbox = try OutboxFixture("poison_\(policy == "skip" ? "skip" : "dlq")")
+            defer { outbox.tearDown() }
+            let arguments = ["run", "--topic", "t.{tenant_id}", "--on-poison", policy] + outbox.arguments
+            var spout = try SpoutProcess(arguments)
+            try eventually("spout streams") { try outbox.streamingWalsender != nil }
+            let writer = try TestDatabase.connect()
+            let ids = try insert(outbox, writer, tenants: ["a", nil, "b"])
+            try insert(outbox, writer, tenants: ["a", "a"], first: 3)
+            let end = try outbox.currentLSN()
+            try eventually("the good events arrive") { spout.events.count >= 4 }
+            try waitConfirmed(outbox, past: end)
+            XCTAssertEqual(seqs(spout.events), [0, 2, 3, 4], "\(policy): nothing good lost, in order")
+            let warnings = spout.stderr.split(separator: "\n").filter { $0.contains("warning") }
+            XCTAssertEqual(warnings.count, 1, spout.stderr)
+            XCTAssertTrue(warnings.first?.contains(ids[1]) == true, spout.stderr)
+            let records = spout.stderr.split(separator: "\n").filter { $0.hasPrefix("{\"id\":") }
+            if policy == "dead-letter" {
+                XCTAssertEqual(records.count, 1, spout.stderr)
+                let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data((records.first ?? "").utf8)) as? [String: Any])
+                XCTAssertEqual(record["id"] as? String, ids[1])
+                XCTAssertTrue(record["topic"] is NSNull)
+                XCTAssertTrue((record["error"] as? String)?.contains("{tenant_id}") == true, "\(record)")
+                XCTAssertNotNil(LSN(record["lsn"] as? String ?? ""), "\(record)")
+                let row = try XCTUnwrap(record["row"] as? [String: Any])
+                XCTAssertEqual(row["aggregate_id"] as? String, "k1")
+                XCTAssertTrue(row["tenant_id"] is NSNull)
+                XCTAssertEqual(row["payload"] as? String, "{\"seq\": 1}")
+            } else {
+                XCTAssertEqual(records.count, 0, spout.stderr)
+            }
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(timeout: 30), 0)
+
+            // Restarted: the poison row does not come again, new rows do.
+            spout = try SpoutProcess(arguments)
+            try eventually("spout streams again") { try outbox.streamingWalsender != nil }
+            try insert(outbox, writer, tenants: ["c"], first: 5)
+            try eventually("the new event arrives") { !spout.events.isEmpty }
+            let after = try outbox.currentLSN()
+            try waitConfirmed(outbox, past: after)
+            XCTAssertEqual(seqs(spout.events), [5])
+            XCTAssertFalse(spout.stderr.contains(ids[1]), spout.stderr)
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(timeout: 30), 0)
+        }
+    }
+
+    // MARK: Redis, a refusal (WRONGTYPE) and a row that cannot be mapped
+
+    func testRedisDeadLettersAndSkipsWhatItRefuses() throws {
+        for policy in ["dead-letter", "skip"] {
+            let redis = try RedisServer()
+            let client = try redis.client()
+            try client.command("SET", "outbox.event.blocked", "not a stream")
+            let outbox = try OutboxFixture("poison_redis")
+            defer { outbox.tearDown() }
+            let spout = try SpoutProcess(["run", "--sink", redis.url, "--on-poison", policy] + outbox.arguments)
+            try eventually("spout streams") { try outbox.streamingWalsender != nil }
+            let writer = try TestDatabase.connect()
+            try insert(outbox, writer, tenants: ["a", "a"], aggregate: "fine")
+            let bad = try insert(outbox, writer, tenants: ["a"], aggregate: "blocked", first: 2)
+            try insert(outbox, writer, tenants: ["a", "a"], aggregate: "fine", first: 3)
+            let end = try outbox.currentLSN()
+            try eventually("good events delivered") { try client.entries("outbox.event.fine").count == 4 }
+            try waitConfirmed(outbox, past: end)
+            let fine = try client.entries("outbox.event.fine").compactMap { entry in
+                (try? JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any])?["seq"] as? Int
+            }
+            XCTAssertEqual(fine, [0, 1, 3, 4], "\(policy): nothing good lost, in order")
+            let letters = try client.entries(PoisonPolicy.defaultDeadLetterTopic)
+            if policy == "dead-letter" {
+                XCTAssertEqual(letters.count, 1)
+                let letter = try XCTUnwrap(letters.first)
+                let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data((letter.fields["payload"] ?? "").utf8)) as? [String: Any])
+                XCTAssertEqual(record["id"] as? String, bad.first)
+                XCTAssertEqual(record["topic"] as? String, "outbox.event.blocked")
+                XCTAssertTrue((record["error"] as? String)?.contains("WRONGTYPE") == true, "\(record)")
+                let event = try XCTUnwrap(record["event"] as? [String: Any])
+                XCTAssertEqual((event["payload"] as? [String: Any])?["seq"] as? Int, 2)
+                XCTAssertTrue(spout.stderr.contains("dead-lettered event \"\(bad[0])\""), spout.stderr)
+            } else {
+                XCTAssertEqual(letters.count, 0)
+                XCTAssertTrue(spout.stderr.contains("skipped event \"\(bad[0])\""), spout.stderr)
+            }
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(timeout: 30), 0)
+        }
+    }
+}
