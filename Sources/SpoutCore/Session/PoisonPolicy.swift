@@ -68,11 +68,23 @@ public enum DeadLetter {
                            headers: [], lsn: .zero, committedAt: committedAt, source: .deadLetter)
     }
 
+    /// Payloads up to this size are part of a refused event's dead letter; a larger one (the
+    /// refusal may well be its size) is left out, and `payload_omitted_bytes` says how large
+    /// it was: the outbox row still holds it, by id.
+    public static let maxEmbeddedPayload = 4096
+
     /// An event the sink refused for good, with the sink's `error`.
     public static func event(refused event: OutboxEvent, error: String, topic: String) -> OutboxEvent {
         var payload = head(id: event.id, topic: event.topic, error: error, lsn: event.lsn == .zero ? nil : event.lsn)
+        var shown = event
+        if event.payload.count > maxEmbeddedPayload {
+            payload.append(contentsOf: ",\"payload_omitted_bytes\":".utf8)
+            JSONWriter.appendDecimal(UInt64(event.payload.count), to: &payload)
+            shown.payload = Array("null".utf8)
+            shown.payloadFormat = .json
+        }
         payload.append(contentsOf: ",\"event\":".utf8)
-        StdoutSink.appendJSONLine(event, to: &payload)
+        StdoutSink.appendJSONLine(shown, to: &payload)
         payload.removeLast() // the line break
         payload.append(UInt8(ascii: "}"))
         return OutboxEvent(id: "dead-letter:" + event.id, topic: topic, key: event.key, type: eventType, payload: payload,
