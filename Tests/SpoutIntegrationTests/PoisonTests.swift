@@ -96,44 +96,86 @@ final class PoisonTests: XCTestCase {
 
     // MARK: Redis, a refusal (WRONGTYPE) and a row that cannot be mapped
 
-    func testRedisDeadLettersAndSkipsWhatItRefuses() throws {
-        for policy in ["dead-letter", "skip"] {
+    /// Both kinds at once: a key of another type (WRONGTYPE, refused by Redis) and a row whose
+    /// topic placeholder is NULL; with server ids (events as decoded) and `--redis-ids lsn`
+    /// (events spooled until their commit).
+    func testRedisDeadLettersAndSkipsWhatItRefusesAndWhatCannotBeMapped() throws {
+        for (policy, ids) in [("dead-letter", "server"), ("dead-letter", "lsn"), ("skip", "server")] {
             let redis = try RedisServer()
             let client = try redis.client()
-            try client.command("SET", "outbox.event.blocked", "not a stream")
+            try client.command("SET", "outbox.blocked.a", "not a stream")
             let outbox = try OutboxFixture("poison_redis")
             defer { outbox.tearDown() }
-            let spout = try SpoutProcess(["run", "--sink", redis.url, "--on-poison", policy] + outbox.arguments)
+            let spout = try SpoutProcess(["run", "--sink", redis.url, "--on-poison", policy, "--redis-ids", ids,
+                                          "--topic", "outbox.{aggregate_type}.{tenant_id}"] + outbox.arguments)
             try eventually("spout streams") { try outbox.streamingWalsender != nil }
             let writer = try TestDatabase.connect()
             try insert(outbox, writer, tenants: ["a", "a"], aggregate: "fine")
             let bad = try insert(outbox, writer, tenants: ["a"], aggregate: "blocked", first: 2)
-            try insert(outbox, writer, tenants: ["a", "a"], aggregate: "fine", first: 3)
+            let unmappable = try insert(outbox, writer, tenants: ["a", nil, "a"], aggregate: "fine", first: 3)
             let end = try outbox.currentLSN()
-            try eventually("good events delivered") { try client.entries("outbox.event.fine").count == 4 }
+            try eventually("good events delivered; stderr: \(spout.stderr)") { try client.entries("outbox.fine.a").count == 4 }
             try waitConfirmed(outbox, past: end)
-            let fine = try client.entries("outbox.event.fine").compactMap { entry in
+            let fine = try client.entries("outbox.fine.a").compactMap { entry in
                 (try? JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any])?["seq"] as? Int
             }
-            XCTAssertEqual(fine, [0, 1, 3, 4], "\(policy): nothing good lost, in order")
+            XCTAssertEqual(fine, [0, 1, 3, 5], "\(policy), \(ids) ids: nothing good lost, in order")
             let letters = try client.entries(PoisonPolicy.defaultDeadLetterTopic)
             if policy == "dead-letter" {
-                XCTAssertEqual(letters.count, 1)
-                let letter = try XCTUnwrap(letters.first)
-                let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data((letter.fields["payload"] ?? "").utf8)) as? [String: Any])
-                XCTAssertEqual(record["id"] as? String, bad.first)
-                XCTAssertEqual(record["topic"] as? String, "outbox.event.blocked")
-                XCTAssertTrue((record["error"] as? String)?.contains("WRONGTYPE") == true, "\(record)")
-                let event = try XCTUnwrap(record["event"] as? [String: Any])
+                // The row's dead letter goes out in its place; the refused event's once Redis
+                // refused it, which may be after events behind it were published.
+                XCTAssertEqual(letters.count, 2)
+                let records = try letters.map { letter in
+                    try XCTUnwrap(JSONSerialization.jsonObject(with: Data((letter.fields["payload"] ?? "").utf8)) as? [String: Any])
+                }.sorted { ($0["topic"] is NSNull ? 1 : 0) < ($1["topic"] is NSNull ? 1 : 0) }
+                guard records.count == 2 else { continue }
+                XCTAssertEqual(records[0]["id"] as? String, bad.first)
+                XCTAssertEqual(records[0]["topic"] as? String, "outbox.blocked.a")
+                XCTAssertTrue((records[0]["error"] as? String)?.contains("WRONGTYPE") == true, "\(records[0])")
+                let event = try XCTUnwrap(records[0]["event"] as? [String: Any])
                 XCTAssertEqual((event["payload"] as? [String: Any])?["seq"] as? Int, 2)
+                XCTAssertEqual(records[1]["id"] as? String, unmappable[1])
+                XCTAssertTrue((records[1]["error"] as? String)?.contains("{tenant_id}") == true, "\(records[1])")
+                XCTAssertEqual((records[1]["row"] as? [String: Any])?["payload"] as? String, "{\"seq\": 4}")
                 XCTAssertTrue(spout.stderr.contains("dead-lettered event \"\(bad[0])\""), spout.stderr)
             } else {
                 XCTAssertEqual(letters.count, 0)
                 XCTAssertTrue(spout.stderr.contains("skipped event \"\(bad[0])\""), spout.stderr)
+                XCTAssertTrue(spout.stderr.contains("skipped outbox event \"\(unmappable[1])\""), spout.stderr)
             }
             spout.signal(SIGTERM)
             XCTAssertEqual(spout.waitForExit(timeout: 30), 0)
         }
+    }
+
+    /// Redis out of memory refuses every XADD: with --max-retries 2 each event is sent three
+    /// times, then skipped; once memory is back, events flow again. An outage before does not count.
+    func testRedisMaxRetriesMakesARefusedEventPoison() throws {
+        let redis = try RedisServer()
+        let client = try redis.client()
+        let outbox = try OutboxFixture("poison_retries")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.url, "--on-poison", "skip", "--max-retries", "2"] + outbox.arguments)
+        try eventually("spout streams") { try outbox.streamingWalsender != nil }
+        let writer = try TestDatabase.connect()
+        try insert(outbox, writer, tenants: ["a"])
+        try eventually("the first event arrives") { try client.entries("outbox.event.order").count == 1 }
+        try client.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        try client.command("CONFIG", "SET", "maxmemory", "1")
+        let refused = try insert(outbox, writer, tenants: ["a"], first: 1)
+        let end = try outbox.currentLSN()
+        try waitConfirmed(outbox, past: end)
+        XCTAssertTrue(spout.stderr.contains("skipped event \"\(refused[0])\""), spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("more than --max-retries 2"), spout.stderr)
+        try client.command("CONFIG", "SET", "maxmemory", "0")
+        try insert(outbox, writer, tenants: ["a"], first: 2)
+        try eventually("events flow again") { try client.entries("outbox.event.order").count == 2 }
+        let seqs = try client.entries("outbox.event.order").compactMap { entry in
+            (try? JSONSerialization.jsonObject(with: Data((entry.fields["payload"] ?? "").utf8)) as? [String: Any])?["seq"] as? Int
+        }
+        XCTAssertEqual(seqs, [0, 2])
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(timeout: 30), 0)
     }
 
     // MARK: NATS, a subject it cannot take
