@@ -180,72 +180,86 @@ final class PoisonTests: XCTestCase {
 
     // MARK: NATS, a subject it cannot take
 
-    func testNATSDeadLettersAnEventWithAnInvalidSubject() throws {
-        let server = try NATSServer()
-        let client = try JetStreamTestClient(server.url)
-        try client.addStream("OUTBOX", subjects: ["outbox.event.>", PoisonPolicy.defaultDeadLetterTopic])
-        let outbox = try OutboxFixture("poison_nats")
-        defer { outbox.tearDown() }
-        let spout = try SpoutProcess(["run", "--sink", server.url, "--on-poison", "dead-letter"] + outbox.arguments)
-        try eventually("spout streams") { try outbox.streamingWalsender != nil }
-        let writer = try TestDatabase.connect()
-        try insert(outbox, writer, tenants: ["a", "a"])
-        let bad = try insert(outbox, writer, tenants: ["a"], aggregate: "bad type", first: 2)
-        try insert(outbox, writer, tenants: ["a", "a"], first: 3)
-        let end = try outbox.currentLSN()
-        eventually(timeout: 60, "5 messages in the stream, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= 5 }
-        try waitConfirmed(outbox, past: end)
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(timeout: 30), 0, spout.stderr)
-        let messages = try client.messages("OUTBOX")
-        let good = messages.filter { $0.subject == "outbox.event.order" }.compactMap {
-            (try? JSONSerialization.jsonObject(with: Data($0.data)) as? [String: Any])?["seq"] as? Int
+    func testNATSDeadLettersOrSkipsAnEventWithAnInvalidSubject() throws {
+        for policy in ["dead-letter", "skip"] {
+            let server = try NATSServer()
+            let client = try JetStreamTestClient(server.url)
+            try client.addStream("OUTBOX", subjects: ["outbox.event.>", PoisonPolicy.defaultDeadLetterTopic])
+            let outbox = try OutboxFixture("poison_nats")
+            defer { outbox.tearDown() }
+            let spout = try SpoutProcess(["run", "--sink", server.url, "--on-poison", policy] + outbox.arguments)
+            try eventually("spout streams") { try outbox.streamingWalsender != nil }
+            let writer = try TestDatabase.connect()
+            try insert(outbox, writer, tenants: ["a", "a"])
+            let bad = try insert(outbox, writer, tenants: ["a"], aggregate: "bad type", first: 2)
+            try insert(outbox, writer, tenants: ["a", "a"], first: 3)
+            let end = try outbox.currentLSN()
+            eventually(timeout: 60, "5 messages in the stream, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= (policy == "skip" ? 4 : 5) }
+            try waitConfirmed(outbox, past: end)
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(timeout: 30), 0, spout.stderr)
+            let messages = try client.messages("OUTBOX")
+            let good = messages.filter { $0.subject == "outbox.event.order" }.compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.data)) as? [String: Any])?["seq"] as? Int
+            }
+            XCTAssertEqual(good, [0, 1, 3, 4], "nothing good lost, in order")
+            let letters = messages.filter { $0.subject == PoisonPolicy.defaultDeadLetterTopic }
+            if policy == "skip" {
+                XCTAssertEqual(letters.count, 0)
+                XCTAssertTrue(spout.stderr.contains("skipped event \"\(bad[0])\""), spout.stderr)
+                continue
+            }
+            XCTAssertEqual(letters.count, 1)
+            let letter = try XCTUnwrap(letters.first)
+            XCTAssertEqual(letter.header("Nats-Msg-Id"), "dead-letter:\(bad[0])")
+            let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(letter.data)) as? [String: Any])
+            XCTAssertEqual(record["id"] as? String, bad[0])
+            XCTAssertEqual(record["topic"] as? String, "outbox.event.bad type")
+            XCTAssertTrue((record["error"] as? String)?.contains("not a valid NATS subject") == true, "\(record)")
         }
-        XCTAssertEqual(good, [0, 1, 3, 4], "nothing good lost, in order")
-        let letters = messages.filter { $0.subject == PoisonPolicy.defaultDeadLetterTopic }
-        XCTAssertEqual(letters.count, 1)
-        let letter = try XCTUnwrap(letters.first)
-        XCTAssertEqual(letter.header("Nats-Msg-Id"), "dead-letter:\(bad[0])")
-        let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(letter.data)) as? [String: Any])
-        XCTAssertEqual(record["id"] as? String, bad[0])
-        XCTAssertEqual(record["topic"] as? String, "outbox.event.bad type")
-        XCTAssertTrue((record["error"] as? String)?.contains("not a valid NATS subject") == true, "\(record)")
     }
 
     // MARK: Kafka, an event larger than message.max.bytes
 
-    func testKafkaDeadLettersAnOversizedEventAndGoesOn() throws {
-        let cluster = try KafkaMockCluster(brokers: 1)
-        try cluster.command("create-topic outbox.event.order 1 1")
-        try cluster.command("create-topic \(PoisonPolicy.defaultDeadLetterTopic) 1 1")
-        let outbox = try OutboxFixture("poison_kafka")
-        defer { outbox.tearDown() }
-        let spout = try SpoutProcess(["run", "--sink", cluster.sinkURL, "--on-poison", "dead-letter",
-                                      "--kafka-property", "message.max.bytes=1000"] + outbox.arguments)
-        try eventually("spout streams") { try outbox.streamingWalsender != nil }
-        let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap,
-                                             topics: [("outbox.event.order", 1), (PoisonPolicy.defaultDeadLetterTopic, 1)])
-        let writer = try TestDatabase.connect()
-        try insert(outbox, writer, tenants: ["a", "a"])
-        let big = String(repeating: "x", count: 5000)
-        let (bad, _) = try outbox.insertReturningLSN(writer, rows: 1, key: { _ in "k2" }, payload: { _ in "{\"big\": \"\(big)\"}" })
-        try insert(outbox, writer, tenants: ["a", "a"], first: 3)
-        let end = try outbox.currentLSN()
-        XCTAssertTrue(consumer.waitFor(5), "got \(consumer.messages.count); stderr: \(spout.stderr)")
-        try waitConfirmed(outbox, past: end)
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(timeout: 30), 0, spout.stderr)
-        let good = consumer.messages.filter { $0.topic == "outbox.event.order" }.compactMap {
-            (try? JSONSerialization.jsonObject(with: Data($0.value.utf8)) as? [String: Any])?["seq"] as? Int
+    func testKafkaDeadLettersOrSkipsAnOversizedEventAndGoesOn() throws {
+        for policy in ["dead-letter", "skip"] {
+            let cluster = try KafkaMockCluster(brokers: 1)
+            try cluster.command("create-topic outbox.event.order 1 1")
+            try cluster.command("create-topic \(PoisonPolicy.defaultDeadLetterTopic) 1 1")
+            let outbox = try OutboxFixture("poison_kafka")
+            defer { outbox.tearDown() }
+            let spout = try SpoutProcess(["run", "--sink", cluster.sinkURL, "--on-poison", policy,
+                                          "--kafka-property", "message.max.bytes=1000"] + outbox.arguments)
+            try eventually("spout streams") { try outbox.streamingWalsender != nil }
+            let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap,
+                                                 topics: [("outbox.event.order", 1), (PoisonPolicy.defaultDeadLetterTopic, 1)])
+            let writer = try TestDatabase.connect()
+            try insert(outbox, writer, tenants: ["a", "a"])
+            let big = String(repeating: "x", count: 5000)
+            let (bad, _) = try outbox.insertReturningLSN(writer, rows: 1, key: { _ in "k2" }, payload: { _ in "{\"big\": \"\(big)\"}" })
+            try insert(outbox, writer, tenants: ["a", "a"], first: 3)
+            let end = try outbox.currentLSN()
+            XCTAssertTrue(consumer.waitFor(policy == "skip" ? 4 : 5), "got \(consumer.messages.count); stderr: \(spout.stderr)")
+            try waitConfirmed(outbox, past: end)
+            spout.signal(SIGTERM)
+            XCTAssertEqual(spout.waitForExit(timeout: 30), 0, spout.stderr)
+            let good = consumer.messages.filter { $0.topic == "outbox.event.order" }.compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.value.utf8)) as? [String: Any])?["seq"] as? Int
+            }
+            XCTAssertEqual(good, [0, 1, 3, 4], "nothing good lost, in order")
+            let letters = consumer.messages.filter { $0.topic == PoisonPolicy.defaultDeadLetterTopic }
+            if policy == "skip" {
+                XCTAssertEqual(letters.count, 0)
+                XCTAssertTrue(spout.stderr.contains("skipped event \"\(bad[0])\""), spout.stderr)
+                continue
+            }
+            XCTAssertEqual(letters.count, 1)
+            let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data((letters.first?.value ?? "").utf8)) as? [String: Any])
+            XCTAssertEqual(record["id"] as? String, bad.first)
+            XCTAssertEqual(record["topic"] as? String, "outbox.event.order")
+            XCTAssertTrue((record["error"] as? String)?.contains("message.max.bytes") == true, "\(record)")
+            XCTAssertGreaterThan(record["payload_omitted_bytes"] as? Int ?? 0, 5000, "the payload is left out, its size stays")
+            XCTAssertEqual((record["event"] as? [String: Any])?["key"] as? String, "k2")
         }
-        XCTAssertEqual(good, [0, 1, 3, 4], "nothing good lost, in order")
-        let letters = consumer.messages.filter { $0.topic == PoisonPolicy.defaultDeadLetterTopic }
-        XCTAssertEqual(letters.count, 1)
-        let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data((letters.first?.value ?? "").utf8)) as? [String: Any])
-        XCTAssertEqual(record["id"] as? String, bad.first)
-        XCTAssertEqual(record["topic"] as? String, "outbox.event.order")
-        XCTAssertTrue((record["error"] as? String)?.contains("message.max.bytes") == true, "\(record)")
-        XCTAssertGreaterThan(record["payload_omitted_bytes"] as? Int ?? 0, 5000, "the payload is left out, its size stays")
-        XCTAssertEqual((record["event"] as? [String: Any])?["key"] as? String, "k2")
     }
 }
