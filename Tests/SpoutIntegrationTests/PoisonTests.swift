@@ -262,4 +262,26 @@ final class PoisonTests: XCTestCase {
             XCTAssertEqual((record["event"] as? [String: Any])?["key"] as? String, "k2")
         }
     }
+
+    // MARK: The options
+
+    func testOptionsAreCheckedAndShown() throws {
+        let bad = try SpoutProcess.run(["run", "--on-poison", "ignore", "--check-config"])
+        XCTAssertEqual(bad.status, 64)
+        XCTAssertTrue(bad.stderr.contains("--on-poison ignore is not stop, dead-letter or skip"), bad.stderr)
+        let retries = try SpoutProcess.run(["run", "--check-config"], environment: ["SPOUT_MAX_RETRIES": "-1"])
+        XCTAssertEqual(retries.status, 64)
+        XCTAssertTrue(retries.stderr.contains("SPOUT_MAX_RETRIES=-1 is out of range: use 0 to 1000000"), retries.stderr)
+        let empty = try SpoutProcess.run(["run", "--on-poison", "dead-letter", "--dead-letter-topic", "", "--check-config"])
+        XCTAssertEqual(empty.status, 64)
+        XCTAssertTrue(empty.stderr.contains("--dead-letter-topic  is empty"), empty.stderr)
+        let defaults = try SpoutProcess.run(["run", "--check-config"])
+        XCTAssertEqual(defaults.status, 0, defaults.stderr)
+        XCTAssertTrue(defaults.stdout.contains("on-poison = stop\n"), defaults.stdout)
+        XCTAssertTrue(defaults.stdout.contains("max-retries = none (retry forever)"), defaults.stdout)
+        let given = try SpoutProcess.run(["run", "--check-config", "--max-retries", "5"],
+                                         environment: ["SPOUT_ON_POISON": "dead-letter", "SPOUT_DEAD_LETTER_TOPIC": "dlq"])
+        XCTAssertEqual(given.status, 0, given.stderr)
+        XCTAssertTrue(given.stdout.contains("on-poison = dead-letter\ndead-letter-topic = dlq\nmax-retries = 5"), given.stdout)
+    }
 }
