@@ -225,6 +225,8 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
         let (closedReason, asyncError) = connection.events.take()
         if let asyncError { serverError = asyncError }
         var transient: String?
+        var transientTicket: UInt64?
+        var transientCount = 0
         for completion in completions {
             // The ticket comes from a PubAck subject (the network): only one published and
             // unacknowledged counts.
@@ -239,9 +241,18 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
             }
             // A PubAck names a JetStream error; "no responders" never gets here (`receive`
             // reports it without a ticket, as `broken`).
+            transientCount += 1
             if transient == nil, let event = engine.event(completion.ticket) {
                 transient = "JetStream did not store an event on subject \"\(event.topic)\": \(failure)"
+                transientTicket = completion.ticket
             }
+        }
+        // One event's PubAck error (a stream leader election, say) counts against its
+        // --max-retries; past them it is poison and the connection stays. A lost connection or
+        // "no responders" (below) is an outage and counts for no event.
+        if transientCount == 1, let ticket = transientTicket, let reason = transient,
+           engine.refusalExhaustsRetries(ticket, reason: reason) {
+            transient = nil
         }
         completions.removeAll(keepingCapacity: true)
         if transient == nil, let broken {

@@ -86,6 +86,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
         /// stream) and the highest id deleted from it (XDEL, trimming; Redis 7 and newer).
         var topID: String?
         var deletedUpTo: String?
+        /// XINFO STREAM was refused for good: the verdict once its XRANGE reply is read too.
+        var refusal: String?
         /// One per offset answered.
         var verdicts: [Verdict] = []
         var deadline: ContinuousClock.Instant
@@ -489,8 +491,15 @@ final class RedisStreamAdapter: DeliveryAdapter {
             // "EXECABORT Transaction discarded because of: OOM …", or "… because of previous errors."
             let reason = text.range(of: "because of: ").map { String(text[$0.upperBound...]) } ?? current.refused?.message ?? text
             if RedisErrorReply.isTransient(reason) {
-                // Nothing of the batch ran; it goes out again, whole, after a backoff.
-                engine.retry(after: reason, warning: "Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile")
+                // Nothing of the batch ran; it goes out again, whole, after a backoff. A reply
+                // refusing one XADD (OOM: this entry does not fit now) counts against that
+                // event's --max-retries; an aborted EXEC alone is the server's state, not the event's.
+                let warning = "Redis at \(url.address) refuses writes (\(reason)); retrying with backoff, nothing is confirmed meanwhile"
+                if let offset = current.refused?.offset, offset < batchTickets.count {
+                    engine.refusedTransiently(batchTickets[offset], reason: reason, warning: warning)
+                } else {
+                    engine.retry(after: reason, warning: warning)
+                }
             } else {
                 let offset = current.refused?.offset ?? 0
                 if offset < batchTickets.count { engine.fail(batchTickets[offset], reason) }
@@ -596,11 +605,17 @@ final class RedisStreamAdapter: DeliveryAdapter {
             } else if RedisErrorReply.isTransient(text) {
                 return "\(isInfo ? "XINFO STREAM" : "XRANGE"): \(text)"
             } else {
-                // A check that cannot run must not let a taken id pass as delivered.
-                engine.fail(entry.ticket, "Redis refused \(isInfo ? "XINFO STREAM" : "XRANGE"), which --redis-ids lsn needs to tell its own entries from others': "
-                            + "\(text)\(RedisErrorReply.hint(text, url: url))")
-                return nil
+                // A check that cannot run must not let a taken id pass as delivered: the event
+                // fails (with --on-poison, the checks of the others go on and are resolved).
+                let refusal = current.refusal ?? ("Redis refused \(isInfo ? "XINFO STREAM" : "XRANGE"), which --redis-ids lsn needs to tell its own entries "
+                                                  + "from others': \(text)\(RedisErrorReply.hint(text, url: url))")
+                if isInfo { current.refusal = refusal } else { current.verdicts.append(.foreign(refusal)) }
+                current.refusal = isInfo ? refusal : nil
             }
+        } else if let refusal = current.refusal {
+            // The XRANGE after a refused XINFO STREAM.
+            current.verdicts.append(.foreign(refusal))
+            current.refusal = nil
         } else if isInfo {
             guard reply.kind == .array else { return "unexpected reply to XINFO STREAM" }
             current.topID = reply.value(of: "last-generated-id")?.text

@@ -22,6 +22,10 @@ enum ConfigurationReport {
         // issue 12: reconnect and standby
         lines.append(("reconnect-timeout", relay.reconnectTimeout?.description ?? "none (retry forever)"))
         lines.append(("no-standby", relay.standby ? "false" : "true"))
+        // issue 13: poison events and retries
+        lines.append(("on-poison", relay.onPoison.name))
+        if case let .deadLetter(topic) = relay.onPoison { lines.append(("dead-letter-topic", topic)) }
+        lines.append(("max-retries", relay.maxRetries.map(String.init) ?? "none (retry forever)"))
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

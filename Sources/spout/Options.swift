@@ -29,6 +29,8 @@ enum Setting: String, CaseIterable {
     case backfillWhere = "where", backfillAfter = "after", backfillBatch = "batch", backfillRate = "rate"
     // issue 13: metrics and health
     case metricsAddress = "metrics-address", unreadyAfter = "unready-after"
+    // issue 13: poison events and retries
+    case onPoison = "on-poison", deadLetterTopic = "dead-letter-topic", maxRetries = "max-retries"
 
     var flag: String { "--" + rawValue }
 
@@ -108,6 +110,8 @@ enum Limits {
     static let backfillRate = 1...10_000_000
     // issue 13: metrics and health
     static let unreadyAfterSeconds = 0.0...86_400.0
+    // issue 13: poison events and retries
+    static let maxRetries = 0...1_000_000
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.

@@ -72,6 +72,24 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("no-standby"), help: "Fail when another client streams from the slot, instead of waiting as a standby to take over. [SPOUT_NO_STANDBY]")
     var noStandbyFlag = false
 
+    // issue 13: poison events and retries
+    @Option(name: .customLong("on-poison"), help: ArgumentHelp(
+        "An event that cannot be mapped or that the sink refuses for good: stop (after confirming what came before), "
+            + "dead-letter (publish a record of it to --dead-letter-topic and go on) or skip (log and count it, go on) (default: stop). [SPOUT_ON_POISON]",
+        valueName: "stop|dead-letter|skip"))
+    var onPoisonFlag: String?
+
+    @Option(name: .customLong("dead-letter-topic"), help: ArgumentHelp(
+        "Where --on-poison dead-letter publishes, on the same sink (stdout: a JSON line on stderr) (default: \(PoisonPolicy.defaultDeadLetterTopic)). [SPOUT_DEAD_LETTER_TOPIC]",
+        valueName: "topic"))
+    var deadLetterTopicFlag: String?
+
+    @Option(name: .customLong("max-retries"), parsing: .unconditional, help: ArgumentHelp(
+        "Times an event the broker refuses for now (not an outage) is sent again before it is poison; "
+            + "\(Limits.maxRetries.lowerBound) to \(Limits.maxRetries.upperBound) (default: retry forever). [SPOUT_MAX_RETRIES]",
+        valueName: "n"))
+    var maxRetriesFlag: String?
+
     @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
     var checkConfig = false
 
@@ -79,7 +97,8 @@ struct Run: AsyncParsableCommand {
         database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags + observability.flags
             + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
                                      .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
-                                     .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag],
+                                     .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag,
+                                     .onPoison: onPoisonFlag, .deadLetterTopic: deadLetterTopicFlag, .maxRetries: maxRetriesFlag],
                              switches: [.noCreate: noCreateFlag, .noStandby: noStandbyFlag])
     }
 
@@ -100,6 +119,8 @@ struct Run: AsyncParsableCommand {
             options.shutdownTimeout = try seconds(settings.given(.shutdownTimeout)) ?? options.shutdownTimeout
             options.reconnectTimeout = try seconds(settings.given(.reconnectTimeout), in: Limits.reconnectTimeoutSeconds)
             options.standby = try !settings.flag(.noStandby)
+            options.onPoison = try poisonPolicy(settings)
+            options.maxRetries = try settings.integer(.maxRetries, in: Limits.maxRetries)
             // Every sink option too, before anything connects: a bad value never waits for the database.
             _ = try SinkOptionGroup.options(settings, maxInFlightEvents: options.maxInFlightEvents)
             let create = try !settings.flag(.noCreate)
@@ -272,6 +293,17 @@ struct Tail: AsyncParsableCommand {
 }
 
 /// `--shutdown-timeout`, `--reconnect-timeout`: seconds, fractions allowed, within `range`.
+/// `--on-poison` with its `--dead-letter-topic`.
+private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
+    let topic = settings.given(.deadLetterTopic)
+    if let topic, topic.value.isEmpty { throw topic.invalid("is empty: name the topic dead letters go to") }
+    guard let name = settings.given(.onPoison) else { return .stop }
+    guard let policy = PoisonPolicy(name: name.value, deadLetterTopic: topic?.value ?? PoisonPolicy.defaultDeadLetterTopic) else {
+        throw name.invalid("is not stop, dead-letter or skip")
+    }
+    return policy
+}
+
 private func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
     guard let text else { return nil }
     let bounds = "\(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds"

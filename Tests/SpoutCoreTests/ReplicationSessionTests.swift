@@ -28,11 +28,18 @@ final class ReplicationSessionTests: XCTestCase {
         }
 
         mutating func feed(_ message: PgOutputMessage, walEnd: LSN = .zero) throws {
-            switch try session.receive(message, walEnd: walEnd, nowMicros: nowMicros) {
+            perform(try session.receive(message, walEnd: walEnd, nowMicros: nowMicros))
+        }
+
+        mutating func perform(_ delivery: ReplicationSession.Delivery) {
+            switch delivery {
             case .none, .debug: break
             case let .send(event, ticket): sent.append((event, ticket))
             case let .spool(event, topic): spool.append((event, topic))
             case let .warning(text): warnings.append(text)
+            case let .poisoned(text, then):
+                warnings.append(text)
+                perform(then)
             }
         }
 

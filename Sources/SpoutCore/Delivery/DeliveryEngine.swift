@@ -38,6 +38,20 @@ open class DeliveryEngine: Sink {
     /// Reported by the next `poll`.
     private var completions: [SinkCompletion] = []
     private let metrics: DeliveryMetrics
+    private let metricsFactory: MetricsFactory
+    /// What a permanent refusal of one event does (`--on-poison`, through `adopt`).
+    public private(set) var poisonPolicy = PoisonPolicy.stop
+    /// Tickets whose dead letter is on its way, with the refused event's topic (for the counter).
+    private var deadLetters: [UInt64: String] = [:]
+    /// A dead letter waits to be sent: `poll` lets the adapter advance once more.
+    private var deadLetterQueued = false
+    private var poisonCounters: [String: Counter] = [:]
+    /// Transient refusals per ticket (`refusedTransiently`), apart from the sends an outage
+    /// repeats, which never count.
+    private var refusals: [UInt64: Int] = [:]
+    /// `--max-retries`: transient refusals of one event (`refusedTransiently`) before it is
+    /// poison; nil: retried for ever.
+    public private(set) var maxRetries: Int?
     private let clock: @Sendable () -> ContinuousClock.Instant
     private var random: any RandomNumberGenerator
 
@@ -58,6 +72,7 @@ open class DeliveryEngine: Sink {
         self.clock = clock
         self.random = random
         self.metrics = DeliveryMetrics(sink: adapter.sinkName, factory: metrics)
+        metricsFactory = metrics
         queue = DeliveryQueue(capacity: min(max(capacity, 1), 65_536))
         completions.reserveCapacity(min(max(capacity, 16), 4096))
         if let wakeup {
@@ -100,7 +115,14 @@ open class DeliveryEngine: Sink {
         let now = clock()
         if let due = retryAt, now >= due { retryAt = nil }
         if failure == nil {
-            do { try adapter.advance(self) } catch { stop(error) }
+            do {
+                try adapter.advance(self)
+                // A dead letter took a refused event's place: send it now, not at the next wakeup.
+                if deadLetterQueued {
+                    deadLetterQueued = false
+                    try adapter.advance(self)
+                }
+            } catch { stop(error) }
         }
         if outage.isActive { metrics.outageSeconds.record(outage.length(at: clock()).seconds) }
         if !completions.isEmpty {
@@ -113,6 +135,11 @@ open class DeliveryEngine: Sink {
 
     public func close() {
         adapter.close(self)
+    }
+
+    public func adopt(_ policy: PoisonPolicy, maxRetries: Int?) {
+        poisonPolicy = policy
+        self.maxRetries = maxRetries
     }
 
     private func updateWakeup() {
@@ -191,6 +218,10 @@ open class DeliveryEngine: Sink {
     /// already) is ignored; one waiting to be sent again counts: an acknowledgement is one.
     public final func delivered(_ ticket: UInt64) {
         guard queue.finish(ticket) else { return }
+        if !deadLetters.isEmpty, let topic = deadLetters.removeValue(forKey: ticket) {
+            count("spout_events_dead_lettered_total", topic: topic)
+        }
+        if !refusals.isEmpty { refusals[ticket] = nil }
         completions.append(.delivered(ticket: ticket))
         backoff.reset()
         if outage.isActive { recovered() }
@@ -204,6 +235,7 @@ open class DeliveryEngine: Sink {
     }
 
     public final func fail(_ ticket: UInt64, _ error: SinkError) {
+        if poisonPolicy != .stop, passOver(ticket, error) { return }
         guard queue.finish(ticket) else { return }
         completions.append(.failed(ticket: ticket, error))
         guard failedTicket.map({ ticket < $0 }) ?? true else { return }
@@ -217,6 +249,63 @@ open class DeliveryEngine: Sink {
             }
             later += 1
         }
+    }
+
+    /// `--on-poison skip` or `dead-letter` for an event the broker refused for good: false when
+    /// the policy does not apply (a dead letter refused in turn stops the sink, as `stop` does).
+    private func passOver(_ ticket: UInt64, _ error: SinkError) -> Bool {
+        guard let state = queue.state(ticket), state != .finished, let event = queue.event(ticket),
+              event.source != .deadLetter else { return false }
+        switch poisonPolicy {
+        case .stop:
+            return false
+        case .skip:
+            queue.finish(ticket)
+            log.warning("skipped event \"\(event.id)\" for topic \"\(event.topic)\" (--on-poison skip): \(error.message)",
+                        metadata: ["event": "\(event.id)", "topic": "\(event.topic)"])
+            count("spout_events_skipped_total", topic: event.topic)
+            completions.append(.delivered(ticket: ticket))
+        case let .deadLetter(topic):
+            let letter = DeadLetter.event(refused: event, error: error.message, topic: topic)
+            guard queue.replace(ticket, with: letter) else { return false }
+            log.warning("dead-lettered event \"\(event.id)\" for topic \"\(event.topic)\" to \"\(topic)\" (--on-poison dead-letter): \(error.message)",
+                        metadata: ["event": "\(event.id)", "topic": "\(event.topic)"])
+            deadLetters[ticket] = event.topic
+            deadLetterQueued = true
+        }
+        return true
+    }
+
+    /// A refusal of this one event that may pass (a Redis OOM reply, a JetStream leader
+    /// election): retried with backoff like any transient failure, until it was sent more than
+    /// `maxRetries` times; then it is poison (`fail`). Outages (a lost connection, a broker
+    /// down) are `retry`, never this: they do not count.
+    public final func refusedTransiently(_ ticket: UInt64, reason: @autoclosure () -> String, warning: @autoclosure () -> String) {
+        if refusalExhaustsRetries(ticket, reason: reason()) { return }
+        retry(after: reason(), warning: warning())
+    }
+
+    /// Counts a transient refusal of this one event, for an adapter that retries its own way
+    /// (a new connection): true when it was one too many, and the event is poison now (`fail`).
+    public final func refusalExhaustsRetries(_ ticket: UInt64, reason: @autoclosure () -> String) -> Bool {
+        guard let maxRetries, let event = queue.event(ticket) else { return false }
+        let refused = refusals[ticket, default: 0] + 1
+        guard refused > maxRetries else {
+            refusals[ticket] = refused
+            return false
+        }
+        refusals[ticket] = nil
+        fail(ticket, SinkError(.permanent, "refused \(refused) times, more than --max-retries \(maxRetries): \(reason())",
+                               eventID: event.id, topic: event.topic))
+        return true
+    }
+
+    private func count(_ label: String, topic: String) {
+        let key = label + "\u{0}" + topic
+        if poisonCounters[key] == nil {
+            poisonCounters[key] = Counter(label: label, dimensions: [("sink", adapter.sinkName), ("topic", topic)], factory: metricsFactory)
+        }
+        poisonCounters[key]?.increment()
     }
 
     private static func notPublished(_ event: OutboxEvent) -> SinkError {

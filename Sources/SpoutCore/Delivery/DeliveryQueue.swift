@@ -184,6 +184,19 @@ public struct DeliveryQueue: Sendable {
         return rewound
     }
 
+    /// Another event takes an unfinished entry's place (a dead letter for one the broker
+    /// refused): it waits to be sent, first in line. False if the ticket is not held or finished.
+    public mutating func replace(_ ticket: UInt64, with event: OutboxEvent) -> Bool {
+        guard let slot = slot(ticket), marks[slot].state != .finished else { return false }
+        if marks[slot].state == .sent { sentCount -= 1 }
+        marks[slot].state = .waiting
+        marks[slot].attempts = 0
+        marks[slot].size = UInt32(clamping: event.approximateSize)
+        events[slot] = event
+        waitingFrom = min(waitingFrom, ticket)
+        return true
+    }
+
     /// Delivered, or failed for good. False if the ticket is not held or was finished already.
     @discardableResult
     public mutating func finish(_ ticket: UInt64) -> Bool {

@@ -12,6 +12,8 @@ public struct EventMapper: Sendable {
         var eventType: Int?
         var headers: Int?
         var topicColumns: [String: Int]
+        /// Every column's name, in row order (a dead letter shows the row by them).
+        var columnNames: [String] = []
     }
 
     private var layouts: [UInt32: RowLayout] = [:]
@@ -67,7 +69,7 @@ public struct EventMapper: Sendable {
         return RowLayout(
             id: id, payload: positions[names.payload]?.index ?? 0, payloadFormat: format,
             aggregateID: positions[names.aggregateID]?.index, eventType: positions[names.eventType]?.index,
-            headers: positions[names.headers]?.index, topicColumns: topicColumns)
+            headers: positions[names.headers]?.index, topicColumns: topicColumns, columnNames: columns.map(\.name))
     }
 
     /// Throws when a table with these columns lacks one the mapping needs: the id, the
@@ -93,6 +95,15 @@ public struct EventMapper: Sendable {
     /// The id of an outbox row, for error messages about a row that cannot be mapped.
     public func rowID(relationOID: UInt32, row: TupleData) -> String? {
         layouts[relationOID].flatMap { row.string(at: $0.id) }
+    }
+
+    /// Every column of an outbox row by name, as text (nil: SQL NULL or an unchanged TOAST
+    /// value), for the dead letter of a row that cannot be mapped.
+    public func rowColumns(relationOID: UInt32, row: TupleData) -> [(name: String, value: String?)] {
+        guard let layout = layouts[relationOID] else { return [] }
+        return row.columns.indices.map { index in
+            (index < layout.columnNames.count ? layout.columnNames[index] : "column \(index + 1)", row.string(at: index))
+        }
     }
 
     /// Maps an inserted row; `nil` when the row is not in the outbox table. The event's

@@ -18,6 +18,8 @@ public struct OutboxEvent: Equatable, Sendable {
         case snapshot
         /// Re-published by `spout backfill`.
         case backfill
+        /// A dead-letter record standing for a poison event (`--on-poison dead-letter`).
+        case deadLetter
 
         /// The marker's value on the wire (`source` field or header); nil for streamed events.
         public var marker: String? {
@@ -25,6 +27,7 @@ public struct OutboxEvent: Equatable, Sendable {
             case .stream: nil
             case .snapshot: "snapshot"
             case .backfill: "backfill"
+            case .deadLetter: "dead-letter"
             }
         }
     }

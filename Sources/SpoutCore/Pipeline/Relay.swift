@@ -29,6 +29,10 @@ public final class Relay {
         public var reconnectTimeout: Duration?
         /// Wait while another client streams from the slot (false: fail at once).
         public var standby = true
+        /// Poison events: stop, dead-letter or skip them (`--on-poison`; the sink learns it too).
+        public var onPoison = PoisonPolicy.stop
+        /// Transient refusals of one event before it is poison (`--max-retries`); nil: retry for ever.
+        public var maxRetries: Int?
 
         public init() {}
     }
@@ -96,6 +100,8 @@ public final class Relay {
         configuration.statusInterval = options.statusInterval
         configuration.streaming = !sink.needsCommitLSN
         configuration.recordLatency = options.recordLatency
+        configuration.onPoison = options.onPoison
+        sink.adopt(options.onPoison, maxRetries: options.maxRetries)
         session = ReplicationSession(start: start, configuration: configuration, mapper: mapper, verified: watch?.verified, now: clock.now)
         spool = EventSpool(memoryLimit: options.spoolMemoryBytes)
         encoder = sink as? any PreCommitEncoding
@@ -301,17 +307,24 @@ public final class Relay {
             do { message = try PgOutputMessage.decode(UnsafeRawBufferPointer(rebasing: bytes[payloadOffset...])) } catch {
                 throw .protocolViolation(error, context: "pgoutput message at \(walEnd)")
             }
-            switch try session.receive(message, walEnd: walEnd, nowMicros: nowMicros) {
-            case .none: break
-            case let .send(event, ticket):
-                if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
-                try send(event, ticket: ticket)
-            case let .spool(event, topic):
-                if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
-                try keep(event, topic: topic)
-            case let .debug(text): log.debug(text)
-            case let .warning(text): log.warning(text)
-            }
+            try perform(session.receive(message, walEnd: walEnd, nowMicros: nowMicros))
+        }
+    }
+
+    private func perform(_ delivery: ReplicationSession.Delivery) throws(SpoutError) {
+        switch delivery {
+        case .none: break
+        case let .send(event, ticket):
+            if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
+            try send(event, ticket: ticket)
+        case let .spool(event, topic):
+            if options.recordLatency { decodeLatency.record(committedAt: event.committedAt, acknowledgedAt: LatencyRecorder.nowMicros()) }
+            try keep(event, topic: topic)
+        case let .debug(text): log.debug(text)
+        case let .warning(text): log.warning(text)
+        case let .poisoned(warning, then):
+            log.warning(warning)
+            try perform(then)
         }
     }
 

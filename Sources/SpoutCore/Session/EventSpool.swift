@@ -291,6 +291,8 @@ enum SpooledEvent {
             field(header.value.utf8)
         }
         integer(event.committedAt.rawValue)
+        // Streamed events (all but dead letters, in the spool) end here; others say what they are.
+        if event.source != .stream { bytes.append(event.source.rawValue) }
     }
 
     /// The event in a record `encode` wrote, with `lsn`; nil when the record is damaged.
@@ -321,9 +323,16 @@ enum SpooledEvent {
             guard let name = string(), let value = string() else { return nil }
             headers.append(OutboxEvent.Header(name: name, value: value))
         }
-        guard headers.count == Int(headerCount), let committedAt = integer(Int64.self), cursor == record.count else { return nil }
+        guard headers.count == Int(headerCount), let committedAt = integer(Int64.self) else { return nil }
+        var source = OutboxEvent.Source.stream
+        if cursor < record.count {
+            // Only other sources are written: a `stream` byte there is damage.
+            guard let marked = integer(UInt8.self).flatMap(OutboxEvent.Source.init(rawValue:)), marked != .stream else { return nil }
+            source = marked
+        }
+        guard cursor == record.count else { return nil }
         return OutboxEvent(id: id, topic: topic, key: key, type: type, payload: Array(payload),
                            payloadFormat: format == 0 ? .json : format == 1 ? .text : .binary,
-                           headers: headers, lsn: lsn, committedAt: PostgresTimestamp(rawValue: committedAt))
+                           headers: headers, lsn: lsn, committedAt: PostgresTimestamp(rawValue: committedAt), source: source)
     }
 }

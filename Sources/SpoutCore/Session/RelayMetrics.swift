@@ -34,6 +34,9 @@ final class RelayMetrics {
     /// Per topic, in the session's topic order, with what was already published.
     private var delivered: [(counter: Counter, published: Int)] = []
     private var publishedFailed = 0
+    // issue 13: poison events (rows that cannot be mapped; the engine counts the sink's refusals)
+    private var skipped: [String: (counter: Counter, published: Int)] = [:]
+    private var deadLettered: [String: (counter: Counter, published: Int)] = [:]
     private var publishedTransactions = 0
 
     init(sink: String, factory: MetricsFactory, health: RelayHealth = RelayHealth()) {
@@ -86,6 +89,8 @@ final class RelayMetrics {
             failed.increment(by: session.failedEvents - publishedFailed)
             publishedFailed = session.failedEvents
         }
+        publish(session.skippedPerTopic, into: &skipped, label: "spout_events_skipped_total")
+        publish(session.deadLetteredPerTopic, into: &deadLettered, label: "spout_events_dead_lettered_total")
         if session.statistics.transactions != publishedTransactions {
             transactions.increment(by: session.statistics.transactions - publishedTransactions)
             publishedTransactions = session.statistics.transactions
@@ -109,6 +114,15 @@ final class RelayMetrics {
         if let newest = session.newestAcknowledged, newest.acknowledgedAt != sampledAcknowledgement {
             sampledAcknowledgement = newest.acknowledgedAt
             commitToAck.recordMicroseconds(max(0, LatencyRecorder.age(of: newest.committedAt, at: newest.acknowledgedAt)))
+        }
+    }
+
+    private func publish(_ counts: [String: Int], into counters: inout [String: (counter: Counter, published: Int)], label: String) {
+        for (topic, count) in counts where counters[topic]?.published != count {
+            var entry = counters[topic] ?? (Counter(label: label, dimensions: [("sink", sink), ("topic", topic)], factory: factory), 0)
+            entry.counter.increment(by: count - entry.published)
+            entry.published = count
+            counters[topic] = entry
         }
     }
 }

@@ -28,6 +28,8 @@ public struct ReplicationSession: ~Copyable {
         public var streaming = false
         /// Record commit → acknowledgement latency of every event (`latency`).
         public var recordLatency = false
+        /// What happens to a row that cannot be mapped (`--on-poison`).
+        public var onPoison = PoisonPolicy.stop
 
         public init() {}
     }
@@ -42,6 +44,8 @@ public struct ReplicationSession: ~Copyable {
         case spool(OutboxEvent, topic: Int32)
         case debug(String)
         case warning(String)
+        /// A poison event (`--on-poison`): log the warning, then do what follows (its dead letter).
+        indirect case poisoned(warning: String, then: Delivery)
     }
 
     /// A standby status update to send.
@@ -111,6 +115,10 @@ public struct ReplicationSession: ~Copyable {
     private var sinkFailure: SinkError?
     private var sinkFailureTaken = false
     public private(set) var failedEvents = 0
+    /// Poison events passed over (`--on-poison skip`) and dead-lettered, by their topic
+    /// (`PoisonPolicy.unmappedTopic` when they have none): rare, so a dictionary is fine.
+    public private(set) var skippedPerTopic: [String: Int] = [:]
+    public private(set) var deadLetteredPerTopic: [String: Int] = [:]
     /// The commit time of the event acknowledged last, and when: a sample of commit → ack
     /// latency for metrics, without a clock read or a histogram per event.
     public private(set) var newestAcknowledged: (committedAt: PostgresTimestamp, acknowledgedAt: Int64)?
@@ -252,8 +260,10 @@ public struct ReplicationSession: ~Copyable {
             }
             let event: OutboxEvent?
             do { event = try mapper.event(relationOID: insert.relationOID, row: insert.new, commit: begin) } catch {
-                throw .unmappableEvent(error, eventID: mapper.rowID(relationOID: insert.relationOID, row: insert.new),
-                                       lsn: begin.finalLSN)
+                let id = mapper.rowID(relationOID: insert.relationOID, row: insert.new)
+                guard configuration.onPoison != .stop else { throw .unmappableEvent(error, eventID: id, lsn: begin.finalLSN) }
+                return poisoned(error, id: id, row: mapper.rowColumns(relationOID: insert.relationOID, row: insert.new),
+                                lsn: begin.finalLSN, committedAt: begin.commitTime)
             }
             guard let event else { return .none }
             return accept(event)
@@ -263,7 +273,8 @@ public struct ReplicationSession: ~Copyable {
             guard !skippingTransaction else { return .none }
             let event: OutboxEvent?
             do { event = try mapper.event(message: logical, committedAt: begin.commitTime) } catch {
-                throw .unmappableEvent(error, eventID: nil, lsn: begin.finalLSN)
+                guard configuration.onPoison != .stop else { throw .unmappableEvent(error, eventID: nil, lsn: begin.finalLSN) }
+                return poisoned(error, id: nil, row: Self.columns(of: logical), lsn: begin.finalLSN, committedAt: begin.commitTime)
             }
             guard let event else { return .none }
             return accept(event)
@@ -308,27 +319,72 @@ public struct ReplicationSession: ~Copyable {
         // Taken before the connection dropped, and sent again.
         if let last = lastMessageLSN, logical.lsn <= last { return .none }
         lastMessageLSN = logical.lsn
-        let event: OutboxEvent?
+        var event: OutboxEvent?
+        var warning: String?
         let committedAt = PostgresTimestamp(unixMicroseconds: nowMicros)
         do { event = try mapper.event(message: logical, committedAt: committedAt) } catch {
-            throw .unmappableMessage(error, lsn: logical.lsn)
+            switch configuration.onPoison {
+            case .stop: throw .unmappableMessage(error, lsn: logical.lsn)
+            case .skip:
+                skippedPerTopic[PoisonPolicy.unmappedTopic, default: 0] += 1
+                return .warning("skipped the non-transactional logical message at \(logical.lsn) (--on-poison skip): \(error)")
+            case let .deadLetter(topic):
+                deadLetteredPerTopic[PoisonPolicy.unmappedTopic, default: 0] += 1
+                warning = "dead-lettered the non-transactional logical message at \(logical.lsn) to \"\(topic)\" (--on-poison dead-letter): \(error)"
+                event = DeadLetter.event(unmappable: Self.columns(of: logical), id: nil, error: error.description, lsn: logical.lsn,
+                                         position: 0, committedAt: committedAt, topic: topic)
+            }
         }
         guard let event else { return .none }
         tracker.transactionBegan()
         let delivery = accept(event)
         committed(endLSN: logical.lsn, committedAt: committedAt)
-        return delivery
+        return warning.map { .poisoned(warning: $0, then: delivery) } ?? delivery
+    }
+
+    /// A row that cannot be mapped (`--on-poison` is not `stop`): passed over with a warning,
+    /// or its dead letter takes its place (and its ticket, in order).
+    private mutating func poisoned(_ error: MappingError, id: String?, row: [(name: String, value: String?)],
+                                   lsn: LSN, committedAt: PostgresTimestamp) -> Delivery {
+        let what = "outbox event \(id.map { "\"\($0)\"" } ?? "(id unreadable)") in the transaction that commits at \(lsn)"
+        switch configuration.onPoison {
+        case .stop:
+            return .none
+        case .skip:
+            // Counted as taken, so that the same row sent again after a reconnect is recognised.
+            guard takeFromTransaction() else { return .none }
+            skippedPerTopic[PoisonPolicy.unmappedTopic, default: 0] += 1
+            return .warning("skipped \(what) (--on-poison skip): \(error)")
+        case let .deadLetter(topic):
+            let letter = DeadLetter.event(unmappable: row, id: id, error: error.description, lsn: lsn, position: takenInTransaction,
+                                          committedAt: committedAt, topic: topic)
+            let delivery = accept(letter)
+            if case .none = delivery { return .none }
+            deadLetteredPerTopic[PoisonPolicy.unmappedTopic, default: 0] += 1
+            return .poisoned(warning: "dead-lettered \(what) to \"\(topic)\" (--on-poison dead-letter): \(error)", then: delivery)
+        }
+    }
+
+    /// A logical message's parts, for its dead letter.
+    private static func columns(of message: PgOutputMessage.LogicalMessage) -> [(name: String, value: String?)] {
+        [("prefix", message.prefix), ("content", String(decoding: message.content, as: UTF8.self))]
+    }
+
+    /// One more event of the open transaction, unless it was taken before the connection
+    /// dropped (false: skip it).
+    private mutating func takeFromTransaction() -> Bool {
+        guard transaction != nil else { return true }
+        if skipInTransaction > 0 {
+            skipInTransaction -= 1
+            return false
+        }
+        takenInTransaction += 1
+        return true
     }
 
     /// A decoded event: straight to a streaming sink (`canRead` made room), else to the spool.
     private mutating func accept(_ event: OutboxEvent) -> Delivery {
-        if transaction != nil {
-            if skipInTransaction > 0 {
-                skipInTransaction -= 1
-                return .none
-            }
-            takenInTransaction += 1
-        }
+        guard takeFromTransaction() else { return .none }
         let topic = index(ofTopic: event.topic)
         guard configuration.streaming else {
             spooledOpen += 1

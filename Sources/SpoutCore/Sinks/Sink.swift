@@ -27,10 +27,17 @@ public protocol Sink: AnyObject {
 
     /// Flushes what it can and releases resources.
     func close()
+
+    /// What to do with an event it refuses for good (`--on-poison`), and how often to retry
+    /// one it refuses for now (`--max-retries`, nil: for ever), told once before any event. By
+    /// default a refusal fails the event and stops the relay (`stop`).
+    func adopt(_ policy: PoisonPolicy, maxRetries: Int?)
 }
 
 extension Sink {
     public var needsCommitLSN: Bool { true }
+
+    public func adopt(_ policy: PoisonPolicy, maxRetries: Int?) {}
 
     public var metricsName: String {
         // For a sink that does not say its own: the broker its type is named after

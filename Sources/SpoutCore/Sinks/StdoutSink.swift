@@ -13,6 +13,8 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     }
 
     private let descriptor: Int32
+    /// Where dead-letter records go (`--on-poison dead-letter`): one JSON line each, on stderr.
+    private let deadLetterDescriptor: Int32
     private let format: Format
     private let color: Bool
     private var buffer: [UInt8] = []
@@ -22,8 +24,10 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     private var pending: [(ticket: UInt64, end: Int)] = []
     private var pendingHead = 0
 
-    public init(descriptor: Int32 = STDOUT_FILENO, format: Format = .json, color: Bool = false) {
+    public init(descriptor: Int32 = STDOUT_FILENO, format: Format = .json, color: Bool = false,
+                deadLetterDescriptor: Int32 = STDERR_FILENO) {
         self.descriptor = descriptor
+        self.deadLetterDescriptor = deadLetterDescriptor
         self.format = format
         self.color = color
         buffer.reserveCapacity(1 << 16)
@@ -44,6 +48,7 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     public var metricsName: String { "stdout" }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
+        if event.source == .deadLetter { return try sendDeadLetter(event.payload[...], ticket: ticket) }
         switch format {
         case .json: Self.appendJSONLine(event, to: &buffer)
         case .pretty: appendPretty(event)
@@ -52,6 +57,12 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     }
 
     public func encode(_ event: OutboxEvent, into record: inout [UInt8]) {
+        if event.source == .deadLetter, format == .json {
+            // Marked by a byte no JSON line starts with (not UTF-8): the record follows.
+            record.append(Self.deadLetterMark)
+            record.append(contentsOf: event.payload)
+            return
+        }
         switch format {
         // The line up to its LSN, which comes last: sending it later is a copy.
         case .json: Self.appendJSONLineHead(event, to: &record)
@@ -62,6 +73,9 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     public func send(encoded record: UnsafeRawBufferPointer, commitLSN: LSN, ticket: UInt64) throws(SinkError) {
         switch format {
         case .json:
+            if record.first == Self.deadLetterMark {
+                return try sendDeadLetter(UnsafeRawBufferPointer(rebasing: record.dropFirst()), ticket: ticket)
+            }
             buffer.append(contentsOf: record)
             Self.appendJSONLineTail(lsn: commitLSN, to: &buffer)
             try lineAppended(ticket: ticket)
@@ -71,6 +85,30 @@ public final class StdoutSink: Sink, PreCommitEncoding {
             }
             try send(event, ticket: ticket)
         }
+    }
+
+    private static let deadLetterMark: UInt8 = 0xFF
+
+    /// A dead-letter record: written to stderr at once (a blocking write, on a rare path) and
+    /// acknowledged with the lines before it.
+    private func sendDeadLetter(_ record: some Collection<UInt8>, ticket: UInt64) throws(SinkError) {
+        var line = Array(record)
+        line.append(UInt8(ascii: "\n"))
+        var offset = 0
+        while offset < line.count {
+            let result = line.withUnsafeBytes { Glibc.write(deadLetterDescriptor, $0.baseAddress! + offset, $0.count - offset) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    var descriptor = pollfd(fd: deadLetterDescriptor, events: Int16(POLLOUT), revents: 0)
+                    _ = Glibc.poll(&descriptor, 1, 100)
+                    continue
+                }
+                throw SinkError(.permanent, "cannot write a dead-letter record to stderr: \(String(cString: strerror(errno)))")
+            }
+            offset += result
+        }
+        try lineAppended(ticket: ticket)
     }
 
     /// The line for `ticket` ends at the buffer's end; write once 64 KiB are waiting.
