@@ -297,9 +297,16 @@ struct Tail: AsyncParsableCommand {
 private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
     let topic = settings.given(.deadLetterTopic)
     if let topic, topic.value.isEmpty { throw topic.invalid("is empty: name the topic dead letters go to") }
-    guard let name = settings.given(.onPoison) else { return .stop }
-    guard let policy = PoisonPolicy(name: name.value, deadLetterTopic: topic?.value ?? PoisonPolicy.defaultDeadLetterTopic) else {
-        throw name.invalid("is not stop, dead-letter or skip")
+    var policy = PoisonPolicy.stop
+    if let name = settings.given(.onPoison) {
+        guard let chosen = PoisonPolicy(name: name.value, deadLetterTopic: topic?.value ?? PoisonPolicy.defaultDeadLetterTopic) else {
+            throw name.invalid("is not stop, dead-letter or skip")
+        }
+        policy = chosen
+    }
+    // A topic nobody publishes to is a configuration mistake, not a choice.
+    if let topic, case .deadLetter = policy {} else if let topic {
+        throw topic.invalid("is used only with --on-poison dead-letter (the policy is \(policy.name)): add --on-poison dead-letter, or drop it")
     }
     return policy
 }
