@@ -62,17 +62,8 @@ final class DeliveryEngineTests: XCTestCase {
                     lsn: .zero, committedAt: PostgresTimestamp(rawValue: 0))
     }
 
-    /// Polls once; returns what was reported.
     @discardableResult
-    private func poll() throws -> [SinkCompletion] {
-        var reported: [SinkCompletion] = []
-        try engine.poll { reported.append($0) }
-        return reported
-    }
-
-    private func delivered(_ completions: [SinkCompletion]) -> [UInt64] {
-        completions.compactMap { if case let .delivered(ticket) = $0 { ticket } else { nil } }
-    }
+    private func poll() throws -> [SinkCompletion] { try engine.completions() }
 
     func testRetryResendsUnacknowledgedInOrderAfterBackoff() throws {
         for ticket: UInt64 in 0..<5 { try engine.send(event(ticket), ticket: ticket) }

@@ -29,15 +29,7 @@ final class PoisonEngineTests: XCTestCase {
     }
 
     @discardableResult
-    private func poll() throws -> [SinkCompletion] {
-        var reported: [SinkCompletion] = []
-        try engine.poll { reported.append($0) }
-        return reported
-    }
-
-    private func delivered(_ completions: [SinkCompletion]) -> [UInt64] {
-        completions.compactMap { if case let .delivered(ticket) = $0 { ticket } else { nil } }
-    }
+    private func poll() throws -> [SinkCompletion] { try engine.completions() }
 
     func testStopFailsTheEventAndEverythingBehindIt() throws {
         try makeEngine(.stop)

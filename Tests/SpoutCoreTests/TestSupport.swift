@@ -96,3 +96,17 @@ func lsn(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> 
     }
     return value
 }
+
+extension Sink {
+    /// Polls once; returns what was reported.
+    func completions() throws -> [SinkCompletion] {
+        var reported: [SinkCompletion] = []
+        try poll { reported.append($0) }
+        return reported
+    }
+}
+
+/// The tickets reported delivered, in order.
+func delivered(_ completions: [SinkCompletion]) -> [UInt64] {
+    completions.compactMap { if case let .delivered(ticket) = $0 { ticket } else { nil } }
+}
