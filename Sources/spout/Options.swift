@@ -171,6 +171,16 @@ struct Sourced {
         return number
     }
 
+    /// Seconds, fractions allowed, within `range` (`--shutdown-timeout`, `--reconnect-timeout`, `--unready-after`).
+    func seconds(in range: ClosedRange<Double>) throws(SpoutError) -> Double {
+        let bounds = "\(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds"
+        guard let seconds = Double(value.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
+            throw invalid("is not a number of seconds: use \(bounds)")
+        }
+        guard range.contains(seconds) else { throw invalid("is out of range: use \(bounds)") }
+        return seconds
+    }
+
     func boolean() throws(SpoutError) -> Bool {
         switch value.lowercased() {
         case "1", "true", "yes", "on": return true

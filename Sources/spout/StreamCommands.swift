@@ -312,11 +312,5 @@ private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
 }
 
 private func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
-    guard let text else { return nil }
-    let bounds = "\(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds"
-    guard let seconds = Double(text.value.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
-        throw text.invalid("is not a number of seconds: use \(bounds)")
-    }
-    guard range.contains(seconds) else { throw text.invalid("is out of range: use \(bounds)") }
-    return .milliseconds(Int((seconds * 1000).rounded()))
+    try text.map { .milliseconds(Int((try $0.seconds(in: range) * 1000).rounded())) }
 }

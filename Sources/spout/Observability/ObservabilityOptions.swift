@@ -40,14 +40,7 @@ struct ObservabilityOptions: ParsableArguments {
 
     /// `--unready-after` in seconds (default 30).
     static func unreadyAfter(_ settings: Settings) throws(SpoutError) -> Double {
-        guard let text = settings.given(.unreadyAfter) else { return 30 }
-        let range = Limits.unreadyAfterSeconds
-        let bounds = "\(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds"
-        guard let seconds = Double(text.value.trimmingCharacters(in: .whitespaces)), seconds.isFinite else {
-            throw text.invalid("is not a number of seconds: use \(bounds)")
-        }
-        guard range.contains(seconds) else { throw text.invalid("is out of range: use \(bounds)") }
-        return seconds
+        try settings.given(.unreadyAfter)?.seconds(in: Limits.unreadyAfterSeconds) ?? 30
     }
 
     /// With `--metrics-address`: bootstraps swift-metrics with the Prometheus factory (before
