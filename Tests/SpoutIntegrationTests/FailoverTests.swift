@@ -8,12 +8,7 @@ import XCTest
 /// primary/standby pairs are private servers (scripts/pg-start, scripts/pg-standby) of the
 /// version scripts/test runs this pass against; the 17+ tests skip in the PostgreSQL 15 pass.
 final class FailoverTests: XCTestCase {
-    static let outboxTable = """
-        CREATE TABLE public.outbox (
-          id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-          aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
-          payload jsonb NOT NULL, headers jsonb, created_at timestamptz NOT NULL DEFAULT now())
-        """
+    static let outboxTable = OutboxFixture.createTableSQL("outbox")
 
     /// A primary with the outbox table and a standby synchronizing its failover slots.
     private func startPair() throws -> (primary: PrivateServer, standby: PrivateServer) {

@@ -53,12 +53,7 @@ final class PrivateOutbox: @unchecked Sendable {
         let name = TestDatabase.uniqueName(prefix)
         table = "outbox_\(name)"
         slot = "slot_\(name)"
-        try admin.sql("""
-            CREATE TABLE public.\(table) (
-              id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-              aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
-              payload jsonb NOT NULL, headers jsonb, tenant_id text, created_at timestamptz NOT NULL DEFAULT now())
-            """)
+        try admin.sql(OutboxFixture.createTableSQL(table))
     }
 
     func arguments(url: String? = nil) -> [String] {

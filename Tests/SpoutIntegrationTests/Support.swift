@@ -55,12 +55,17 @@ final class OutboxFixture: @unchecked Sendable {
         table = "outbox_\(name)"
         publication = "pub_\(name)"
         slot = "slot_\(name)"
-        try admin.sql("""
-            CREATE TABLE public.\(table) (
-              id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-              aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
-              payload jsonb NOT NULL, headers jsonb, tenant_id text, created_at timestamptz NOT NULL DEFAULT now()\(extraColumns))
-            """)
+        try admin.sql(Self.createTableSQL(table, extraColumns: extraColumns))
+    }
+
+    /// The test outbox table (sql/outbox.sql's columns plus `tenant_id`), in schema public.
+    static func createTableSQL(_ table: String, extraColumns: String = "") -> String {
+        """
+        CREATE TABLE public.\(table) (
+          id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+          aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
+          payload jsonb NOT NULL, headers jsonb, tenant_id text, created_at timestamptz NOT NULL DEFAULT now()\(extraColumns))
+        """
     }
 
     var arguments: [String] {
