@@ -226,8 +226,7 @@ public struct ReplicationSetup: Sendable {
         var lost = false
         var locked = false
         if let state = existing, let marker, marker.snapshotPending, !state.active {
-            let streamed = if let created = marker.createdLSN, let confirmed = state.confirmedFlush { confirmed > created } else { false }
-            if !streamed {
+            if !Self.streamed(state, since: marker) {
                 // PostgreSQL releases a slot once it is created: while another spout publishes
                 // its snapshot the slot looks idle. That spout holds the snapshot lock.
                 try takeSnapshotLock(connection)
@@ -262,8 +261,7 @@ public struct ReplicationSetup: Sendable {
         // a bad name): that slot never existed, nothing was lost.
         if let marker, marker.createdLSN != nil, !owesSnapshot, !lost {
             guard onLost == .recreate else {
-                let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
-                throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
+                throw try vanished(connection, marker: marker)
             }
             lost = true
         }
@@ -302,26 +300,35 @@ public struct ReplicationSetup: Sendable {
         let marker = try SlotMarker.read(connection, schema: table.schema, slot: slot)
         guard let state = try Self.slotState(connection, slot: slot) else {
             guard let marker, marker.createdLSN != nil else { throw .slotMissing(slot: slot) }
-            let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
-            throw .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
+            throw try vanished(connection, marker: marker)
         }
         try checkUsable(state, database: database)
         if let marker, marker.snapshotPending, !state.active {
-            let streamed = if let created = marker.createdLSN, let confirmed = state.confirmedFlush { confirmed > created } else { false }
             // The spout publishing the snapshot holds its lock; without it, nobody finishes it.
-            if !streamed {
+            if !Self.streamed(state, since: marker) {
                 do { try takeSnapshotLock(connection) } catch {
-                    if case let .slotActive(_, pid, client) = error { return SlotState(
-                        plugin: state.plugin, database: state.database, active: true, activePID: pid, confirmedFlush: state.confirmedFlush,
-                        restartLSN: state.restartLSN, walStatus: state.walStatus, temporary: state.temporary, twoPhase: state.twoPhase,
-                        invalidation: nil, activeClient: client) }
-                    throw error
+                    guard case let .slotActive(_, pid, client) = error else { throw error }
+                    var held = state
+                    (held.active, held.activePID, held.activeClient) = (true, pid, client)
+                    return held
                 }
                 try? releaseSnapshotLock(connection)
                 throw .snapshotUnfinished(slot: slot)
             }
         }
         return state
+    }
+
+    /// Whether the slot was confirmed past the point its marker says it was created at.
+    private static func streamed(_ state: SlotState, since marker: SlotMarker) -> Bool {
+        guard let created = marker.createdLSN, let confirmed = state.confirmedFlush else { return false }
+        return confirmed > created
+    }
+
+    /// The error for a slot Spout created and that is gone, with the WAL position now.
+    private func vanished(_ connection: PostgresConnection, marker: SlotMarker) throws(SpoutError) -> SpoutError {
+        let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
+        return .slotVanished(slot: slot, marker: marker, currentLSN: current.flatMap { LSN($0) })
     }
 
     /// The session advisory lock of this slot's snapshot: held by the connection that creates
