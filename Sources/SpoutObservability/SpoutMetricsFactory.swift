@@ -26,7 +26,7 @@ public struct SpoutMetricsFactory: MetricsFactory {
         "spout_confirmed_lsn": "The WAL position last confirmed to PostgreSQL (flush LSN, as a number).",
         "spout_received_lsn": "The WAL position last received from PostgreSQL (as a number).",
         "spout_lag_bytes": "Bytes of WAL between the server's current position and the slot's confirmed position (refreshed every few seconds).",
-        "spout_lag_seconds": "Seconds since the commit of the newest acknowledged event while events wait for the sink; 0 when none wait.",
+        "spout_lag_seconds": "Age of the oldest event waiting for the sink's acknowledgement, since its commit; 0 when none waits.",
         "spout_in_flight_events": "Events handed to the sink and not yet acknowledged.",
         "spout_in_flight_bytes": "Bytes of events handed to the sink and not yet acknowledged.",
         "spout_spool_bytes": "Bytes of events waiting for their commit or for room in the window.",

@@ -668,6 +668,38 @@ final class ReplicationSessionTests: XCTestCase {
         XCTAssertEqual(try metrics.expectTimer("spout_commit_to_ack_seconds", [("sink", "stdout")]).values.count, 1, "a repeated ack is no news")
     }
 
+    /// `spout_lag_seconds` is the age of the oldest event waiting for the sink: in flight, then
+    /// spooled for room in the window; none waiting is 0.
+    func testLagIsTheAgeOfTheOldestUnacknowledgedEvent() throws {
+        let metrics = TestMetrics()
+        let relayMetrics = RelayMetrics(sink: "stdout", factory: metrics)
+        var driver = Driver { $0.streaming = false; $0.maxInFlightEvents = 2 }
+        XCTAssertNil(driver.session.oldestUnacknowledgedCommit)
+        let started = driver.nowMicros
+        try driver.transaction(commit: LSN(0x2000), relation: true)
+        driver.dispatch()
+        XCTAssertEqual(driver.sent.count, 2, "a window of two: the third event waits in the spool")
+        XCTAssertEqual(driver.session.oldestUnacknowledgedCommit?.unixMicroseconds, started - 1000)
+        relayMetrics.publish(driver.session, confirmed: .zero, spoolBytes: 0)
+        let lag = try XCTUnwrap(try metrics.expectGauge("spout_lag_seconds", [("sink", "stdout")]).lastValue)
+        XCTAssertGreaterThanOrEqual(lag, 0.001)
+        driver.ack(0, 1)
+        XCTAssertEqual(driver.session.oldestUnacknowledgedCommit?.unixMicroseconds, started - 1000, "the spooled third event")
+        driver.dispatch()
+        driver.ack(2)
+        XCTAssertNil(driver.session.oldestUnacknowledgedCommit)
+        driver.nowMicros += 10_000_000
+        try driver.transaction(commit: LSN(0x3000))
+        driver.dispatch()
+        XCTAssertEqual(driver.session.oldestUnacknowledgedCommit?.unixMicroseconds, started + 10_000_000 - 1000)
+        driver.ack(3, 4)
+        driver.dispatch()
+        driver.ack(5)
+        XCTAssertNil(driver.session.oldestUnacknowledgedCommit)
+        relayMetrics.publish(driver.session, confirmed: LSN(0x3000), spoolBytes: 0)
+        XCTAssertEqual(try metrics.expectGauge("spout_lag_seconds", [("sink", "stdout")]).lastValue, 0)
+    }
+
     func testTopicsPastTheCountedOnesShareOneCounter() throws {
         for streaming in [true, false] {
             var driver = Driver { $0.streaming = streaming; $0.maxInFlightEvents = 5000 }

@@ -8,6 +8,12 @@ import XCTest
 /// outage longer than `--unready-after` and ready again after it, a standby alive but not
 /// ready, and `spout health`'s exit codes both ways.
 final class HealthTests: XCTestCase {
+    /// A sample's value in a scrape of `/metrics`.
+    static func gauge(_ series: String, port: Int) -> Double? {
+        let body = MetricsTests.get(port: port, path: "/metrics")?.body ?? ""
+        return body.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.dropFirst(series.count + 1)) }
+    }
+
     /// `spout health --address`: its exit status and what it printed.
     private func health(_ port: Int) throws -> (status: Int32?, output: String) {
         let run = try SpoutProcess.run(["health", "--address", "127.0.0.1:\(port)"], timeout: 30)
@@ -54,6 +60,12 @@ final class HealthTests: XCTestCase {
         XCTAssertEqual(MetricsTests.get(port: port, path: "/readyz")?.status, 503)
         XCTAssertEqual(MetricsTests.get(port: port, path: "/healthz")?.status, 200, "alive during the outage")
         XCTAssertTrue(MetricsTests.get(port: port, path: "/metrics")?.body.contains("spout_sink_outages_total{sink=\"\(name)\"} 1") ?? false)
+        // The 2 events wait: the lag is their age, and grows.
+        var lag: Double?
+        eventually("spout_lag_seconds passes 1 during the outage: \(String(describing: lag))") {
+            lag = Self.gauge("spout_lag_seconds{sink=\"\(name)\"}", port: port)
+            return (lag ?? 0) >= 1
+        }
 
         try up()
         try eventually(timeout: 60, "ready again after the outage: \(answer) \(spout.stderr)") {
@@ -62,6 +74,10 @@ final class HealthTests: XCTestCase {
         }
         eventually(timeout: 60, "5 events delivered") {
             MetricsTests.get(port: port, path: "/metrics")?.body.contains("topic=\"outbox.event.order\"} 5") ?? false
+        }
+        eventually("spout_lag_seconds is 0 once nothing waits: \(String(describing: lag))") {
+            lag = Self.gauge("spout_lag_seconds{sink=\"\(name)\"}", port: port)
+            return lag == 0
         }
 
         spout.signal(SIGTERM)

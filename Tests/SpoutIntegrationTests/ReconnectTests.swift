@@ -141,6 +141,48 @@ final class ReconnectTests: XCTestCase {
         try proxy.open()
     }
 
+    /// While disconnected from PostgreSQL no status updates go out, yet the metrics stay current:
+    /// events in flight to a stopped Redis when the connection is cut are counted as delivered
+    /// (and the lag falls to 0) once Redis answers, before PostgreSQL is back.
+    func testMetricsStayCurrentWhileDisconnected() throws {
+        let server = try privateServer()
+        let outbox = try PrivateOutbox(server, prefix: "metricsout")
+        let redis = try RedisServer()
+        let proxy = try CuttableProxy(to: server.portNumber)
+        let port = try freeLoopbackPort()
+        let spout = try SpoutProcess(outbox.arguments(url: "postgresql://postgres@127.0.0.1:\(proxy.port)/postgres")
+                                     + ["--sink", redis.url, "--metrics-address", "127.0.0.1:\(port)"])
+        defer { spout.signal(SIGKILL); spout.waitForExit() }
+        eventually(timeout: 60, "spout streams: \(spout.stderr)") { spout.stderr.contains("streaming") }
+        redis.signal(SIGSTOP)
+        defer { redis.signal(SIGCONT) }
+        let admin = try server.connect()
+        for key in 1...5 {
+            try admin.sql("INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', 'k\(key)', 'Created', '{}')")
+        }
+        let series = "{sink=\"redis\"}"
+        var scrape = ""
+        eventually(timeout: 60, "5 events wait for the stopped Redis: \(scrape)") {
+            scrape = MetricsTests.get(port: port, path: "/metrics")?.body ?? ""
+            return scrape.contains("spout_in_flight_events\(series) 5")
+        }
+        try proxy.cut()
+        eventually(timeout: 30, "spout noticed: \(spout.stderr)") { !spout.logLines(containing: Self.lostLine).isEmpty }
+        redis.signal(SIGCONT)
+        eventually(timeout: 60, "delivered while disconnected: \(scrape)") {
+            scrape = MetricsTests.get(port: port, path: "/metrics")?.body ?? ""
+            return scrape.contains("spout_events_delivered_total{sink=\"redis\",topic=\"outbox.event.order\"} 5")
+                && scrape.contains("spout_in_flight_events\(series) 0") && scrape.contains("spout_lag_seconds\(series) 0")
+        }
+        XCTAssertTrue(scrape.contains("spout_connected\(series) 0"), scrape)
+        XCTAssertTrue(spout.logLines(containing: Self.recoveredLine).isEmpty, "still disconnected: \(spout.stderr)")
+        try proxy.open()
+        eventually(timeout: 120, "spout recovered: \(spout.stderr)") { !spout.logLines(containing: Self.recoveredLine).isEmpty }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(timeout: 60), 0, spout.stderr)
+        XCTAssertEqual(try redis.client().totalLength("outbox.event.*"), 5)
+    }
+
     /// `--reconnect-timeout 0`: today's exit, with today's error, at once.
     func testReconnectTimeoutZeroExitsAtOnce() throws {
         let outbox = try PrivateOutbox(try privateServer(), prefix: "zero")

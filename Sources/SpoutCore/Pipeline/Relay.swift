@@ -68,6 +68,8 @@ public final class Relay {
     private let metrics: RelayMetrics
     /// The watch's count of server shutdowns that the relay let go of its connection for.
     private var handledShutdowns = 0
+    /// When the metrics were last brought up to date while disconnected (status updates do it while streaming).
+    private var metricsPublishedAt = ContinuousClock.now
 
     public var tracker: AckTracker { session.tracker }
     public var statistics: Statistics { session.statistics }
@@ -255,6 +257,11 @@ public final class Relay {
         let deadline = clock.now + delay
         while clock.now < deadline, !stop.isRequested {
             metrics.health.beat()
+            // No status updates go out: the metrics (in flight, lag, deliveries) are brought up to date here.
+            if clock.now - metricsPublishedAt >= .seconds(1) {
+                metrics.publish(session, confirmed: session.lastSentFlush, spoolBytes: spool.bytes)
+                metricsPublishedAt = clock.now
+            }
             try dispatchSpooled()
             if try pollSink() == 0 {
                 let poll: Duration = session.dispatchedUnacknowledged > 0 && sink.wakeupDescriptor == nil ? .milliseconds(1) : .milliseconds(100)

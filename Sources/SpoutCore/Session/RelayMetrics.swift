@@ -24,10 +24,8 @@ final class RelayMetrics {
     private let connected: Gauge
     /// 1 while standing by (another client holds the slot), 0 otherwise.
     private let standby: Gauge
-    /// Seconds since the commit of the newest acknowledged event while events wait for the sink; 0 when none wait.
+    /// Age of the oldest event waiting for the sink's acknowledgement (since its commit); 0 when none waits.
     private let lagSeconds: Gauge
-    /// When events began waiting for the sink, since none waited (wall clock, microseconds; 0: none wait).
-    private var waitingSince: Int64 = 0
     /// What `/healthz` and `/readyz` read (another thread): state changes, never per event.
     let health: RelayHealth
     private var sampledAcknowledgement: Int64 = 0
@@ -101,16 +99,9 @@ final class RelayMetrics {
         inFlightBytes.record(session.inFlightBytes)
         spoolBytes.record(spooled)
         health.confirmed(confirmed)
-        // Lag: since the newest acknowledged event's commit, or since events began waiting if that is later.
-        if session.outstanding == 0 {
-            waitingSince = 0
-            lagSeconds.record(0)
-        } else {
-            let now = LatencyRecorder.nowMicros()
-            if waitingSince == 0 { waitingSince = now }
-            let committed = session.newestAcknowledged.map { now - LatencyRecorder.age(of: $0.committedAt, at: now) } ?? waitingSince
-            lagSeconds.record(Double(max(0, now - max(committed, waitingSince))) / 1e6)
-        }
+        // Lag: how long the oldest event still waiting for the sink has been committed.
+        let now = LatencyRecorder.nowMicros()
+        lagSeconds.record(session.oldestUnacknowledgedCommit.map { Double(max(0, LatencyRecorder.age(of: $0, at: now))) / 1e6 } ?? 0)
         if let newest = session.newestAcknowledged, newest.acknowledgedAt != sampledAcknowledgement {
             sampledAcknowledgement = newest.acknowledgedAt
             commitToAck.recordMicroseconds(max(0, LatencyRecorder.age(of: newest.committedAt, at: newest.acknowledgedAt)))

@@ -555,6 +555,15 @@ public struct ReplicationSession: ~Copyable {
         return Status(write: max(tracker.received, confirmed), flush: confirmed)
     }
 
+    /// The commit time of the oldest event not yet acknowledged (in flight, or committed and
+    /// spooled for room in the window); nil when none waits. `spout_lag_seconds` is its age.
+    public var oldestUnacknowledgedCommit: PostgresTimestamp? {
+        let oldest = tracker.acknowledgedBelow
+        if oldest < nextDispatchTicket { return inFlightCommitTimes[Int(oldest % UInt64(inFlightCommitTimes.count))] }
+        if spooledCommitsHead < spooledCommits.count { return spooledCommits[spooledCommitsHead].committedAt }
+        return nil
+    }
+
     /// The relay sent `status` at `now`.
     public mutating func statusSent(_ status: Status, now: ContinuousClock.Instant) {
         replyRequested = false
