@@ -645,7 +645,7 @@ final class ReplicationSessionTests: XCTestCase {
         relayMetrics.publish(driver.session, confirmed: LSN(0x2000), spoolBytes: 1234)
         XCTAssertEqual(try metrics.expectCounter("spout_events_delivered_total", [("sink", "stdout"), ("topic", "outbox.order")]).totalValue, 3)
         XCTAssertEqual(try metrics.expectCounter("spout_events_delivered_total", [("sink", "stdout"), ("topic", "outbox.customer")]).totalValue, 1)
-        XCTAssertEqual(try metrics.expectCounter("spout_events_failed_total", [("sink", "stdout")]).totalValue, 1)
+        XCTAssertEqual(try metrics.expectCounter("spout_events_failed_total", [("sink", "stdout"), ("topic", "outbox.customer")]).totalValue, 1)
         XCTAssertEqual(try metrics.expectCounter("spout_transactions_total", [("sink", "stdout")]).totalValue, 2)
         XCTAssertEqual(try metrics.expectGauge("spout_confirmed_lsn", [("sink", "stdout")]).lastValue, Double(0x2000))
         XCTAssertEqual(try metrics.expectGauge("spout_received_lsn", [("sink", "stdout")]).lastValue, Double(0x3000))

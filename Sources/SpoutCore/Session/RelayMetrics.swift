@@ -8,7 +8,6 @@ import Synchronization
 final class RelayMetrics {
     private let sink: String
     private let factory: MetricsFactory
-    private let failed: Counter
     private let transactions: Counter
     private let confirmedLSN: Gauge
     private let receivedLSN: Gauge
@@ -31,7 +30,7 @@ final class RelayMetrics {
     private var sampledAcknowledgement: Int64 = 0
     /// Per topic, in the session's topic order, with what was already published.
     private var delivered: [(counter: Counter, published: Int)] = []
-    private var publishedFailed = 0
+    private var failed: [String: (counter: Counter, published: Int)] = [:]
     // issue 13: poison events (rows that cannot be mapped; the engine counts the sink's refusals)
     private var skipped: [String: (counter: Counter, published: Int)] = [:]
     private var deadLettered: [String: (counter: Counter, published: Int)] = [:]
@@ -42,7 +41,6 @@ final class RelayMetrics {
         self.health = health
         self.factory = factory
         let dimensions = [("sink", sink)]
-        failed = Counter(label: "spout_events_failed_total", dimensions: dimensions, factory: factory)
         transactions = Counter(label: "spout_transactions_total", dimensions: dimensions, factory: factory)
         confirmedLSN = Gauge(label: "spout_confirmed_lsn", dimensions: dimensions, factory: factory)
         receivedLSN = Gauge(label: "spout_received_lsn", dimensions: dimensions, factory: factory)
@@ -83,10 +81,7 @@ final class RelayMetrics {
             delivered[index].counter.increment(by: counts[index] - delivered[index].published)
             delivered[index].published = counts[index]
         }
-        if session.failedEvents != publishedFailed {
-            failed.increment(by: session.failedEvents - publishedFailed)
-            publishedFailed = session.failedEvents
-        }
+        publish(session.failedPerTopic, into: &failed, label: "spout_events_failed_total")
         publish(session.skippedPerTopic, into: &skipped, label: "spout_events_skipped_total")
         publish(session.deadLetteredPerTopic, into: &deadLettered, label: "spout_events_dead_lettered_total")
         if session.statistics.transactions != publishedTransactions {

@@ -115,6 +115,8 @@ public struct ReplicationSession: ~Copyable {
     private var sinkFailure: SinkError?
     private var sinkFailureTaken = false
     public private(set) var failedEvents = 0
+    /// The same by topic (as delivered events are counted); failures are rare and end the run.
+    public private(set) var failedPerTopic: [String: Int] = [:]
     /// Poison events passed over (`--on-poison skip`) and dead-lettered, by their topic
     /// (`PoisonPolicy.unmappedTopic` when they have none): rare, so a dictionary is fine.
     public private(set) var skippedPerTopic: [String: Int] = [:]
@@ -505,8 +507,11 @@ public struct ReplicationSession: ~Copyable {
     public mutating func rejected(_ ticket: UInt64) -> Bool {
         guard ticket < nextDispatchTicket, tracker.isUnacknowledged(ticket), failedTickets.insert(ticket).inserted else { return false }
         dispatchedUnacknowledged -= 1
-        inFlightBytes -= inFlightSizes[Int(ticket % UInt64(inFlightSizes.count))]
+        let slot = Int(ticket % UInt64(inFlightSizes.count))
+        inFlightBytes -= inFlightSizes[slot]
         failedEvents += 1
+        let topic = Int(inFlightTopics[slot])
+        failedPerTopic[topic >= 0 && topic < topics.count ? topics[topic] : PoisonPolicy.unmappedTopic, default: 0] += 1
         return true
     }
 
