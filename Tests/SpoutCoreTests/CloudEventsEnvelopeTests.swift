@@ -146,6 +146,27 @@ final class CloudEventsEnvelopeTests: XCTestCase {
         XCTAssertEqual(PostgresConnection.databaseName("postgresql://h", environment: ["PGUSER": "bob"]), "bob")
     }
 
+    /// Dead-letter records are Spout's own record, never enveloped: the same stderr line as without the envelope.
+    func testDeadLettersAreNotEnveloped() throws {
+        var out: [Int32] = [0, 0], err: [Int32] = [0, 0]
+        XCTAssertEqual(Glibc.pipe(&out), 0)
+        XCTAssertEqual(Glibc.pipe(&err), 0)
+        defer { [out[0], err[0]].forEach { _ = Glibc.close($0) } }
+        let sink = StdoutSink(descriptor: out[1], deadLetterDescriptor: err[1], cloudEvents: envelope)
+        let record = #"{"id":"e-1","error":"bad"}"#
+        try sink.send(event(payload: record, source: .deadLetter), ticket: 1)
+        var bytes: [UInt8] = []
+        sink.encode(event(payload: record, source: .deadLetter), into: &bytes)
+        try bytes.withUnsafeBytes { try sink.send(encoded: $0, commitLSN: LSN(rawValue: 1), ticket: 2) }
+        try sink.poll { _ in }
+        sink.close()
+        [out[1], err[1]].forEach { _ = Glibc.close($0) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        XCTAssertEqual(Glibc.read(out[0], &buffer, buffer.count), 0, "nothing on stdout")
+        let count = Glibc.read(err[0], &buffer, buffer.count)
+        XCTAssertEqual(String(decoding: buffer[..<max(0, count)], as: UTF8.self), record + "\n" + record + "\n")
+    }
+
     /// stdout encodes before the Commit and ends the line with the LSN after it: the same bytes
     /// as encoding the whole event at once.
     func testStdoutPreCommitEncodingMatchesTheWholeLine() throws {
