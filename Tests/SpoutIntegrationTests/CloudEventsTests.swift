@@ -23,6 +23,23 @@ final class CloudEventsTests: XCTestCase {
         try OutboxFixture(prefix, extraColumns: ", kind text")
     }
 
+    /// `spout run --envelope cloudevents` (to stdout, or `sink`) while `write` writes the rows;
+    /// returns once the slot confirms them all (the sink acknowledged every event) and spout
+    /// has stopped.
+    private func relay(_ outbox: OutboxFixture, sink: [String] = []) throws
+        -> (rows: [String: Expected], written: ClosedRange<Date>, spout: SpoutProcess) {
+        let witness = try CommitWitness(outbox)
+        let spout = try SpoutProcess(["run", "--envelope", "cloudevents"] + sink + Self.mappingArguments + outbox.arguments)
+        try eventually("spout streams from the slot; stderr: \(spout.stderr)") { try outbox.streamingWalsender != nil }
+        let start = Date()
+        let (rows, after) = try write(outbox, witness: witness)
+        let end = Date()
+        try eventually("the slot confirms every event; stderr: \(spout.stderr)") { try XCTUnwrap(try outbox.confirmedFlush) >= after }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        return (rows, start...end, spout)
+    }
+
     /// Three transactions of mixed rows; returns each row's expectation by id and the WAL
     /// position after the last commit.
     private func write(_ outbox: OutboxFixture, witness: CommitWitness) throws -> (rows: [String: Expected], after: LSN) {
@@ -94,19 +111,10 @@ final class CloudEventsTests: XCTestCase {
     func testStdoutWritesStructuredCloudEvents() throws {
         let outbox = try outbox("ce_stdout")
         defer { outbox.tearDown() }
-        let witness = try CommitWitness(outbox)
-        let spout = try SpoutProcess(["run", "--envelope", "cloudevents"] + Self.mappingArguments + outbox.arguments)
-        try eventually("spout streams from the slot; stderr: \(spout.stderr)") { try outbox.streamingWalsender != nil }
-        let start = Date()
-        let (rows, after) = try write(outbox, witness: witness)
-        let end = Date()
-        try eventually("the slot confirms every event") { try XCTUnwrap(try outbox.confirmedFlush) >= after }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
-
+        let (rows, written, spout) = try relay(outbox)
         let lines = spout.lines.map(String.init)
         XCTAssertEqual(lines.count, rows.count, spout.stdout)
-        try check(try CloudEventsSDK.parse("structured", lines), against: rows, outbox: outbox, written: start...end)
+        try check(try CloudEventsSDK.parse("structured", lines), against: rows, outbox: outbox, written: written)
         // Structured mode puts the payload in `data` as JSON, not as a string.
         XCTAssertTrue(lines.allSatisfy { $0.hasPrefix(#"{"specversion":"1.0","id":""#) && $0.contains(#","data":"#) }, spout.stdout)
     }
@@ -149,17 +157,9 @@ final class CloudEventsTests: XCTestCase {
         try cluster.command("create-topic outbox.event.order 3 1")
         let outbox = try outbox("ce_kafka")
         defer { outbox.tearDown() }
-        let witness = try CommitWitness(outbox)
-        let spout = try SpoutProcess(["run", "--sink", cluster.sinkURL, "--envelope", "cloudevents"] + Self.mappingArguments + outbox.arguments)
-        try eventually("spout streams from the slot; stderr: \(spout.stderr)") { try outbox.streamingWalsender != nil }
-        let start = Date()
-        let (rows, after) = try write(outbox, witness: witness)
-        let end = Date()
+        let (rows, written, _) = try relay(outbox, sink: ["--sink", cluster.sinkURL])
         let consumer = try KafkaTestConsumer(bootstrap: cluster.bootstrap, topics: [("outbox.event.order", 3)])
-        XCTAssertTrue(consumer.waitFor(rows.count, timeout: 60), "got \(consumer.messages.count) of \(rows.count); stderr: \(spout.stderr)")
-        try eventually("the slot confirms every event") { try XCTUnwrap(try outbox.confirmedFlush) >= after }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertTrue(consumer.waitFor(rows.count, timeout: 60), "got \(consumer.messages.count) of \(rows.count)")
 
         for message in consumer.messages {
             XCTAssertTrue(message.headers.allSatisfy { $0.name.hasPrefix("ce_") || $0.name == "content-type" }, "\(message.headers)")
@@ -171,7 +171,7 @@ final class CloudEventsTests: XCTestCase {
             return ["headers": headers, "key": message.key.map { Data($0.utf8).base64EncodedString() as Any } ?? NSNull(),
                     "value": Data(message.value.utf8).base64EncodedString()]
         }
-        try check(try CloudEventsSDK.parse("kafka", messages), against: rows, outbox: outbox, written: start...end)
+        try check(try CloudEventsSDK.parse("kafka", messages), against: rows, outbox: outbox, written: written)
     }
 
     func testNATSBinaryMode() throws {
@@ -180,17 +180,7 @@ final class CloudEventsTests: XCTestCase {
         try client.addStream("OUTBOX", subjects: ["outbox.event.>"])
         let outbox = try outbox("ce_nats")
         defer { outbox.tearDown() }
-        let witness = try CommitWitness(outbox)
-        let spout = try SpoutProcess(["run", "--sink", server.url, "--envelope", "cloudevents"] + Self.mappingArguments + outbox.arguments)
-        try eventually("spout streams from the slot; stderr: \(spout.stderr)") { try outbox.streamingWalsender != nil }
-        let start = Date()
-        let (rows, after) = try write(outbox, witness: witness)
-        let end = Date()
-        eventually(timeout: 60, "\(rows.count) events in the stream, got \(client.count("OUTBOX"))") { client.count("OUTBOX") >= UInt64(rows.count) }
-        try eventually("the slot confirms every event") { try XCTUnwrap(try outbox.confirmedFlush) >= after }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
-
+        let (rows, written, _) = try relay(outbox, sink: ["--sink", server.url])
         let stored = try client.messages("OUTBOX")
         for message in stored {
             XCTAssertEqual(message.header("Nats-Msg-Id"), message.header("ce-id"), "the stream still drops duplicates by event id")
@@ -198,30 +188,21 @@ final class CloudEventsTests: XCTestCase {
         let messages: [[String: Any]] = stored.map { message in
             ["headers": message.headers.compactMapValues(\.first), "data": message.data.base64EncodedString()]
         }
-        try check(try CloudEventsSDK.parse("nats", messages), against: rows, outbox: outbox, written: start...end)
+        try check(try CloudEventsSDK.parse("nats", messages), against: rows, outbox: outbox, written: written)
     }
 
     func testRedisFields() throws {
         let redis = try RedisServer()
         let outbox = try outbox("ce_redis")
         defer { outbox.tearDown() }
-        let witness = try CommitWitness(outbox)
-        let spout = try SpoutProcess(["run", "--sink", redis.url, "--envelope", "cloudevents"] + Self.mappingArguments + outbox.arguments)
-        try eventually("spout streams from the slot; stderr: \(spout.stderr)") { try outbox.streamingWalsender != nil }
-        let start = Date()
-        let (rows, after) = try write(outbox, witness: witness)
-        let end = Date()
-        try eventually("the slot confirms every event; stderr: \(spout.stderr)") { try XCTUnwrap(try outbox.confirmedFlush) >= after }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
-
+        let (rows, written, _) = try relay(outbox, sink: ["--sink", redis.url])
         let entries = try redis.client().entries("outbox.event.order")
         XCTAssertEqual(entries.first?.fieldNames.prefix(3), ["ce_specversion", "ce_id", "ce_source"])
         XCTAssertEqual(entries.first?.fieldNames.last, "payload")
         let messages: [[String: Any]] = entries.map { entry in
             ["fields": entry.fields.mapValues { Data($0.utf8).base64EncodedString() }]
         }
-        try check(try CloudEventsSDK.parse("redis", messages), against: rows, outbox: outbox, written: start...end)
+        try check(try CloudEventsSDK.parse("redis", messages), against: rows, outbox: outbox, written: written)
     }
 
     // MARK: Configuration
