@@ -239,8 +239,8 @@ final class NATSConnection: @unchecked Sendable {
     /// Publishes one event; its PubAck arrives in `inbox` under `ticket`. Subject = topic,
     /// `Nats-Msg-Id` = event id (the stream drops re-sends within its duplicate window),
     /// `Spout-Key` and `Spout-Event-Type`, then the event's own headers. In the CloudEvents
-    /// envelope (not for dead letters): `Nats-Msg-Id`, then the NATS binding's `ce-*` headers and
-    /// `content-type`.
+    /// envelope (not for dead letters): `Nats-Msg-Id`, then the NATS binding's `ce-*` headers,
+    /// `ce-datacontenttype` among them, values percent-encoded as the binding requires.
     /// - Returns: whether an event header named `Nats-…` was left out.
     func publish(_ event: OutboxEvent, ticket: UInt64, cloudEvents: CloudEventEnvelope? = nil) throws(NATSFailure) -> Bool {
         guard let connection = publisher else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
@@ -261,9 +261,9 @@ final class NATSConnection: @unchecked Sendable {
             try check(natsMsgHeader_Set(message, "Nats-Msg-Id", NATSWireRules.headerValue(event.id)))
             if let cloudEvents, event.source != .deadLetter {
                 try cloudEvents.forEachAttribute(of: event) { (name, value) throws(NATSFailure) in
-                    try check(natsMsgHeader_Set(message, "ce-" + name, NATSWireRules.headerValue(value)))
+                    try check(natsMsgHeader_Set(message, "ce-" + name, CloudEventEnvelope.percentEncodedHeaderValue(value)))
                 }
-                try check(natsMsgHeader_Set(message, "content-type", CloudEventEnvelope.contentType(of: event)))
+                try check(natsMsgHeader_Set(message, "ce-datacontenttype", CloudEventEnvelope.contentType(of: event)))
             } else {
                 if let key = event.key { try check(natsMsgHeader_Set(message, NATSJetStreamSink.keyHeader, NATSWireRules.headerValue(key))) }
                 if let type = event.type { try check(natsMsgHeader_Set(message, NATSJetStreamSink.typeHeader, NATSWireRules.headerValue(type))) }

@@ -138,6 +138,13 @@ final class CloudEventsEnvelopeTests: XCTestCase {
                        "/postgres/my%20db%2Fx/Out%20Box")
     }
 
+    /// The NATS binding's header values (its example: "Euro € 😀").
+    func testHeaderValuesArePercentEncoded() {
+        XCTAssertEqual(CloudEventEnvelope.percentEncodedHeaderValue("Euro \u{20AC} \u{1F600}"), "Euro%20%E2%82%AC%20%F0%9F%98%80")
+        XCTAssertEqual(CloudEventEnvelope.percentEncodedHeaderValue("a\"b%c\td\u{7F}"), "a%22b%25c%09d%7F")
+        XCTAssertEqual(CloudEventEnvelope.percentEncodedHeaderValue("/postgres/shop/outbox"), "/postgres/shop/outbox")
+    }
+
     func testDatabaseNameFollowsLibpq() {
         XCTAssertEqual(PostgresConnection.databaseName("postgresql://u@h:5432/shop", environment: [:]), "shop")
         XCTAssertEqual(PostgresConnection.databaseName("host=h dbname=inventory user=u", environment: [:]), "inventory")

@@ -184,7 +184,11 @@ final class CloudEventsTests: XCTestCase {
         let stored = try client.messages("OUTBOX")
         for message in stored {
             XCTAssertEqual(message.header("Nats-Msg-Id"), message.header("ce-id"), "the stream still drops duplicates by event id")
+            XCTAssertEqual(message.header("ce-datacontenttype"), "application/json")
+            XCTAssertNil(message.header("content-type"), "Content-Type would say structured mode")
         }
+        XCTAssertTrue(stored.contains { $0.header("ce-subject") == "tenant%204/%C3%BC" && $0.header("ce-type") == "Odd%20type/%C3%BC" },
+                      "header values are percent-encoded: \(stored.map(\.headers))")
         let messages: [[String: Any]] = stored.map { message in
             ["headers": message.headers.compactMapValues(\.first), "data": message.data.base64EncodedString()]
         }

@@ -70,7 +70,7 @@ public struct CloudEventEnvelope: Equatable, Sendable {
         return true
     }
 
-    /// The `datacontenttype` attribute (binary mode: the `content-type` header).
+    /// The `datacontenttype` attribute (Kafka and Redis: the `content-type` header; NATS: `ce-datacontenttype`).
     public static func contentType(of event: OutboxEvent) -> String {
         contentType(of: event, json: payloadIsJSON(event))
     }
@@ -80,9 +80,9 @@ public struct CloudEventEnvelope: Equatable, Sendable {
         return event.payloadFormat == .text ? "text/plain; charset=utf-8" : "application/octet-stream"
     }
 
-    /// Binary mode: every context attribute and extension but `datacontenttype` (which the
-    /// bindings carry as `content-type`) and the data, in order, by its bare name (the sink adds
-    /// its binding's prefix, `ce_` or `ce-`).
+    /// Binary mode: every context attribute and extension but `datacontenttype` (which the Kafka
+    /// binding carries as `content-type`, the NATS binding as `ce-datacontenttype`) and the
+    /// data, in order, by its bare name (the sink adds its binding's prefix, `ce_` or `ce-`).
     public func forEachAttribute<E: Error>(of event: OutboxEvent, _ body: (_ name: String, _ value: String) throws(E) -> Void) throws(E) {
         try body("specversion", "1.0")
         try body("id", event.id)
@@ -154,17 +154,35 @@ public struct CloudEventEnvelope: Equatable, Sendable {
         raw(",\"lsn\":\"")
     }
 
-    /// Percent-encodes every byte outside RFC 3986's unreserved characters.
+    /// A header value as the NATS (and HTTP) binding writes it: UTF-8, with space, `"`, `%` and
+    /// every byte outside printable ASCII percent-encoded. The value itself (no copy) when there
+    /// is nothing to encode.
+    public static func percentEncodedHeaderValue(_ value: String) -> String {
+        percentEncoded(value) { $0 <= 0x20 || $0 >= 0x7F || $0 == 0x22 || $0 == 0x25 }
+    }
+
+    /// A URI path segment: every byte outside RFC 3986's unreserved characters percent-encoded.
     static func percentEncoded(_ text: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
-        var bytes: [UInt8] = []
-        for byte in text.utf8 {
+        percentEncoded(text) { byte in
             switch byte {
             case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-                bytes.append(byte)
-            default:
+                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"): false
+            default: true
+            }
+        }
+    }
+
+    /// `%XY` (upper-case hex) for each UTF-8 byte `encode` picks.
+    private static func percentEncoded(_ text: String, where encode: (UInt8) -> Bool) -> String {
+        guard text.utf8.contains(where: encode) else { return text }
+        let hex = Array("0123456789ABCDEF".utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count * 3)
+        for byte in text.utf8 {
+            if encode(byte) {
                 bytes.append(contentsOf: [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+            } else {
+                bytes.append(byte)
             }
         }
         return String(decoding: bytes, as: UTF8.self)
