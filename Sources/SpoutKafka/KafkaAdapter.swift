@@ -28,7 +28,9 @@ import CRdKafka
 /// (too large, not authorized, invalid topic) fail the event's ticket with its id and topic.
 final class KafkaAdapter: DeliveryAdapter {
     let sinkName = "kafka"
-    let needsCommitLSN = false // Kafka messages do not carry the commit LSN: events go out as they are decoded.
+    /// Kafka messages carry the commit LSN only in the CloudEvents envelope (`ce_lsn`); without
+    /// it events go out as they are decoded.
+    var needsCommitLSN: Bool { producer.cloudEvents != nil }
     let recoveredMessage = "kafka: the brokers acknowledge events again"
 
     /// How long `close` waits for librdkafka to deliver what it still holds.

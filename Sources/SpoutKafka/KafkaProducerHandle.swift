@@ -21,6 +21,8 @@ final class KafkaProducerHandle {
         case rejected(rd_kafka_resp_err_t, reason: String)
     }
 
+    /// `--envelope cloudevents`: headers are the binding's `ce_*` attributes and `content-type`.
+    let cloudEvents: CloudEventEnvelope?
     private var handle: OpaquePointer?
     private var mainQueue: OpaquePointer?
     private let callbacks: Unmanaged<Callbacks>
@@ -43,7 +45,8 @@ final class KafkaProducerHandle {
     }
 
     /// - Parameter properties: librdkafka properties, applied in order (later ones win).
-    init(properties: [(name: String, value: String)], log: Log) throws(SpoutError) {
+    init(properties: [(name: String, value: String)], cloudEvents: CloudEventEnvelope? = nil, log: Log) throws(SpoutError) {
+        self.cloudEvents = cloudEvents
         callbacks = Unmanaged.passRetained(Callbacks(log: log))
 
         guard let conf = rd_kafka_conf_new() else {
@@ -101,7 +104,8 @@ final class KafkaProducerHandle {
         rd_kafka_queue_io_event_enable(mainQueue, descriptor, "1", 1)
     }
 
-    /// Hands one event to librdkafka (copied). Headers: the event's own, then `id`, `type` and (snapshot, backfill) `source`.
+    /// Hands one event to librdkafka (copied). Headers: the event's own, then `id`, `type` and (snapshot, backfill) `source`;
+    /// in the CloudEvents envelope, the Kafka binding's (`ce_id`, …, `content-type`) instead (dead letters stay as they are).
     func produce(_ event: OutboxEvent, ticket: UInt64) -> ProduceResult {
         guard let handle else { return .rejected(RD_KAFKA_RESP_ERR__DESTROY, reason: "the producer is closed") }
         text.removeAll(keepingCapacity: true)
@@ -114,12 +118,24 @@ final class KafkaProducerHandle {
         }
         let topic = append(event.topic)
         let key = event.key.map { (offset: append($0), length: $0.utf8.count) }
-        for header in event.headers {
-            headerSpans.append((append(header.name), append(header.value), header.value.utf8.count))
+        if let cloudEvents, event.source != .deadLetter {
+            cloudEvents.forEachAttribute(of: event) { name, value in
+                let offset = text.count
+                text.append(contentsOf: "ce_".utf8)
+                text.append(contentsOf: name.utf8)
+                text.append(0)
+                headerSpans.append((offset, append(value), value.utf8.count))
+            }
+            let contentType = CloudEventEnvelope.contentType(of: event)
+            headerSpans.append((append("content-type"), append(contentType), contentType.utf8.count))
+        } else {
+            for header in event.headers {
+                headerSpans.append((append(header.name), append(header.value), header.value.utf8.count))
+            }
+            headerSpans.append((append("id"), append(event.id), event.id.utf8.count))
+            if let type = event.type { headerSpans.append((append("type"), append(type), type.utf8.count)) }
+            if let source = event.source.marker { headerSpans.append((append("source"), append(source), source.utf8.count)) }
         }
-        headerSpans.append((append("id"), append(event.id), event.id.utf8.count))
-        if let type = event.type { headerSpans.append((append("type"), append(type), type.utf8.count)) }
-        if let source = event.source.marker { headerSpans.append((append("source"), append(source), source.utf8.count)) }
 
         let error: OpaquePointer? = text.withUnsafeBytes { strings in
             // Every offset points into `strings`, which is never empty here (the topic's NUL).

@@ -3,7 +3,8 @@ import CoreMetrics
 import CRdKafka
 
 /// Publishes events to Kafka through librdkafka: topic = the event's topic, key = its key,
-/// value = the payload bytes as stored, headers = the event's headers plus `id` and `type`.
+/// value = the payload bytes as stored, headers = the event's headers plus `id` and `type`
+/// (with `--envelope cloudevents`: the CloudEvents Kafka binding's binary mode, `ce_*` headers).
 ///
 /// The delivery engine holds the events, backs off and reports outages;
 /// `KafkaAdapter` produces, reads delivery reports and classifies errors. Here: the
@@ -12,7 +13,7 @@ public final class KafkaSink: DeliveryEngine {
     public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
         let brokers = try Self.bootstrapServers(url)
         let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties)
-        let producer = try KafkaProducerHandle(properties: properties, log: log)
+        let producer = try KafkaProducerHandle(properties: properties, cloudEvents: options.cloudEvents, log: log)
         let adapter = KafkaAdapter(producer: producer, messageTimeout: try Self.messageTimeout(options.kafkaProperties), log: log)
         // Producing again after a retriable error: 100 ms doubling to 10 s.
         try super.init(adapter: adapter, capacity: min(options.maxInFlightEvents, 1 << 16), backoff: RetryBackoff(ceiling: .seconds(10)),

@@ -238,9 +238,11 @@ final class NATSConnection: @unchecked Sendable {
 
     /// Publishes one event; its PubAck arrives in `inbox` under `ticket`. Subject = topic,
     /// `Nats-Msg-Id` = event id (the stream drops re-sends within its duplicate window),
-    /// `Spout-Key` and `Spout-Event-Type`, then the event's own headers.
+    /// `Spout-Key` and `Spout-Event-Type`, then the event's own headers. In the CloudEvents
+    /// envelope (not for dead letters): `Nats-Msg-Id`, then the NATS binding's `ce-*` headers,
+    /// `ce-datacontenttype` among them, values percent-encoded as the binding requires.
     /// - Returns: whether an event header named `Nats-…` was left out.
-    func publish(_ event: OutboxEvent, ticket: UInt64) throws(NATSFailure) -> Bool {
+    func publish(_ event: OutboxEvent, ticket: UInt64, cloudEvents: CloudEventEnvelope? = nil) throws(NATSFailure) -> Bool {
         guard let connection = publisher else { throw NATSFailure(status: NATS_CONNECTION_CLOSED) }
         guard event.payload.count <= Int(Int32.max) else { throw NATSFailure(status: NATS_MAX_PAYLOAD) }
         var message: OpaquePointer?
@@ -257,17 +259,24 @@ final class NATSConnection: @unchecked Sendable {
         var droppedReserved = false
         do {
             try check(natsMsgHeader_Set(message, "Nats-Msg-Id", NATSWireRules.headerValue(event.id)))
-            if let key = event.key { try check(natsMsgHeader_Set(message, NATSJetStreamSink.keyHeader, NATSWireRules.headerValue(key))) }
-            if let type = event.type { try check(natsMsgHeader_Set(message, NATSJetStreamSink.typeHeader, NATSWireRules.headerValue(type))) }
-            if let source = event.source.marker { try check(natsMsgHeader_Set(message, NATSJetStreamSink.sourceHeader, source)) }
-            for header in event.headers {
-                let name = NATSWireRules.headerName(header.name)
-                if name.isEmpty { continue }
-                if NATSWireRules.isReservedHeader(name) {
-                    droppedReserved = true
-                    continue
+            if let cloudEvents, event.source != .deadLetter {
+                try cloudEvents.forEachAttribute(of: event) { (name, value) throws(NATSFailure) in
+                    try check(natsMsgHeader_Set(message, "ce-" + name, CloudEventEnvelope.percentEncodedHeaderValue(value)))
                 }
-                try check(natsMsgHeader_Add(message, name, NATSWireRules.headerValue(header.value)))
+                try check(natsMsgHeader_Set(message, "ce-datacontenttype", CloudEventEnvelope.contentType(of: event)))
+            } else {
+                if let key = event.key { try check(natsMsgHeader_Set(message, NATSJetStreamSink.keyHeader, NATSWireRules.headerValue(key))) }
+                if let type = event.type { try check(natsMsgHeader_Set(message, NATSJetStreamSink.typeHeader, NATSWireRules.headerValue(type))) }
+                if let source = event.source.marker { try check(natsMsgHeader_Set(message, NATSJetStreamSink.sourceHeader, source)) }
+                for header in event.headers {
+                    let name = NATSWireRules.headerName(header.name)
+                    if name.isEmpty { continue }
+                    if NATSWireRules.isReservedHeader(name) {
+                        droppedReserved = true
+                        continue
+                    }
+                    try check(natsMsgHeader_Add(message, name, NATSWireRules.headerValue(header.value)))
+                }
             }
         } catch {
             natsMsg_Destroy(message)

@@ -19,7 +19,11 @@ import Foundation
 /// Publishing waits at the first event whose subject is still being looked up.
 final class NATSJetStreamAdapter: DeliveryAdapter {
     let sinkName = "nats"
-    let needsCommitLSN = false // NATS messages do not carry the commit LSN: events go out as they are decoded.
+    /// NATS messages carry the commit LSN only in the CloudEvents envelope (`ce-lsn`); without
+    /// it events go out as they are decoded.
+    var needsCommitLSN: Bool { cloudEvents != nil }
+    /// `--envelope cloudevents`: the NATS binding's binary mode.
+    private let cloudEvents: CloudEventEnvelope?
     var recoveredMessage: String { "NATS at \(endpoint.redacted) is back" }
 
     private let endpoint: NATSEndpoint
@@ -56,6 +60,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
             }
         }
         self.log = log
+        cloudEvents = options.cloudEvents
         publishWindow = max(1, min(options.maxInFlightEvents, 4096))
         completions.reserveCapacity(publishWindow)
         do { wakeup = try DeliveryWakeup() } catch { throw .sink(error) }
@@ -157,7 +162,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
                 return
             }
             do {
-                if try connection.publish(event, ticket: ticket), !warnedReservedHeader {
+                if try connection.publish(event, ticket: ticket, cloudEvents: cloudEvents), !warnedReservedHeader {
                     warnedReservedHeader = true
                     log.warning("event headers named Nats-… are not passed to NATS (they would steer the server); first seen on event \"\(event.id)\"")
                 }

@@ -3,7 +3,8 @@ import CoreMetrics
 
 /// Publishes events to NATS JetStream: subject = topic, payload = the event's payload,
 /// `Nats-Msg-Id` = event id, `Spout-Key` = key, `Spout-Event-Type` = type, then the event's
-/// headers. An event counts as delivered when its stream's PubAck arrives.
+/// headers (with `--envelope cloudevents`: `Nats-Msg-Id` and the NATS binding's percent-encoded
+/// `ce-*` headers instead). An event counts as delivered when its stream's PubAck arrives.
 ///
 /// The delivery engine holds the events, retries and reports outages; `NATSJetStreamAdapter`
 /// publishes, reads PubAcks and classifies what goes wrong.

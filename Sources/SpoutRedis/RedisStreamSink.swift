@@ -5,7 +5,8 @@ import Foundation
 /// Publishes events to Redis Streams through hiredis: one stream per topic (the stream key is
 /// the topic), one entry per event with the fields `id`, `type`, `key`, `payload` (the bytes
 /// as stored) and `headers` (a JSON object); `type` and `key` are left out when the event has
-/// none.
+/// none. With `--envelope cloudevents` the fields are the CloudEvents attributes named as in the
+/// Kafka binding (`ce_specversion`, `ce_id`, …, `content-type`) and `payload`.
 ///
 /// Entries go out in `MULTI` … `EXEC` batches on one non-blocking connection, many XADDs per
 /// batch and one batch in flight. Redis discards a whole transaction when it refuses one of
@@ -102,6 +103,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
 
     private let url: RedisURL
     private let lsnIDs: Bool
+    /// `--envelope cloudevents`: entries hold `ce_*` fields (dead letters stay as they are).
+    private let cloudEvents: CloudEventEnvelope?
     private let maxLength: [UInt8]?
     private let log: Log
     private let clock = ContinuousClock()
@@ -123,6 +126,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
             throw .invalidOption("--redis-maxlen \(length) must be a positive number")
         }
         lsnIDs = options.redisIDs == .lsn
+        cloudEvents = options.cloudEvents
         maxLength = options.redisMaxLength.map { Array(String($0).utf8) }
         self.log = log
         batchTickets.reserveCapacity(Self.maxBatchEvents)
@@ -133,8 +137,9 @@ final class RedisStreamAdapter: DeliveryAdapter {
 
     var recoveredMessage: String { "Redis at \(url.address) accepts events again" }
 
-    /// Only `--redis-ids lsn` builds entry ids from the commit LSN; otherwise events go out as they are decoded.
-    var needsCommitLSN: Bool { lsnIDs }
+    /// Only `--redis-ids lsn` builds entry ids from the commit LSN, and only the CloudEvents
+    /// envelope carries it (`ce_lsn`); otherwise events go out as they are decoded.
+    var needsCommitLSN: Bool { lsnIDs || cloudEvents != nil }
 
     /// Points the wakeup at what `poll` waits for next: the socket (writable while connecting
     /// or while commands wait to be written, readable for replies); returns the next deadline.
@@ -417,6 +422,21 @@ final class RedisStreamAdapter: DeliveryAdapter {
         } else {
             command.add("*")
         }
+        if let cloudEvents, event.source != .deadLetter {
+            cloudEvents.forEachAttribute(of: event) { name, value in
+                command.add { bytes in
+                    bytes.append(contentsOf: "ce_".utf8)
+                    bytes.append(contentsOf: name.utf8)
+                }
+                command.add(value)
+            }
+            command.add("content-type")
+            command.add(CloudEventEnvelope.contentType(of: event))
+            command.add("payload")
+            command.add(event.payload)
+            try connection.append(&command)
+            return
+        }
         command.add("id")
         command.add(event.id)
         if let type = event.type {
@@ -648,7 +668,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
         let wanted = RedisEntryID(lsn: entry.event.lsn.rawValue, position: entry.position)
         let there: String
         if let found {
-            let holder = found[1]?.value(of: "id")?.text
+            let holder = found[1]?.value(of: cloudEvents == nil || entry.event.source == .deadLetter ? "id" : "ce_id")?.text
             if holder == entry.event.id { return .holdsEvent }
             there = holder.map { "its entry at \(wanted) is event \"\($0)\"" } ?? "its entry at \(wanted) is not a Spout event"
         } else {

@@ -17,7 +17,7 @@ public enum SinkRegistry {
             guard url[schemeEnd.upperBound...].isEmpty else {
                 throw .invalidOption("--sink \(SinkURL.redacted(url)): stdout:// takes nothing after it; write just stdout://")
             }
-            return StdoutSink()
+            return StdoutSink(cloudEvents: options.cloudEvents)
         case "kafka":
             return try KafkaSink(url: url, options: options, log: log)
         case "redis":

@@ -26,6 +26,10 @@ enum ConfigurationReport {
         lines.append(("on-poison", relay.onPoison.name))
         if case let .deadLetter(topic) = relay.onPoison { lines.append(("dead-letter-topic", topic)) }
         lines.append(("max-retries", relay.maxRetries.map(String.init) ?? "none (retry forever)"))
+        // issue 13: CloudEvents envelope (checked with the sink options before the report)
+        let cloudEvents = try? SinkOptionGroup.cloudEvents(settings)
+        lines.append(("envelope", cloudEvents == nil ? "none" : "cloudevents"))
+        if let cloudEvents { lines.append(("ce-source", cloudEvents.source)) }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

@@ -29,9 +29,19 @@ struct SinkOptionGroup: ParsableArguments {
         "Create a JetStream stream of this name covering the topics when no stream does. [SPOUT_NATS_CREATE_STREAM]", valueName: "name"))
     var natsCreateStreamFlag: String?
 
+    // issue 13: CloudEvents envelope
+    @Option(name: .customLong("envelope"), help: ArgumentHelp(
+        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS and Redis) (default: none). [SPOUT_ENVELOPE]",
+        valueName: "none|cloudevents"))
+    var envelopeFlag: String?
+
+    @Option(name: .customLong("ce-source"), help: ArgumentHelp(
+        "The CloudEvents source attribute (default: /postgres/<database>/<table>). [SPOUT_CE_SOURCE]", valueName: "uri-reference"))
+    var ceSourceFlag: String?
+
     var flags: Settings.Flags {
         Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
-                               .natsCreateStream: natsCreateStreamFlag],
+                               .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag],
                        lists: [.kafkaProperty: kafkaPropertyFlags])
     }
 
@@ -56,7 +66,28 @@ struct SinkOptionGroup: ParsableArguments {
             options.redisIDs = ids
         }
         options.natsCreateStream = settings.given(.natsCreateStream)?.value
+        options.cloudEvents = try cloudEvents(settings)
         return options
+    }
+
+    // issue 13: CloudEvents envelope
+    /// The envelope of `--envelope cloudevents` with its source; nil for `none`.
+    static func cloudEvents(_ settings: Settings) throws -> CloudEventEnvelope? {
+        let source = settings.given(.ceSource)
+        guard let envelope = settings.given(.envelope), envelope.value != "none" else {
+            if let source { throw source.invalid("needs --envelope cloudevents (without the envelope there is no source attribute)") }
+            return nil
+        }
+        guard envelope.value == "cloudevents" else { throw envelope.invalid("is not none or cloudevents") }
+        if let source {
+            // A URI-reference: not empty, and nothing a header or field could not carry.
+            guard !source.value.isEmpty, !source.value.unicodeScalars.contains(where: { $0.value <= 0x20 || (0x7F...0x9F).contains($0.value) }) else {
+                throw source.invalid("is not a URI-reference: give a non-empty value without spaces or control characters (e.g. /postgres/shop/outbox)")
+            }
+            return CloudEventEnvelope(source: source.value)
+        }
+        let database = PostgresConnection.databaseName(settings.text(.databaseURL))
+        return CloudEventEnvelope(source: CloudEventEnvelope.defaultSource(database: database, table: try DatabaseOptions.table(settings)))
     }
 
     /// The sink URL in effect (stdout:// by default).

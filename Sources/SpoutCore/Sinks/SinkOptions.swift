@@ -14,6 +14,9 @@ public struct SinkOptions: Sendable {
     public var redisIDs: RedisIDs = .server
     /// Create a JetStream stream of this name covering the topics when none exists.
     public var natsCreateStream: String?
+    // issue 13: CloudEvents envelope
+    /// `--envelope cloudevents`: every sink wraps events in CloudEvents (nil: `none`, as they always were).
+    public var cloudEvents: CloudEventEnvelope?
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 

@@ -17,6 +17,8 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     private let deadLetterDescriptor: Int32
     private let format: Format
     private let color: Bool
+    /// `--envelope cloudevents`: json lines are structured CloudEvents instead.
+    private let cloudEvents: CloudEventEnvelope?
     private var buffer: [UInt8] = []
     /// Bytes of `buffer` already written.
     private var written = 0
@@ -25,11 +27,12 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     private var pendingHead = 0
 
     public init(descriptor: Int32 = STDOUT_FILENO, format: Format = .json, color: Bool = false,
-                deadLetterDescriptor: Int32 = STDERR_FILENO) {
+                deadLetterDescriptor: Int32 = STDERR_FILENO, cloudEvents: CloudEventEnvelope? = nil) {
         self.descriptor = descriptor
         self.deadLetterDescriptor = deadLetterDescriptor
         self.format = format
         self.color = color
+        self.cloudEvents = cloudEvents
         buffer.reserveCapacity(1 << 16)
         // A pipe or socket whose reader stalls must not block the relay (status updates keep
         // the walsender from timing out): write what fits, keep the rest. Terminals and files
@@ -50,7 +53,8 @@ public final class StdoutSink: Sink, PreCommitEncoding {
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
         if event.source == .deadLetter { return try sendDeadLetter(event.payload[...], ticket: ticket) }
         switch format {
-        case .json: Self.appendJSONLine(event, to: &buffer)
+        case .json:
+            if let cloudEvents { cloudEvents.appendStructured(event, to: &buffer) } else { Self.appendJSONLine(event, to: &buffer) }
         case .pretty: appendPretty(event)
         }
         try lineAppended(ticket: ticket)
@@ -65,7 +69,8 @@ public final class StdoutSink: Sink, PreCommitEncoding {
         }
         switch format {
         // The line up to its LSN, which comes last: sending it later is a copy.
-        case .json: Self.appendJSONLineHead(event, to: &record)
+        case .json:
+            if let cloudEvents { cloudEvents.appendStructuredHead(event, to: &record) } else { Self.appendJSONLineHead(event, to: &record) }
         case .pretty: SpooledEvent.encode(event, into: &record)
         }
     }
