@@ -93,7 +93,7 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
     var checkConfig = false
 
-    private var flags: Settings.Flags {
+    var flags: Settings.Flags {
         database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags + observability.flags
             + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
                                      .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
