@@ -53,14 +53,14 @@ public enum RedisProbe {
     private static func writable(_ context: UnsafeMutablePointer<redisContext>, url: RedisURL, topic: TopicTemplate) throws(Failure) -> CheckResult {
         let user = url.user ?? "default"
         let stream = topic.fixedTopic ?? topic.pattern(placeholder: "check")
-        let sample = topic.fixedTopic == nil ? " (the template's streams, tried as \(stream))" : ""
+        let target = topic.fixedTopic.map { "stream \($0)" } ?? "the streams of --topic \(topic) (tried as \(stream))"
         switch try command(context, ["ACL", "DRYRUN", user, "XADD", stream, "*", "id", "spout-check"]) {
         case let .text(answer) where answer == "OK":
-            return .pass("sink_write", "user \(user) may XADD to \(stream)\(sample)")
+            return .pass("sink_write", "user \(user) may XADD to \(target)")
         case let .text(denial):
             let fix = "ACL SETUSER \(user) +xadd ~\(topic.fixedTopic ?? topic.pattern(placeholder: "*"))"
-            guard topic.fixedTopic != nil else { return .warn("sink_write", "user \(user) may not XADD to \(stream)\(sample): \(denial)", fix: fix) }
-            return .fail("sink_write", "user \(user) may not XADD to \(stream): \(denial)", fix: fix)
+            guard topic.fixedTopic != nil else { return .warn("sink_write", "user \(user) may not XADD to \(target): \(denial)", fix: fix) }
+            return .fail("sink_write", "user \(user) may not XADD to \(target): \(denial)", fix: fix)
         case let .error(message) where message.hasPrefix("NOPERM"):
             return .warn("sink_write", "not checked: user \(user) may not run ACL DRYRUN (\(message))",
                          fix: "to have spout check it: ACL SETUSER \(user) +acl|dryrun")

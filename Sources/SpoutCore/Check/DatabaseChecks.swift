@@ -42,7 +42,8 @@ public struct DatabaseChecks {
         func checking(_ name: String, _ body: () throws -> CheckResult) {
             do { results.append(try body()) } catch {
                 let error = error as? SpoutError
-                results.append(.fail(name, error?.description ?? "\(error as Any)", fix: error?.isConnectionLoss == true ? "check the server and the network" : nil))
+                results.append(.fail(name, error?.description ?? "\(error as Any)",
+                                     fix: error?.isConnectionLoss == true ? "check the server and the network" : "what the message names"))
             }
         }
         let version: String
@@ -218,7 +219,13 @@ public struct DatabaseChecks {
         let name = setup.slot
         guard let state = try ReplicationSetup.slotState(connection, slot: name) else {
             // A slot spout created and that is gone lost events (SlotMarker): run refuses it too.
-            if let marker = try SlotMarker.read(connection, schema: setup.table.schema, slot: name), marker.createdLSN != nil, onLost != .recreate {
+            let marker: SlotMarker?
+            do { marker = try SlotMarker.read(connection, schema: setup.table.schema, slot: name) } catch {
+                guard case .slotMarker = error else { throw error }
+                return .fail("slot", error.description, fix: "as the table's owner: spout setup once, then GRANT SELECT, INSERT, UPDATE, DELETE ON "
+                                 + "\(SQL.identifier(setup.table.schema)).spout_slots TO the role spout runs as (see sql/role.sql)")
+            }
+            if let marker, marker.createdLSN != nil, onLost != .recreate {
                 let current = try connection.query("SELECT pg_current_wal_lsn()", context: "cannot read the WAL position").first?.first ?? nil
                 return .fail("slot", SpoutError.slotVanished(slot: name, marker: marker, currentLSN: current.flatMap { LSN($0) }).description,
                              fix: "spout backfill the rows since the loss, or spout run --on-slot-lost recreate")
