@@ -72,10 +72,11 @@ struct Check: AsyncParsableCommand {
             if let fix = result.fix, result.status == .fail || result.status == .warn { lines.append("    fix: \(Log.escaped(fix))") }
         }
         func count(_ status: CheckResult.Status) -> Int { results.count { $0.status == status } }
+        var summary = ["\(count(.pass)) passed", "\(count(.warn)) warning\(count(.warn) == 1 ? "" : "s")"]
+        if count(.skip) > 0 { summary.append("\(count(.skip)) skipped") }
         let failures = count(.fail)
-        lines.append(failures == 0
-            ? "ready: \(count(.pass)) passed, \(count(.warn)) warning\(count(.warn) == 1 ? "" : "s")"
-            : "not ready: \(failures) failed, \(count(.pass)) passed, \(count(.warn)) warning\(count(.warn) == 1 ? "" : "s"), \(count(.skip)) skipped")
+        lines.append(failures == 0 ? "ready: " + summary.joined(separator: ", ")
+                                   : "not ready: \(failures) failed, " + summary.joined(separator: ", "))
         return lines.joined(separator: "\n")
     }
 
