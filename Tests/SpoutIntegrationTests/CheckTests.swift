@@ -227,6 +227,22 @@ final class CheckTests: XCTestCase {
         XCTAssertTrue(outcome.detail("slot").contains("test_decoding"), outcome.detail("slot"))
     }
 
+    /// A slot another spout streams from: a warning naming the client (run waits as a
+    /// standby), a failure with --no-standby.
+    func testSlotInUse() throws {
+        let outbox = try OutboxFixture("chkactive")
+        defer { outbox.tearDown() }
+        let running = try SpoutProcess(["run"] + outbox.arguments)
+        try eventually("spout streams from the slot: \(running.stderr)") { try outbox.streamingWalsender != nil }
+        let outcome = try check(outbox.arguments)
+        assertStatuses(outcome, ["slot": "warn", "replication_slots": "pass"], exit: 0)
+        XCTAssertTrue(outcome.detail("slot").contains("spout run host="), outcome.detail("slot"))
+        XCTAssertTrue(outcome.detail("slot").contains("standby"), outcome.detail("slot"))
+        assertStatuses(try check(outbox.arguments + ["--no-standby"]), ["slot": "fail"], exit: 1)
+        running.signal(SIGTERM)
+        XCTAssertEqual(running.waitForExit(), 0, running.stderr)
+    }
+
     // MARK: Sinks failing
 
     func testUnreachableSinks() throws {
