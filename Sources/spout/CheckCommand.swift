@@ -28,6 +28,7 @@ struct Check: AsyncParsableCommand {
             // The options run reads before it connects, with run's errors for bad values.
             _ = try LogOptions.log(settings)
             let maxInFlight = try settings.integer(.maxInFlight, in: Limits.maxInFlight) ?? Relay.Options().maxInFlightEvents
+            try Self.validateRelayOptions(settings)
             // The sink's URL and options as run checks them (its messages name where each was set).
             try SinkOptionGroup.validate(settings, maxInFlightEvents: maxInFlight)
             let sinkOptions = try SinkOptionGroup.options(settings, maxInFlightEvents: maxInFlight)
@@ -53,6 +54,23 @@ struct Check: AsyncParsableCommand {
             print(Redaction.scrub(text, secrets: Settings.secrets))
         }
         if failed { throw ExitCode(1) }
+    }
+
+    /// What `run` parses of the relay's own options before connecting: a value run would
+    /// refuse is a usage error here too.
+    static func validateRelayOptions(_ settings: Settings) throws {
+        _ = try parseLSN(settings.given(.startLSN))
+        _ = try parseLSN(settings.given(.endLSN))
+        _ = try settings.integer(.maxInFlightBytes, in: Limits.maxInFlightBytes)
+        _ = try settings.integer(.spoolMemoryBytes, in: Limits.spoolMemoryBytes)
+        _ = try seconds(settings.given(.shutdownTimeout))
+        _ = try seconds(settings.given(.reconnectTimeout), in: Limits.reconnectTimeoutSeconds)
+        _ = try poisonPolicy(settings)
+        _ = try settings.integer(.maxRetries, in: Limits.maxRetries)
+        _ = try LostSlotOption.snapshot(settings)
+        _ = try settings.given(.failover)?.boolean()
+        _ = try ObservabilityOptions.address(settings)
+        _ = try ObservabilityOptions.unreadyAfter(settings)
     }
 
     static func symbol(_ status: CheckResult.Status) -> String {

@@ -294,7 +294,7 @@ struct Tail: AsyncParsableCommand {
 
 /// `--shutdown-timeout`, `--reconnect-timeout`: seconds, fractions allowed, within `range`.
 /// `--on-poison` with its `--dead-letter-topic`.
-private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
+func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
     let topic = settings.given(.deadLetterTopic)
     if let topic, topic.value.isEmpty { throw topic.invalid("is empty: name the topic dead letters go to") }
     var policy = PoisonPolicy.stop
@@ -311,6 +311,6 @@ private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
     return policy
 }
 
-private func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
+func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
     try text.map { .milliseconds(Int((try $0.seconds(in: range) * 1000).rounded())) }
 }

@@ -289,5 +289,11 @@ final class CheckTests: XCTestCase {
         let sink = try SpoutProcess.run(["check", "--sink", "carrier-pigeon://"])
         XCTAssertEqual(sink.status, 64, sink.stderr)
         XCTAssertEqual(try SpoutProcess.run(["check", "--no-such-flag"]).status, 64)
+        // Every option run refuses before connecting, from any source.
+        let poison = try SpoutProcess.run(["check"], environment: ["SPOUT_ON_POISON": "shrug"])
+        XCTAssertEqual(poison.status, 64, poison.stderr)
+        XCTAssertTrue(poison.stderr.contains("SPOUT_ON_POISON=shrug"), poison.stderr)
+        XCTAssertEqual(try SpoutProcess.run(["check", "--shutdown-timeout", "-1"]).status, 64)
+        XCTAssertEqual(try SpoutProcess.run(["check", "--check-config"]).status, 64)
     }
 }
