@@ -257,6 +257,37 @@ final class CheckTests: XCTestCase {
         }
     }
 
+    /// Servers that accept the connection and never answer: every check gives up within its
+    /// timeout (PostgreSQL's 10 s connect_timeout, the sinks' 5 s) instead of hanging.
+    func testSilentServersTimeOut() throws {
+        let outbox = try OutboxFixture("chksilent")
+        defer { outbox.tearDown() }
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        XCTAssertGreaterThanOrEqual(listener, 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, length) == 0 && getsockname(listener, $0, &length) == 0 && listen(listener, 64) == 0
+            }
+        }
+        XCTAssertTrue(listening)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        var started = Date()
+        let database = try check(["--database-url", "postgresql://postgres@127.0.0.1:\(port)/postgres"])
+        assertStatuses(database, ["connection": "fail", "wal_level": "skip"], exit: 1)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 25)
+        for url in ["redis://127.0.0.1:\(port)", "nats://127.0.0.1:\(port)", "kafka://127.0.0.1:\(port)"] {
+            started = Date()
+            let outcome = try check(outbox.arguments + ["--sink", url, "--topic", "orders"])
+            assertStatuses(outcome, ["sink": "fail", "sink_write": "skip"], exit: 1)
+            XCTAssertLessThan(Date().timeIntervalSince(started), 20, url)
+        }
+    }
+
     func testNATSWithoutAStreamForTheSubject() throws {
         let outbox = try OutboxFixture("chknats")
         defer { outbox.tearDown() }
