@@ -44,7 +44,9 @@ public enum RedisProbe {
             let reachable = CheckResult.pass("sink", "Redis\(version) at \(url.address) answers PING")
             return [reachable, try writable(context, url: url, topic: topic)]
         } catch {
-            return [.fail("sink", "\(server): \(error.reason)", fix: "check that redis-server at \(url.address) is running and answering"),
+            // hiredis reports its read timeout as the socket's EAGAIN.
+            let reason = error.reason == String(cString: strerror(EAGAIN)) ? "no answer within \(timeoutSeconds) s" : error.reason
+            return [.fail("sink", "\(server): \(reason)", fix: "check that redis-server at \(url.address) is running and answering"),
                     .skip("sink_write", because: "Redis did not answer")]
         }
     }

@@ -38,6 +38,10 @@ final class CheckTests: XCTestCase {
         }
         XCTAssertEqual(outcome.status, exit, outcome.stdout + outcome.stderr, file: file, line: line)
         XCTAssertEqual(outcome.json["ok"] as? Bool, exit == 0, file: file, line: line)
+        for check in outcome.checks {
+            XCTAssertEqual(Set(check.keys), ["name", "status", "detail", "fix"], "\(check)", file: file, line: line)
+            XCTAssertTrue(["pass", "fail", "warn", "skip"].contains(check["status"] as? String ?? ""), "\(check)", file: file, line: line)
+        }
         for check in outcome.checks where check["status"] as? String == "fail" {
             XCTAssertFalse((check["fix"] as? String ?? "").isEmpty, "every failure names its fix: \(check)", file: file, line: line)
         }
