@@ -7,7 +7,8 @@ import Foundation
 /// that nothing is written. A blocking hiredis connection with a timeout: the check runs
 /// before any relay, and must never hang on a dead host.
 public enum RedisProbe {
-    public static func check(url text: String, topic: TopicTemplate, timeoutSeconds: Int = 5) throws(SpoutError) -> [CheckResult] {
+    public static func check(url text: String, options: SinkOptions = SinkOptions(), topic: TopicTemplate,
+                             timeoutSeconds: Int = 5) throws(SpoutError) -> [CheckResult] {
         let url = try RedisURL(parsing: text)
         let server = "Redis at \(url.address)"
         let timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
@@ -42,7 +43,7 @@ public enum RedisProbe {
                 version = " " + line.dropFirst("redis_version:".count)
             }
             let reachable = CheckResult.pass("sink", "Redis\(version) at \(url.address) answers PING")
-            return [reachable, try writable(context, url: url, topic: topic)]
+            return [reachable, try writable(context, url: url, topic: topic, ids: options.redisIDs)]
         } catch {
             // hiredis reports its read timeout as the socket's EAGAIN.
             let reason = error.reason == String(cString: strerror(EAGAIN)) ? "no answer within \(timeoutSeconds) s" : error.reason
@@ -51,25 +52,35 @@ public enum RedisProbe {
         }
     }
 
-    /// `ACL DRYRUN user XADD stream * …`: whether the ACL lets the sink's user append.
-    private static func writable(_ context: UnsafeMutablePointer<redisContext>, url: RedisURL, topic: TopicTemplate) throws(Failure) -> CheckResult {
+    /// `ACL DRYRUN user COMMAND …` for each command the sink sends (MULTI, XADD, EXEC; with
+    /// `--redis-ids lsn` also XINFO STREAM and XRANGE): whether the ACL lets the sink's user append.
+    private static func writable(_ context: UnsafeMutablePointer<redisContext>, url: RedisURL, topic: TopicTemplate,
+                                 ids: SinkOptions.RedisIDs) throws(Failure) -> CheckResult {
         let user = url.user ?? "default"
         let stream = topic.fixedTopic ?? topic.pattern(placeholder: "check")
         let target = topic.fixedTopic.map { "stream \($0)" } ?? "the streams of --topic \(topic) (tried as \(stream))"
-        switch try command(context, ["ACL", "DRYRUN", user, "XADD", stream, "*", "id", "spout-check"]) {
-        case let .text(answer) where answer == "OK":
-            return .pass("sink_write", "user \(user) may XADD to \(target)")
-        case let .text(denial):
-            let fix = "ACL SETUSER \(user) +xadd ~\(topic.fixedTopic ?? topic.pattern(placeholder: "*"))"
-            guard topic.fixedTopic != nil else { return .warn("sink_write", "user \(user) may not XADD to \(target): \(denial)", fix: fix) }
-            return .fail("sink_write", "user \(user) may not XADD to \(target): \(denial)", fix: fix)
-        case let .error(message) where message.hasPrefix("NOPERM"):
-            return .warn("sink_write", "not checked: user \(user) may not run ACL DRYRUN (\(message))",
-                         fix: "to have spout check it: ACL SETUSER \(user) +acl|dryrun")
-        case let .error(message):
-            // Before Redis 7 there is no ACL DRYRUN.
-            return .warn("sink_write", "not checked: this Redis has no ACL DRYRUN (Redis 7+): \(message)")
+        var commands = [["MULTI"], ["XADD", stream, "*", "id", "spout-check"], ["EXEC"]]
+        if ids == .lsn { commands += [["XINFO", "STREAM", stream], ["XRANGE", stream, "-", "+"]] }
+        let names = commands.map { $0[0] == "XINFO" ? "XINFO STREAM" : $0[0] }
+        var denied: [(command: String, reason: String)] = []
+        for (name, command) in zip(names, commands) {
+            switch try self.command(context, ["ACL", "DRYRUN", user] + command) {
+            case let .text(answer) where answer == "OK": continue
+            case let .text(denial): denied.append((name, denial))
+            case let .error(message) where message.hasPrefix("NOPERM"):
+                return .warn("sink_write", "not checked: user \(user) may not run ACL DRYRUN (\(message))",
+                             fix: "to have spout check it: ACL SETUSER \(user) +acl|dryrun")
+            case let .error(message):
+                // Before Redis 7 there is no ACL DRYRUN.
+                return .warn("sink_write", "not checked: this Redis has no ACL DRYRUN (Redis 7+): \(message)")
+            }
         }
+        guard !denied.isEmpty else { return .pass("sink_write", "user \(user) may \(names.joined(separator: ", ")) on \(target)") }
+        let detail = "user \(user) may not write to \(target): " + denied.map { "\($0.command): \($0.reason)" }.joined(separator: "; ")
+        let grants = names.map { "+" + $0.lowercased().replacingOccurrences(of: " ", with: "|") }.joined(separator: " ")
+        let fix = "ACL SETUSER \(user) \(grants) ~\(topic.fixedTopic ?? topic.pattern(placeholder: "*"))"
+        // A template is tried with a made-up stream name, which the ACL's key patterns may not mean.
+        return topic.fixedTopic == nil ? .warn("sink_write", detail, fix: fix) : .fail("sink_write", detail, fix: fix)
     }
 
     private enum Reply {

@@ -12,7 +12,7 @@ extension SinkRegistry {
         guard let schemeEnd = url.range(of: "://") else { return [] }
         switch url[..<schemeEnd.lowerBound].lowercased() {
         case "kafka": return try KafkaProbe.check(url: url, options: options, topic: topic)
-        case "redis": return try RedisProbe.check(url: url, topic: topic)
+        case "redis": return try RedisProbe.check(url: url, options: options, topic: topic)
         case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
         default: return [.pass("sink", "stdout:// (always writable)")]
         }

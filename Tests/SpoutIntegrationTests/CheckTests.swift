@@ -312,7 +312,15 @@ final class CheckTests: XCTestCase {
         try redis.client().command("ACL", "SETUSER", "reader", "on", ">r3ader-Pa55", "~*", "+@all", "-xadd")
         let outcome = try check(outbox.arguments + ["--sink", "redis://reader:r3ader-Pa55@127.0.0.1:\(redis.port)", "--topic", "orders"])
         assertStatuses(outcome, ["sink": "pass", "sink_write": "fail"], exit: 1)
-        XCTAssertTrue(outcome.fix("sink_write").contains("ACL SETUSER reader +xadd"), outcome.fix("sink_write"))
+        XCTAssertTrue(outcome.detail("sink_write").contains("XADD"), outcome.detail("sink_write"))
+        XCTAssertEqual(outcome.fix("sink_write"), "ACL SETUSER reader +multi +xadd +exec ~orders")
+        // --redis-ids lsn reads the stream too.
+        try redis.client().command("ACL", "SETUSER", "appender", "on", ">app3nder-Pa55", "~*", "+ping", "+multi", "+exec", "+xadd", "+acl|dryrun")
+        let appender = "redis://appender:app3nder-Pa55@127.0.0.1:\(redis.port)"
+        assertStatuses(try check(outbox.arguments + ["--sink", appender, "--topic", "orders"]), ["sink_write": "pass"], exit: 0)
+        let lsnIDs = try check(outbox.arguments + ["--sink", appender, "--topic", "orders", "--redis-ids", "lsn"])
+        assertStatuses(lsnIDs, ["sink_write": "fail"], exit: 1)
+        XCTAssertTrue(lsnIDs.detail("sink_write").contains("XINFO STREAM"), lsnIDs.detail("sink_write"))
         XCTAssertFalse(outcome.stdout.contains("r3ader-Pa55"), outcome.stdout)
         let wrongPassword = try check(outbox.arguments + ["--sink", "redis://reader:wrong@127.0.0.1:\(redis.port)", "--topic", "orders"])
         assertStatuses(wrongPassword, ["sink": "fail", "sink_write": "skip"], exit: 1)
