@@ -24,7 +24,7 @@ public struct DatabaseChecks {
     }
 
     static let names = ["connection", "wal_level", "replication_slots", "wal_senders", "replication_role",
-                               "table", "table_select", "columns", "publication", "slot"]
+                        "table", "table_select", "columns", "publication", "slot"]
 
     /// The checks in order. Throws only for a database URL that is not one (a usage error).
     public func run() throws(SpoutError) -> [CheckResult] {
@@ -43,7 +43,7 @@ public struct DatabaseChecks {
             do { results.append(try body()) } catch {
                 let error = error as? SpoutError
                 results.append(.fail(name, error?.description ?? "\(error as Any)",
-                                     fix: error?.isConnectionLoss == true ? "check the server and the network" : "what the message names"))
+                                     fix: error?.isConnectionLoss == true ? "check the server and the network" : "see the detail"))
             }
         }
         let version: String
@@ -74,7 +74,7 @@ public struct DatabaseChecks {
         do {
             results += try replication(connection, role: &role)
         } catch {
-            results.append(.fail("replication_slots", error.description, fix: nil))
+            results.append(.fail("replication_slots", error.description, fix: "see the detail"))
             results.append(.skip("wal_senders", because: "the replication settings could not be read"))
             results.append(.skip("replication_role", because: "the replication settings could not be read"))
         }
@@ -98,8 +98,8 @@ public struct DatabaseChecks {
             }
             checking("columns") { try columns(connection, table: table) }
         } else {
-            results.append(.skip("table_select", because: "the table is missing"))
-            results.append(.skip("columns", because: "the table is missing"))
+            results.append(.skip("table_select", because: "the table check failed"))
+            results.append(.skip("columns", because: "the table check failed"))
         }
 
         checking("publication") { try publication(connection, tableExists: table != nil) }
