@@ -9,6 +9,8 @@ import SpoutSinks
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check everything spout run needs (PostgreSQL, role, table, publication, slot, sink) and print a checklist with the fix for each failure.",
+        // Spelt out: the usage ArgumentParser derives from an option group that is a command names that command too.
+        usage: "spout check [<options of spout run>] [--json]",
         discussion: """
             Takes the options of spout run (flags, SPOUT_* variables, config file) and changes nothing. \
             Each line is ✓ (passes), ✗ (fails, with its fix), ! (a warning that does not fail) or - (skipped: an earlier check failed). \
