@@ -305,6 +305,37 @@ final class CheckTests: XCTestCase {
         assertStatuses(creating, ["sink_write": "pass"], exit: 0)
     }
 
+    /// A NATS server without JetStream (no -js): connected, but nothing could be stored.
+    func testNATSWithoutJetStream() throws {
+        let outbox = try OutboxFixture("chknojs")
+        defer { outbox.tearDown() }
+        let port = try freeLoopbackPort()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: NATSServer.executable)
+        server.arguments = ["-a", "127.0.0.1", "-p", "\(port)"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        try eventually("nats-server listens on \(port)") {
+            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(client) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+        }
+        let outcome = try check(outbox.arguments + ["--sink", "nats://127.0.0.1:\(port)", "--topic", "orders"])
+        assertStatuses(outcome, ["sink": "pass", "sink_jetstream": "fail", "sink_write": "skip"], exit: 1)
+        XCTAssertTrue(outcome.fix("sink_jetstream").contains("-js"), outcome.fix("sink_jetstream"))
+    }
+
     func testRedisACLDenyingXADD() throws {
         let outbox = try OutboxFixture("chkacl")
         defer { outbox.tearDown() }
