@@ -19,7 +19,7 @@ struct Spout: AsyncParsableCommand {
             The command-line switches --json, --print, --report-latency and --check-config are flags only.
             """,
         version: "0.9.0",
-        subcommands: [Run.self, Tail.self, Setup.self, Status.self, Slot.self, Backfill.self, Health.self]
+        subcommands: [Run.self, Tail.self, Setup.self, Status.self, Slot.self, Check.self, Backfill.self, Health.self]
     )
 }
 

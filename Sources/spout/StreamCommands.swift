@@ -93,7 +93,7 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
     var checkConfig = false
 
-    private var flags: Settings.Flags {
+    var flags: Settings.Flags {
         database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags + observability.flags
             + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
                                      .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
@@ -294,7 +294,7 @@ struct Tail: AsyncParsableCommand {
 
 /// `--shutdown-timeout`, `--reconnect-timeout`: seconds, fractions allowed, within `range`.
 /// `--on-poison` with its `--dead-letter-topic`.
-private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
+func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
     let topic = settings.given(.deadLetterTopic)
     if let topic, topic.value.isEmpty { throw topic.invalid("is empty: name the topic dead letters go to") }
     var policy = PoisonPolicy.stop
@@ -311,6 +311,6 @@ private func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
     return policy
 }
 
-private func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
+func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
     try text.map { .milliseconds(Int((try $0.seconds(in: range) * 1000).rounded())) }
 }

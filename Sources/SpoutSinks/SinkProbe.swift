@@ -1,0 +1,20 @@
+import SpoutCore
+import SpoutKafka
+import SpoutNATS
+import SpoutRedis
+
+extension SinkRegistry {
+    /// `spout check`'s lines for the sink: reachable and writable, each broker asked its own
+    /// way (see `KafkaProbe`, `RedisProbe`, `NATSProbe`). A malformed URL or option throws,
+    /// as `makeSink` would.
+    public static func check(_ url: String, options: SinkOptions = SinkOptions(), topic: TopicTemplate) throws(SpoutError) -> [CheckResult] {
+        try validate(url, options: options)
+        guard let schemeEnd = url.range(of: "://") else { return [] }
+        switch url[..<schemeEnd.lowerBound].lowercased() {
+        case "kafka": return try KafkaProbe.check(url: url, options: options, topic: topic)
+        case "redis": return try RedisProbe.check(url: url, options: options, topic: topic)
+        case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
+        default: return [.pass("sink", "stdout:// (always writable)")]
+        }
+    }
+}
