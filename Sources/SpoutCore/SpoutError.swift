@@ -11,6 +11,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
     case tableMissing(table: String)
     case publicationMissing(publication: String, table: String)
     case publicationLacksTable(publication: String, table: String)
+    /// The publication does not publish inserts (`publish = 'update'`, …): no event would arrive.
+    case publicationLacksInserts(publication: String)
     case slotMissing(slot: String)
     case slotActive(slot: String, pid: String, client: String?)
     case slotWrongPlugin(slot: String, plugin: String)
@@ -56,6 +58,8 @@ public enum SpoutError: Error, Sendable, CustomStringConvertible {
             "publication \"\(publication)\" does not exist: run spout setup, or CREATE PUBLICATION \(SQL.identifier(publication)) FOR TABLE \(table) WITH (publish = 'insert'), or drop --no-create"
         case let .publicationLacksTable(publication, table):
             "publication \"\(publication)\" does not publish \(table): ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE \(table), or name another with --publication"
+        case let .publicationLacksInserts(publication):
+            "publication \"\(publication)\" does not publish inserts, so no event would ever arrive: ALTER PUBLICATION \(SQL.identifier(publication)) SET (publish = 'insert')"
         case let .slotMissing(slot):
             "replication slot \"\(slot)\" does not exist: create it with spout setup (spout run creates it too, unless --no-create)"
         case let .slotActive(slot, pid, client):

@@ -19,9 +19,9 @@ final class PublicationWatchRulesTests: XCTestCase {
     let identity = PublicationWatch.Identity(tableOID: 100, publicationOID: 200, membershipOID: 300)
 
     func change(tableName: String? = "public.outbox", publicationOID: UInt32? = 200, published: Bool = true, nameOID: UInt32? = 100,
-                membershipOID: UInt32? = 300) -> String? {
+                membershipOID: UInt32? = 300, publishesInserts: Bool = true) -> String? {
         PublicationWatch.change(setup: setup, identity: identity, tableName: tableName, publicationOID: publicationOID,
-                                published: published, nameOID: nameOID, membershipOID: membershipOID)
+                                published: published, nameOID: nameOID, membershipOID: membershipOID, publishesInserts: publishesInserts)
     }
 
     func testUnchangedAndRenamedAreFine() {
@@ -37,6 +37,7 @@ final class PublicationWatchRulesTests: XCTestCase {
         XCTAssertTrue(try XCTUnwrap(change(published: false)).contains("no longer publishes the outbox table public.outbox"))
         XCTAssertTrue(try XCTUnwrap(change(tableName: "public.outbox_old", nameOID: 102)).contains("is now another table (oid 102)"))
         XCTAssertTrue(try XCTUnwrap(change(membershipOID: 301)).contains("removed from publication \"spout\" and added again"))
+        XCTAssertTrue(try XCTUnwrap(change(publishesInserts: false)).contains("no longer publishes inserts"))
     }
 
     func testNothingIsConfirmedPastTheVerifiedPosition() {

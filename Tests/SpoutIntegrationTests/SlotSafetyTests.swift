@@ -85,6 +85,25 @@ final class SlotSafetyTests: XCTestCase {
         XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), beforeLostRows, "nothing past the change")
     }
 
+    /// `ALTER PUBLICATION … SET (publish = 'update')` while spout runs: inserts since never reach
+    /// the slot, so spout stops before confirming past the change; and a publication without
+    /// inserts is refused at start.
+    func testPublicationThatStopsPublishingInsertsStopsSpout() throws {
+        let outbox = try OutboxFixture("noinserts")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let beforeChange = try outbox.currentLSN()
+        try outbox.admin.sql("ALTER PUBLICATION \(outbox.publication) SET (publish = 'update')")
+        try outbox.insert(outbox.admin, rows: 2)
+        let line = spout.waitForFailure(timeout: 30, "spout notices the publication change")
+        XCTAssertTrue(line.contains("publication \"\(outbox.publication)\" no longer publishes inserts"), line)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), beforeChange, "nothing past the change")
+        let again = try SpoutProcess.run(["run"] + outbox.arguments)
+        XCTAssertEqual(again.status, 1, again.stderr)
+        XCTAssertTrue(again.stderr.contains("does not publish inserts, so no event would ever arrive: ALTER PUBLICATION"), again.stderr)
+    }
+
     /// A slot creation that failed leaves no "lost slot" behind.
     func testFailedSlotCreationIsNotALostSlot() throws {
         let outbox = try OutboxFixture("badslot")

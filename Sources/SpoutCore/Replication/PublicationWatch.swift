@@ -171,10 +171,10 @@ public final class PublicationWatch: Sendable {
             throw .connectionLost(detail: "pg_current_wal_lsn() returned nothing")
         }
         let rows = try connection.query(Self.checkSQL(setup: setup, identity: identity), context: "cannot check the outbox table and publication")
-        guard let row = rows.first, row.count == 5 else { throw .connectionLost(detail: "the watch query returned no row") }
+        guard let row = rows.first, row.count == 6 else { throw .connectionLost(detail: "the watch query returned no row") }
         if let change = Self.change(setup: setup, identity: identity, tableName: row[0], publicationOID: row[1].flatMap { UInt32($0) },
                                     published: row[2] == "t", nameOID: row[3].flatMap { UInt32($0) },
-                                    membershipOID: row[4].flatMap { UInt32($0) }) {
+                                    membershipOID: row[4].flatMap { UInt32($0) }, publishesInserts: row[5] != "f") {
             throw .publicationChanged(change)
         }
         // The marker's progress every 30 s: it only bounds what a lost slot had confirmed, and
@@ -200,13 +200,14 @@ public final class PublicationWatch: Sendable {
                         WHERE pt.pubname = \(SQL.literal(setup.publication)) AND c.oid = \(identity.tableOID)),
                to_regclass(\(SQL.literal(setup.table.sql)))::oid,
                (SELECT pr.oid FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                 WHERE p.pubname = \(SQL.literal(setup.publication)) AND pr.prrelid = \(identity.tableOID))
+                 WHERE p.pubname = \(SQL.literal(setup.publication)) AND pr.prrelid = \(identity.tableOID)),
+               (SELECT pubinsert FROM pg_publication WHERE pubname = \(SQL.literal(setup.publication)))
         """
     }
 
     /// What changed, as the error message; nil when nothing did. Pure, for unit tests.
     static func change(setup: ReplicationSetup, identity: Identity, tableName: String?, publicationOID: UInt32?,
-                       published: Bool, nameOID: UInt32?, membershipOID: UInt32?) -> String? {
+                       published: Bool, nameOID: UInt32?, membershipOID: UInt32?, publishesInserts: Bool = true) -> String? {
         let table = setup.table.description
         let publication = setup.publication
         let backfill = "re-publish outbox rows written since the change from the table, then restart spout"
@@ -232,6 +233,11 @@ public final class PublicationWatch: Sendable {
             return "publication \"\(publication)\" no longer publishes the outbox table \(table): inserts written since never reach the slot, "
                 + "so spout stopped before confirming past the change. To recover: ALTER PUBLICATION \(SQL.identifier(publication)) ADD TABLE "
                 + "\(setup.table.sql), " + backfill
+        }
+        guard publishesInserts else {
+            return "publication \"\(publication)\" no longer publishes inserts (ALTER PUBLICATION … SET (publish = …)): inserts written since "
+                + "never reach the slot, so spout stopped before confirming past the change. To recover: ALTER PUBLICATION "
+                + "\(SQL.identifier(publication)) SET (publish = 'insert'), " + backfill
         }
         guard membershipOID == identity.membershipOID else {
             return "the outbox table \(table) was removed from publication \"\(publication)\" and added again while spout ran: inserts "

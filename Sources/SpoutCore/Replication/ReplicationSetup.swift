@@ -93,6 +93,9 @@ public struct ReplicationSetup: Sendable {
                AND schemaname = \(SQL.literal(table.schema)) AND tablename = \(SQL.literal(table.name))
             """, context: "cannot look up publication \"\(publication)\"")
         guard !publishes.isEmpty else { throw .publicationLacksTable(publication: publication, table: table.sql) }
+        let inserts = try connection.query("SELECT pubinsert FROM pg_publication WHERE pubname = \(SQL.literal(publication))",
+                                           context: "cannot look up publication \"\(publication)\"").first?.first ?? nil
+        guard inserts == "t" else { throw .publicationLacksInserts(publication: publication) }
         // Every insert the publication sends must be an event: a publication shared with other
         // tables (or FOR ALL TABLES) would stop spout at their first insert, so say it now.
         let others = try connection.query("""
