@@ -26,6 +26,11 @@ enum ConfigurationReport {
         lines.append(("on-poison", relay.onPoison.name))
         if case let .deadLetter(topic) = relay.onPoison { lines.append(("dead-letter-topic", topic)) }
         lines.append(("max-retries", relay.maxRetries.map(String.init) ?? "none (retry forever)"))
+        // issue 14: AMQP sink
+        if let scheme = sink.split(separator: ":").first?.lowercased(), scheme == "amqp" || scheme == "amqps" {
+            lines.append(("amqp-exchange", settings.given(.amqpExchange)?.value ?? SinkOptions().amqpExchange))
+            lines.append(("amqp-declare", (try? settings.flag(.amqpDeclare)) == true ? "true" : "false"))
+        }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

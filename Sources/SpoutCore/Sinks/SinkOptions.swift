@@ -14,6 +14,11 @@ public struct SinkOptions: Sendable {
     public var redisIDs: RedisIDs = .server
     /// Create a JetStream stream of this name covering the topics when none exists.
     public var natsCreateStream: String?
+    // issue 14: AMQP sink
+    /// The exchange events are published to, routing key = topic (`--amqp-exchange`).
+    public var amqpExchange = "outbox"
+    /// Declare it (a durable topic exchange) instead of only checking that it exists (`--amqp-declare`).
+    public var amqpDeclare = false
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 
