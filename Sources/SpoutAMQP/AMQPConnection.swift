@@ -170,11 +170,18 @@ final class AMQPConnection: @unchecked Sendable {
 
     // MARK: Publishing
 
-    /// Whether the socket takes more bytes now: publishing into a full socket would block the
-    /// relay until the broker reads again.
-    var isWritable: Bool {
+    /// Bytes the socket takes now without blocking, as far as the kernel tells (nil: the socket
+    /// is full). librabbitmq writes a publish whole, waiting as long as it takes, so the relay
+    /// only publishes what fits: a broker that stops reading must not hold up its thread.
+    var sendSpace: Int? {
         var descriptor = pollfd(fd: self.descriptor, events: Int16(POLLOUT), revents: 0)
-        return Glibc.poll(&descriptor, 1, 0) > 0
+        guard Glibc.poll(&descriptor, 1, 0) > 0 else { return nil }
+        var buffer: Int32 = 0, unsent: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(self.descriptor, SOL_SOCKET, SO_SNDBUF, &buffer, &length) == 0,
+              ioctl(self.descriptor, UInt(TIOCOUTQ), &unsent) == 0 else { return 0 }
+        // The kernel doubles SO_SNDBUF for its bookkeeping: half of it is what data may use.
+        return max(0, Int(buffer) / 2 - Int(unsent))
     }
 
     /// Publishes one message on channel 1, mandatory and persistent; returns librabbitmq's status.

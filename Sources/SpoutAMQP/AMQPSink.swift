@@ -194,7 +194,7 @@ final class AMQPAdapter: DeliveryAdapter {
 
     private func publishWaiting(on connection: AMQPConnection, _ engine: DeliveryEngine) {
         guard !blocked, !engine.isStopped, engine.hasWaiting else { return }
-        guard connection.isWritable else {
+        guard var space = connection.sendSpace else {
             socketFull = true
             return
         }
@@ -206,6 +206,14 @@ final class AMQPAdapter: DeliveryAdapter {
                 engine.fail(ticket, problem)
                 continue
             }
+            // The frames' size, near enough; the first event goes out whatever its size (the
+            // socket is writable), so one larger than the socket's buffer is not held back.
+            let size = (engine.size(ticket) ?? event.payload.count) + 256
+            if size > space, events > 0 {
+                socketFull = true
+                break
+            }
+            space -= size
             let status = message.publish(event, on: connection)
             guard status == AMQP_STATUS_OK.rawValue else {
                 abandon(engine, reason: "publishing: \(AMQPConnection.describe(status: status))")
