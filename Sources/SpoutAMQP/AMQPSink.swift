@@ -132,7 +132,8 @@ final class AMQPAdapter: DeliveryAdapter {
             return
         }
         do {
-            try connection.readFrames { handle($0, engine) }
+            // Frames read after the connection was dropped (a close, a nack that retries) belong to nothing.
+            try connection.readFrames { incoming in if self.connection === connection { handle(incoming, engine) } }
         } catch {
             if self.connection === connection { abandon(engine, reason: error.reason) }
             return
@@ -193,7 +194,7 @@ final class AMQPAdapter: DeliveryAdapter {
     // MARK: Publishing
 
     private func publishWaiting(on connection: AMQPConnection, _ engine: DeliveryEngine) {
-        guard !blocked, !engine.isStopped, engine.hasWaiting else { return }
+        guard !blocked, !engine.isStopped, !engine.isBackingOff, engine.hasWaiting else { return }
         guard var space = connection.sendSpace else {
             socketFull = true
             return
@@ -234,14 +235,23 @@ final class AMQPAdapter: DeliveryAdapter {
         case let .ack(tag, multiple):
             confirm(tag, multiple: multiple) { ticket in acknowledged(ticket, engine) }
         case let .nack(tag, multiple):
-            var refused: UInt64?
-            confirm(tag, multiple: multiple) { ticket in if refused == nil { refused = ticket } }
-            guard let refused else { return }
-            let reason = "the broker refused event publishing (basic.nack)"
-            engine.refusedTransiently(refused, reason: reason,
-                                      warning: "the AMQP broker at \(url.address) refused an event (basic.nack: a queue rejects publishes or the broker failed); publishing again with backoff")
-            // A retry puts every sent event back to waiting: their tags on this channel mean nothing now.
-            if engine.isBackingOff { drop() }
+            var refused: [UInt64] = []
+            confirm(tag, multiple: multiple) { refused.append($0) }
+            // The first refusal backs off (every sent event waits to be published again); the
+            // others only count toward --max-retries. The channel stays: confirms still due for
+            // earlier tags acknowledge their events even while those wait to go again.
+            var retrying = engine.isBackingOff
+            // An event a confirm of its earlier copy acknowledged meanwhile is done: not refused.
+            for ticket in refused where engine.state(ticket).map({ $0 != .finished }) ?? false {
+                let reason = "the broker refused it (basic.nack)"
+                if retrying {
+                    _ = engine.refusalExhaustsRetries(ticket, reason: reason)
+                } else {
+                    engine.refusedTransiently(ticket, reason: reason,
+                                              warning: "the AMQP broker at \(url.address) refused an event (basic.nack: a queue that rejects publishes when full, or a broker failure); publishing again with backoff")
+                    retrying = engine.isBackingOff
+                }
+            }
         case let .returned(messageID, code, text, routingKey):
             returned.append((messageID, code, text, routingKey))
         case let .closed(channel, code, text):
@@ -317,10 +327,11 @@ final class AMQPAdapter: DeliveryAdapter {
             wakeup.watch(socket: nil, connection: generation, reading: false, writing: false)
             return !connecting && !engine.isBackingOff && !engine.isStopped ? clock.now : nil
         }
-        wakeup.watch(socket: connection.descriptor, connection: generation, reading: true, writing: socketFull && engine.hasWaiting && !blocked)
+        wakeup.watch(socket: connection.descriptor, connection: generation, reading: true,
+                     writing: socketFull && engine.hasWaiting && !blocked && !engine.isBackingOff)
         let now = clock.now
         if connection.hasBufferedInput { return now }
-        if engine.hasWaiting, !socketFull, !blocked, !engine.isStopped { return now }
+        if engine.hasWaiting, !socketFull, !blocked, !engine.isStopped, !engine.isBackingOff { return now }
         var deadline: ContinuousClock.Instant?
         if connection.heartbeat > 0 { deadline = now + .seconds(max(1, connection.heartbeat / 2)) }
         if let waitingSince, !blocked {

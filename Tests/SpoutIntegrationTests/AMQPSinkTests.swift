@@ -207,6 +207,31 @@ final class AMQPSinkTests: XCTestCase {
         }
     }
 
+    /// A queue that refuses publishes when full makes the broker nack them: each refused event
+    /// is published again with backoff, and after --max-retries it is poison (here: skipped);
+    /// the events the queue took are confirmed once, not refused again.
+    func testNackedEventsAreRetriedThenPoison() throws {
+        let (server, client) = try broker()
+        let exchange = name("ex"), queue = name("q")
+        try client.setUp(exchange: exchange, queue: queue, keys: ["#"], rejectAbove: 5)
+        let outbox = try OutboxFixture("amqpnack")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.url, "--amqp-exchange", exchange, "--on-poison", "skip", "--max-retries", "1"]
+                                     + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let ids = try outbox.insert(try TestDatabase.connect(), rows: 8, key: { _ in "k" }, payload: { "{\"seq\": \($0)}" })
+        try waitConfirmed(outbox, past: try outbox.currentLSN())
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(timeout: 30), 0, spout.stderr)
+
+        XCTAssertEqual(try client.drain(queue).compactMap(\.sequence), [0, 1, 2, 3, 4], "the queue took the first five, once each")
+        for id in ids.suffix(3) {
+            XCTAssertTrue(spout.stderr.contains("skipped event \"\(id)\"") && spout.stderr.contains("more than --max-retries 1"), spout.stderr)
+        }
+        XCTAssertEqual(spout.stderr.components(separatedBy: "skipped event").count - 1, 3, spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("basic.nack"), spout.stderr)
+    }
+
     /// A wrong password stops spout at start with one error naming the user and the broker,
     /// never the password; a missing exchange names the fix.
     func testWrongPasswordAndMissingExchangeAreClearStartupErrors() throws {

@@ -72,8 +72,10 @@ struct PikaClient {
 
     /// Declares `exchange` (a durable topic exchange, as spout's --amqp-declare does) and the
     /// durable `queue`, bound for each of `keys`.
-    func setUp(exchange: String, queue: String, keys: [String]) throws {
-        _ = try run(["setup", exchange, queue] + keys)
+    /// With `rejectAbove`, the queue holds at most that many messages and refuses more
+    /// (`x-overflow: reject-publish`: the broker nacks them).
+    func setUp(exchange: String, queue: String, keys: [String], rejectAbove: Int? = nil) throws {
+        _ = try run(["setup", exchange, queue, rejectAbove.map(String.init) ?? "-"] + keys)
     }
 
     /// Ready messages in `queue`.
@@ -113,9 +115,10 @@ struct PikaClient {
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
         if command == "setup":
-            exchange, queue, keys = args[0], args[1], args[2:]
+            exchange, queue, limit, keys = args[0], args[1], args[2], args[3:]
             channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-            channel.queue_declare(queue, durable=True)
+            bounded = {"x-max-length": int(limit), "x-overflow": "reject-publish"} if limit != "-" else None
+            channel.queue_declare(queue, durable=True, arguments=bounded)
             for key in keys:
                 channel.queue_bind(queue, exchange, routing_key=key)
         elif command == "count":
