@@ -64,13 +64,8 @@ final class AMQPAdapter: DeliveryAdapter {
     private var connecting = false
     /// Connections made so far: tells the wakeup a new socket from an old one with its number.
     private var generation = 0
-    /// The tickets published on this connection from `head` on, by delivery tag (`tickets[head]`
-    /// has `headTag`, the next one tag + 1; the broker numbers publishes from 1 per channel);
-    /// confirmed ones are `done`.
-    private var tickets: [UInt64] = []
-    private var head = 0
-    /// The delivery tag of `tickets[head]`.
-    private var headTag: UInt64 = 1
+    /// The tickets published on this connection's channel, by delivery tag.
+    private var tags: AMQPDeliveryTags
     /// Returned (unroutable) messages waiting for their basic.ack.
     private var returned: [(messageID: String, code: UInt16, text: String, routingKey: String)] = []
     private var blocked = false
@@ -79,7 +74,6 @@ final class AMQPAdapter: DeliveryAdapter {
     /// The last publish stopped at a full socket: wait for it to be writable.
     private var socketFull = false
     private let message = AMQPMessage()
-    private static let done = UInt64.max
 
     init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         self.url = try AMQPURL(parsing: url)
@@ -89,7 +83,7 @@ final class AMQPAdapter: DeliveryAdapter {
         self.log = log
         worker = AMQPConnectWorker(url: self.url, exchange: exchange, declare: declare, timeout: Self.connectTimeout)
         message.setExchange(exchange)
-        tickets.reserveCapacity(min(max(options.maxInFlightEvents, 16), 65_536))
+        tags = AMQPDeliveryTags(capacity: min(max(options.maxInFlightEvents, 16), 65_536))
     }
 
     static func checkExchange(_ name: String) throws(SpoutError) {
@@ -152,9 +146,7 @@ final class AMQPAdapter: DeliveryAdapter {
         case let .success(new):
             connection = new
             generation += 1
-            tickets.removeAll(keepingCapacity: true)
-            head = 0
-            headTag = 1
+            tags.reset()
             returned.removeAll()
             blocked = false
             waitingSince = nil
@@ -183,8 +175,7 @@ final class AMQPAdapter: DeliveryAdapter {
 
     private func drop() {
         connection = nil
-        tickets.removeAll(keepingCapacity: true)
-        head = 0
+        tags.reset()
         returned.removeAll()
         blocked = false
         waitingSince = nil
@@ -221,7 +212,7 @@ final class AMQPAdapter: DeliveryAdapter {
                 return
             }
             engine.markSent(ticket)
-            tickets.append(ticket)
+            tags.published(ticket)
             if waitingSince == nil { waitingSince = clock.now }
             events += 1
             bytes += event.payload.count
@@ -265,31 +256,10 @@ final class AMQPAdapter: DeliveryAdapter {
         }
     }
 
-    /// Marks `tag` (and with `multiple` every earlier tag) confirmed, passing each ticket once.
+    /// Passes each ticket a confirm covers; the confirm timeout starts again from it.
     private func confirm(_ tag: UInt64, multiple: Bool, _ each: (UInt64) -> Void) {
-        let pending = tickets.count - head
-        // A tag below the window was confirmed already; one above it was never published here.
-        guard pending > 0, tag >= headTag, tag - headTag < UInt64(pending) else { return }
-        let last = head + Int(tag - headTag)
-        for index in (multiple ? head : last)...last where tickets[index] != Self.done {
-            each(tickets[index])
-            tickets[index] = Self.done
-        }
-        while head < tickets.count, tickets[head] == Self.done {
-            head += 1
-            headTag += 1
-        }
-        if head == tickets.count {
-            tickets.removeAll(keepingCapacity: true)
-            head = 0
-            waitingSince = nil
-        } else {
-            waitingSince = clock.now
-            if head >= 4096, head * 2 >= tickets.count {
-                tickets.removeFirst(head)
-                head = 0
-            }
-        }
+        tags.confirm(tag, multiple: multiple, each)
+        waitingSince = tags.unconfirmed > 0 ? clock.now : nil
     }
 
     private func acknowledged(_ ticket: UInt64, _ engine: DeliveryEngine) {
