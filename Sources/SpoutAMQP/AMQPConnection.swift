@@ -77,7 +77,11 @@ final class AMQPConnection: @unchecked Sendable {
         guard let socket = amqp_tcp_socket_new(state) else { throw .transient("out of memory") }
         var limit = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
         let opened = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &limit)
-        guard opened == AMQP_STATUS_OK.rawValue else { throw .transient(describe(status: opened)) }
+        guard opened == AMQP_STATUS_OK.rawValue else {
+            // librabbitmq closes the socket before returning, which loses connect(2)'s errno.
+            if opened == AMQP_STATUS_SOCKET_ERROR.rawValue { throw .transient("connection refused or host unreachable") }
+            throw .transient(describe(status: opened))
+        }
         amqp_set_handshake_timeout(state, &limit)
         amqp_set_rpc_timeout(state, &limit)
 
@@ -157,7 +161,8 @@ final class AMQPConnection: @unchecked Sendable {
     static func describe(status: Int32) -> String {
         guard let text = amqp_error_string2(status) else { return "error \(status)" }
         var reason = String(cString: text)
-        if status == AMQP_STATUS_TCP_ERROR.rawValue || status == AMQP_STATUS_SOCKET_ERROR.rawValue, errno != 0 {
+        if status == AMQP_STATUS_TCP_ERROR.rawValue || status == AMQP_STATUS_SOCKET_ERROR.rawValue,
+           errno != 0, errno != EINPROGRESS, errno != EAGAIN {
             reason += " (\(String(cString: strerror(errno))))"
         }
         return reason
