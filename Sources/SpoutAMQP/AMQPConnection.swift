@@ -15,6 +15,8 @@ final class AMQPConnection: @unchecked Sendable {
         /// A refusal that a retry would only repeat (wrong password, missing vhost or exchange).
         var permanent: Bool
         var reason: String
+        /// The broker's reply code when it refused a step (403, 404, 406, 530…).
+        var code: UInt16?
         var description: String { reason }
 
         static func transient(_ reason: String) -> Failure { Failure(permanent: false, reason: reason) }
@@ -87,11 +89,13 @@ final class AMQPConnection: @unchecked Sendable {
 
         let login = spout_amqp_login_plain(state, url.vhost, frameMax, heartbeatSeconds, url.user, url.password)
         if var failure = failure(of: login, step: "login") {
-            if failure.reason.hasPrefix("403") {
+            switch failure.code {
+            case 403:
                 failure.reason = "the login of user \"\(url.user)\" was refused (\(failure.reason)): fix the user or password in --sink"
-            } else if failure.reason.hasPrefix("530") {
+            case 530:
                 failure.reason = "vhost \"\(url.vhost)\" does not exist or user \"\(url.user)\" may not use it (\(failure.reason)): "
                     + "create it and grant permissions (rabbitmqctl add_vhost, set_permissions), or fix the vhost in --sink"
+            default: break
             }
             throw failure
         }
@@ -110,17 +114,16 @@ final class AMQPConnection: @unchecked Sendable {
             }
         }
         if var declared {
-            if declared.reason.hasPrefix("404") {
+            switch declared.code {
+            case 404:
                 declared.reason = "exchange \"\(exchange)\" does not exist in vhost \"\(url.vhost)\": declare it (a durable topic exchange) or start spout with --amqp-declare"
-                declared.permanent = true
-            } else if declared.reason.hasPrefix("406") {
+            case 406:
                 declared.reason = "exchange \"\(exchange)\" exists with other settings than a durable topic exchange (\(declared.reason)): "
                     + "delete it or name another with --amqp-exchange"
-                declared.permanent = true
-            } else if declared.reason.hasPrefix("403") {
+            case 403:
                 declared.reason = "user \"\(url.user)\" may not \(declare ? "declare" : "use") exchange \"\(exchange)\" in vhost \"\(url.vhost)\" (\(declared.reason)): "
                     + "grant configure and write permissions (rabbitmqctl set_permissions)"
-                declared.permanent = true
+            default: break
             }
             throw declared
         }
@@ -150,7 +153,7 @@ final class AMQPConnection: @unchecked Sendable {
             }
             // 403 ACCESS_REFUSED, 404 NOT_FOUND, 406 PRECONDITION_FAILED, 530 NOT_ALLOWED (vhost):
             // the broker says no, and will say it again. 320 CONNECTION_FORCED and the rest pass.
-            return Failure(permanent: [403, 404, 406, 530].contains(code), reason: "\(code) \(text)")
+            return Failure(permanent: [403, 404, 406, 530].contains(code), reason: "\(code) \(text)", code: code)
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
             return .transient("\(step): \(describe(status: reply.library_error))")
         default:
