@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "SpoutKafka", targets: ["SpoutKafka"]),
         .library(name: "SpoutRedis", targets: ["SpoutRedis"]),
         .library(name: "SpoutNATS", targets: ["SpoutNATS"]),
+        .library(name: "SpoutAMQP", targets: ["SpoutAMQP"]),
         .library(name: "SpoutSinks", targets: ["SpoutSinks"]),
     ],
     dependencies: [
@@ -34,6 +35,7 @@ let package = Package(
         .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CNats", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
+        .systemLibrary(name: "CRabbitMQ", pkgConfig: "librabbitmq", providers: [.apt(["librabbitmq-dev"])]),
         // Decode, replicate, map, the replication session and the delivery engine: libpq only.
         .target(
             name: "SpoutCore",
@@ -48,8 +50,9 @@ let package = Package(
         .target(name: "SpoutKafka", dependencies: ["SpoutCore", "CRdKafka", .product(name: "Metrics", package: "swift-metrics")]),
         .target(name: "SpoutRedis", dependencies: ["SpoutCore", "CHiredis", .product(name: "Metrics", package: "swift-metrics")]),
         .target(name: "SpoutNATS", dependencies: ["SpoutCore", "CNats", .product(name: "Metrics", package: "swift-metrics")]),
-        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://).
-        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS"]),
+        .target(name: "SpoutAMQP", dependencies: ["SpoutCore", "CRabbitMQ", .product(name: "Metrics", package: "swift-metrics")]),
+        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://, amqp://).
+        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP"]),
         // /metrics, /healthz and /readyz: swift-prometheus behind a Hummingbird server on its own threads.
         .target(
             name: "SpoutObservability",
@@ -87,14 +90,14 @@ let package = Package(
         .testTarget(
             name: "SpoutSinkTests",
             dependencies: [
-                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "CRdKafka", "CNats",
+                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "CRdKafka", "CNats",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(
             name: "SpoutIntegrationTests",
             dependencies: [
-                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "spout", "spout-kafka-mock",
+                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "spout", "spout-kafka-mock",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

@@ -1,3 +1,4 @@
+import SpoutAMQP
 import SpoutCore
 import SpoutKafka
 import SpoutNATS
@@ -8,7 +9,7 @@ import SpoutRedis
 public enum SinkRegistry {
     public static func makeSink(_ url: String, options: SinkOptions = SinkOptions(), log: Log = Log()) throws(SpoutError) -> Sink {
         guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222 or amqp://user:password@host:5672/vhost")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
@@ -24,8 +25,10 @@ public enum SinkRegistry {
             return try RedisStreamSink(url: url, options: options, log: log)
         case "nats":
             return try NATSJetStreamSink(url: url, options: options, log: log)
+        case "amqp", "amqps":
+            return try AMQPSink(url: url, options: options, log: log)
         default:
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222 or amqp://user:password@host:5672/vhost")
         }
     }
 
@@ -40,6 +43,7 @@ public enum SinkRegistry {
             _ = try KafkaSink.messageTimeout(properties)
         case "redis": _ = try RedisURL(parsing: url)
         case "nats": _ = try NATSEndpoint(url)
+        case "amqp", "amqps": try AMQPSink.validate(url: url, options: options)
         default: _ = try makeSink(url, options: options)
         }
     }

@@ -30,6 +30,11 @@ enum ConfigurationReport {
         let cloudEvents = try? SinkOptionGroup.cloudEvents(settings)
         lines.append(("envelope", cloudEvents == nil ? "none" : "cloudevents"))
         if let cloudEvents { lines.append(("ce-source", cloudEvents.source)) }
+        // issue 14: AMQP sink
+        if let scheme = sink.split(separator: ":").first?.lowercased(), scheme == "amqp" || scheme == "amqps" {
+            lines.append(("amqp-exchange", settings.given(.amqpExchange)?.value ?? SinkOptions().amqpExchange))
+            lines.append(("amqp-declare", (try? settings.flag(.amqpDeclare)) == true ? "true" : "false"))
+        }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

@@ -33,6 +33,8 @@ enum Setting: String, CaseIterable {
     case onPoison = "on-poison", deadLetterTopic = "dead-letter-topic", maxRetries = "max-retries"
     // issue 13: CloudEvents envelope
     case envelope, ceSource = "ce-source"
+    // issue 14: AMQP sink
+    case amqpExchange = "amqp-exchange", amqpDeclare = "amqp-declare"
 
     var flag: String { "--" + rawValue }
 

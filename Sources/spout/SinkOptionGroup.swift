@@ -6,7 +6,7 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222 (default: stdout://). [SPOUT_SINK]",
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost (default: stdout://). [SPOUT_SINK]",
         valueName: "url"))
     var sinkFlag: String?
 
@@ -39,10 +39,19 @@ struct SinkOptionGroup: ParsableArguments {
         "The CloudEvents source attribute (default: /postgres/<database>/<table>). [SPOUT_CE_SOURCE]", valueName: "uri-reference"))
     var ceSourceFlag: String?
 
+    // issue 14: AMQP sink
+    @Option(name: .customLong("amqp-exchange"), help: ArgumentHelp(
+        "The exchange AMQP events are published to, routing key = topic (default: outbox, a topic exchange). [SPOUT_AMQP_EXCHANGE]", valueName: "name"))
+    var amqpExchangeFlag: String?
+
+    @Flag(name: .customLong("amqp-declare"), help: "Declare the AMQP exchange (a durable topic exchange) instead of requiring it to exist. [SPOUT_AMQP_DECLARE]")
+    var amqpDeclareFlag = false
+
     var flags: Settings.Flags {
         Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
-                               .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag],
-                       lists: [.kafkaProperty: kafkaPropertyFlags])
+                               .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag,
+                               .amqpExchange: amqpExchangeFlag],
+                       lists: [.kafkaProperty: kafkaPropertyFlags], switches: [.amqpDeclare: amqpDeclareFlag])
     }
 
     /// The options alone, checked: run validates them all before it connects anywhere.
@@ -67,6 +76,9 @@ struct SinkOptionGroup: ParsableArguments {
         }
         options.natsCreateStream = settings.given(.natsCreateStream)?.value
         options.cloudEvents = try cloudEvents(settings)
+        // issue 14: AMQP sink
+        if let exchange = settings.given(.amqpExchange) { options.amqpExchange = exchange.value }
+        options.amqpDeclare = try settings.flag(.amqpDeclare)
         return options
     }
 

@@ -17,6 +17,11 @@ public struct SinkOptions: Sendable {
     // issue 13: CloudEvents envelope
     /// `--envelope cloudevents`: every sink wraps events in CloudEvents (nil: `none`, as they always were).
     public var cloudEvents: CloudEventEnvelope?
+    // issue 14: AMQP sink
+    /// The exchange events are published to, routing key = topic (`--amqp-exchange`).
+    public var amqpExchange = "outbox"
+    /// Declare it (a durable topic exchange) instead of only checking that it exists (`--amqp-declare`).
+    public var amqpDeclare = false
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 
