@@ -15,7 +15,13 @@ import SpoutCore
 /// | `timestamp` | commit time, seconds since 1970 |
 /// | headers | the row's headers, then `spout-key` (the key) and `spout-source` (snapshot, backfill, dead-letter) |
 /// | body | payload, bytes as stored |
+///
+/// With `--envelope cloudevents`, binary mode as the CloudEvents RabbitMQ binding has it: the
+/// attributes as `ce-` headers (instead of the row's headers and `spout-*`), `datacontenttype`
+/// as `content_type`; the other properties stay. Dead letters are never enveloped.
 final class AMQPMessage {
+    /// `--envelope cloudevents`.
+    var cloudEvents: CloudEventEnvelope?
     private var bytes: [UInt8] = []
     /// Start and end offsets in `bytes`, two per string.
     private var spans: [Int] = []
@@ -44,9 +50,16 @@ final class AMQPMessage {
         return nil
     }
 
-    private func add(_ text: String) {
+    private func add(_ text: String, prefix: StaticString = "") {
         spans.append(bytes.count)
+        bytes.append(contentsOf: UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
         bytes.append(contentsOf: text.utf8)
+        spans.append(bytes.count)
+    }
+
+    private func add(_ text: StaticString) {
+        spans.append(bytes.count)
+        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
         spans.append(bytes.count)
     }
 
@@ -58,20 +71,34 @@ final class AMQPMessage {
         add(event.id)
         if let type = event.type { add(type) }
         var headerCount = 0
-        for header in event.headers where header.name != AMQPSink.keyHeader && header.name != AMQPSink.sourceHeader {
-            add(header.name)
-            add(header.value)
-            headerCount += 1
-        }
-        if let key = event.key {
-            add(AMQPSink.keyHeader)
-            add(key)
-            headerCount += 1
-        }
-        if let source = event.source.marker {
-            add(AMQPSink.sourceHeader)
-            add(source)
-            headerCount += 1
+        if let cloudEvents, event.source != .deadLetter {
+            cloudEvents.forEachAttribute(of: event) { name, value in
+                add(name, prefix: "ce-")
+                add(value)
+                headerCount += 1
+            }
+            add(CloudEventEnvelope.contentType(of: event))
+        } else {
+            for header in event.headers where header.name != AMQPSink.keyHeader && header.name != AMQPSink.sourceHeader {
+                add(header.name)
+                add(header.value)
+                headerCount += 1
+            }
+            if let key = event.key {
+                add(AMQPSink.keyHeader)
+                add(key)
+                headerCount += 1
+            }
+            if let source = event.source.marker {
+                add(AMQPSink.sourceHeader)
+                add(source)
+                headerCount += 1
+            }
+            switch event.payloadFormat {
+            case .json: add("application/json" as StaticString)
+            case .text: add("text/plain; charset=utf-8" as StaticString)
+            case .binary: add("application/octet-stream" as StaticString)
+            }
         }
         if headerCount > entryCapacity {
             entries.deallocate()
@@ -81,11 +108,6 @@ final class AMQPMessage {
         let entries = self.entries
         let spans = self.spans
         let hasType = event.type != nil
-        let contentType: StaticString = switch event.payloadFormat {
-        case .json: "application/json"
-        case .text: "text/plain; charset=utf-8"
-        case .binary: "application/octet-stream"
-        }
         let timestamp = UInt64(max(0, event.committedAt.unixMicroseconds / 1_000_000))
         return bytes.withUnsafeBufferPointer { buffer in
             exchange.withUnsafeBufferPointer { exchange in
@@ -100,8 +122,8 @@ final class AMQPMessage {
                     var properties = amqp_basic_properties_t()
                     properties._flags = amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG
                                                      | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG)
-                    properties.content_type = amqp_bytes_t(len: contentType.utf8CodeUnitCount,
-                                                           bytes: UnsafeMutableRawPointer(mutating: UnsafeRawPointer(contentType.utf8Start)))
+                    // The content type is the last string.
+                    properties.content_type = string(spans.count / 2 - 1)
                     properties.delivery_mode = 2
                     properties.message_id = string(index); index += 1
                     properties.timestamp = timestamp

@@ -83,6 +83,7 @@ final class AMQPAdapter: DeliveryAdapter {
         self.log = log
         worker = AMQPConnectWorker(url: self.url, exchange: exchange, declare: declare, timeout: Self.connectTimeout)
         message.setExchange(exchange)
+        message.cloudEvents = options.cloudEvents
         tags = AMQPDeliveryTags(capacity: min(max(options.maxInFlightEvents, 16), 65_536))
     }
 
@@ -95,7 +96,8 @@ final class AMQPAdapter: DeliveryAdapter {
 
     var recoveredMessage: String { "the AMQP broker at \(url.address) accepts events again" }
 
-    var needsCommitLSN: Bool { false }
+    /// CloudEvents carry the commit LSN (`ce-lsn`): the engine hands events over at their commit.
+    var needsCommitLSN: Bool { message.cloudEvents != nil }
 
     // MARK: Connection
 

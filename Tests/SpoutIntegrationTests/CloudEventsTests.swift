@@ -209,6 +209,28 @@ final class CloudEventsTests: XCTestCase {
         try check(try CloudEventsSDK.parse("redis", messages), against: rows, outbox: outbox, written: written)
     }
 
+    /// The CloudEvents RabbitMQ binding: `ce-` headers, `content_type` = datacontenttype.
+    func testAMQPBinaryMode() throws {
+        let server = try RabbitMQServer("ce-tests")
+        defer { server.stop(remove: true) }
+        let pika = try PikaClient(server.url)
+        try pika.setUp(exchange: "ce_outbox", queue: "ce_events", keys: ["#"])
+        let outbox = try outbox("ce_amqp")
+        defer { outbox.tearDown() }
+        let (rows, written, _) = try relay(outbox, sink: ["--sink", server.url, "--amqp-exchange", "ce_outbox"])
+        let stored = try pika.drain("ce_events")
+        for message in stored {
+            XCTAssertTrue(message.headers.keys.allSatisfy { $0.hasPrefix("ce-") }, "\(message.headers)")
+            XCTAssertEqual(message.contentType, "application/json")
+            XCTAssertEqual(message.messageID, message.header("ce-id"))
+        }
+        let messages: [[String: Any]] = stored.map { message in
+            ["headers": message.headers.compactMapValues { $0 as? String }, "content_type": message.contentType ?? "",
+             "body": Data(message.body.utf8).base64EncodedString()]
+        }
+        try check(try CloudEventsSDK.parse("rabbitmq", messages), against: rows, outbox: outbox, written: written)
+    }
+
     // MARK: Configuration
 
     func testEnvelopeSettingsAreCheckedAndReported() throws {

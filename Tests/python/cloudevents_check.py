@@ -8,6 +8,7 @@ input (the file named as the argument, else stdin): {"mode": MODE, "messages": [
   redis       {"fields": {name: b64}}: the fields as Kafka headers, `payload` as the value
   nats        {"headers": {name: text}, "data": b64}: the ce-* headers (percent-encoded, as in
               the HTTP binding), then bindings.http.from_binary
+  rabbitmq    {"headers": {name: text}, "content_type": text, "body": b64}: bindings.rabbitmq.from_binary
 stdout: a JSON array, one object per message: the event's attributes (time in ISO 8601) and
 `data` (JSON data as is, text as {"text": …}, bytes as {"base64": …}).
 A message the SDK refuses ends the script with status 1 and the SDK's error.
@@ -16,7 +17,7 @@ import base64
 import json
 import sys
 
-from cloudevents.core.bindings import http, kafka
+from cloudevents.core.bindings import http, kafka, rabbitmq
 from cloudevents.core.formats.json import JSONFormat
 
 
@@ -38,6 +39,10 @@ def parse(mode, message):
         # like any other (Content-Type would mean structured mode), values percent-encoded.
         headers = {name: value for name, value in message["headers"].items() if name.lower().startswith("ce-")}
         return http.from_binary(http.HTTPMessage(headers=headers, body=base64.b64decode(message["data"])), fmt)
+    if mode == "rabbitmq":
+        message = rabbitmq.RabbitMQMessage(headers=message["headers"], content_type=message["content_type"],
+                                           body=base64.b64decode(message["body"]))
+        return rabbitmq.from_binary(message, fmt)
     raise ValueError("unknown mode " + mode)
 
 
