@@ -1,3 +1,4 @@
+import SpoutAMQP
 import SpoutCore
 import SpoutKafka
 import SpoutNATS
@@ -5,7 +6,7 @@ import SpoutRedis
 
 extension SinkRegistry {
     /// `spout check`'s lines for the sink: reachable and writable, each broker asked its own
-    /// way (see `KafkaProbe`, `RedisProbe`, `NATSProbe`). A malformed URL or option throws,
+    /// way (see `KafkaProbe`, `RedisProbe`, `NATSProbe`, `AMQPProbe`). A malformed URL or option throws,
     /// as `makeSink` would.
     public static func check(_ url: String, options: SinkOptions = SinkOptions(), topic: TopicTemplate) throws(SpoutError) -> [CheckResult] {
         try validate(url, options: options)
@@ -14,6 +15,7 @@ extension SinkRegistry {
         case "kafka": return try KafkaProbe.check(url: url, options: options, topic: topic)
         case "redis": return try RedisProbe.check(url: url, options: options, topic: topic)
         case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
+        case "amqp", "amqps": return try AMQPProbe.check(url: url, options: options)
         default: return [.pass("sink", "stdout:// (always writable)")]
         }
     }

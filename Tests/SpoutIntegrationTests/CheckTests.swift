@@ -108,6 +108,29 @@ final class CheckTests: XCTestCase {
         assertStatuses(try check(outbox.arguments + ["--sink", kafka.sinkURL]), ["sink": "pass", "sink_write": "skip"], exit: 0)
     }
 
+    /// AMQP: logged in and the exchange there; a missing exchange fails unless --amqp-declare;
+    /// a wrong password fails naming the user, never the password.
+    func testAMQP() throws {
+        let outbox = try OutboxFixture("chkamqp")
+        defer { outbox.tearDown() }
+        let server = try RabbitMQServer("check-tests")
+        defer { server.stop(remove: true) }
+        try PikaClient(server.url).setUp(exchange: "chk_outbox", queue: "chk_events", keys: ["#"])
+        let passed = try check(outbox.arguments + ["--sink", server.url, "--amqp-exchange", "chk_outbox"])
+        assertStatuses(passed, ["sink": "pass", "sink_write": "pass"], exit: 0)
+        let missing = try check(outbox.arguments + ["--sink", server.url, "--amqp-exchange", "chk_missing"])
+        assertStatuses(missing, ["sink": "pass", "sink_write": "fail"], exit: 1)
+        XCTAssertTrue(missing.fix("sink_write").contains("--amqp-declare"), missing.stdout)
+        assertStatuses(try check(outbox.arguments + ["--sink", server.url, "--amqp-exchange", "chk_missing", "--amqp-declare"]),
+                       ["sink": "pass", "sink_write": "pass"], exit: 0)
+        let refused = try check(outbox.arguments + ["--sink", server.url(password: "wrong-pw"), "--amqp-exchange", "chk_outbox"])
+        assertStatuses(refused, ["sink": "fail", "sink_write": "skip"], exit: 1)
+        XCTAssertTrue(refused.detail("sink").contains("user \"spout\""), refused.stdout)
+        XCTAssertFalse(refused.stdout.contains("wrong-pw") || refused.stdout.contains("spout-test-secret"), refused.stdout)
+        let down = try check(outbox.arguments + ["--sink", "amqp://spout:pw@127.0.0.1:\(try freeLoopbackPort())/"])
+        assertStatuses(down, ["sink": "fail", "sink_write": "skip"], exit: 1)
+    }
+
     // MARK: PostgreSQL failing
 
     func testUnreachableDatabaseSkipsEveryOtherDatabaseCheck() throws {
