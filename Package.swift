@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "SpoutRedis", targets: ["SpoutRedis"]),
         .library(name: "SpoutNATS", targets: ["SpoutNATS"]),
         .library(name: "SpoutSinks", targets: ["SpoutSinks"]),
+        .library(name: "SpoutSTOMP", targets: ["SpoutSTOMP"]), // issue 14: STOMP
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -48,8 +49,10 @@ let package = Package(
         .target(name: "SpoutKafka", dependencies: ["SpoutCore", "CRdKafka", .product(name: "Metrics", package: "swift-metrics")]),
         .target(name: "SpoutRedis", dependencies: ["SpoutCore", "CHiredis", .product(name: "Metrics", package: "swift-metrics")]),
         .target(name: "SpoutNATS", dependencies: ["SpoutCore", "CNats", .product(name: "Metrics", package: "swift-metrics")]),
-        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://).
-        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS"]),
+        // issue 14: STOMP — STOMP 1.2 over a plain TCP socket (Glibc): no client library.
+        .target(name: "SpoutSTOMP", dependencies: ["SpoutCore", .product(name: "Metrics", package: "swift-metrics")]),
+        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://, stomp://).
+        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutSTOMP"]),
         // /metrics, /healthz and /readyz: swift-prometheus behind a Hummingbird server on its own threads.
         .target(
             name: "SpoutObservability",
@@ -87,14 +90,14 @@ let package = Package(
         .testTarget(
             name: "SpoutSinkTests",
             dependencies: [
-                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "CRdKafka", "CNats",
+                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "CRdKafka", "CNats", "SpoutSTOMP",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(
             name: "SpoutIntegrationTests",
             dependencies: [
-                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "spout", "spout-kafka-mock",
+                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutSTOMP", "spout", "spout-kafka-mock",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

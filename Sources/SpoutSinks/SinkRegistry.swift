@@ -2,13 +2,14 @@ import SpoutCore
 import SpoutKafka
 import SpoutNATS
 import SpoutRedis
+import SpoutSTOMP
 
 /// Every sink by its URL scheme: the one place that knows them all, so SpoutCore and each
 /// broker's target stay apart.
 public enum SinkRegistry {
     public static func makeSink(_ url: String, options: SinkOptions = SinkOptions(), log: Log = Log()) throws(SpoutError) -> Sink {
         guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222 or stomp://host:61613")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
@@ -24,8 +25,10 @@ public enum SinkRegistry {
             return try RedisStreamSink(url: url, options: options, log: log)
         case "nats":
             return try NATSJetStreamSink(url: url, options: options, log: log)
+        case "stomp", "stomp+ssl":
+            return try STOMPSink(url: url, options: options, log: log)
         default:
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379 or nats://host:4222")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222 or stomp://host:61613")
         }
     }
 
@@ -40,6 +43,7 @@ public enum SinkRegistry {
             _ = try KafkaSink.messageTimeout(properties)
         case "redis": _ = try RedisURL(parsing: url)
         case "nats": _ = try NATSEndpoint(url)
+        case "stomp", "stomp+ssl": try STOMPSink.validate(url: url, options: options)
         default: _ = try makeSink(url, options: options)
         }
     }

@@ -26,6 +26,10 @@ enum ConfigurationReport {
         lines.append(("on-poison", relay.onPoison.name))
         if case let .deadLetter(topic) = relay.onPoison { lines.append(("dead-letter-topic", topic)) }
         lines.append(("max-retries", relay.maxRetries.map(String.init) ?? "none (retry forever)"))
+        // issue 14: STOMP
+        if sink.lowercased().hasPrefix("stomp") {
+            lines.append(("stomp-destination", settings.given(.stompDestination)?.value ?? SinkOptions().stompDestination))
+        }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

@@ -31,6 +31,8 @@ enum Setting: String, CaseIterable {
     case metricsAddress = "metrics-address", unreadyAfter = "unready-after"
     // issue 13: poison events and retries
     case onPoison = "on-poison", deadLetterTopic = "dead-letter-topic", maxRetries = "max-retries"
+    // issue 14: STOMP
+    case stompDestination = "stomp-destination"
 
     var flag: String { "--" + rawValue }
 

@@ -6,7 +6,7 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222 (default: stdout://). [SPOUT_SINK]",
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, stomp://user:password@host:61613[/vhost] (default: stdout://). [SPOUT_SINK]",
         valueName: "url"))
     var sinkFlag: String?
 
@@ -29,9 +29,15 @@ struct SinkOptionGroup: ParsableArguments {
         "Create a JetStream stream of this name covering the topics when no stream does. [SPOUT_NATS_CREATE_STREAM]", valueName: "name"))
     var natsCreateStreamFlag: String?
 
+    // issue 14: STOMP
+    @Option(name: .customLong("stomp-destination"), help: ArgumentHelp(
+        "STOMP destination of each event, a template over {topic}, {key}, {type}, {id} or an event header (default: /topic/{topic}). [SPOUT_STOMP_DESTINATION]",
+        valueName: "template"))
+    var stompDestinationFlag: String?
+
     var flags: Settings.Flags {
         Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
-                               .natsCreateStream: natsCreateStreamFlag],
+                               .natsCreateStream: natsCreateStreamFlag, .stompDestination: stompDestinationFlag],
                        lists: [.kafkaProperty: kafkaPropertyFlags])
     }
 
@@ -56,6 +62,7 @@ struct SinkOptionGroup: ParsableArguments {
             options.redisIDs = ids
         }
         options.natsCreateStream = settings.given(.natsCreateStream)?.value
+        if let destination = settings.given(.stompDestination) { options.stompDestination = destination.value } // issue 14: STOMP
         return options
     }
 
@@ -86,6 +93,7 @@ struct SinkOptionGroup: ParsableArguments {
     private static func relabelled(_ error: Error, sink: Sourced, settings: Settings) -> Error {
         guard let error = error as? SpoutError, case let .invalidOption(message) = error else { return error }
         if message.hasPrefix(Setting.sink.flag) { return sink.relabel(error) }
+        if message.hasPrefix(Setting.stompDestination.flag) { return settings.given(.stompDestination)?.relabel(error) ?? error } // issue 14: STOMP
         let prefix = Setting.kafkaProperty.flag + " "
         guard message.hasPrefix(prefix) else { return error }
         let name = message.dropFirst(prefix.count).prefix { $0 != ":" && $0 != " " }

@@ -14,6 +14,9 @@ public struct SinkOptions: Sendable {
     public var redisIDs: RedisIDs = .server
     /// Create a JetStream stream of this name covering the topics when none exists.
     public var natsCreateStream: String?
+    // issue 14: STOMP
+    /// `--stomp-destination`: each SEND's destination, a template over the event.
+    public var stompDestination = "/topic/{topic}"
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 
