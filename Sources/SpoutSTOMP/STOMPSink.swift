@@ -8,11 +8,13 @@ import SpoutCore
 /// the acknowledgement (servers answer in order); SENDs are pipelined on one connection.
 ///
 /// An `ERROR` frame refuses a frame and ends the connection: at CONNECT it is a wrong login or
-/// virtual host, which stops spout at once; after, it names the refused event (`receipt-id`,
-/// else the oldest unacknowledged one, as receipts come in order). A refusal that will not
-/// pass (no such exchange or queue, an invalid destination, access refused, too large) is
-/// the event's permanent failure (`--on-poison`); any other is retried with backoff. Either
-/// way the events sent after it go out again on the next connection, in order.
+/// virtual host, which stops spout at once. After, a refusal that will not pass (no such
+/// exchange or queue, an invalid destination, access refused, too large) is an event's
+/// permanent failure (`--on-poison`); any other is retried with backoff. Which event: the one
+/// its `receipt-id` names, or the only one in flight. RabbitMQ names none, and its RECEIPTs
+/// (sent once the message is confirmed) may still be due for events before the refused one,
+/// so with several in flight spout resends them one at a time until the refusal repeats with
+/// one event on the wire. Events sent after a refused one go out again on a new connection.
 ///
 /// Heart-beats are negotiated (spout offers 10 s both ways): spout sends an EOL when it has
 /// written nothing for half the agreed interval, and a server silent for twice its interval
@@ -68,6 +70,10 @@ final class STOMPAdapter: DeliveryAdapter {
     private var lastWrite = ContinuousClock.now
     /// When a RECEIPT last arrived, or the first event went out with none outstanding.
     private var lastProgress = ContinuousClock.now
+    /// The newest ticket written on this connection.
+    private var lastSentTicket: UInt64?
+    /// After an ERROR that names no event: events up to this ticket go out one at a time.
+    private var isolateThrough: UInt64?
     /// Event header names left out as reserved, each warned about once.
     private var warnedHeaders: Set<String> = []
 
@@ -126,6 +132,7 @@ final class STOMPAdapter: DeliveryAdapter {
 
     private func disconnect() {
         phase = .disconnected
+        lastSentTicket = nil
         decoder.reset()
         output.removeAll(keepingCapacity: true)
         written = 0
@@ -356,6 +363,13 @@ final class STOMPAdapter: DeliveryAdapter {
         let now = clock.now
         if engine.sentCount == 0 { lastProgress = now }
         while let ticket = next, output.count - written < Self.maxUnwrittenBytes {
+            if let through = isolateThrough {
+                if ticket > through {
+                    isolateThrough = nil
+                } else if engine.sentCount > 0 {
+                    return
+                }
+            }
             next = engine.waitingTicket(after: ticket)
             guard let event = engine.event(ticket) else { continue }
             let (rendered, dropped) = STOMPFrameEncoder.appendSend(event, receipt: ticket, to: &output) { event, bytes in
@@ -370,19 +384,26 @@ final class STOMPAdapter: DeliveryAdapter {
                 log.warning("event header \"\(Log.escaped(dropped))\" is not passed to STOMP: spout sets that header itself (first seen on event \"\(Log.escaped(event.id))\")")
             }
             engine.markSent(ticket, at: now)
+            lastSentTicket = ticket
         }
     }
 
     /// An ERROR after CONNECTED: the server refused a frame and closes the connection.
     private func refused(_ frame: STOMPFrame, _ engine: DeliveryEngine) {
         let detail = Self.describe(frame)
+        let inFlight = engine.sentCount
         let named = frame.header("receipt-id").flatMap { UInt64($0) }.flatMap { engine.state($0) == .sent ? $0 : nil }
-        let ticket = named ?? oldestSent(engine)
+            ?? (inFlight == 1 ? oldestSent(engine) : nil)
         let lowered = detail.lowercased()
         let permanent = Self.permanentMarkers.contains { lowered.contains($0) }
         let address = endpoint.address
+        let newest = lastSentTicket
         disconnect()
-        if permanent, let ticket {
+        if permanent, named == nil, inFlight > 1, let newest {
+            isolateThrough = max(isolateThrough ?? 0, newest)
+            engine.retry(after: detail, warning: "the STOMP server at \(address) refused one of \(inFlight) events in flight without saying which (\(detail)); "
+                         + "sending them again one at a time to find it")
+        } else if permanent, let ticket = named {
             let shown = engine.event(ticket).map { event -> String in
                 var bytes: [UInt8] = []
                 return destination.append(event, to: &bytes) ? " to \"\(Log.escaped(String(decoding: bytes, as: UTF8.self)))\"" : ""

@@ -1,0 +1,218 @@
+import Foundation
+import SpoutCore
+import XCTest
+
+/// The STOMP sink against RabbitMQ's STOMP plugin (scripts/rabbitmq-start, one server for the
+/// class), through the `spout` executable; messages read back with stomp.py from durable
+/// queues declared before spout publishes.
+final class STOMPSinkTests: XCTestCase {
+    nonisolated(unsafe) private static var shared: RabbitMQServer?
+    nonisolated(unsafe) private static var startError: Error?
+
+    override class func setUp() {
+        super.setUp()
+        do { shared = try RabbitMQServer("stomp-tests") } catch { startError = error }
+    }
+
+    override class func tearDown() {
+        shared?.remove()
+        shared = nil
+        super.tearDown()
+    }
+
+    private func server() throws -> RabbitMQServer {
+        _ = try STOMPConsumer.pythonPath
+        if let startError { throw startError }
+        return try XCTUnwrap(Self.shared)
+    }
+
+    /// 1,000 events and one with awkward headers arrive once each, in commit order, with
+    /// spout's headers and the row's (escaped on the wire, as they were in the row); a row
+    /// header that would steer the frame is left out with one warning. The slot confirms them.
+    func testEventsArriveInOrderWithHeaders() throws {
+        let server = try server()
+        let queue = TestDatabase.uniqueName("q")
+        try STOMPConsumer.declare(server, queue: queue)
+        let outbox = try OutboxFixture("stomp")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+
+        let writer = try OutboxWriter(outbox)
+        try writer.write(transactions: 100, rows: 10)
+        let special = try XCTUnwrap(try outbox.admin.value("""
+            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, headers)
+            VALUES ('special', 'key:with:colons', 'Odd', '"text"',
+                    '{"colon:name": "a:b", "multi": "line1\\nline2\\r", "back": "x\\\\y", "destination": "/queue/elsewhere"}')
+            RETURNING id
+            """))
+        let written = try outbox.currentLSN()
+        try eventually(timeout: 60, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let messages = try STOMPConsumer.drain(server, queue: queue, distinct: 1_001)
+        XCTAssertEqual(messages.compactMap(\.id), writer.ids + [special], "each event once, in commit order")
+        XCTAssertEqual(messages.prefix(1_000).compactMap(\.seq), Array(0..<1_000))
+        let first = try XCTUnwrap(messages.first)
+        XCTAssertEqual(first.headers["spout-key"], "k0")
+        XCTAssertEqual(first.headers["spout-event-type"], "Created")
+        XCTAssertEqual(first.headers["h"], "v", "the row's headers")
+        XCTAssertEqual(first.headers["content-type"], "application/json")
+        XCTAssertEqual(first.headers["persistent"], "true")
+        let odd = try XCTUnwrap(messages.last)
+        XCTAssertEqual(odd.headers["spout-key"], "key:with:colons")
+        XCTAssertEqual(odd.headers["colon:name"], "a:b")
+        XCTAssertEqual(odd.headers["multi"], "line1\nline2\r")
+        XCTAssertEqual(odd.headers["back"], "x\\y")
+        XCTAssertEqual(odd.headers["destination"], "/queue/\(queue)", "a row header cannot steer the frame")
+        XCTAssertEqual(odd.body, "\"text\"", "payload as stored")
+        XCTAssertEqual(spout.stderr.components(separatedBy: "is not passed to STOMP").count - 1, 1, spout.stderr)
+    }
+
+    /// SIGKILL of spout in the middle of a stream, then a restart: every event arrives at least
+    /// once, and per key in commit order. The writer runs until after the kill.
+    func testSpoutCrashAndRestartDeliversEverythingInOrder() throws {
+        let server = try server()
+        let queue = TestDatabase.uniqueName("q")
+        try STOMPConsumer.declare(server, queue: queue)
+        let outbox = try OutboxFixture("stompcrash")
+        defer { outbox.tearDown() }
+        let arguments = ["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments
+
+        let first = try SpoutProcess(arguments + ["--max-in-flight", "50"])
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 10, pause: 2_000)
+        try eventually("the first run delivered some events") {
+            let transactions = writer.transactions
+            guard transactions.count > 80, let confirmed = try outbox.confirmedFlush else { return false }
+            return confirmed >= transactions[80].after
+        }
+        // Frozen, then killed: the crash happens at one instant the test chose.
+        first.signal(SIGSTOP)
+        first.signal(SIGKILL)
+        first.waitForExit()
+        let confirmedAtCrash = try XCTUnwrap(try outbox.confirmedFlush)
+        writer.waitForMore(30)
+        try writer.stop()
+        let last = try XCTUnwrap(writer.transactions.last).after
+        XCTAssertLessThan(confirmedAtCrash, last, "the restart had unconfirmed events to publish again")
+
+        let second = try SpoutProcess(arguments)
+        try eventually(timeout: 90, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= last }
+        second.signal(SIGTERM)
+        XCTAssertEqual(second.waitForExit(), 0, second.stderr)
+
+        assertAllArrivedInOrder(try STOMPConsumer.drain(server, queue: queue, distinct: writer.ids.count), writer: writer)
+    }
+
+    /// RabbitMQ stopped and started again while events flow: nothing is lost, per-key order
+    /// holds, the slot does not confirm what was written while it was down, and spout logs
+    /// one warning and one recovery line.
+    func testBrokerRestartLosesNothing() throws {
+        let server = try server()
+        let queue = TestDatabase.uniqueName("q")
+        try STOMPConsumer.declare(server, queue: queue)
+        let outbox = try OutboxFixture("stomprestart")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 5, pause: 3_000)
+        try eventually("events flowing") {
+            let transactions = writer.transactions
+            guard transactions.count > 50, let confirmed = try outbox.confirmedFlush else { return false }
+            return confirmed >= transactions[50].after
+        }
+        server.stop()
+        eventually(timeout: 60, "spout notices the broker is gone") { spout.stderr.contains("STOMP server at") }
+
+        // Written while the broker is down: the slot must stay before it.
+        let marker = try OutboxFixture.Marker(outbox)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), marker.before, "confirmed past an event the broker never had")
+        XCTAssertTrue(spout.process.isRunning, "spout waits for the broker instead of failing: \(spout.stderr)")
+
+        try server.start()
+        writer.waitForMore(50)
+        try writer.stop()
+        let written = try outbox.currentLSN()
+        try eventually(timeout: 120, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+
+        let messages = try STOMPConsumer.drain(server, queue: queue, distinct: writer.ids.count + marker.ids.count)
+        assertAllArrivedInOrder(messages, writer: writer)
+        XCTAssertEqual(Set(messages.compactMap(\.id)).intersection(marker.ids).count, marker.ids.count, "the events written during the outage")
+        let warnings = spout.stderr.split(separator: "\n").filter { $0.contains("STOMP server at") && !$0.contains("accepts events again") }
+        XCTAssertEqual(warnings.count, 1, "one warning per outage: \(spout.stderr)")
+        XCTAssertTrue(spout.stderr.contains("accepts events again"), spout.stderr)
+    }
+
+    /// Rows whose destination RabbitMQ refuses (no such exchange) among good ones: topic = the
+    /// row's aggregate_type, the destination template = the topic.
+    private func refusedDestination(policy: String) throws -> (spout: SpoutProcess, outbox: OutboxFixture, server: RabbitMQServer, queue: String,
+                                                                 before: [String], after: [String], badCommit: LSN) {
+        let server = try server()
+        let queue = TestDatabase.uniqueName("q")
+        try STOMPConsumer.declare(server, queue: queue)
+        let outbox = try OutboxFixture("stomppoison")
+        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--topic", "{aggregate_type}", "--stomp-destination", "{topic}",
+                                      "--on-poison", policy] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let witness = try CommitWitness(outbox)
+        var before: [String] = []
+        for _ in 0..<5 { before += try outbox.insert(outbox.admin, rows: 1, aggregate: "/queue/\(queue)") }
+        let (_, xid) = try CommitWitness.transaction(outbox.admin) {
+            try outbox.insert(outbox.admin, rows: 1, aggregate: "/exchange/no-such-exchange")
+        }
+        var after: [String] = []
+        for _ in 0..<5 { after += try outbox.insert(outbox.admin, rows: 1, aggregate: "/queue/\(queue)") }
+        return (spout, outbox, server, queue, before, after, try witness.commitLSN(xid: xid))
+    }
+
+    /// `--on-poison stop`: spout stops with one error line naming the refusal; the events
+    /// before it arrived and the slot stays before the refused one.
+    func testRefusedDestinationStops() throws {
+        let run = try refusedDestination(policy: "stop")
+        defer { run.outbox.tearDown() }
+        let line = run.spout.waitForFailure(timeout: 60)
+        XCTAssertTrue(line.contains("no-such-exchange"), line)
+        XCTAssertTrue(line.contains("refused"), line)
+        XCTAssertLessThan(try XCTUnwrap(try run.outbox.confirmedFlush), run.badCommit, "the refused event is not confirmed")
+        let messages = try STOMPConsumer.drain(run.server, queue: run.queue, distinct: run.before.count)
+        XCTAssertEqual(Array(messages.compactMap(\.id).prefix(run.before.count)), run.before)
+    }
+
+    /// `--on-poison skip`: the refused event is skipped with a warning, every other one
+    /// arrives in order, and the slot confirms past it.
+    func testRefusedDestinationIsSkipped() throws {
+        let run = try refusedDestination(policy: "skip")
+        defer { run.outbox.tearDown() }
+        let written = try run.outbox.currentLSN()
+        try eventually(timeout: 60, "the slot confirms past the skipped event") { try XCTUnwrap(try run.outbox.confirmedFlush) >= written }
+        run.spout.signal(SIGTERM)
+        XCTAssertEqual(run.spout.waitForExit(), 0, run.spout.stderr)
+        XCTAssertTrue(run.spout.stderr.contains("skipped event"), run.spout.stderr)
+        XCTAssertTrue(run.spout.stderr.contains("no-such-exchange"), run.spout.stderr)
+        let messages = try STOMPConsumer.drain(run.server, queue: run.queue, distinct: run.before.count + run.after.count)
+        var seen = Set<String>()
+        let firsts = messages.compactMap(\.id).filter { seen.insert($0).inserted }
+        XCTAssertEqual(firsts, run.before + run.after, "all good events, in order")
+    }
+
+    /// A wrong password stops spout at once with one error naming the user and the server,
+    /// never the password.
+    func testWrongPasswordIsAClearError() throws {
+        let server = try server()
+        let outbox = try OutboxFixture("stompauth")
+        defer { outbox.tearDown() }
+        let url = server.stompURL.replacingOccurrences(of: "spout-test-secret", with: "wrong-pw-4711")
+        let spout = try SpoutProcess(["run", "--sink", url] + outbox.arguments)
+        let line = spout.waitForFailure(timeout: 30)
+        XCTAssertTrue(line.contains("user \"spout\""), line)
+        XCTAssertTrue(line.contains("127.0.0.1:\(server.stompPort)"), line)
+        XCTAssertFalse(spout.stderr.contains("wrong-pw-4711") || spout.stdout.contains("wrong-pw-4711"), spout.stderr)
+    }
+}
