@@ -22,7 +22,7 @@ final class STOMPSinkTests: XCTestCase {
 
     private func server() throws -> RabbitMQServer {
         _ = try STOMPConsumer.pythonPath
-        if let startError { throw startError }
+        if let startError = Self.startError { throw startError }
         return try XCTUnwrap(Self.shared)
     }
 
