@@ -71,7 +71,8 @@ package struct STOMPDestination: Sendable {
     package init(_ template: String) throws(SpoutError) {
         let parsed: TopicTemplate
         do { parsed = try TopicTemplate(template) } catch {
-            throw .invalidOption("--stomp-destination \(template): \(error.description)")
+            let reason = if case let .invalidTopicTemplate(_, reason) = error { reason } else { error.description }
+            throw .invalidOption("--stomp-destination \(template): \(reason); use text with {topic}, {key}, {type}, {id} or {header name} placeholders, e.g. /queue/{topic}")
         }
         parts = parsed.segments.map { segment in
             switch segment {
