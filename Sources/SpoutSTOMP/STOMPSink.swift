@@ -106,9 +106,7 @@ final class STOMPAdapter: DeliveryAdapter {
             return deadline
         case let .ready(socket):
             wakeup.watch(socket: socket.descriptor, connection: connections, reading: true, writing: hasUnwrittenOutput)
-            if engine.hasWaiting, !engine.isBackingOff, !engine.isStopped, output.count - written < Self.maxUnwrittenBytes {
-                return clock.now
-            }
+            if mayEncode(engine) { return clock.now }
             var deadline: ContinuousClock.Instant?
             func earliest(_ instant: ContinuousClock.Instant) { deadline = min(deadline ?? instant, instant) }
             if let sendEvery { earliest(lastWrite + sendEvery / 2) }
@@ -316,6 +314,11 @@ final class STOMPAdapter: DeliveryAdapter {
                 written = 0
                 return
             }
+            // A socket that never quite catches up: drop what it took, so the buffer stays bounded.
+            if written >= Self.maxUnwrittenBytes {
+                output.removeSubrange(0..<written)
+                written = 0
+            }
             let left = deadline - clock.now
             guard left > .zero else { return }
             let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
@@ -327,12 +330,13 @@ final class STOMPAdapter: DeliveryAdapter {
     /// heart-beats; throws when the connection is to be given up.
     private func exchange(on socket: STOMPSocket, _ engine: DeliveryEngine) throws {
         let closed = receive(socket)
+        var progressed = false
         while let inbound = try decoder.next() {
             switch inbound {
             case let .receipt(id):
                 guard let id, engine.state(id) == .sent else { continue }
                 engine.delivered(id)
-                lastProgress = clock.now
+                progressed = true
             case let .frame(frame):
                 if frame.command == "ERROR" {
                     refused(frame, engine)
@@ -341,6 +345,7 @@ final class STOMPAdapter: DeliveryAdapter {
                 // MESSAGE and the like: spout subscribes to nothing; ignored.
             }
         }
+        if progressed { lastProgress = clock.now }
         if let closed { throw STOMPSocket.Failure(reason: closed) }
         if !engine.isStopped, !engine.isBackingOff { encodeWaiting(engine) }
         try flush(socket, budget: Self.writeBudget)
@@ -355,6 +360,13 @@ final class STOMPAdapter: DeliveryAdapter {
         if engine.sentCount > 0, now - lastProgress > Self.receiptTimeout {
             throw STOMPSocket.Failure(reason: "no RECEIPT within \(Self.receiptTimeout)")
         }
+    }
+
+    /// Events wait and may go out now: no backoff, room in the buffer, and none on the wire
+    /// while events go one at a time to find a refused one.
+    private func mayEncode(_ engine: DeliveryEngine) -> Bool {
+        engine.hasWaiting && !engine.isBackingOff && !engine.isStopped && output.count - written < Self.maxUnwrittenBytes
+            && (isolateThrough == nil || engine.sentCount == 0)
     }
 
     private func encodeWaiting(_ engine: DeliveryEngine) {
@@ -377,7 +389,8 @@ final class STOMPAdapter: DeliveryAdapter {
             }
             guard rendered else {
                 engine.fail(ticket, "--stomp-destination \(destination.text): \(destination.missing(event))")
-                if engine.isStopped { return }
+                // Stopped, or its dead letter waits in its place: that goes out first, next time.
+                if engine.isStopped || engine.state(ticket) == .waiting { return }
                 continue
             }
             if let dropped, warnedHeaders.insert(dropped).inserted {

@@ -152,14 +152,14 @@ final class STOMPSinkTests: XCTestCase {
 
     /// Rows whose destination RabbitMQ refuses (no such exchange) among good ones: topic = the
     /// row's aggregate_type, the destination template = the topic.
-    private func refusedDestination(policy: String) throws -> (spout: SpoutProcess, outbox: OutboxFixture, server: RabbitMQServer, queue: String,
+    private func refusedDestination(policy: String, extra: [String] = []) throws -> (spout: SpoutProcess, outbox: OutboxFixture, server: RabbitMQServer, queue: String,
                                                                  before: [String], after: [String], badCommit: LSN) {
         let server = try server()
         let queue = TestDatabase.uniqueName("q")
         try STOMPConsumer.declare(server, queue: queue)
         let outbox = try OutboxFixture("stomppoison")
         let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--topic", "{aggregate_type}", "--stomp-destination", "{topic}",
-                                      "--on-poison", policy] + outbox.arguments)
+                                      "--on-poison", policy] + extra + outbox.arguments)
         try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let witness = try CommitWitness(outbox)
         var before: [String] = []
@@ -200,6 +200,60 @@ final class STOMPSinkTests: XCTestCase {
         var seen = Set<String>()
         let firsts = messages.compactMap(\.id).filter { seen.insert($0).inserted }
         XCTAssertEqual(firsts, run.before + run.after, "all good events, in order")
+    }
+
+    /// `--on-poison dead-letter`: the refused event's dead letter goes to the dead-letter
+    /// destination (the template renders its topic), marked `spout-source: dead-letter`.
+    func testRefusedDestinationIsDeadLettered() throws {
+        let dlq = TestDatabase.uniqueName("dlq")
+        let run = try refusedDestination(policy: "dead-letter", extra: ["--dead-letter-topic", "/queue/\(dlq)"])
+        defer { run.outbox.tearDown() }
+        let written = try run.outbox.currentLSN()
+        try eventually(timeout: 60, "the slot confirms past the dead-lettered event") { try XCTUnwrap(try run.outbox.confirmedFlush) >= written }
+        run.spout.signal(SIGTERM)
+        XCTAssertEqual(run.spout.waitForExit(), 0, run.spout.stderr)
+        let letters = try STOMPConsumer.drain(run.server, queue: dlq, distinct: 1)
+        let letter = try XCTUnwrap(letters.first)
+        XCTAssertEqual(letter.headers["spout-source"], "dead-letter")
+        XCTAssertTrue(letter.body.contains("no-such-exchange"), letter.body)
+        let messages = try STOMPConsumer.drain(run.server, queue: run.queue, distinct: run.before.count + run.after.count)
+        var seen = Set<String>()
+        XCTAssertEqual(messages.compactMap(\.id).filter { seen.insert($0).inserted }, run.before + run.after)
+    }
+
+    /// RabbitMQ frozen (SIGSTOP) while events flow: its heart-beats stop, spout gives the
+    /// connection up after twice the interval, reconnects once it answers again, and every
+    /// event arrives, in order.
+    func testHungBrokerIsDetectedByHeartBeats() throws {
+        let server = try server()
+        let queue = TestDatabase.uniqueName("q")
+        try STOMPConsumer.declare(server, queue: queue)
+        let outbox = try OutboxFixture("stomphung")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try OutboxWriter(outbox)
+        writer.start(rows: 5, pause: 20_000)
+        try eventually("events flowing") {
+            let transactions = writer.transactions
+            guard transactions.count > 20, let confirmed = try outbox.confirmedFlush else { return false }
+            return confirmed >= transactions[20].after
+        }
+        server.pause()
+        let marker = try OutboxFixture.Marker(outbox)
+        eventually(timeout: 60, "spout gives up the silent connection") { spout.stderr.contains("twice its heart-beat interval") || spout.stderr.contains("no RECEIPT within") }
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), marker.before, "confirmed past an event the broker never acknowledged")
+        server.resume()
+
+        writer.waitForMore(20)
+        try writer.stop()
+        let written = try outbox.currentLSN()
+        try eventually(timeout: 120, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        let messages = try STOMPConsumer.drain(server, queue: queue, distinct: writer.ids.count + marker.ids.count)
+        assertAllArrivedInOrder(messages, writer: writer)
+        XCTAssertEqual(Set(messages.compactMap(\.id)).intersection(marker.ids).count, marker.ids.count)
     }
 
     /// A wrong password stops spout at once with one error naming the user and the server,

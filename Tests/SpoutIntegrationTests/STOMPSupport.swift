@@ -9,6 +9,8 @@ final class RabbitMQServer: @unchecked Sendable {
     let name: String
     private(set) var stompURL = ""
     private(set) var stompPort = 0
+    /// The server's process, for SIGSTOP/SIGCONT.
+    private(set) var pid: Int32 = 0
 
     init(_ name: String) throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/lib/rabbitmq/bin/rabbitmq-server") else {
@@ -27,8 +29,14 @@ final class RabbitMQServer: @unchecked Sendable {
         for line in env.split(separator: "\n") {
             if line.hasPrefix("SPOUT_TEST_STOMP_URL=") { stompURL = String(line.dropFirst("SPOUT_TEST_STOMP_URL=".count)) }
             if line.hasPrefix("RABBITMQ_STOMP_PORT=") { stompPort = Int(line.dropFirst("RABBITMQ_STOMP_PORT=".count)) ?? 0 }
+            if line.hasPrefix("RABBITMQ_PID=") { pid = Int32(line.dropFirst("RABBITMQ_PID=".count)) ?? 0 }
         }
     }
+
+    /// SIGSTOP: the server answers nothing, not even heart-beats, until `resume()`.
+    func pause() { if pid > 0 { kill(pid, SIGSTOP) } }
+
+    func resume() { if pid > 0 { kill(pid, SIGCONT) } }
 
     /// A clean stop (the server finishes writing what it confirmed); the data stays.
     func stop() {
