@@ -11,10 +11,10 @@ import SpoutCore
 /// virtual host, which stops spout at once. After, a refusal that will not pass (no such
 /// exchange or queue, an invalid destination, access refused, too large) is an event's
 /// permanent failure (`--on-poison`); any other is retried with backoff. Which event: the one
-/// its `receipt-id` names, or the only one in flight. RabbitMQ names none, and its RECEIPTs
-/// (sent once the message is confirmed) may still be due for events before the refused one,
-/// so with several in flight spout resends them one at a time until the refusal repeats with
-/// one event on the wire. Events sent after a refused one go out again on a new connection.
+/// its `receipt-id` names, or the only one in flight. RabbitMQ names none, its RECEIPTs (sent
+/// once the message is confirmed) may still be due for events before the refused one, and it
+/// may answer a later frame with "Processing error" first; so with several in flight spout
+/// resends them one at a time until an ERROR comes with one event on the wire. Events sent after a refused one go out again on a new connection.
 ///
 /// Heart-beats are negotiated (spout offers 10 s both ways): spout sends an EOL when it has
 /// written nothing for half the agreed interval, and a server silent for twice its interval
@@ -412,7 +412,9 @@ final class STOMPAdapter: DeliveryAdapter {
         let address = endpoint.address
         let newest = lastSentTicket
         disconnect()
-        if permanent, named == nil, inFlight > 1, let newest {
+        // RabbitMQ may first answer with a "Processing error" (a later frame on the channel the
+        // refusal closed): whatever the text, one event on the wire tells which and why.
+        if named == nil, inFlight > 1, let newest {
             isolateThrough = max(isolateThrough ?? 0, newest)
             engine.retry(after: detail, warning: "the STOMP server at \(address) refused one of \(inFlight) events in flight without saying which (\(detail)); "
                          + "sending them again one at a time to find it")

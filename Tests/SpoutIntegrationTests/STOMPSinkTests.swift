@@ -177,7 +177,11 @@ final class STOMPSinkTests: XCTestCase {
     func testRefusedDestinationStops() throws {
         let run = try refusedDestination(policy: "stop")
         defer { run.outbox.tearDown() }
-        let line = run.spout.waitForFailure(timeout: 60)
+        XCTAssertNotEqual(run.spout.waitForExit(timeout: 60) ?? 0, 0, run.spout.stderr)
+        // Not waitForFailure: the warning that quotes RabbitMQ's "Processing error" holds "error" too.
+        let errors = run.spout.stderr.split(separator: "\n").filter { $0.hasPrefix("spout: error:") }
+        XCTAssertEqual(errors.count, 1, run.spout.stderr)
+        let line = String(errors.first ?? "")
         XCTAssertTrue(line.contains("no-such-exchange"), line)
         XCTAssertTrue(line.contains("refused"), line)
         XCTAssertLessThan(try XCTUnwrap(try run.outbox.confirmedFlush), run.badCommit, "the refused event is not confirmed")
