@@ -3,14 +3,7 @@ import SpoutCore
 /// A frame from the server, other than a RECEIPT (which `STOMPFrameDecoder` hands out without
 /// allocating, one per event): CONNECTED, ERROR, or anything else the sink ignores.
 public struct STOMPFrame: Equatable, Sendable {
-    public struct Header: Equatable, Sendable {
-        public var name: String
-        public var value: String
-        public init(name: String, value: String) {
-            self.name = name
-            self.value = value
-        }
-    }
+    public typealias Header = OutboxEvent.Header
 
     public var command: String
     /// In frame order, unescaped (except in CONNECTED, which STOMP 1.2 does not escape).

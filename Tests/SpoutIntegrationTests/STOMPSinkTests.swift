@@ -20,6 +20,26 @@ final class STOMPSinkTests: XCTestCase {
         super.tearDown()
     }
 
+    /// A durable queue declared first, an outbox, and spout streaming it to that queue.
+    private func startSpout(_ server: RabbitMQServer, _ prefix: String, extra: [String] = []) throws -> (String, OutboxFixture, SpoutProcess) {
+        let queue = TestDatabase.uniqueName("q")
+        try STOMPConsumer.declare(server, queue: queue)
+        let outbox = try OutboxFixture(prefix)
+        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + extra + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        return (queue, outbox, spout)
+    }
+
+    /// `more` transactions more, then the writer stops; the slot confirms all, spout exits 0 on SIGTERM.
+    private func finish(_ spout: SpoutProcess, _ outbox: OutboxFixture, writer: OutboxWriter, more: Int) throws {
+        writer.waitForMore(more)
+        try writer.stop()
+        let written = try outbox.currentLSN()
+        try eventually(timeout: 120, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+    }
+
     private func server() throws -> RabbitMQServer {
         _ = try STOMPConsumer.pythonPath
         if let startError = Self.startError { throw startError }
@@ -31,12 +51,8 @@ final class STOMPSinkTests: XCTestCase {
     /// header that would steer the frame is left out with one warning. The slot confirms them.
     func testEventsArriveInOrderWithHeaders() throws {
         let server = try server()
-        let queue = TestDatabase.uniqueName("q")
-        try STOMPConsumer.declare(server, queue: queue)
-        let outbox = try OutboxFixture("stomp")
+        let (queue, outbox, spout) = try startSpout(server, "stomp")
         defer { outbox.tearDown() }
-        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments)
-        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 100, rows: 10)
@@ -84,11 +100,7 @@ final class STOMPSinkTests: XCTestCase {
         try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try OutboxWriter(outbox)
         writer.start(rows: 10, pause: 2_000)
-        try eventually("the first run delivered some events") {
-            let transactions = writer.transactions
-            guard transactions.count > 80, let confirmed = try outbox.confirmedFlush else { return false }
-            return confirmed >= transactions[80].after
-        }
+        try writer.waitUntilConfirmed(80, outbox)
         // Frozen, then killed: the crash happens at one instant the test chose.
         first.signal(SIGSTOP)
         first.signal(SIGKILL)
@@ -112,20 +124,12 @@ final class STOMPSinkTests: XCTestCase {
     /// one warning and one recovery line.
     func testBrokerRestartLosesNothing() throws {
         let server = try server()
-        let queue = TestDatabase.uniqueName("q")
-        try STOMPConsumer.declare(server, queue: queue)
-        let outbox = try OutboxFixture("stomprestart")
+        let (queue, outbox, spout) = try startSpout(server, "stomprestart")
         defer { outbox.tearDown() }
-        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments)
-        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
         let writer = try OutboxWriter(outbox)
         writer.start(rows: 5, pause: 3_000)
-        try eventually("events flowing") {
-            let transactions = writer.transactions
-            guard transactions.count > 50, let confirmed = try outbox.confirmedFlush else { return false }
-            return confirmed >= transactions[50].after
-        }
+        try writer.waitUntilConfirmed(50, outbox)
         server.stop()
         eventually(timeout: 60, "spout notices the broker is gone") { spout.stderr.contains("STOMP server at") }
 
@@ -135,12 +139,7 @@ final class STOMPSinkTests: XCTestCase {
         XCTAssertTrue(spout.process.isRunning, "spout waits for the broker instead of failing: \(spout.stderr)")
 
         try server.start()
-        writer.waitForMore(50)
-        try writer.stop()
-        let written = try outbox.currentLSN()
-        try eventually(timeout: 120, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        try finish(spout, outbox, writer: writer, more: 50)
 
         let messages = try STOMPConsumer.drain(server, queue: queue, distinct: writer.ids.count + marker.ids.count)
         assertAllArrivedInOrder(messages, writer: writer)
@@ -189,9 +188,7 @@ final class STOMPSinkTests: XCTestCase {
         XCTAssertTrue(line.contains("refused"), line)
         XCTAssertLessThan(try XCTUnwrap(try run.outbox.confirmedFlush), run.badCommit, "the refused event is not confirmed")
         let messages = try STOMPConsumer.drain(run.server, queue: run.queue, distinct: run.before.count)
-        var seen = Set<String>()
-        let firsts = messages.compactMap(\.id).filter { seen.insert($0).inserted }
-        XCTAssertEqual(Array(firsts.prefix(run.before.count)), run.before, "the events before the refused one, in order")
+        XCTAssertEqual(Array(firstArrivals(messages).prefix(run.before.count)), run.before, "the events before the refused one, in order")
     }
 
     /// `--on-poison skip`: the refused event is skipped with a warning, every other one
@@ -206,9 +203,7 @@ final class STOMPSinkTests: XCTestCase {
         XCTAssertTrue(run.spout.stderr.contains("skipped event"), run.spout.stderr)
         XCTAssertTrue(run.spout.stderr.contains("no-such-exchange"), run.spout.stderr)
         let messages = try STOMPConsumer.drain(run.server, queue: run.queue, distinct: run.before.count + run.after.count)
-        var seen = Set<String>()
-        let firsts = messages.compactMap(\.id).filter { seen.insert($0).inserted }
-        XCTAssertEqual(firsts, run.before + run.after, "all good events, in order")
+        XCTAssertEqual(firstArrivals(messages), run.before + run.after, "all good events, in order")
     }
 
     /// `--on-poison dead-letter`: the refused event's dead letter goes to the dead-letter
@@ -226,8 +221,7 @@ final class STOMPSinkTests: XCTestCase {
         XCTAssertEqual(letter.headers["spout-source"], "dead-letter")
         XCTAssertTrue(letter.body.contains("no-such-exchange"), letter.body)
         let messages = try STOMPConsumer.drain(run.server, queue: run.queue, distinct: run.before.count + run.after.count)
-        var seen = Set<String>()
-        XCTAssertEqual(messages.compactMap(\.id).filter { seen.insert($0).inserted }, run.before + run.after)
+        XCTAssertEqual(firstArrivals(messages), run.before + run.after)
     }
 
     /// RabbitMQ frozen (SIGSTOP) while events flow: its heart-beats stop, spout gives the
@@ -235,31 +229,18 @@ final class STOMPSinkTests: XCTestCase {
     /// event arrives, in order.
     func testHungBrokerIsDetectedByHeartBeats() throws {
         let server = try server()
-        let queue = TestDatabase.uniqueName("q")
-        try STOMPConsumer.declare(server, queue: queue)
-        let outbox = try OutboxFixture("stomphung")
+        let (queue, outbox, spout) = try startSpout(server, "stomphung")
         defer { outbox.tearDown() }
-        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/\(queue)"] + outbox.arguments)
-        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
         let writer = try OutboxWriter(outbox)
         writer.start(rows: 5, pause: 20_000)
-        try eventually("events flowing") {
-            let transactions = writer.transactions
-            guard transactions.count > 20, let confirmed = try outbox.confirmedFlush else { return false }
-            return confirmed >= transactions[20].after
-        }
+        try writer.waitUntilConfirmed(20, outbox)
         server.pause()
         let marker = try OutboxFixture.Marker(outbox)
         eventually(timeout: 60, "spout gives up the silent connection") { spout.stderr.contains("twice its heart-beat interval") || spout.stderr.contains("no RECEIPT within") }
         XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), marker.before, "confirmed past an event the broker never acknowledged")
         server.resume()
 
-        writer.waitForMore(20)
-        try writer.stop()
-        let written = try outbox.currentLSN()
-        try eventually(timeout: 120, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        try finish(spout, outbox, writer: writer, more: 20)
         let messages = try STOMPConsumer.drain(server, queue: queue, distinct: writer.ids.count + marker.ids.count)
         assertAllArrivedInOrder(messages, writer: writer)
         XCTAssertEqual(Set(messages.compactMap(\.id)).intersection(marker.ids).count, marker.ids.count)

@@ -133,3 +133,20 @@ func assertAllArrivedInOrder(_ messages: [STOMPMessage], writer: OutboxWriter, f
         XCTAssertEqual(positions, positions.sorted(), "order of key \(key)", file: file, line: line)
     }
 }
+
+/// Event ids in the order of their first arrival.
+func firstArrivals(_ messages: [STOMPMessage]) -> [String] {
+    var seen = Set<String>()
+    return messages.compactMap(\.id).filter { seen.insert($0).inserted }
+}
+
+extension OutboxWriter {
+    /// Waits until more than `count` transactions are written and the slot confirmed the one at `count`.
+    func waitUntilConfirmed(_ count: Int, _ outbox: OutboxFixture, file: StaticString = #filePath, line: UInt = #line) throws {
+        try eventually("the slot confirms transaction \(count)", file: file, line: line) {
+            let transactions = self.transactions
+            guard transactions.count > count, let confirmed = try outbox.confirmedFlush else { return false }
+            return confirmed >= transactions[count].after
+        }
+    }
+}
