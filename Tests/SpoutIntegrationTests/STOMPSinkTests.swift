@@ -246,6 +246,22 @@ final class STOMPSinkTests: XCTestCase {
         XCTAssertEqual(Set(messages.compactMap(\.id)).intersection(marker.ids).count, marker.ids.count)
     }
 
+    /// A destination placeholder the event has no value for (no such header) makes the
+    /// event poison: with `--on-poison stop`, one error naming the placeholder.
+    func testDestinationWithoutValueIsPoison() throws {
+        let server = try server()
+        let outbox = try OutboxFixture("stompnovalue")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", server.stompURL, "--stomp-destination", "/queue/{tenant}"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let before = try outbox.currentLSN()
+        try outbox.insert(outbox.admin, rows: 1)
+        let line = spout.waitForFailure(timeout: 30)
+        XCTAssertTrue(line.contains("has no header \"tenant\" for {tenant}"), line)
+        XCTAssertTrue(line.contains("--stomp-destination /queue/{tenant}"), line)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(try outbox.confirmedFlush), before, "the poison event is not confirmed")
+    }
+
     /// A wrong password stops spout at once with one error naming the user and the server,
     /// never the password.
     func testWrongPasswordIsAClearError() throws {
