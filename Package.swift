@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "SpoutNATS", targets: ["SpoutNATS"]),
         .library(name: "SpoutAMQP", targets: ["SpoutAMQP"]),
         .library(name: "SpoutSinks", targets: ["SpoutSinks"]),
+        .library(name: "SpoutSTOMP", targets: ["SpoutSTOMP"]), // issue 14: STOMP
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -51,8 +52,10 @@ let package = Package(
         .target(name: "SpoutRedis", dependencies: ["SpoutCore", "CHiredis", .product(name: "Metrics", package: "swift-metrics")]),
         .target(name: "SpoutNATS", dependencies: ["SpoutCore", "CNats", .product(name: "Metrics", package: "swift-metrics")]),
         .target(name: "SpoutAMQP", dependencies: ["SpoutCore", "CRabbitMQ", .product(name: "Metrics", package: "swift-metrics")]),
-        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://, amqp://).
-        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP"]),
+        // issue 14: STOMP — STOMP 1.2 over a plain TCP socket (Glibc): no client library.
+        .target(name: "SpoutSTOMP", dependencies: ["SpoutCore", .product(name: "Metrics", package: "swift-metrics")]),
+        // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://, amqp://, stomp://).
+        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP"]),
         // /metrics, /healthz and /readyz: swift-prometheus behind a Hummingbird server on its own threads.
         .target(
             name: "SpoutObservability",
@@ -90,14 +93,14 @@ let package = Package(
         .testTarget(
             name: "SpoutSinkTests",
             dependencies: [
-                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "CRdKafka", "CNats",
+                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "CRdKafka", "CNats",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(
             name: "SpoutIntegrationTests",
             dependencies: [
-                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "spout", "spout-kafka-mock",
+                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "spout", "spout-kafka-mock",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

@@ -3,13 +3,14 @@ import SpoutCore
 import SpoutKafka
 import SpoutNATS
 import SpoutRedis
+import SpoutSTOMP
 
 /// Every sink by its URL scheme: the one place that knows them all, so SpoutCore and each
 /// broker's target stay apart.
 public enum SinkRegistry {
     public static func makeSink(_ url: String, options: SinkOptions = SinkOptions(), log: Log = Log()) throws(SpoutError) -> Sink {
         guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222 or amqp://user:password@host:5672/vhost")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222, amqp://user:password@host:5672/vhost or stomp://user:password@host:61613")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
@@ -27,8 +28,10 @@ public enum SinkRegistry {
             return try NATSJetStreamSink(url: url, options: options, log: log)
         case "amqp", "amqps":
             return try AMQPSink(url: url, options: options, log: log)
+        case "stomp", "stomp+ssl":
+            return try STOMPSink(url: url, options: options, log: log)
         default:
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222 or amqp://user:password@host:5672/vhost")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222, amqp://user:password@host:5672/vhost or stomp://user:password@host:61613")
         }
     }
 
@@ -44,6 +47,7 @@ public enum SinkRegistry {
         case "redis": _ = try RedisURL(parsing: url)
         case "nats": _ = try NATSEndpoint(url)
         case "amqp", "amqps": try AMQPSink.validate(url: url, options: options)
+        case "stomp", "stomp+ssl": try STOMPSink.validate(url: url, options: options)
         default: _ = try makeSink(url, options: options)
         }
     }

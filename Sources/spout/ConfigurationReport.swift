@@ -35,6 +35,10 @@ enum ConfigurationReport {
             lines.append(("amqp-exchange", settings.given(.amqpExchange)?.value ?? SinkOptions().amqpExchange))
             lines.append(("amqp-declare", (try? settings.flag(.amqpDeclare)) == true ? "true" : "false"))
         }
+        // issue 14: STOMP
+        if sink.lowercased().hasPrefix("stomp") {
+            lines.append(("stomp-destination", settings.given(.stompDestination)?.value ?? SinkOptions().stompDestination))
+        }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

@@ -35,6 +35,8 @@ enum Setting: String, CaseIterable {
     case envelope, ceSource = "ce-source"
     // issue 14: AMQP sink
     case amqpExchange = "amqp-exchange", amqpDeclare = "amqp-declare"
+    // issue 14: STOMP
+    case stompDestination = "stomp-destination"
 
     var flag: String { "--" + rawValue }
 

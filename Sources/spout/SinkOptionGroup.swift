@@ -6,7 +6,7 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost (default: stdout://). [SPOUT_SINK]",
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost] (default: stdout://). [SPOUT_SINK]",
         valueName: "url"))
     var sinkFlag: String?
 
@@ -47,10 +47,16 @@ struct SinkOptionGroup: ParsableArguments {
     @Flag(name: .customLong("amqp-declare"), help: "Declare the AMQP exchange (a durable topic exchange) instead of requiring it to exist. [SPOUT_AMQP_DECLARE]")
     var amqpDeclareFlag = false
 
+    // issue 14: STOMP
+    @Option(name: .customLong("stomp-destination"), help: ArgumentHelp(
+        "STOMP destination of each event, a template over {topic}, {key}, {type}, {id} or an event header (default: /topic/{topic}). [SPOUT_STOMP_DESTINATION]",
+        valueName: "template"))
+    var stompDestinationFlag: String?
+
     var flags: Settings.Flags {
         Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
                                .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag,
-                               .amqpExchange: amqpExchangeFlag],
+                               .amqpExchange: amqpExchangeFlag, .stompDestination: stompDestinationFlag],
                        lists: [.kafkaProperty: kafkaPropertyFlags], switches: [.amqpDeclare: amqpDeclareFlag])
     }
 
@@ -79,6 +85,7 @@ struct SinkOptionGroup: ParsableArguments {
         // issue 14: AMQP sink
         if let exchange = settings.given(.amqpExchange) { options.amqpExchange = exchange.value }
         options.amqpDeclare = try settings.flag(.amqpDeclare)
+        if let destination = settings.given(.stompDestination) { options.stompDestination = destination.value } // issue 14: STOMP
         return options
     }
 
@@ -129,6 +136,7 @@ struct SinkOptionGroup: ParsableArguments {
     private static func relabelled(_ error: Error, sink: Sourced, settings: Settings) -> Error {
         guard let error = error as? SpoutError, case let .invalidOption(message) = error else { return error }
         if message.hasPrefix(Setting.sink.flag) { return sink.relabel(error) }
+        if message.hasPrefix(Setting.stompDestination.flag) { return settings.given(.stompDestination)?.relabel(error) ?? error } // issue 14: STOMP
         let prefix = Setting.kafkaProperty.flag + " "
         guard message.hasPrefix(prefix) else { return error }
         let name = message.dropFirst(prefix.count).prefix { $0 != ":" && $0 != " " }

@@ -22,6 +22,9 @@ public struct SinkOptions: Sendable {
     public var amqpExchange = "outbox"
     /// Declare it (a durable topic exchange) instead of only checking that it exists (`--amqp-declare`).
     public var amqpDeclare = false
+    // issue 14: STOMP
+    /// `--stomp-destination`: each SEND's destination, a template over the event.
+    public var stompDestination = "/topic/{topic}"
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 
