@@ -3,46 +3,6 @@ import SpoutAMQP
 import SpoutCore
 import XCTest
 
-/// The private RabbitMQ of scripts/rabbitmq-start NAME: started once per test class, stopped
-/// and started again (same ports and data) by the tests that restart the broker.
-final class RabbitMQServer: @unchecked Sendable {
-    let name: String
-    private(set) var url = ""
-    private(set) var port = 0
-    private(set) var pid: Int32 = 0
-
-    init(_ name: String) throws {
-        self.name = name
-        try start()
-    }
-
-    /// `scripts/rabbitmq-start NAME` (waits until it accepts connections), then reads its env file.
-    func start() throws {
-        try PrivateServer.script("rabbitmq-start", [name])
-        let envFile = repositoryRoot.appendingPathComponent(".run/rabbitmq-\(name).env")
-        let text = try String(contentsOf: envFile, encoding: .utf8)
-        var values: [String: String] = [:]
-        for line in text.split(separator: "\n") {
-            guard let equals = line.firstIndex(of: "=") else { continue }
-            values[String(line[..<equals])] = String(line[line.index(after: equals)...])
-        }
-        url = try XCTUnwrap(values["SPOUT_TEST_AMQP_URL"], "SPOUT_TEST_AMQP_URL in \(envFile.path)")
-        port = try XCTUnwrap(values["RABBITMQ_AMQP_PORT"].flatMap { Int($0) })
-        pid = try XCTUnwrap(values["RABBITMQ_PID"].flatMap { Int32($0) })
-    }
-
-    /// `scripts/rabbitmq-stop NAME`: a clean broker shutdown (it closes client connections with
-    /// 320 CONNECTION_FORCED); durable queues and persistent messages survive.
-    func stop(remove: Bool = false) {
-        _ = try? PrivateServer.script("rabbitmq-stop", [name] + (remove ? ["--remove"] : []))
-    }
-
-    /// The URL with another password: the same user, refused.
-    func url(password: String) -> String {
-        url.replacingOccurrences(of: ":spout-test-secret@", with: ":\(password)@")
-    }
-}
-
 /// The tests' own AMQP client: pika from PyPI (scripts/py-deps), run as `python3` per call.
 struct PikaClient {
     struct Message {

@@ -2,52 +2,6 @@ import Foundation
 import SpoutCore
 import XCTest
 
-/// A private RabbitMQ with its STOMP plugin, started by scripts/rabbitmq-start NAME (own
-/// ports, data and port mapper). `stop()` then `start()` is a broker restart on the same ports
-/// with its durable queues and persistent messages.
-final class RabbitMQServer: @unchecked Sendable {
-    let name: String
-    private(set) var stompURL = ""
-    private(set) var stompPort = 0
-    /// The server's process, for SIGSTOP/SIGCONT.
-    private(set) var pid: Int32 = 0
-
-    init(_ name: String) throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/lib/rabbitmq/bin/rabbitmq-server") else {
-            throw XCTSkip("rabbitmq-server is not installed (scripts/install-deps installs it)")
-        }
-        self.name = name
-        // A leftover of an interrupted run (kept ports and data) would hold old messages.
-        _ = try? runCommand(repositoryRoot.appendingPathComponent("scripts/rabbitmq-stop").path, [name, "--remove"])
-        try start()
-    }
-
-    func start() throws {
-        let (status, output) = try runCommand(repositoryRoot.appendingPathComponent("scripts/rabbitmq-start").path, [name])
-        guard status == 0 else { throw XCTSkipFailure("scripts/rabbitmq-start \(name) failed: \(output)") }
-        let env = try String(contentsOf: repositoryRoot.appendingPathComponent(".run/rabbitmq-\(name).env"), encoding: .utf8)
-        for line in env.split(separator: "\n") {
-            if line.hasPrefix("SPOUT_TEST_STOMP_URL=") { stompURL = String(line.dropFirst("SPOUT_TEST_STOMP_URL=".count)) }
-            if line.hasPrefix("RABBITMQ_STOMP_PORT=") { stompPort = Int(line.dropFirst("RABBITMQ_STOMP_PORT=".count)) ?? 0 }
-            if line.hasPrefix("RABBITMQ_PID=") { pid = Int32(line.dropFirst("RABBITMQ_PID=".count)) ?? 0 }
-        }
-    }
-
-    /// SIGSTOP: the server answers nothing, not even heart-beats, until `resume()`.
-    func pause() { if pid > 0 { kill(pid, SIGSTOP) } }
-
-    func resume() { if pid > 0 { kill(pid, SIGCONT) } }
-
-    /// A clean stop (the server finishes writing what it confirmed); the data stays.
-    func stop() {
-        _ = try? runCommand(repositoryRoot.appendingPathComponent("scripts/rabbitmq-stop").path, [name])
-    }
-
-    func remove() {
-        _ = try? runCommand(repositoryRoot.appendingPathComponent("scripts/rabbitmq-stop").path, [name, "--remove"])
-    }
-}
-
 /// A message as a stomp.py consumer received it.
 struct STOMPMessage {
     var headers: [String: String]
