@@ -253,7 +253,12 @@ public enum STOMPFrameEncoder {
     /// One SEND for `event` with `receipt` = its ticket. `destination` writes the (escaped)
     /// destination and returns false when the template cannot be rendered for this event;
     /// then nothing is appended. Returns the first event header left out as reserved, if any.
-    public static func appendSend(_ event: OutboxEvent, receipt: UInt64, to bytes: inout [UInt8],
+    ///
+    /// With `cloudEvents` (`--envelope cloudevents`): binary mode, the attributes as `ce-`
+    /// headers (as the CloudEvents RabbitMQ binding has them; there is no STOMP binding) in
+    /// place of `spout-key`, `spout-event-type`, `spout-source` and the row's headers, and
+    /// `content-type` = `datacontenttype`. Dead letters are never enveloped.
+    public static func appendSend(_ event: OutboxEvent, receipt: UInt64, to bytes: inout [UInt8], cloudEvents: CloudEventEnvelope? = nil,
                                   destination: (OutboxEvent, inout [UInt8]) -> Bool) -> (rendered: Bool, droppedHeader: String?) {
         let start = bytes.count
         bytes.append(contentsOf: "SEND\ndestination:".utf8)
@@ -264,15 +269,32 @@ public enum STOMPFrameEncoder {
         bytes.append(contentsOf: "\nreceipt:".utf8)
         JSONWriter.appendDecimal(receipt, to: &bytes)
         bytes.append(contentsOf: "\npersistent:true\ncontent-type:".utf8)
-        switch event.payloadFormat {
-        case .json: bytes.append(contentsOf: "application/json".utf8)
-        case .text: bytes.append(contentsOf: "text/plain;charset=utf-8".utf8)
-        case .binary: bytes.append(contentsOf: "application/octet-stream".utf8)
+        let envelope = event.source == .deadLetter ? nil : cloudEvents
+        if envelope != nil {
+            appendEscaped(CloudEventEnvelope.contentType(of: event), to: &bytes)
+        } else {
+            switch event.payloadFormat {
+            case .json: bytes.append(contentsOf: "application/json".utf8)
+            case .text: bytes.append(contentsOf: "text/plain;charset=utf-8".utf8)
+            case .binary: bytes.append(contentsOf: "application/octet-stream".utf8)
+            }
         }
         bytes.append(contentsOf: "\ncontent-length:".utf8)
         JSONWriter.appendDecimal(UInt64(event.payload.count), to: &bytes)
         bytes.append(contentsOf: "\nspout-event-id:".utf8)
         appendEscaped(event.id, to: &bytes)
+        if let envelope {
+            envelope.forEachAttribute(of: event) { name, value in
+                bytes.append(contentsOf: "\nce-".utf8)
+                appendEscaped(name, to: &bytes)
+                bytes.append(UInt8(ascii: ":"))
+                appendEscaped(value, to: &bytes)
+            }
+            bytes.append(contentsOf: "\n\n".utf8)
+            bytes.append(contentsOf: event.payload)
+            bytes.append(0)
+            return (true, nil)
+        }
         if let key = event.key {
             bytes.append(contentsOf: "\nspout-key:".utf8)
             appendEscaped(key, to: &bytes)

@@ -80,6 +80,7 @@ final class STOMPAdapter: DeliveryAdapter {
     init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         endpoint = try STOMPEndpoint(parsing: url)
         destination = try STOMPDestination(options.stompDestination)
+        cloudEvents = options.cloudEvents
         self.log = log
         output.reserveCapacity(Self.maxUnwrittenBytes + 64 * 1024)
     }
@@ -88,7 +89,11 @@ final class STOMPAdapter: DeliveryAdapter {
 
     var recoveredMessage: String { "the STOMP server at \(endpoint.address) accepts events again" }
 
-    var needsCommitLSN: Bool { false }
+    /// `--envelope cloudevents`: `ce-` headers instead of the row's (see `STOMPFrameEncoder.appendSend`).
+    private let cloudEvents: CloudEventEnvelope?
+
+    /// CloudEvents carry the commit LSN (`ce-lsn`): the engine hands events over at their commit.
+    var needsCommitLSN: Bool { cloudEvents != nil }
 
     private var hasUnwrittenOutput: Bool { written < output.count }
 
@@ -384,7 +389,7 @@ final class STOMPAdapter: DeliveryAdapter {
             }
             next = engine.waitingTicket(after: ticket)
             guard let event = engine.event(ticket) else { continue }
-            let (rendered, dropped) = STOMPFrameEncoder.appendSend(event, receipt: ticket, to: &output) { event, bytes in
+            let (rendered, dropped) = STOMPFrameEncoder.appendSend(event, receipt: ticket, to: &output, cloudEvents: cloudEvents) { event, bytes in
                 destination.append(event, to: &bytes)
             }
             guard rendered else {

@@ -3,10 +3,11 @@ import SpoutCore
 import SpoutKafka
 import SpoutNATS
 import SpoutRedis
+import SpoutSTOMP
 
 extension SinkRegistry {
     /// `spout check`'s lines for the sink: reachable and writable, each broker asked its own
-    /// way (see `KafkaProbe`, `RedisProbe`, `NATSProbe`, `AMQPProbe`). A malformed URL or option throws,
+    /// way (see `KafkaProbe`, `RedisProbe`, `NATSProbe`, `AMQPProbe`, `STOMPProbe`). A malformed URL or option throws,
     /// as `makeSink` would.
     public static func check(_ url: String, options: SinkOptions = SinkOptions(), topic: TopicTemplate) throws(SpoutError) -> [CheckResult] {
         try validate(url, options: options)
@@ -16,6 +17,7 @@ extension SinkRegistry {
         case "redis": return try RedisProbe.check(url: url, options: options, topic: topic)
         case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
         case "amqp", "amqps": return try AMQPProbe.check(url: url, options: options)
+        case "stomp", "stomp+ssl": return try STOMPProbe.check(url: url, options: options)
         default: return [.pass("sink", "stdout:// (always writable)")]
         }
     }

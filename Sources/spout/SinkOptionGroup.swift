@@ -31,7 +31,7 @@ struct SinkOptionGroup: ParsableArguments {
 
     // issue 13: CloudEvents envelope
     @Option(name: .customLong("envelope"), help: ArgumentHelp(
-        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS, Redis and AMQP) (default: none). [SPOUT_ENVELOPE]",
+        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS, Redis, AMQP and STOMP) (default: none). [SPOUT_ENVELOPE]",
         valueName: "none|cloudevents"))
     var envelopeFlag: String?
 

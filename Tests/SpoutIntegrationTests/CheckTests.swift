@@ -131,6 +131,22 @@ final class CheckTests: XCTestCase {
         assertStatuses(down, ["sink": "fail", "sink_write": "skip"], exit: 1)
     }
 
+    /// STOMP: the CONNECT accepted; a wrong password refused (the server's ERROR), never shown.
+    func testSTOMP() throws {
+        let outbox = try OutboxFixture("chkstomp")
+        defer { outbox.tearDown() }
+        let server = try RabbitMQServer("check-stomp-tests")
+        defer { server.stop(remove: true) }
+        assertStatuses(try check(outbox.arguments + ["--sink", server.stompURL]), ["sink": "pass", "sink_write": "pass"], exit: 0)
+        let wrong = server.stompURL.replacingOccurrences(of: ":spout-test-secret@", with: ":wrong-pw@")
+        let refused = try check(outbox.arguments + ["--sink", wrong])
+        assertStatuses(refused, ["sink": "fail", "sink_write": "skip"], exit: 1)
+        XCTAssertTrue(refused.detail("sink").contains("refused the CONNECT of spout"), refused.stdout)
+        XCTAssertFalse(refused.stdout.contains("wrong-pw") || refused.stdout.contains("spout-test-secret"), refused.stdout)
+        let down = try check(outbox.arguments + ["--sink", "stomp://spout:pw@127.0.0.1:\(try freeLoopbackPort())"])
+        assertStatuses(down, ["sink": "fail", "sink_write": "skip"], exit: 1)
+    }
+
     // MARK: PostgreSQL failing
 
     func testUnreachableDatabaseSkipsEveryOtherDatabaseCheck() throws {

@@ -231,6 +231,29 @@ final class CloudEventsTests: XCTestCase {
         try check(try CloudEventsSDK.parse("rabbitmq", messages), against: rows, outbox: outbox, written: written)
     }
 
+    /// STOMP has no CloudEvents binding: the `ce-` headers of the RabbitMQ binding, `content-type`.
+    func testSTOMPBinaryMode() throws {
+        let server = try RabbitMQServer("ce-stomp-tests")
+        defer { server.stop(remove: true) }
+        try STOMPConsumer.declare(server, queue: "ce_events")
+        let outbox = try outbox("ce_stomp")
+        defer { outbox.tearDown() }
+        let (rows, written, _) = try relay(outbox, sink: ["--sink", server.stompURL, "--stomp-destination", "/queue/ce_events"])
+        let stored = try STOMPConsumer.drain(server, queue: "ce_events", distinct: rows.count)
+        XCTAssertEqual(stored.count, rows.count)
+        for message in stored {
+            XCTAssertEqual(message.headers["content-type"], "application/json")
+            XCTAssertEqual(message.id, message.headers["ce-id"], "spout-event-id stays")
+            XCTAssertNil(message.headers["traceparent"], "the row's headers are extensions now, not headers: \(message.headers)")
+            XCTAssertNil(message.key)
+        }
+        let messages: [[String: Any]] = stored.map { message in
+            ["headers": message.headers.filter { $0.key.hasPrefix("ce-") }, "content_type": message.headers["content-type"] ?? "",
+             "body": Data(message.body.utf8).base64EncodedString()]
+        }
+        try check(try CloudEventsSDK.parse("rabbitmq", messages), against: rows, outbox: outbox, written: written)
+    }
+
     // MARK: Configuration
 
     func testEnvelopeSettingsAreCheckedAndReported() throws {
