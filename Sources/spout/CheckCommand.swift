@@ -9,24 +9,21 @@ import SpoutSinks
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check everything spout run needs (PostgreSQL, role, table, publication, slot, sink) and print a checklist with the fix for each failure.",
-        // Spelt out: the usage ArgumentParser derives from an option group that is a command names that command too.
-        usage: "spout check [<options of spout run>] [--json]",
         discussion: """
             Takes the options of spout run (flags, SPOUT_* variables, config file) and changes nothing. \
             Each line is ✓ (passes), ✗ (fails, with its fix), ! (a warning that does not fail) or - (skipped: an earlier check failed). \
             Exits 0 when nothing fails, 1 when something does, 64 for a bad option. Connecting gives up after 10 s (PostgreSQL) or 5 s (the sink).
             """)
 
-    /// Every option of `run`, parsed by `run`'s own groups.
-    @OptionGroup var runOptions: Run
+    /// Every option of `run` but --check-config and --report-latency, parsed by `run`'s own groups.
+    @OptionGroup var relay: RelayOptions
 
     @Flag(name: .customLong("json"), help: "Print one JSON object: {\"ok\": …, \"checks\": [{\"name\", \"status\": pass|fail|warn|skip, \"detail\", \"fix\"}]}.")
     var json = false
 
     func run() async throws {
         var failed = false
-        try await reportingErrors(runOptions.flags) { settings in
-            guard !runOptions.checkConfig else { throw SpoutError.invalidOption("--check-config belongs to spout run: spout check checks the configuration and the servers") }
+        try await reportingErrors(relay.flags) { settings in
             // The options run reads before it connects, with run's errors for bad values.
             _ = try LogOptions.log(settings)
             let maxInFlight = try settings.integer(.maxInFlight, in: Limits.maxInFlight) ?? Relay.Options().maxInFlightEvents
@@ -35,7 +32,7 @@ struct Check: AsyncParsableCommand {
             try SinkOptionGroup.validate(settings, maxInFlightEvents: maxInFlight)
             let sinkOptions = try SinkOptionGroup.options(settings, maxInFlightEvents: maxInFlight)
             let sink = SinkOptionGroup.sink(settings)
-            let setup = try runOptions.database.setup(settings)
+            let setup = try relay.database.setup(settings)
             let mapping = try MappingOptions.mapping(settings, table: setup.table)
             var database = DatabaseChecks(conninfo: settings.text(.databaseURL), setup: setup, mapper: EventMapper(mapping: mapping))
             database.create = try !settings.flag(.noCreate)

@@ -15,92 +15,15 @@ struct Run: AsyncParsableCommand {
             from makes this instance a standby that takes over when it is released (--no-standby fails instead).
             """)
 
-    @OptionGroup var database: DatabaseOptions
-    @OptionGroup var mapping: MappingOptions
-    @OptionGroup var logging: LogOptions
-
-    @OptionGroup var sinkOptions: SinkOptionGroup
-
-    @Option(name: .customLong("start-lsn"), help: ArgumentHelp(
-        "Replay: skip transactions that committed before this LSN (X/X); must not be older than the slot's confirmed_flush_lsn. [SPOUT_START_LSN]",
-        valueName: "lsn"))
-    var startLSNFlag: String?
-
-    @Option(name: .customLong("end-lsn"), help: ArgumentHelp(
-        "Replay: exit 0 once every transaction committed up to this LSN (X/X) is delivered and confirmed. [SPOUT_END_LSN]",
-        valueName: "lsn"))
-    var endLSNFlag: String?
-
-    @Flag(name: .customLong("no-create"), help: "Fail instead of creating a missing publication or slot. [SPOUT_NO_CREATE]")
-    var noCreateFlag = false
-
-    @OptionGroup var lostSlot: LostSlotOption
-    @OptionGroup var failover: FailoverOption
-    @OptionGroup var observability: ObservabilityOptions
-
-    // Numbers are parsed by spout, not ArgumentParser: one error line naming the range and the
-    // source, and `.unconditional` so that `--max-in-flight -1` is a value, not an option.
-    @Option(name: .customLong("max-in-flight"), parsing: .unconditional, help: ArgumentHelp(
-        "Events handed to the sink and not yet acknowledged, at most; \(Limits.maxInFlight.lowerBound) to \(Limits.maxInFlight.upperBound) (default: 10000). [SPOUT_MAX_IN_FLIGHT]",
-        valueName: "n"))
-    var maxInFlightFlag: String?
-
-    @Option(name: .customLong("max-in-flight-bytes"), parsing: .unconditional, help: ArgumentHelp(
-        "Bytes of unacknowledged events, at most; \(Limits.maxInFlightBytes.lowerBound) to \(Limits.maxInFlightBytes.upperBound) (default: 33554432). [SPOUT_MAX_IN_FLIGHT_BYTES]",
-        valueName: "n"))
-    var maxInFlightBytesFlag: String?
-
-    @Option(name: .customLong("spool-memory-bytes"), parsing: .unconditional, help: ArgumentHelp(
-        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file; \(Limits.spoolMemoryBytes.lowerBound) to \(Limits.spoolMemoryBytes.upperBound) (default: 8388608). [SPOUT_SPOOL_MEMORY_BYTES]",
-        valueName: "n"))
-    var spoolMemoryBytesFlag: String?
+    @OptionGroup var relay: RelayOptions
 
     @Flag(name: .customLong("report-latency"), help: "On exit, print commit → acknowledgement latency percentiles to stderr.")
     var reportLatency = false
 
-    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: ArgumentHelp(
-        "Seconds to wait for acknowledgements on shutdown; 0 to 86400, fractions allowed (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]",
-        valueName: "seconds"))
-    var shutdownTimeoutFlag: String?
-
-    @Option(name: .customLong("reconnect-timeout"), parsing: .unconditional, help: ArgumentHelp(
-        "After losing the database connection, exit non-zero if streaming does not resume within this many seconds; 0 exits at once; "
-            + "\(Int(Limits.reconnectTimeoutSeconds.lowerBound)) to \(Int(Limits.reconnectTimeoutSeconds.upperBound)), fractions allowed (default: retry forever). [SPOUT_RECONNECT_TIMEOUT]",
-        valueName: "seconds"))
-    var reconnectTimeoutFlag: String?
-
-    @Flag(name: .customLong("no-standby"), help: "Fail when another client streams from the slot, instead of waiting as a standby to take over. [SPOUT_NO_STANDBY]")
-    var noStandbyFlag = false
-
-    // issue 13: poison events and retries
-    @Option(name: .customLong("on-poison"), help: ArgumentHelp(
-        "An event that cannot be mapped or that the sink refuses for good: stop (after confirming what came before), "
-            + "dead-letter (publish a record of it to --dead-letter-topic and go on) or skip (log and count it, go on) (default: stop). [SPOUT_ON_POISON]",
-        valueName: "stop|dead-letter|skip"))
-    var onPoisonFlag: String?
-
-    @Option(name: .customLong("dead-letter-topic"), help: ArgumentHelp(
-        "Where --on-poison dead-letter publishes, on the same sink (stdout: a JSON line on stderr) (default: \(PoisonPolicy.defaultDeadLetterTopic)). [SPOUT_DEAD_LETTER_TOPIC]",
-        valueName: "topic"))
-    var deadLetterTopicFlag: String?
-
-    @Option(name: .customLong("max-retries"), parsing: .unconditional, help: ArgumentHelp(
-        "Times an event the broker refuses for now (not an outage) is sent again before it is poison; "
-            + "\(Limits.maxRetries.lowerBound) to \(Limits.maxRetries.upperBound) (default: retry forever). [SPOUT_MAX_RETRIES]",
-        valueName: "n"))
-    var maxRetriesFlag: String?
-
     @Flag(name: .customLong("check-config"), help: "Parse and check the configuration (flags, SPOUT_* variables, config file), print it with secrets masked, and exit without connecting.")
     var checkConfig = false
 
-    var flags: Settings.Flags {
-        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags + observability.flags
-            + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
-                                     .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
-                                     .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag,
-                                     .onPoison: onPoisonFlag, .deadLetterTopic: deadLetterTopicFlag, .maxRetries: maxRetriesFlag],
-                             switches: [.noCreate: noCreateFlag, .noStandby: noStandbyFlag])
-    }
+    var flags: Settings.Flags { relay.flags }
 
     func run() async throws {
         try await reportingErrors(flags) { settings in
@@ -126,7 +49,7 @@ struct Run: AsyncParsableCommand {
             let create = try !settings.flag(.noCreate)
             // issue 13: metrics and health
             let metricsAddress = try ObservabilityOptions.address(settings), unreadyAfter = try ObservabilityOptions.unreadyAfter(settings)
-            var setup = try database.setup(settings)
+            var setup = try relay.database.setup(settings)
             var mapper = EventMapper(mapping: try MappingOptions.mapping(settings, table: setup.table))
             if checkConfig {
                 try SinkOptionGroup.validate(settings, maxInFlightEvents: options.maxInFlightEvents)
@@ -146,12 +69,12 @@ struct Run: AsyncParsableCommand {
             let sink = try SinkOptionGroup.makeSink(settings, maxInFlightEvents: options.maxInFlightEvents, log: log)
             defer { sink.close() }
 
-            let connection = try database.connect(settings, replication: true,
-                                                    applicationName: PostgresConnection.applicationName("run"))
+            let connection = try relay.database.connect(settings, replication: true,
+                                                          applicationName: PostgresConnection.applicationName("run"))
             try ReplicationSetup.checkServer(connection)
             setup.failover = try FailoverOption.enabled(settings, serverVersion: connection.serverVersion)
             let table = try setup.checkTable(connection)
-            try mapping.check(mapper, against: table)
+            try relay.mapping.check(mapper, against: table)
             mapper.outboxOID = table.oid
             if try setup.ensurePublication(connection, create: create) {
                 log.info("created publication \"\(setup.publication)\" for \(setup.table) (inserts only)",
@@ -313,4 +236,89 @@ func poisonPolicy(_ settings: Settings) throws -> PoisonPolicy {
 
 func seconds(_ text: Sourced?, in range: ClosedRange<Double> = Limits.shutdownTimeoutSeconds) throws -> Duration? {
     try text.map { .milliseconds(Int((try $0.seconds(in: range) * 1000).rounded())) }
+}
+
+/// Every option of `spout run` that says how to relay (database, mapping, logging, sink,
+/// window, lifecycle, poison events, metrics): `run` and `check` take the same ones.
+struct RelayOptions: ParsableArguments {
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var mapping: MappingOptions
+    @OptionGroup var logging: LogOptions
+
+    @OptionGroup var sinkOptions: SinkOptionGroup
+
+    @Option(name: .customLong("start-lsn"), help: ArgumentHelp(
+        "Replay: skip transactions that committed before this LSN (X/X); must not be older than the slot's confirmed_flush_lsn. [SPOUT_START_LSN]",
+        valueName: "lsn"))
+    var startLSNFlag: String?
+
+    @Option(name: .customLong("end-lsn"), help: ArgumentHelp(
+        "Replay: exit 0 once every transaction committed up to this LSN (X/X) is delivered and confirmed. [SPOUT_END_LSN]",
+        valueName: "lsn"))
+    var endLSNFlag: String?
+
+    @Flag(name: .customLong("no-create"), help: "Fail instead of creating a missing publication or slot. [SPOUT_NO_CREATE]")
+    var noCreateFlag = false
+
+    @OptionGroup var lostSlot: LostSlotOption
+    @OptionGroup var failover: FailoverOption
+    @OptionGroup var observability: ObservabilityOptions
+
+    // Numbers are parsed by spout, not ArgumentParser: one error line naming the range and the
+    // source, and `.unconditional` so that `--max-in-flight -1` is a value, not an option.
+    @Option(name: .customLong("max-in-flight"), parsing: .unconditional, help: ArgumentHelp(
+        "Events handed to the sink and not yet acknowledged, at most; \(Limits.maxInFlight.lowerBound) to \(Limits.maxInFlight.upperBound) (default: 10000). [SPOUT_MAX_IN_FLIGHT]",
+        valueName: "n"))
+    var maxInFlightFlag: String?
+
+    @Option(name: .customLong("max-in-flight-bytes"), parsing: .unconditional, help: ArgumentHelp(
+        "Bytes of unacknowledged events, at most; \(Limits.maxInFlightBytes.lowerBound) to \(Limits.maxInFlightBytes.upperBound) (default: 33554432). [SPOUT_MAX_IN_FLIGHT_BYTES]",
+        valueName: "n"))
+    var maxInFlightBytesFlag: String?
+
+    @Option(name: .customLong("spool-memory-bytes"), parsing: .unconditional, help: ArgumentHelp(
+        "Events waiting for their commit or the sink beyond this many bytes go to a temporary file; \(Limits.spoolMemoryBytes.lowerBound) to \(Limits.spoolMemoryBytes.upperBound) (default: 8388608). [SPOUT_SPOOL_MEMORY_BYTES]",
+        valueName: "n"))
+    var spoolMemoryBytesFlag: String?
+
+    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: ArgumentHelp(
+        "Seconds to wait for acknowledgements on shutdown; 0 to 86400, fractions allowed (default: 30). [SPOUT_SHUTDOWN_TIMEOUT]",
+        valueName: "seconds"))
+    var shutdownTimeoutFlag: String?
+
+    @Option(name: .customLong("reconnect-timeout"), parsing: .unconditional, help: ArgumentHelp(
+        "After losing the database connection, exit non-zero if streaming does not resume within this many seconds; 0 exits at once; "
+            + "\(Int(Limits.reconnectTimeoutSeconds.lowerBound)) to \(Int(Limits.reconnectTimeoutSeconds.upperBound)), fractions allowed (default: retry forever). [SPOUT_RECONNECT_TIMEOUT]",
+        valueName: "seconds"))
+    var reconnectTimeoutFlag: String?
+
+    @Flag(name: .customLong("no-standby"), help: "Fail when another client streams from the slot, instead of waiting as a standby to take over. [SPOUT_NO_STANDBY]")
+    var noStandbyFlag = false
+
+    // issue 13: poison events and retries
+    @Option(name: .customLong("on-poison"), help: ArgumentHelp(
+        "An event that cannot be mapped or that the sink refuses for good: stop (after confirming what came before), "
+            + "dead-letter (publish a record of it to --dead-letter-topic and go on) or skip (log and count it, go on) (default: stop). [SPOUT_ON_POISON]",
+        valueName: "stop|dead-letter|skip"))
+    var onPoisonFlag: String?
+
+    @Option(name: .customLong("dead-letter-topic"), help: ArgumentHelp(
+        "Where --on-poison dead-letter publishes, on the same sink (stdout: a JSON line on stderr) (default: \(PoisonPolicy.defaultDeadLetterTopic)). [SPOUT_DEAD_LETTER_TOPIC]",
+        valueName: "topic"))
+    var deadLetterTopicFlag: String?
+
+    @Option(name: .customLong("max-retries"), parsing: .unconditional, help: ArgumentHelp(
+        "Times an event the broker refuses for now (not an outage) is sent again before it is poison; "
+            + "\(Limits.maxRetries.lowerBound) to \(Limits.maxRetries.upperBound) (default: retry forever). [SPOUT_MAX_RETRIES]",
+        valueName: "n"))
+    var maxRetriesFlag: String?
+
+    var flags: Settings.Flags {
+        database.flags + mapping.flags + logging.flags + sinkOptions.flags + lostSlot.flags + failover.flags + observability.flags
+            + Settings.Flags(flags: [.startLSN: startLSNFlag, .endLSN: endLSNFlag, .maxInFlight: maxInFlightFlag,
+                                     .maxInFlightBytes: maxInFlightBytesFlag, .spoolMemoryBytes: spoolMemoryBytesFlag,
+                                     .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag,
+                                     .onPoison: onPoisonFlag, .deadLetterTopic: deadLetterTopicFlag, .maxRetries: maxRetriesFlag],
+                             switches: [.noCreate: noCreateFlag, .noStandby: noStandbyFlag])
+    }
 }
