@@ -38,6 +38,11 @@ struct PikaClient {
         _ = try run(["setup", exchange, queue, rejectAbove.map(String.init) ?? "-"] + keys)
     }
 
+    /// Publishes one message, mandatory and confirmed: fails when no queue is bound for `routingKey`.
+    func publishMandatory(exchange: String, routingKey: String) throws {
+        _ = try run(["publish", exchange, routingKey])
+    }
+
     /// Ready messages in `queue`.
     func count(_ queue: String) -> Int {
         (try? run(["count", queue])).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? -1
@@ -81,6 +86,9 @@ struct PikaClient {
             channel.queue_declare(queue, durable=True, arguments=bounded)
             for key in keys:
                 channel.queue_bind(queue, exchange, routing_key=key)
+        elif command == "publish":
+            channel.confirm_delivery()
+            channel.basic_publish(args[0], args[1], b"{}", mandatory=True)
         elif command == "count":
             print(channel.queue_declare(args[0], passive=True).method.message_count)
         elif command == "drain":

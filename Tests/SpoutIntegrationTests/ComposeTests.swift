@@ -38,7 +38,7 @@ final class ComposeTests: XCTestCase {
         XCTAssertTrue(FileManager.default.isExecutableFile(atPath: program), "docker-compose is missing: run scripts/install-deps")
         let (status, output) = try Self.execute(program, ["-f", Self.composeFile, "config", "-q"])
         XCTAssertEqual(status, 0, output)
-        for profile in ["redis", "nats"] {
+        for profile in ["redis", "nats", "rabbitmq"] {
             let (status, output) = try Self.execute(program, ["-f", Self.composeFile, "--profile", profile, "config", "-q"])
             XCTAssertEqual(status, 0, "\(profile): \(output)")
         }
@@ -63,7 +63,7 @@ final class ComposeTests: XCTestCase {
     /// --check-config` accepts, its own slot, restarted, started after PostgreSQL is healthy.
     func testEverySpoutServiceIsConfiguredWithVariablesSpoutUnderstands() throws {
         let spouts = try Self.services().filter { $0.key.hasPrefix("spout") }
-        XCTAssertEqual(Set(spouts.keys), ["spout-kafka", "spout-redis", "spout-nats"])
+        XCTAssertEqual(Set(spouts.keys), ["spout-kafka", "spout-redis", "spout-nats", "spout-amqp", "spout-stomp"])
         var slots: Set<String> = []
         for (name, service) in spouts {
             let environment = try XCTUnwrap(service["environment"] as? [String: Any], name).mapValues { "\($0)" }
@@ -78,6 +78,48 @@ final class ComposeTests: XCTestCase {
             XCTAssertEqual(dependsOn["postgres"]?["condition"], "service_healthy", name)
         }
         XCTAssertEqual(slots.count, spouts.count, "every spout streams its own slot")
+    }
+
+    /// The rabbitmq service's configuration, loaded by a real RabbitMQ: user spout logs in with
+    /// the password the spout-amqp and spout-stomp services use, the exchange routes every
+    /// topic to a queue (spout-amqp's publishes are mandatory), and the STOMP queue exists.
+    func testRabbitMQDefinitionsLoad() throws {
+        let services = try Self.services()
+        let rabbitmq = try XCTUnwrap(services["rabbitmq"])
+        let mounts = try XCTUnwrap(rabbitmq["volumes"] as? [String]).map { $0.split(separator: ":").map(String.init) }
+        let files = Dictionary(mounts.map { ($0[1], Self.repository.appendingPathComponent($0[0]).path) }, uniquingKeysWith: { first, _ in first })
+        let definitions = try XCTUnwrap(files["/etc/rabbitmq/definitions.json"])
+        let configuration = try String(contentsOfFile: try XCTUnwrap(files["/etc/rabbitmq/conf.d/20-spout.conf"]), encoding: .utf8)
+        XCTAssertTrue(configuration.contains("load_definitions = /etc/rabbitmq/definitions.json"), configuration)
+        XCTAssertEqual(try String(contentsOfFile: try XCTUnwrap(files["/etc/rabbitmq/enabled_plugins"]), encoding: .utf8)
+                        .contains("rabbitmq_stomp"), true)
+        let extra = FileManager.default.temporaryDirectory.appendingPathComponent("spout-compose-rabbitmq-\(UUID().uuidString).conf")
+        try configuration.replacingOccurrences(of: "/etc/rabbitmq/definitions.json", with: definitions).write(to: extra, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: extra) }
+        setenv("RABBITMQ_EXTRA_CONF", extra.path, 1)
+        defer { unsetenv("RABBITMQ_EXTRA_CONF") }
+        let server = try RabbitMQServer("compose-tests")
+        defer { server.stop(remove: true) }
+        unsetenv("RABBITMQ_EXTRA_CONF")
+
+        let amqp = try XCTUnwrap(services["spout-amqp"]?["environment"] as? [String: Any])
+        let stomp = try XCTUnwrap(services["spout-stomp"]?["environment"] as? [String: Any])
+        // The services' URLs, pointed at this server.
+        let amqpURL = "\(amqp["SPOUT_SINK"] ?? "")".replacingOccurrences(of: "@rabbitmq:5672", with: "@127.0.0.1:\(server.port)")
+        let stompURL = "\(stomp["SPOUT_SINK"] ?? "")".replacingOccurrences(of: "@rabbitmq:61613", with: "@127.0.0.1:\(server.stompPort)")
+        let outbox = try OutboxFixture("compose_rabbit")
+        defer { outbox.tearDown() }
+        // spout check: logged in, the exchange there.
+        for (url, extraArguments) in [(amqpURL, ["--amqp-exchange", "\(amqp["SPOUT_AMQP_EXCHANGE"] ?? "")"]),
+                                      (stompURL, ["--stomp-destination", "\(stomp["SPOUT_STOMP_DESTINATION"] ?? "")"])] {
+            let result = try SpoutProcess.run(["check", "--sink", url] + extraArguments + outbox.arguments, timeout: 90)
+            XCTAssertEqual(result.status, 0, result.stdout + result.stderr)
+        }
+        // Every topic is routed: a publish to the exchange reaches outbox.events.
+        let pika = try PikaClient(amqpURL)
+        try pika.publishMandatory(exchange: "\(amqp["SPOUT_AMQP_EXCHANGE"] ?? "")", routingKey: "outbox.event.order")
+        XCTAssertEqual(pika.count("outbox.events"), 1)
+        XCTAssertEqual(pika.count("outbox.stomp"), 0, "the STOMP queue exists")
     }
 
     /// The init SQL mounted into the postgres service is sql/ of this repository, in that
