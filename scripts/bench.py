@@ -2,11 +2,11 @@
 """Spout's benchmark (`make bench`): drain, latency and footprint, each Spout figure next to
 pg_recvlogical (the decoding limit of one slot) measured in the same run.
 
-Starts its own PostgreSQL, Redis, NATS JetStream and mock Kafka cluster on loopback, prints
-one table and writes it as JSON (bench/results.json by default).
+Starts its own PostgreSQL, Redis, NATS JetStream, mock Kafka cluster and RabbitMQ (AMQP and
+STOMP) on loopback, prints one table and writes it as JSON (bench/results.json by default).
 
     scripts/bench.py [--events 200000] [--footprint-events 1000000] [--latency-seconds 30]
-                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka] [--json FILE]
+                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka,amqp,stomp] [--json FILE]
                      [--baseline GIT-REF]
 
 --baseline builds that commit too (in .run/baseline) and runs it next to this checkout's spout in
@@ -57,6 +57,7 @@ class Servers:
         self.processes = []
         self.tmp = tempfile.mkdtemp(prefix="spout-bench-")
         self.pg_started = False
+        self.rabbitmq_started = False
 
     def postgres(self):
         subprocess.run([os.path.join(ROOT, "scripts/pg-start"), "bench"], check=True)
@@ -81,6 +82,25 @@ class Servers:
         store = os.path.join(self.tmp, "nats")
         self.spawn(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "--store_dir", store], port)
         return f"nats://127.0.0.1:{port}"
+
+    def rabbitmq(self):
+        """scripts/rabbitmq-start bench; the queues AMQP and STOMP deliver to, bounded so the
+        broker's memory stays flat (the oldest messages are dropped; confirms are unaffected)."""
+        subprocess.run([os.path.join(ROOT, "scripts/rabbitmq-start"), "bench"], check=True, stdout=sys.stderr)
+        self.rabbitmq_started = True
+        env = dict(line.strip().split("=", 1) for line in open(os.path.join(RUN, "rabbitmq-bench.env")) if "=" in line)
+        python_path = subprocess.run([os.path.join(ROOT, "scripts/py-deps")], check=True, capture_output=True, text=True).stdout.strip()
+        os.environ["PYTHONPATH"] = python_path
+        sys.path.insert(0, python_path)
+        import pika  # scripts/py-deps (PyPI): the AMQP client for the queues and the consumer
+        connection = pika.BlockingConnection(pika.URLParameters(env["SPOUT_TEST_AMQP_URL"]))
+        channel = connection.channel()
+        channel.exchange_declare(RABBITMQ_EXCHANGE, exchange_type="topic", durable=True)
+        for queue in [AMQP_QUEUE, STOMP_QUEUE]:
+            channel.queue_declare(queue, durable=True, arguments={"x-max-length": 100_000})
+        channel.queue_bind(AMQP_QUEUE, RABBITMQ_EXCHANGE, routing_key="#")
+        connection.close()
+        return env["SPOUT_TEST_AMQP_URL"], env["SPOUT_TEST_STOMP_URL"]
 
     def kafka(self, binary):
         process = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -110,6 +130,8 @@ class Servers:
                     process.kill()
         if self.pg_started:
             subprocess.run([os.path.join(ROOT, "scripts/pg-stop"), "bench"])
+        if self.rabbitmq_started:
+            subprocess.run([os.path.join(ROOT, "scripts/rabbitmq-stop"), "bench", "--remove"])
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -188,7 +210,7 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--light-rate", type=int, default=1000,
                         help="a second latency run at this rate, where the machine has CPU to spare (0: none)")
-    parser.add_argument("--sinks", default="stdout,redis,nats,kafka")
+    parser.add_argument("--sinks", default="stdout,redis,nats,kafka,amqp,stomp")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
     parser.add_argument("--repeat", type=int, default=1, help="drain each runner this many times, alternating; report the median")
@@ -225,8 +247,11 @@ def main():
             targets["kafka"] = servers.kafka(kafka_mock)
             # Created up front with a known partition count, which the latency consumer assigns.
             servers.kafka_command(f"create-topic {LATENCY_TOPIC} {KAFKA_PARTITIONS}")
+        if "amqp" in sinks or "stomp" in sinks:
+            targets["amqp"], targets["stomp"] = servers.rabbitmq()
         targets = {name: targets[name] for name in sinks if name in targets}
-        extra = {"nats": ["--nats-create-stream", "OUTBOX"]}
+        extra = {"nats": ["--nats-create-stream", "OUTBOX"], "amqp": ["--amqp-exchange", RABBITMQ_EXCHANGE],
+                 "stomp": ["--stomp-destination", f"/amq/queue/{STOMP_QUEUE}"]}
 
         if "drain" not in skip:
             for backlog, make in [("200k single-row transactions", db.backlog_single_row_transactions),
@@ -309,6 +334,11 @@ def main():
 
 LATENCY_TOPIC = "outbox.event.order"
 KAFKA_PARTITIONS = 4
+# RabbitMQ: AMQP publishes to this exchange, bound to AMQP_QUEUE for every topic; STOMP sends to
+# the existing STOMP_QUEUE (/amq/queue/…). The latency consumers read those queues.
+RABBITMQ_EXCHANGE = "outbox"
+AMQP_QUEUE = "bench.amqp"
+STOMP_QUEUE = "bench.stomp"
 
 
 def cpu_times():
@@ -402,8 +432,10 @@ def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, serv
             spout_process.stdout.close()
         else:
             arguments = {"redis": [target, LATENCY_TOPIC], "nats": [target, LATENCY_TOPIC],
-                         "kafka": [target, LATENCY_TOPIC, str(KAFKA_PARTITIONS)]}[name]
-            consumer = subprocess.Popen([sys.executable, consumer_script, name] + arguments, stdout=subprocess.PIPE, text=True)
+                         "kafka": [target, LATENCY_TOPIC, str(KAFKA_PARTITIONS)],
+                         "amqp": [targets["amqp"], AMQP_QUEUE], "stomp": [targets["amqp"], STOMP_QUEUE]}[name]
+            name_for_consumer = "amqp" if name == "stomp" else name
+            consumer = subprocess.Popen([sys.executable, consumer_script, name_for_consumer] + arguments, stdout=subprocess.PIPE, text=True)
         if consumer.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {name} consumer did not start")
         if name != "stdout":

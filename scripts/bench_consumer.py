@@ -8,10 +8,11 @@ seconds) that the bench's pgbench script writes into every payload.
     bench_consumer.py redis  redis://HOST:PORT  STREAM
     bench_consumer.py nats   nats://HOST:PORT   SUBJECT
     bench_consumer.py kafka  kafka://HOST:PORT  TOPIC PARTITIONS
+    bench_consumer.py amqp   amqp://USER:PASSWORD@HOST:PORT/  QUEUE   (AMQP and STOMP: RabbitMQ's queue)
 
 Prints `ready` on stdout once subscribed; on SIGTERM prints one JSON object with count and
-p50/p99/p99.9/max in milliseconds, then exits. Only the Python standard library (librdkafka
-through ctypes for Kafka), so `make bench` needs nothing from PyPI.
+p50/p99/p99.9/max in milliseconds, then exits. The Python standard library (librdkafka through
+ctypes for Kafka), and pika for RabbitMQ (scripts/py-deps; bench.py sets PYTHONPATH).
 """
 import ctypes
 import json
@@ -265,6 +266,21 @@ def consume_kafka(url, topic, partitions):
     lib.rd_kafka_consumer_close(handle)
 
 
+def consume_amqp(url, queue):
+    import pika
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_purge(queue)  # what earlier runs left
+    print("ready", flush=True)
+    for method, _, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.2):
+        if stopping:
+            break
+        if method is not None:
+            record(body)
+    channel.cancel()
+    connection.close()
+
+
 def main():
     signal.signal(signal.SIGTERM, stop)
     kind = sys.argv[1]
@@ -279,6 +295,8 @@ def main():
             consume_nats(sys.argv[2], sys.argv[3])
         elif kind == "kafka":
             consume_kafka(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        elif kind == "amqp":
+            consume_amqp(sys.argv[2], sys.argv[3])
         else:
             raise SystemExit(f"unknown sink {kind}")
     except (EOFError, InterruptedError):
