@@ -44,15 +44,7 @@ package struct AMQPURL: Equatable, Sendable {
         host = server.host
         port = server.port ?? Self.defaultPort
 
-        if let user = url.user {
-            guard let password = url.password else { throw invalid("the user has no password; write user:password@") }
-            guard !user.isEmpty else { throw invalid("the user name is empty") }
-            self.user = user
-            self.password = password
-        } else {
-            user = "guest"
-            password = "guest"
-        }
+        (user, password) = try url.login(invalid) ?? ("guest", "guest")
 
         vhost = "/"
         if let path = url.path, !path.isEmpty {

@@ -33,12 +33,7 @@ final class RedisConnection {
 
     /// Whether the non-blocking connect has completed; throws when it failed (refused, unreachable).
     func finishConnect() throws(Failure) -> Bool {
-        guard try waitFor(Int16(POLLOUT), milliseconds: 0) else { return false }
-        var error: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        if getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { error = errno }
-        if error != 0 { throw Failure(reason: String(cString: strerror(error))) }
-        return true
+        try SocketStatus.connectFinished(descriptor).mapError { Failure(reason: $0.description) }.get()
     }
 
     /// Buffers one command (nothing is written yet).
@@ -66,13 +61,7 @@ final class RedisConnection {
     /// Waits up to `milliseconds` until the socket is ready for `events`; `true` when it is
     /// (or has an error or hang-up, which the next read or write reports).
     func waitFor(_ events: Int16, milliseconds: Int32) throws(Failure) -> Bool {
-        var descriptor = pollfd(fd: descriptor, events: events, revents: 0)
-        let ready = Glibc.poll(&descriptor, 1, milliseconds)
-        if ready < 0 {
-            if errno == EINTR { return false }
-            throw Failure(reason: String(cString: strerror(errno)))
-        }
-        return ready > 0
+        try SocketStatus.wait(descriptor, for: events, milliseconds: milliseconds).mapError { Failure(reason: $0.description) }.get()
     }
 
     /// Reads what the socket holds (up to 1 MiB per call) into hiredis' reply parser.

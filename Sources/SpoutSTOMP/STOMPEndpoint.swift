@@ -32,12 +32,7 @@ package struct STOMPEndpoint: Equatable, Sendable {
         guard url.servers.count == 1, let server = url.servers.first else { throw invalid("name one server") }
         host = server.host
         port = server.port ?? Self.defaultPort
-        if let user = url.user {
-            guard let password = url.password else { throw invalid("the user has no password; write user:password@") }
-            guard !user.isEmpty else { throw invalid("the user is empty") }
-            self.user = user
-            self.password = password
-        }
+        if let login = try url.login(invalid) { (user, password) = (login.user, login.password) }
         virtualHost = "/"
         if let path = url.path, !path.isEmpty {
             guard let decoded = path.removingPercentEncoding else { throw invalid("the virtual host has a malformed %-escape") }

@@ -46,6 +46,15 @@ public struct SinkURL: Sendable, Equatable, CustomStringConvertible {
     public var user: String?
     /// Percent-decoded; nil when the userinfo has no `:` (a bare user, or a token).
     public var password: String?
+
+    /// `user:password@`, for sinks that log in with both: nil without a user; an error (through
+    /// `invalid`) for a user without a password or an empty one.
+    public func login(_ invalid: (String) -> SpoutError) throws(SpoutError) -> (user: String, password: String)? {
+        guard let user else { return nil }
+        guard let password else { throw invalid("the user has no password; write user:password@") }
+        guard !user.isEmpty else { throw invalid("the user name is empty") }
+        return (user, password)
+    }
     public var servers: [Server]
     /// After the `/` that ends the hosts, undecoded; nil without one, empty for a trailing `/`.
     public var path: String?
