@@ -1,0 +1,110 @@
+import Glibc
+
+/// One non-blocking TCP connection (Glibc sockets; HTTP needs no client library). It owns
+/// the descriptor (closed on deinit) and only moves bytes; requests and responses are `HTTPSink`'s.
+final class HTTPSocket {
+    /// An I/O failure; the connection is unusable afterwards.
+    struct Failure: Error {
+        var reason: String
+    }
+
+    let descriptor: Int32
+
+    /// Resolves `host` (blocking, as libpq and hiredis do) and starts a TCP connect to its
+    /// first address without waiting for it (`finishConnect` tells when it is done).
+    init(connectingTo host: String, port: Int) throws(Failure) {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &list)
+        guard status == 0, let first = list else {
+            throw Failure(reason: "cannot resolve \(host): \(String(cString: gai_strerror(status)))")
+        }
+        defer { freeaddrinfo(list) }
+        var lastError = "no address"
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let address = entry {
+            entry = address.pointee.ai_next
+            let fd = socket(address.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { lastError = String(cString: strerror(errno)); continue }
+            var one: Int32 = 1
+            _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            if connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen) == 0 || errno == EINPROGRESS {
+                descriptor = fd
+                return
+            }
+            lastError = String(cString: strerror(errno))
+            close(fd)
+        }
+        throw Failure(reason: lastError)
+    }
+
+    deinit { close(descriptor) }
+
+    /// Whether the non-blocking connect has completed; throws when it failed (refused, unreachable).
+    func finishConnect() throws(Failure) -> Bool {
+        guard try waitFor(Int16(POLLOUT), milliseconds: 0) else { return false }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { error = errno }
+        if error != 0 { throw Failure(reason: String(cString: strerror(error))) }
+        return true
+    }
+
+    /// Writes from `bytes[offset...]` what the socket takes; returns the new offset.
+    /// MSG_NOSIGNAL: a connection the server closed is an error here, not a SIGPIPE.
+    func write(_ bytes: [UInt8], from offset: Int) throws(Failure) -> Int {
+        var offset = offset
+        while offset < bytes.count {
+            let sent = bytes.withUnsafeBytes { buffer -> Int in
+                guard let base = buffer.baseAddress else { return 0 }
+                return Glibc.send(descriptor, base + offset, buffer.count - offset, Int32(MSG_NOSIGNAL))
+            }
+            if sent > 0 {
+                offset += sent
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                break
+            } else if errno != EINTR {
+                throw Failure(reason: String(cString: strerror(errno)))
+            }
+        }
+        return offset
+    }
+
+    /// Reads what the socket holds into `chunk`, passing each piece to `body`; throws when the
+    /// server closed the connection. Returns whether anything was read.
+    func read(into chunk: inout [UInt8], _ body: (UnsafeRawBufferPointer) -> Void) throws(Failure) -> Bool {
+        var any = false
+        for _ in 0..<64 {
+            let count = chunk.withUnsafeMutableBytes { buffer -> Int in
+                guard let base = buffer.baseAddress else { return -1 }
+                return recv(descriptor, base, buffer.count, Int32(MSG_DONTWAIT))
+            }
+            if count > 0 {
+                any = true
+                chunk.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+                if count < chunk.count { break }
+            } else if count == 0 {
+                throw Failure(reason: "the server closed the connection")
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                break
+            } else if errno != EINTR {
+                throw Failure(reason: String(cString: strerror(errno)))
+            }
+        }
+        return any
+    }
+
+    /// Waits up to `milliseconds` until the socket is ready for `events`; `true` when it is
+    /// (or has an error or hang-up, which the next read or write reports).
+    func waitFor(_ events: Int16, milliseconds: Int32) throws(Failure) -> Bool {
+        var entry = pollfd(fd: descriptor, events: events, revents: 0)
+        let ready = poll(&entry, 1, milliseconds)
+        if ready < 0 {
+            if errno == EINTR { return false }
+            throw Failure(reason: String(cString: strerror(errno)))
+        }
+        return ready > 0
+    }
+}
