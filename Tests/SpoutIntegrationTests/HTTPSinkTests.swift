@@ -115,7 +115,7 @@ final class HTTPSinkTests: XCTestCase {
         XCTAssertFalse(spout.stderr.contains(Self.secret), "the secret is never logged")
     }
 
-    /// The receiver answers 500 to the first requests, leaves one unanswered past --http-timeout
+    /// On one connection, the receiver answers 500 to the first requests, leaves one unanswered past --http-timeout
     /// and answers one 429 with Retry-After: 2. Nothing is lost, each key stays in order, and
     /// no request came within 2 s after the 429.
     func testFailuresStallsAndRetryAfterLoseNothing() throws {
@@ -123,7 +123,9 @@ final class HTTPSinkTests: XCTestCase {
         defer { receiver.stop() }
         let outbox = try OutboxFixture("httpfail")
         defer { outbox.tearDown() }
-        let spout = try spout(receiver, outbox, ["--http-timeout", "2", "--http-batch", "5"])
+        // One connection: every request after the 429 was sent after spout read it (with more,
+        // other connections' requests may be on their way already).
+        let spout = try spout(receiver, outbox, ["--http-timeout", "2", "--http-batch", "5", "--http-concurrency", "1"])
         let writer = try OutboxWriter(outbox)
         try writer.write(transactions: 40, rows: 5)
         try confirmAll(spout, outbox, timeout: 120)
@@ -160,6 +162,34 @@ final class HTTPSinkTests: XCTestCase {
         XCTAssertFalse(receiver.acknowledged.contains(poison))
         XCTAssertTrue(spout.stderr.contains("skipped event \"\(poison)\""), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("400"), spout.stderr)
+    }
+
+    /// A 400 for a batch that holds one poison event: spout sends the batch's events one at a
+    /// time, finds the refused one and skips it (--on-poison skip); all others arrive.
+    func testRefusedEventInBatchIsFound() throws {
+        let receiver = try Receiver(["--reject", "poison-pill"])
+        defer { receiver.stop() }
+        let outbox = try OutboxFixture("httpbatchpoison")
+        defer { outbox.tearDown() }
+        let spout = try spout(receiver, outbox, ["--on-poison", "skip", "--http-batch", "5", "--http-concurrency", "2"])
+        let writer = try OutboxWriter(outbox)
+        try writer.write(transactions: 3, rows: 6)
+        // One transaction, one key: the relay hands its events over at the commit, together, so
+        // they go in one batch of 5 with the poison event in the middle.
+        let rows = try outbox.admin.sql("""
+            INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload)
+            SELECT 'order', 'k1', CASE WHEN n = 3 THEN 'Bad' ELSE 'Good' END,
+                   CASE WHEN n = 3 THEN '{"note": "poison-pill"}' ELSE '{"n": 1}' END::jsonb
+            FROM generate_series(1, 5) AS n ORDER BY n RETURNING id, event_type
+            """)
+        let poison = try XCTUnwrap(rows.first { $0[1] == "Bad" }?[0] ?? nil)
+        let good = rows.compactMap { $0[1] == "Good" ? $0[0] : nil }
+        try writer.write(transactions: 3, rows: 6)
+        try confirmAll(spout, outbox)
+        XCTAssertEqual(Set(receiver.acknowledged), Set(writer.ids + good))
+        XCTAssertTrue(spout.stderr.contains("skipped event \"\(poison)\""), spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("one at a time"), spout.stderr)
+        assertAllInOrder(receiver, writer)
     }
 
     /// --on-poison stop (the default): the 400 stops spout, the error names the status and body.

@@ -113,6 +113,13 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(status, b"receiver says %d" % status if status != 200 else b"", headers)
 
 
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that drops a connection (spout after --http-timeout, or killed) is expected.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def main():
     global args, log
     parser = argparse.ArgumentParser()
@@ -127,7 +134,7 @@ def main():
     parser.add_argument("--reject")
     args = parser.parse_args()
     log = open(args.log, "a", encoding="utf-8")
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = Server(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print("listening", flush=True)
     server.serve_forever()
