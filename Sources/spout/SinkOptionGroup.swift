@@ -6,7 +6,7 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost] (default: stdout://). [SPOUT_SINK]",
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost], http://host:8080/path (default: stdout://). [SPOUT_SINK]",
         valueName: "url"))
     var sinkFlag: String?
 
@@ -31,7 +31,7 @@ struct SinkOptionGroup: ParsableArguments {
 
     // issue 13: CloudEvents envelope
     @Option(name: .customLong("envelope"), help: ArgumentHelp(
-        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS, Redis, AMQP and STOMP) (default: none). [SPOUT_ENVELOPE]",
+        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS, Redis, AMQP, STOMP and HTTP) (default: none). [SPOUT_ENVELOPE]",
         valueName: "none|cloudevents"))
     var envelopeFlag: String?
 

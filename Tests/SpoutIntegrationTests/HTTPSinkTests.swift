@@ -273,5 +273,21 @@ final class HTTPSinkTests: XCTestCase {
         let refused = try SpoutProcess.run(["run", "--check-config", "--sink", "https://127.0.0.1:\(port)/x"])
         let tls = refused.stdout + refused.stderr
         XCTAssertTrue(tls.contains("TLS is not supported yet (issue 15)"), tls)
+
+        // --check-config shows every HTTP setting, the password, secret and header values masked.
+        let config = try SpoutProcess.run(["run", "--check-config", "--sink", "http://u:SENTINEL1@127.0.0.1:\(port)/x",
+                                           "--http-secret", "whsec_U0VOVElORUwy", "--http-header", "Authorization: Bearer SENTINEL3",
+                                           "--http-batch", "10"], environment: ["SPOUT_HTTP_HEADER": "A: b c\nX-Key: SENTINEL4"])
+        let report = config.stdout + config.stderr
+        XCTAssertEqual(config.status, 0, report)
+        XCTAssertFalse(report.contains("SENTINEL") || report.contains("U0VOVElORUwy"), report)
+        for line in ["http-batch = 10", "http-timeout = 30.0 seconds", "http-concurrency = 4", "http-secret = ******",
+                     "http-header = Authorization: ******"] {
+            XCTAssertTrue(report.contains(line), report)
+        }
+        let environment = try SpoutProcess.run(["run", "--check-config", "--sink", "http://127.0.0.1:\(port)/x"],
+                                               environment: ["SPOUT_HTTP_HEADER": "A: b c\nX-Key: SENTINEL4"])
+        XCTAssertTrue(environment.stdout.contains("http-header = X-Key: ******"), environment.stdout + environment.stderr)
+        XCTAssertFalse((environment.stdout + environment.stderr).contains("SENTINEL"))
     }
 }
