@@ -63,7 +63,7 @@ final class HTTPAdapter: DeliveryAdapter {
     private let batch: Int
     private let timeout: Duration
     private let signer: WebhookSigner?
-    private let headers: [(name: String, value: String)]
+    private let headPrefix: [UInt8]
     private let cloudEvents: CloudEventEnvelope?
     private var lanes: [Lane]
     private let epoll: Int32
@@ -75,6 +75,9 @@ final class HTTPAdapter: DeliveryAdapter {
     /// The last dispatch found waiting events but none it could send (their connections busy):
     /// nothing to do until a request finishes or an event arrives.
     private var blocked = false
+    /// `dispatch`'s working state, kept to spare it an allocation per call.
+    private var wasFree: [Bool] = []
+    private var filling: [Bool] = []
 
     init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         endpoint = try HTTPEndpoint(parsing: url)
@@ -94,8 +97,10 @@ final class HTTPAdapter: DeliveryAdapter {
                 throw .invalidOption("--http-header \(header.name): spout sets this header itself; leave it out")
             }
         }
-        headers = options.httpHeaders
+        headPrefix = Self.headPrefix(endpoint, headers: options.httpHeaders)
         lanes = (0..<max(1, options.httpConcurrency)).map { _ in Lane() }
+        wasFree = Array(repeating: true, count: lanes.count)
+        filling = wasFree
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epoll >= 0 else { throw .sink(SinkError(.permanent, "epoll_create1: \(String(cString: strerror(errno)))")) }
     }
@@ -319,8 +324,10 @@ final class HTTPAdapter: DeliveryAdapter {
         var free = lanes.count { $0.tickets.isEmpty }
         var next = engine.nextWaitingTicket()
         guard free > 0, next != nil else { return }
-        let wasFree = lanes.map { $0.tickets.isEmpty }
-        var filling = wasFree
+        for (index, lane) in lanes.enumerated() {
+            wasFree[index] = lane.tickets.isEmpty
+            filling[index] = wasFree[index]
+        }
         var scanned = 0
         while let ticket = next, free > 0, scanned < Self.scanLimit {
             scanned += 1
@@ -376,44 +383,80 @@ final class HTTPAdapter: DeliveryAdapter {
         return Int(hash % UInt64(count))
     }
 
-    /// The request for the lane's tickets into `lane.output`.
+    /// The request for the lane's tickets into `lane.output`: the head's fixed part was
+    /// encoded once (`headPrefix`), so a request allocates nothing but with a signature.
     private func encode(_ lane: Lane, _ engine: DeliveryEngine) {
         lane.body.removeAll(keepingCapacity: true)
-        var contentType = "application/json"
-        var firstID = ""
-        var ceHeaders: [(String, String)] = []
-        if lane.tickets.count == 1, let event = engine.event(lane.tickets[0]) {
-            firstID = event.id
-            if let cloudEvents {
+        let single = lane.tickets.count == 1 ? engine.event(lane.tickets[0]) : nil
+        var contentType: String
+        if let event = single {
+            if cloudEvents != nil {
                 contentType = CloudEventEnvelope.contentType(of: event)
-                cloudEvents.forEachAttribute(of: event) { name, value in ceHeaders.append(("ce-" + name, CloudEventEnvelope.percentEncodedHeaderValue(value))) }
                 lane.body.append(contentsOf: event.payload)
             } else {
+                contentType = "application/json"
                 StdoutSink.appendJSONLine(event, to: &lane.body)
             }
         } else {
-            if cloudEvents != nil { contentType = "application/cloudevents-batch+json" }
+            contentType = cloudEvents != nil ? "application/cloudevents-batch+json" : "application/json"
             lane.body.append(UInt8(ascii: "["))
             for (index, ticket) in lane.tickets.enumerated() {
                 guard let event = engine.event(ticket) else { continue }
-                if index == 0 { firstID = event.id } else { lane.body.append(UInt8(ascii: ",")) }
+                if index > 0 { lane.body.append(UInt8(ascii: ",")) }
                 if let cloudEvents { cloudEvents.appendStructured(event, to: &lane.body) } else { StdoutSink.appendJSONLine(event, to: &lane.body) }
             }
             lane.body.append(UInt8(ascii: "]"))
         }
-        var head = "POST \(endpoint.target) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUser-Agent: spout\r\nContent-Type: \(contentType)\r\nContent-Length: \(lane.body.count)\r\n"
-        if let authorization = endpoint.authorization { head += "Authorization: \(authorization)\r\n" }
-        for header in headers { head += "\(header.name): \(header.value)\r\n" }
-        if let signer {
-            // A batch is named by its first event and its size: the same id for the same batch when it is sent again.
-            let id = CloudEventEnvelope.percentEncodedHeaderValue(lane.tickets.count == 1 ? firstID : "\(firstID)+\(lane.tickets.count)")
-            let timestamp = Int(Date().timeIntervalSince1970)
-            head += "webhook-id: \(id)\r\nwebhook-timestamp: \(timestamp)\r\nwebhook-signature: \(signer.signature(id: id, timestamp: timestamp, body: lane.body))\r\n"
-        }
-        for (name, value) in ceHeaders { head += "\(name): \(value)\r\n" }
-        head += "\r\n"
         lane.output.removeAll(keepingCapacity: true)
-        lane.output.append(contentsOf: head.utf8)
+        lane.output.append(contentsOf: headPrefix)
+        Self.appendHeader("Content-Type", contentType, to: &lane.output)
+        lane.output.append(contentsOf: "Content-Length: ".utf8)
+        Self.appendDecimal(lane.body.count, to: &lane.output)
+        lane.output.append(contentsOf: "\r\n".utf8)
+        if let signer, let first = lane.tickets.first, let event = engine.event(first) {
+            // A batch is named by its first event and its size: the same id when it is sent again.
+            let id = CloudEventEnvelope.percentEncodedHeaderValue(lane.tickets.count == 1 ? event.id : "\(event.id)+\(lane.tickets.count)")
+            let timestamp = Int(Date().timeIntervalSince1970)
+            Self.appendHeader("webhook-id", id, to: &lane.output)
+            Self.appendHeader("webhook-timestamp", String(timestamp), to: &lane.output)
+            Self.appendHeader("webhook-signature", signer.signature(id: id, timestamp: timestamp, body: lane.body), to: &lane.output)
+        }
+        if let event = single, let cloudEvents {
+            cloudEvents.forEachAttribute(of: event) { name, value in
+                lane.output.append(contentsOf: "ce-".utf8)
+                Self.appendHeader(name, CloudEventEnvelope.percentEncodedHeaderValue(value), to: &lane.output)
+            }
+        }
+        lane.output.append(contentsOf: "\r\n".utf8)
         lane.output.append(contentsOf: lane.body)
+    }
+
+    /// `POST <target> HTTP/1.1`, `Host`, `User-Agent`, `Authorization` and `--http-header`s.
+    static func headPrefix(_ endpoint: HTTPEndpoint, headers: [(name: String, value: String)]) -> [UInt8] {
+        var head: [UInt8] = []
+        head.append(contentsOf: "POST \(endpoint.target) HTTP/1.1\r\n".utf8)
+        appendHeader("Host", endpoint.hostHeader, to: &head)
+        appendHeader("User-Agent", "spout", to: &head)
+        if let authorization = endpoint.authorization { appendHeader("Authorization", authorization, to: &head) }
+        for header in headers { appendHeader(header.name, header.value, to: &head) }
+        return head
+    }
+
+    static func appendHeader(_ name: String, _ value: String, to output: inout [UInt8]) {
+        output.append(contentsOf: name.utf8)
+        output.append(contentsOf: ": ".utf8)
+        output.append(contentsOf: value.utf8)
+        output.append(contentsOf: "\r\n".utf8)
+    }
+
+    static func appendDecimal(_ value: Int, to output: inout [UInt8]) {
+        var divisor = 1
+        while divisor <= value / 10 { divisor *= 10 }
+        var rest = value
+        while divisor > 0 {
+            output.append(UInt8(ascii: "0") + UInt8(rest / divisor))
+            rest %= divisor
+            divisor /= 10
+        }
     }
 }

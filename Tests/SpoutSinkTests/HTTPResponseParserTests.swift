@@ -92,3 +92,17 @@ final class HTTPResponseParserTests: XCTestCase {
         XCTAssertThrowsError(try WebhookSigner(secret: "whsec_not base64!"))
     }
 }
+
+/// The request head's pieces, written without allocating.
+final class HTTPRequestEncodingTests: XCTestCase {
+    func testDecimalAndHead() throws {
+        for value in [0, 7, 10, 99, 100, 12_345, 1_000_000] {
+            var bytes: [UInt8] = []
+            HTTPAdapter.appendDecimal(value, to: &bytes)
+            XCTAssertEqual(String(decoding: bytes, as: UTF8.self), String(value))
+        }
+        let endpoint = try HTTPEndpoint(parsing: "http://u:p@[::1]:8080/in")
+        let head = String(decoding: HTTPAdapter.headPrefix(endpoint, headers: [("X-Token", "t 1")]), as: UTF8.self)
+        XCTAssertEqual(head, "POST /in HTTP/1.1\r\nHost: [::1]:8080\r\nUser-Agent: spout\r\nAuthorization: Basic dTpw\r\nX-Token: t 1\r\n")
+    }
+}
