@@ -12,7 +12,7 @@ struct WebhookSigner: Sendable {
     init(secret: String) throws(SpoutError) {
         let encoded = secret.hasPrefix("whsec_") ? String(secret.dropFirst(6)) : secret
         guard let data = Data(base64Encoded: encoded), data.count >= 1 else {
-            throw .invalidOption("--http-secret is not a Standard Webhooks secret: give whsec_ followed by base64 (e.g. whsec_\(Data("24 random bytes or more!".utf8).base64EncodedString()))")
+            throw .invalidOption("--http-secret: not a Standard Webhooks secret: give whsec_ followed by base64 (e.g. whsec_\(Data("24 random bytes or more!".utf8).base64EncodedString()))")
         }
         key = Array(data)
     }

@@ -175,6 +175,7 @@ struct SinkOptionGroup: ParsableArguments {
     private static func relabelled(_ error: Error, sink: Sourced, settings: Settings) -> Error {
         guard let error = error as? SpoutError, case let .invalidOption(message) = error else { return error }
         if message.hasPrefix(Setting.sink.flag) { return sink.relabel(error) }
+        if message.hasPrefix(Setting.httpSecret.flag + ":") { return settings.given(.httpSecret)?.relabel(error) ?? error } // issue 14: HTTP
         if message.hasPrefix(Setting.stompDestination.flag) { return settings.given(.stompDestination)?.relabel(error) ?? error } // issue 14: STOMP
         let prefix = Setting.kafkaProperty.flag + " "
         guard message.hasPrefix(prefix) else { return error }
