@@ -28,12 +28,12 @@ public enum HTTPProbe {
     }
 
     /// OPTIONS and its answer, bounded by the timeout as a whole.
-    static func ask(_ endpoint: HTTPEndpoint, headers: [(name: String, value: String)]) -> Result<HTTPResponse, HTTPSocket.Failure> {
+    static func ask(_ endpoint: HTTPEndpoint, headers: [(name: String, value: String)]) -> Result<HTTPResponse, TCPSocket.Failure> {
         var elapsed: Int32 = 0
-        do throws(HTTPSocket.Failure) {
-            let socket = try HTTPSocket(connectingTo: endpoint.host, port: endpoint.port)
+        do throws(TCPSocket.Failure) {
+            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port)
             while try !socket.finishConnect() {
-                guard elapsed < timeoutMilliseconds else { throw HTTPSocket.Failure(reason: "no connection within 5 s") }
+                guard elapsed < timeoutMilliseconds else { throw TCPSocket.Failure(reason: "no connection within 5 s") }
                 _ = try socket.waitFor(Int16(POLLOUT), milliseconds: 100)
                 elapsed += 100
             }
@@ -45,7 +45,7 @@ public enum HTTPProbe {
             while written < output.count {
                 written = try socket.write(output, from: written)
                 guard written < output.count else { break }
-                guard elapsed < timeoutMilliseconds else { throw HTTPSocket.Failure(reason: "the receiver does not take the request") }
+                guard elapsed < timeoutMilliseconds else { throw TCPSocket.Failure(reason: "the receiver does not take the request") }
                 _ = try socket.waitFor(Int16(POLLOUT), milliseconds: 100)
                 elapsed += 100
             }
@@ -62,13 +62,13 @@ public enum HTTPProbe {
                     do {
                         if let response = try parser.next() { return .success(response) }
                     } catch {
-                        throw HTTPSocket.Failure(reason: "an invalid response: \(error.reason)")
+                        throw TCPSocket.Failure(reason: "an invalid response: \(error.reason)")
                     }
                 } else {
                     elapsed += 100
                 }
             }
-            throw HTTPSocket.Failure(reason: "no answer to OPTIONS within 5 s")
+            throw TCPSocket.Failure(reason: "no answer to OPTIONS within 5 s")
         } catch {
             return .failure(error)
         }

@@ -35,7 +35,7 @@ public final class HTTPSink: DeliveryEngine {
 final class HTTPAdapter: DeliveryAdapter {
     /// One keep-alive connection and the request on it.
     final class Lane {
-        var socket: HTTPSocket?
+        var socket: TCPSocket?
         var connecting = false
         var connectDeadline = ContinuousClock.now
         /// The events of the request on the wire (empty: the lane is free).
@@ -232,9 +232,9 @@ final class HTTPAdapter: DeliveryAdapter {
         }
     }
 
-    private func connect(_ lane: Lane) throws(HTTPSocket.Failure) {
+    private func connect(_ lane: Lane) throws(TCPSocket.Failure) {
         drop(lane)
-        lane.socket = try HTTPSocket(connectingTo: endpoint.host, port: endpoint.port)
+        lane.socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port)
         lane.connecting = true
         lane.connectDeadline = clock.now + Self.connectTimeout
     }
