@@ -349,6 +349,12 @@ final class HTTPAdapter: DeliveryAdapter {
         let now = clock.now
         var started = false
         for (index, lane) in lanes.enumerated() where wasFree[index] && !lane.tickets.isEmpty {
+            // A connection that failed at once began a backoff: the others wait for it too
+            // (their events are not marked sent, so they stay waiting).
+            if engine.isBackingOff {
+                lane.tickets.removeAll(keepingCapacity: true)
+                continue
+            }
             start(lane, engine, at: now)
             started = true
         }

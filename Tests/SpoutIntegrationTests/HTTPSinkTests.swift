@@ -35,14 +35,14 @@ final class HTTPSinkTests: XCTestCase {
         let port: Int
         let logURL: URL
 
-        init(_ options: [String]) throws {
+        init(_ options: [String], port: Int? = nil) throws {
             let pythonPath = try STOMPConsumer.pythonPath
-            port = try freeLoopbackPort()
+            self.port = try port ?? freeLoopbackPort()
             logURL = FileManager.default.temporaryDirectory.appendingPathComponent("webhooks-\(UUID().uuidString).jsonl")
             FileManager.default.createFile(atPath: logURL.path, contents: nil)
             let script = PrivateServer.repository.appendingPathComponent("Tests/python/webhook_receiver.py").path
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["PYTHONPATH=\(pythonPath)", "python3", script, String(port), logURL.path] + options
+            process.arguments = ["PYTHONPATH=\(pythonPath)", "python3", script, String(self.port), logURL.path] + options
             let out = Pipe()
             process.standardOutput = out
             process.standardError = FileHandle.standardError
@@ -257,6 +257,26 @@ final class HTTPSinkTests: XCTestCase {
         try confirmAll(spout2, outbox2)
         XCTAssertEqual(Set(batched.acknowledged), Set(writer2.ids))
         XCTAssertTrue(batched.requests.contains { $0.content_type == "application/cloudevents-batch+json" })
+    }
+
+    /// No receiver listens at first: events wait (a warning, nothing confirmed); once one
+    /// listens on the port, everything arrives in order and the outage's end is logged.
+    func testReceiverDownThenUp() throws {
+        let port = try freeLoopbackPort()
+        let outbox = try OutboxFixture("httpdown")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", "http://127.0.0.1:\(port)/hooks"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try OutboxWriter(outbox)
+        try writer.write(transactions: 10, rows: 5)
+        try eventually("the outage warning") { spout.stderr.contains("cannot connect to the HTTP receiver at http://127.0.0.1:\(port)/hooks") }
+        let confirmedWhileDown = try outbox.confirmedFlush
+        let receiver = try Receiver([], port: port)
+        defer { receiver.stop() }
+        try confirmAll(spout, outbox)
+        XCTAssertLessThan(try XCTUnwrap(confirmedWhileDown), try XCTUnwrap(writer.transactions.first).after, "nothing confirmed while down")
+        assertAllInOrder(receiver, writer)
+        XCTAssertTrue(spout.stderr.contains("accepts events again after"), spout.stderr)
     }
 
     /// spout check: a receiver is reachable; a closed port is not.
