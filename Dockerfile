@@ -1,5 +1,5 @@
 # Spout in a container: built in the official Swift image for Debian 12, run in
-# debian:bookworm-slim with only the C libraries it links (libpq, librdkafka, hiredis, libnats, librabbitmq).
+# debian:bookworm-slim with only the C libraries it links (libpq, librdkafka, hiredis, libnats, librabbitmq, libcrypto).
 #   docker build -t spout .
 #   docker run --rm -e SPOUT_DATABASE_URL=postgresql://… -e SPOUT_SINK=kafka://broker:9092 spout run
 # At least the swift-tools-version of Package.swift (6.2: swift-configuration and
@@ -8,7 +8,7 @@ ARG SWIFT_VERSION=6.2
 
 FROM swift:${SWIFT_VERSION}-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq-dev librdkafka-dev libhiredis-dev libnats-dev librabbitmq-dev \
+ && apt-get install -y --no-install-recommends libpq-dev librdkafka-dev libhiredis-dev libnats-dev librabbitmq-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so a source change does not fetch them again.
@@ -21,7 +21,7 @@ RUN swift build -c release --product spout --static-swift-stdlib \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq5 librdkafka1 libhiredis0.14 libnats3.4 librabbitmq4 ca-certificates \
+ && apt-get install -y --no-install-recommends libpq5 librdkafka1 libhiredis0.14 libnats3.4 librabbitmq4 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin spout
 COPY --from=build /out/spout /usr/local/bin/spout

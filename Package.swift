@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SpoutAMQP", targets: ["SpoutAMQP"]),
         .library(name: "SpoutSinks", targets: ["SpoutSinks"]),
         .library(name: "SpoutSTOMP", targets: ["SpoutSTOMP"]), // issue 14: STOMP
+        .library(name: "SpoutHTTP", targets: ["SpoutHTTP"]), // issue 14: HTTP
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -54,8 +55,11 @@ let package = Package(
         .target(name: "SpoutAMQP", dependencies: ["SpoutCore", "CRabbitMQ", .product(name: "Metrics", package: "swift-metrics")]),
         // issue 14: STOMP — STOMP 1.2 over a plain TCP socket (Glibc): no client library.
         .target(name: "SpoutSTOMP", dependencies: ["SpoutCore", .product(name: "Metrics", package: "swift-metrics")]),
+        // issue 14: HTTP — webhooks over plain HTTP/1.1 sockets (Glibc); libcrypto for HMAC-SHA256 signatures.
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "SpoutHTTP", dependencies: ["SpoutCore", "CLinux", "CCrypto", .product(name: "Metrics", package: "swift-metrics")]),
         // Every sink by its URL scheme (stdout://, kafka://, redis://, nats://, amqp://, stomp://).
-        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP"]),
+        .target(name: "SpoutSinks", dependencies: ["SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "SpoutHTTP"]),
         // /metrics, /healthz and /readyz: swift-prometheus behind a Hummingbird server on its own threads.
         .target(
             name: "SpoutObservability",
@@ -93,14 +97,14 @@ let package = Package(
         .testTarget(
             name: "SpoutSinkTests",
             dependencies: [
-                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "CRdKafka", "CNats",
+                "SpoutCore", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "SpoutHTTP", "CRdKafka", "CNats",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(
             name: "SpoutIntegrationTests",
             dependencies: [
-                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "spout", "spout-kafka-mock",
+                "SpoutCore", "SpoutSinks", "SpoutKafka", "SpoutRedis", "SpoutNATS", "SpoutAMQP", "SpoutSTOMP", "SpoutHTTP", "spout", "spout-kafka-mock",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

@@ -34,8 +34,8 @@ public enum STOMPProbe {
     static func connect(_ endpoint: STOMPEndpoint) -> Result<Void, Failure> {
         var elapsed: Int32 = 0
         func remaining() -> Int32 { max(0, Int32(timeoutMilliseconds) - elapsed) }
-        do throws(STOMPSocket.Failure) {
-            let socket = try STOMPSocket(connectingTo: endpoint.host, port: endpoint.port)
+        do throws(TCPSocket.Failure) {
+            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port)
             while try !socket.finishConnect() {
                 guard remaining() > 0 else { return .failure(.unreachable("no connection within 5 s")) }
                 _ = try socket.waitFor(Int16(POLLOUT), milliseconds: 100)

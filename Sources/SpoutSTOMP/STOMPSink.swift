@@ -37,10 +37,10 @@ public final class STOMPSink: DeliveryEngine {
 final class STOMPAdapter: DeliveryAdapter {
     private enum Phase {
         case disconnected
-        case connecting(STOMPSocket, deadline: ContinuousClock.Instant)
+        case connecting(TCPSocket, deadline: ContinuousClock.Instant)
         /// CONNECT is out; CONNECTED or ERROR comes next.
-        case handshaking(STOMPSocket, deadline: ContinuousClock.Instant)
-        case ready(STOMPSocket)
+        case handshaking(TCPSocket, deadline: ContinuousClock.Instant)
+        case ready(TCPSocket)
     }
 
     static let connectTimeout: Duration = .seconds(5)
@@ -171,7 +171,7 @@ final class STOMPAdapter: DeliveryAdapter {
             case .disconnected:
                 guard !engine.isBackingOff, !engine.isStopped else { return }
                 do {
-                    phase = .connecting(try STOMPSocket(connectingTo: endpoint.host, port: endpoint.port),
+                    phase = .connecting(try TCPSocket(connectingTo: endpoint.host, port: endpoint.port),
                                         deadline: clock.now + Self.connectTimeout)
                     connections += 1
                 } catch {
@@ -201,7 +201,7 @@ final class STOMPAdapter: DeliveryAdapter {
                     try flush(socket, budget: .zero)
                     closed = receive(socket)
                     reply = try decoder.next()
-                } catch let error as STOMPSocket.Failure {
+                } catch let error as TCPSocket.Failure {
                     retryConnection(after: error.reason, connected: true, engine)
                     return
                 } catch let error as STOMPProtocolError {
@@ -235,7 +235,7 @@ final class STOMPAdapter: DeliveryAdapter {
             case let .ready(socket):
                 do {
                     try exchange(on: socket, engine)
-                } catch let error as STOMPSocket.Failure {
+                } catch let error as TCPSocket.Failure {
                     retryConnection(after: error.reason, connected: true, engine)
                 } catch let error as STOMPProtocolError {
                     retryConnection(after: "protocol error: \(error.reason)", connected: true, engine)
@@ -292,7 +292,7 @@ final class STOMPAdapter: DeliveryAdapter {
 
     /// Reads what the socket holds into the decoder. A closed or failed connection is
     /// returned, not thrown: the ERROR frame a server sends before it closes is decoded first.
-    private func receive(_ socket: STOMPSocket) -> String? {
+    private func receive(_ socket: TCPSocket) -> String? {
         var anything = false
         defer { if anything { lastRead = clock.now } }
         do {
@@ -307,7 +307,7 @@ final class STOMPAdapter: DeliveryAdapter {
     }
 
     /// Writes buffered frames, waiting at most `budget` for a full socket.
-    private func flush(_ socket: STOMPSocket, budget: Duration) throws(STOMPSocket.Failure) {
+    private func flush(_ socket: TCPSocket, budget: Duration) throws(TCPSocket.Failure) {
         guard hasUnwrittenOutput else { return }
         let deadline = clock.now + budget
         while true {
@@ -333,7 +333,7 @@ final class STOMPAdapter: DeliveryAdapter {
 
     /// Reads RECEIPTs and ERRORs, encodes waiting events as SENDs, writes, and keeps the
     /// heart-beats; throws when the connection is to be given up.
-    private func exchange(on socket: STOMPSocket, _ engine: DeliveryEngine) throws {
+    private func exchange(on socket: TCPSocket, _ engine: DeliveryEngine) throws {
         let closed = receive(socket)
         var progressed = false
         while let inbound = try decoder.next() {
@@ -351,7 +351,7 @@ final class STOMPAdapter: DeliveryAdapter {
             }
         }
         if progressed { lastProgress = clock.now }
-        if let closed { throw STOMPSocket.Failure(reason: closed) }
+        if let closed { throw TCPSocket.Failure(reason: closed) }
         if !engine.isStopped, !engine.isBackingOff { encodeWaiting(engine) }
         try flush(socket, budget: Self.writeBudget)
         let now = clock.now
@@ -360,10 +360,10 @@ final class STOMPAdapter: DeliveryAdapter {
             try flush(socket, budget: .zero)
         }
         if let expectEvery, now - lastRead > expectEvery * 2 {
-            throw STOMPSocket.Failure(reason: "the server sent nothing for \(expectEvery * 2), twice its heart-beat interval")
+            throw TCPSocket.Failure(reason: "the server sent nothing for \(expectEvery * 2), twice its heart-beat interval")
         }
         if engine.sentCount > 0, now - lastProgress > Self.receiptTimeout {
-            throw STOMPSocket.Failure(reason: "no RECEIPT within \(Self.receiptTimeout)")
+            throw TCPSocket.Failure(reason: "no RECEIPT within \(Self.receiptTimeout)")
         }
     }
 

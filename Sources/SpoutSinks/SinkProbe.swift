@@ -4,6 +4,7 @@ import SpoutKafka
 import SpoutNATS
 import SpoutRedis
 import SpoutSTOMP
+import SpoutHTTP // issue 14: HTTP
 
 extension SinkRegistry {
     /// `spout check`'s lines for the sink: reachable and writable, each broker asked its own
@@ -18,6 +19,7 @@ extension SinkRegistry {
         case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
         case "amqp", "amqps": return try AMQPProbe.check(url: url, options: options)
         case "stomp", "stomp+ssl": return try STOMPProbe.check(url: url, options: options)
+        case "http", "https": return try HTTPProbe.check(url: url, options: options) // issue 14: HTTP
         default: return [.pass("sink", "stdout:// (always writable)")]
         }
     }

@@ -4,13 +4,14 @@ import SpoutKafka
 import SpoutNATS
 import SpoutRedis
 import SpoutSTOMP
+import SpoutHTTP // issue 14: HTTP
 
 /// Every sink by its URL scheme: the one place that knows them all, so SpoutCore and each
 /// broker's target stay apart.
 public enum SinkRegistry {
     public static func makeSink(_ url: String, options: SinkOptions = SinkOptions(), log: Log = Log()) throws(SpoutError) -> Sink {
         guard let schemeEnd = url.range(of: "://") else {
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222, amqp://user:password@host:5672/vhost or stomp://user:password@host:61613")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) is not a sink URL: use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613 or http://host:8080/path")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         switch scheme {
@@ -30,8 +31,10 @@ public enum SinkRegistry {
             return try AMQPSink(url: url, options: options, log: log)
         case "stomp", "stomp+ssl":
             return try STOMPSink(url: url, options: options, log: log)
+        case "http", "https": // issue 14: HTTP
+            return try HTTPSink(url: url, options: options, log: log)
         default:
-            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222, amqp://user:password@host:5672/vhost or stomp://user:password@host:61613")
+            throw .invalidOption("--sink \(SinkURL.redacted(url)) names an unknown sink \"\(scheme)://\": use stdout://, kafka://host:9092, redis://host:6379, nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613 or http://host:8080/path")
         }
     }
 
@@ -48,6 +51,7 @@ public enum SinkRegistry {
         case "nats": _ = try NATSEndpoint(url)
         case "amqp", "amqps": try AMQPSink.validate(url: url, options: options)
         case "stomp", "stomp+ssl": try STOMPSink.validate(url: url, options: options)
+        case "http", "https": try HTTPSink.validate(url: url, options: options) // issue 14: HTTP
         default: _ = try makeSink(url, options: options)
         }
     }

@@ -39,6 +39,16 @@ enum ConfigurationReport {
         if sink.lowercased().hasPrefix("stomp") {
             lines.append(("stomp-destination", settings.given(.stompDestination)?.value ?? SinkOptions().stompDestination))
         }
+        // issue 14: HTTP (the secret and header values masked)
+        if let scheme = sink.split(separator: ":").first?.lowercased(), scheme == "http" || scheme == "https" {
+            let options = try? SinkOptionGroup.options(settings, maxInFlightEvents: relay.maxInFlightEvents)
+            let defaults = SinkOptions()
+            lines.append(("http-batch", String(options?.httpBatch ?? defaults.httpBatch)))
+            lines.append(("http-timeout", (options?.httpTimeout ?? defaults.httpTimeout).description))
+            lines.append(("http-concurrency", String(options?.httpConcurrency ?? defaults.httpConcurrency)))
+            lines.append(("http-secret", settings.given(.httpSecret) == nil ? "none (unsigned)" : "******"))
+            for header in options?.httpHeaders ?? [] { lines.append(("http-header", "\(header.name): ******")) }
+        }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"
             + lines.map { "\($0.0) = \(Log.escaped($0.1))" }.joined(separator: "\n")

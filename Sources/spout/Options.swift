@@ -37,6 +37,9 @@ enum Setting: String, CaseIterable {
     case amqpExchange = "amqp-exchange", amqpDeclare = "amqp-declare"
     // issue 14: STOMP
     case stompDestination = "stomp-destination"
+    // issue 14: HTTP
+    case httpBatch = "http-batch", httpTimeout = "http-timeout", httpConcurrency = "http-concurrency"
+    case httpSecret = "http-secret", httpHeader = "http-header"
 
     var flag: String { "--" + rawValue }
 
@@ -55,11 +58,11 @@ enum Setting: String, CaseIterable {
     var key: AbsoluteConfigKey { AbsoluteConfigKey([rawValue]) }
 
     /// `--kafka-property` is given once per property.
-    var isRepeatable: Bool { self == .kafkaProperty }
+    var isRepeatable: Bool { self == .kafkaProperty || self == .httpHeader }
 
     /// Values that may carry a password or token: swift-configuration masks them in its own
     /// reports; spout's messages mask them through `Redaction`.
-    var mayHoldSecret: Bool { self == .databaseURL || self == .sink || self == .kafkaProperty }
+    var mayHoldSecret: Bool { self == .databaseURL || self == .sink || self == .kafkaProperty || self == .httpSecret || self == .httpHeader }
 
     /// spout's defaults, the last provider of `Settings`. The numeric limits keep theirs in
     /// `Relay.Options` and `SinkOptions`.
@@ -118,6 +121,10 @@ enum Limits {
     static let unreadyAfterSeconds = 0.0...86_400.0
     // issue 13: poison events and retries
     static let maxRetries = 0...1_000_000
+    // issue 14: HTTP
+    static let httpBatch = 1...10_000
+    static let httpConcurrency = 1...256
+    static let httpTimeoutSeconds = 1.0...3600.0
 }
 
 /// A value and where it came from, so that an error can say which flag, variable or line to fix.

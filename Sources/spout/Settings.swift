@@ -34,7 +34,7 @@ struct Settings: Sendable {
             guard let value = environment[setting.variable], !value.isEmpty else { continue }
             let name = setting.rawValue.uppercased().replacingOccurrences(of: "-", with: "_")
             variables[name] = setting.isRepeatable
-                ? value.split(whereSeparator: { $0 == "\n" || $0 == " " }).joined(separator: "\n") : value
+                ? value.split(whereSeparator: { $0 == "\n" || $0 == " " && setting != .httpHeader }).joined(separator: "\n") : value // issue 14: HTTP (headers hold spaces)
             if setting.mayHoldSecret { secretVariables.insert(name) }
         }
         let path = given[Setting.config.key].flatMap { if case let .string(path) = $0.content { path } else { nil } }

@@ -6,7 +6,7 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost] (default: stdout://). [SPOUT_SINK]",
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost], http://host:8080/path (default: stdout://). [SPOUT_SINK]",
         valueName: "url"))
     var sinkFlag: String?
 
@@ -31,7 +31,7 @@ struct SinkOptionGroup: ParsableArguments {
 
     // issue 13: CloudEvents envelope
     @Option(name: .customLong("envelope"), help: ArgumentHelp(
-        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS, Redis, AMQP and STOMP) (default: none). [SPOUT_ENVELOPE]",
+        "none (events as they always were) or cloudevents (CloudEvents 1.0: structured JSON on stdout, binary mode on Kafka, NATS, Redis, AMQP, STOMP and HTTP) (default: none). [SPOUT_ENVELOPE]",
         valueName: "none|cloudevents"))
     var envelopeFlag: String?
 
@@ -53,11 +53,37 @@ struct SinkOptionGroup: ParsableArguments {
         valueName: "template"))
     var stompDestinationFlag: String?
 
+    // issue 14: HTTP
+    @Option(name: .customLong("http-batch"), parsing: .unconditional, help: ArgumentHelp(
+        "Events per HTTP request: 1 posts each event alone, more a JSON array; \(Limits.httpBatch.lowerBound) to \(Limits.httpBatch.upperBound) (default: 1). [SPOUT_HTTP_BATCH]",
+        valueName: "n"))
+    var httpBatchFlag: String?
+
+    @Option(name: .customLong("http-timeout"), parsing: .unconditional, help: ArgumentHelp(
+        "Seconds an HTTP request may take before it is retried; \(Int(Limits.httpTimeoutSeconds.lowerBound)) to \(Int(Limits.httpTimeoutSeconds.upperBound)) (default: 30). [SPOUT_HTTP_TIMEOUT]",
+        valueName: "seconds"))
+    var httpTimeoutFlag: String?
+
+    @Option(name: .customLong("http-concurrency"), parsing: .unconditional, help: ArgumentHelp(
+        "HTTP requests in flight at once, one per keep-alive connection, events of one key on one connection; \(Limits.httpConcurrency.lowerBound) to \(Limits.httpConcurrency.upperBound) (default: 4). [SPOUT_HTTP_CONCURRENCY]",
+        valueName: "n"))
+    var httpConcurrencyFlag: String?
+
+    @Option(name: .customLong("http-secret"), help: ArgumentHelp(
+        "Sign HTTP requests per Standard Webhooks with this secret (whsec_ + base64). [SPOUT_HTTP_SECRET]", valueName: "whsec_…"))
+    var httpSecretFlag: String?
+
+    @Option(name: .customLong("http-header"), help: ArgumentHelp(
+        "A header added to every HTTP request (e.g. 'Authorization: Bearer …'); repeatable. [SPOUT_HTTP_HEADER: one per line]",
+        valueName: "Name: value"))
+    var httpHeaderFlags: [String] = []
+
     var flags: Settings.Flags {
         Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
                                .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag,
-                               .amqpExchange: amqpExchangeFlag, .stompDestination: stompDestinationFlag],
-                       lists: [.kafkaProperty: kafkaPropertyFlags], switches: [.amqpDeclare: amqpDeclareFlag])
+                               .amqpExchange: amqpExchangeFlag, .stompDestination: stompDestinationFlag,
+                               .httpBatch: httpBatchFlag, .httpTimeout: httpTimeoutFlag, .httpConcurrency: httpConcurrencyFlag, .httpSecret: httpSecretFlag],
+                       lists: [.kafkaProperty: kafkaPropertyFlags, .httpHeader: httpHeaderFlags], switches: [.amqpDeclare: amqpDeclareFlag])
     }
 
     /// The options alone, checked: run validates them all before it connects anywhere.
@@ -86,6 +112,19 @@ struct SinkOptionGroup: ParsableArguments {
         if let exchange = settings.given(.amqpExchange) { options.amqpExchange = exchange.value }
         options.amqpDeclare = try settings.flag(.amqpDeclare)
         if let destination = settings.given(.stompDestination) { options.stompDestination = destination.value } // issue 14: STOMP
+        // issue 14: HTTP
+        options.httpBatch = try settings.integer(.httpBatch, in: Limits.httpBatch) ?? options.httpBatch
+        options.httpConcurrency = try settings.integer(.httpConcurrency, in: Limits.httpConcurrency) ?? options.httpConcurrency
+        options.httpTimeout = try seconds(settings.given(.httpTimeout), in: Limits.httpTimeoutSeconds) ?? options.httpTimeout
+        options.httpSecret = settings.given(.httpSecret)?.value
+        for header in settings.values(.httpHeader) {
+            // Never echo the value: it is usually a token.
+            guard let colon = header.value.firstIndex(of: ":"), colon != header.value.startIndex else {
+                throw header.invalidWithoutValue("is not 'Name: value' (e.g. 'Authorization: Bearer …')")
+            }
+            options.httpHeaders.append((String(header.value[..<colon]).trimmingCharacters(in: .whitespaces),
+                                        String(header.value[header.value.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+        }
         return options
     }
 
@@ -136,6 +175,7 @@ struct SinkOptionGroup: ParsableArguments {
     private static func relabelled(_ error: Error, sink: Sourced, settings: Settings) -> Error {
         guard let error = error as? SpoutError, case let .invalidOption(message) = error else { return error }
         if message.hasPrefix(Setting.sink.flag) { return sink.relabel(error) }
+        if message.hasPrefix(Setting.httpSecret.flag + ":") { return settings.given(.httpSecret)?.relabel(error) ?? error } // issue 14: HTTP
         if message.hasPrefix(Setting.stompDestination.flag) { return settings.given(.stompDestination)?.relabel(error) ?? error } // issue 14: STOMP
         let prefix = Setting.kafkaProperty.flag + " "
         guard message.hasPrefix(prefix) else { return error }

@@ -25,6 +25,17 @@ public struct SinkOptions: Sendable {
     // issue 14: STOMP
     /// `--stomp-destination`: each SEND's destination, a template over the event.
     public var stompDestination = "/topic/{topic}"
+    // issue 14: HTTP
+    /// `--http-batch`: events per request (1: one event per request, more: a JSON array).
+    public var httpBatch = 1
+    /// `--http-timeout`: a request with no complete answer by then is retried.
+    public var httpTimeout: Duration = .seconds(30)
+    /// `--http-concurrency`: requests in flight at once, one per keep-alive connection.
+    public var httpConcurrency = 4
+    /// `--http-secret`: the Standard Webhooks signing secret (`whsec_…`); nil: unsigned.
+    public var httpSecret: String?
+    /// `--http-header 'Name: value'`: added to every request.
+    public var httpHeaders: [(name: String, value: String)] = []
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 

@@ -1,19 +1,21 @@
 import Glibc
-import SpoutCore
 
-/// One non-blocking TCP connection (Glibc sockets; STOMP needs no client library). It owns
-/// the descriptor (closed on deinit) and only moves bytes; frames are `STOMPFrame*`'s.
-final class STOMPSocket {
+/// One non-blocking TCP connection (Glibc sockets) for the sinks that need no client library
+/// (STOMP, HTTP). It owns the descriptor (closed on deinit) and only moves bytes; the
+/// protocols are the sinks' own.
+package final class TCPSocket {
     /// An I/O failure; the connection is unusable afterwards.
-    struct Failure: Error {
-        var reason: String
+    package struct Failure: Error {
+        package var reason: String
+
+        package init(reason: String) { self.reason = reason }
     }
 
-    let descriptor: Int32
+    package let descriptor: Int32
 
     /// Resolves `host` (blocking, as libpq and hiredis do) and starts a TCP connect to its
     /// first address without waiting for it (`finishConnect` tells when it is done).
-    init(connectingTo host: String, port: Int) throws(Failure) {
+    package init(connectingTo host: String, port: Int) throws(Failure) {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -44,13 +46,13 @@ final class STOMPSocket {
     deinit { close(descriptor) }
 
     /// Whether the non-blocking connect has completed; throws when it failed (refused, unreachable).
-    func finishConnect() throws(Failure) -> Bool {
+    package func finishConnect() throws(Failure) -> Bool {
         try SocketStatus.connectFinished(descriptor).mapError { Failure(reason: $0.description) }.get()
     }
 
     /// Writes from `bytes[offset...]` what the socket takes; returns the new offset.
     /// MSG_NOSIGNAL: a connection the server closed is an error here, not a SIGPIPE.
-    func write(_ bytes: [UInt8], from offset: Int) throws(Failure) -> Int {
+    package func write(_ bytes: [UInt8], from offset: Int) throws(Failure) -> Int {
         var offset = offset
         while offset < bytes.count {
             let sent = bytes.withUnsafeBytes { buffer -> Int in
@@ -70,7 +72,7 @@ final class STOMPSocket {
 
     /// Reads what the socket holds into `chunk`, passing each piece to `body`; throws when the
     /// server closed the connection. Returns whether anything was read.
-    func read(into chunk: inout [UInt8], _ body: (UnsafeRawBufferPointer) -> Void) throws(Failure) -> Bool {
+    package func read(into chunk: inout [UInt8], _ body: (UnsafeRawBufferPointer) -> Void) throws(Failure) -> Bool {
         var any = false
         for _ in 0..<64 {
             let count = chunk.withUnsafeMutableBytes { buffer -> Int in
@@ -94,7 +96,7 @@ final class STOMPSocket {
 
     /// Waits up to `milliseconds` until the socket is ready for `events`; `true` when it is
     /// (or has an error or hang-up, which the next read or write reports).
-    func waitFor(_ events: Int16, milliseconds: Int32) throws(Failure) -> Bool {
+    package func waitFor(_ events: Int16, milliseconds: Int32) throws(Failure) -> Bool {
         try SocketStatus.wait(descriptor, for: events, milliseconds: milliseconds).mapError { Failure(reason: $0.description) }.get()
     }
 }
