@@ -2,11 +2,11 @@
 """Spout's benchmark (`make bench`): drain, latency and footprint, each Spout figure next to
 pg_recvlogical (the decoding limit of one slot) measured in the same run.
 
-Starts its own PostgreSQL, Redis, NATS JetStream, mock Kafka cluster and RabbitMQ (AMQP and
-STOMP) on loopback, prints one table and writes it as JSON (bench/results.json by default).
+Starts its own PostgreSQL, Redis, NATS JetStream, mock Kafka cluster, RabbitMQ (AMQP and
+STOMP) and a webhook receiver (HTTP) on loopback, prints one table and writes it as JSON (bench/results.json by default).
 
     scripts/bench.py [--events 200000] [--footprint-events 1000000] [--latency-seconds 30]
-                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka,amqp,stomp] [--json FILE]
+                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka,amqp,stomp,http] [--json FILE]
                      [--baseline GIT-REF]
 
 --baseline builds that commit too (in .run/baseline) and runs it next to this checkout's spout in
@@ -101,6 +101,21 @@ class Servers:
         channel.queue_bind(AMQP_QUEUE, RABBITMQ_EXCHANGE, routing_key="#")
         connection.close()
         return env["SPOUT_TEST_AMQP_URL"], env["SPOUT_TEST_STOMP_URL"]
+
+    def http(self):
+        """The webhook receiver the drains POST to (bench_consumer.py http); the latency run
+        replaces it with a consumer on the same port, which records as it receives."""
+        self.http_port = free_port()
+        self.http_receiver = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "bench_consumer.py"), "http",
+                                               str(self.http_port)], stdout=subprocess.DEVNULL)
+        self.processes.append(self.http_receiver)
+        wait_port(self.http_port)
+        return f"http://127.0.0.1:{self.http_port}/events"
+
+    def stop_http_receiver(self):
+        if self.http_receiver.poll() is None:
+            self.http_receiver.send_signal(signal.SIGTERM)
+            self.http_receiver.wait(timeout=10)
 
     def kafka(self, binary):
         process = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -210,7 +225,7 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--light-rate", type=int, default=1000,
                         help="a second latency run at this rate, where the machine has CPU to spare (0: none)")
-    parser.add_argument("--sinks", default="stdout,redis,nats,kafka,amqp,stomp")
+    parser.add_argument("--sinks", default="stdout,redis,nats,kafka,amqp,stomp,http")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
     parser.add_argument("--repeat", type=int, default=1, help="drain each runner this many times, alternating; report the median")
@@ -249,6 +264,8 @@ def main():
             servers.kafka_command(f"create-topic {LATENCY_TOPIC} {KAFKA_PARTITIONS}")
         if "amqp" in sinks or "stomp" in sinks:
             targets["amqp"], targets["stomp"] = servers.rabbitmq()
+        if "http" in sinks:
+            targets["http"] = servers.http()
         targets = {name: targets[name] for name in sinks if name in targets}
         extra = {"nats": ["--nats-create-stream", "OUTBOX"], "amqp": ["--amqp-exchange", RABBITMQ_EXCHANGE],
                  "stomp": ["--stomp-destination", f"/amq/queue/{STOMP_QUEUE}"]}
@@ -433,7 +450,10 @@ def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, serv
         else:
             arguments = {"redis": [target, LATENCY_TOPIC], "nats": [target, LATENCY_TOPIC],
                          "kafka": [target, LATENCY_TOPIC, str(KAFKA_PARTITIONS)],
-                         "amqp": [targets["amqp"], AMQP_QUEUE], "stomp": [targets["amqp"], STOMP_QUEUE]}[name]
+                         "amqp": [targets.get("amqp"), AMQP_QUEUE], "stomp": [targets.get("amqp"), STOMP_QUEUE],
+                         "http": [str(getattr(servers, "http_port", 0))]}[name]
+            if name == "http":
+                servers.stop_http_receiver()  # the consumer is the receiver now, on the same port
             name_for_consumer = "amqp" if name == "stomp" else name
             consumer = subprocess.Popen([sys.executable, consumer_script, name_for_consumer] + arguments, stdout=subprocess.PIPE, text=True)
         if consumer.stdout.readline().strip() != "ready":

@@ -9,6 +9,7 @@ seconds) that the bench's pgbench script writes into every payload.
     bench_consumer.py nats   nats://HOST:PORT   SUBJECT
     bench_consumer.py kafka  kafka://HOST:PORT  TOPIC PARTITIONS
     bench_consumer.py amqp   amqp://USER:PASSWORD@HOST:PORT/  QUEUE   (AMQP and STOMP: RabbitMQ's queue)
+    bench_consumer.py http   PORT                 (the webhook receiver itself: answers 204 to every POST)
 
 Prints `ready` on stdout once subscribed; on SIGTERM prints one JSON object with count and
 p50/p99/p99.9/max in milliseconds, then exits. The Python standard library (librdkafka through
@@ -281,6 +282,43 @@ def consume_amqp(url, queue):
     connection.close()
 
 
+def consume_http(port):
+    """A keep-alive HTTP/1.1 receiver on 127.0.0.1:PORT: every POSTed event (or JSON array of
+    them, --http-batch) recorded by its payload, answered 204."""
+    import http.server
+    import threading
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+            for event in parsed if isinstance(parsed, list) else [parsed]:
+                if isinstance(event, dict):
+                    record(event.get("payload"))
+            self.send_response(204)
+            self.end_headers()
+
+        def do_OPTIONS(self):
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Receiver)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    while not stopping:
+        time.sleep(0.1)
+    server.shutdown()
+
+
 def main():
     signal.signal(signal.SIGTERM, stop)
     kind = sys.argv[1]
@@ -297,6 +335,8 @@ def main():
             consume_kafka(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         elif kind == "amqp":
             consume_amqp(sys.argv[2], sys.argv[3])
+        elif kind == "http":
+            consume_http(sys.argv[2])
         else:
             raise SystemExit(f"unknown sink {kind}")
     except (EOFError, InterruptedError):
