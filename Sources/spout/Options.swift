@@ -37,6 +37,8 @@ enum Setting: String, CaseIterable {
     case amqpExchange = "amqp-exchange", amqpDeclare = "amqp-declare"
     // issue 14: STOMP
     case stompDestination = "stomp-destination"
+    // issue 14: several sinks
+    case route, defaultRoute = "default-route"
 
     var flag: String { "--" + rawValue }
 
@@ -55,7 +57,7 @@ enum Setting: String, CaseIterable {
     var key: AbsoluteConfigKey { AbsoluteConfigKey([rawValue]) }
 
     /// `--kafka-property` is given once per property.
-    var isRepeatable: Bool { self == .kafkaProperty }
+    var isRepeatable: Bool { self == .kafkaProperty || self == .sink } // issue 14: several sinks (--sink NAME=URL repeatable)
 
     /// Values that may carry a password or token: swift-configuration masks them in its own
     /// reports; spout's messages mask them through `Redaction`.
@@ -298,7 +300,9 @@ struct MappingOptions: ParsableArguments {
         } catch {
             throw SpoutError.invalidOption("\(topic.label): \(error.description)")
         }
-        return OutboxMapping(table: table, columns: columns, topic: template, messagePrefix: settings.text(.messagePrefix))
+        var mapping = OutboxMapping(table: table, columns: columns, topic: template, messagePrefix: settings.text(.messagePrefix))
+        mapping.route = try SinkOptionGroup.route(settings) // issue 14: several sinks
+        return mapping
     }
 }
 
