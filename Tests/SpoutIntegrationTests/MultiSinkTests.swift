@@ -65,7 +65,7 @@ final class MultiSinkTests: XCTestCase {
             expectedA.formUnion(try insert(outbox, writer, rows: 3, destination: nil, sequence: &sequence))
         }
         let clientA = try redisA.client(), clientB = try redisB.client()
-        try eventually("the first events in both") {
+        try eventually("the first events in both: \(spout.stderr)") {
             try clientA.totalLength("*") >= expectedA.count && clientB.totalLength("*") >= expectedB.count
         }
         let beforeOutage = try outbox.currentLSN()
@@ -86,16 +86,24 @@ final class MultiSinkTests: XCTestCase {
         expectedA.formUnion(ids)
         let lastA = try witness.commitLSN(xid: xid)
         try eventually("sink a has the last of its events") { try clientA.totalLength("*") >= expectedA.count }
-        for _ in 0..<3 {
+        // Two status updates after sink a acknowledged its last event (pg_stat_replication's
+        // reply_time passes a moment taken after it): neither confirmed past b's first event.
+        for _ in 0..<2 {
+            let moment = try XCTUnwrap(try outbox.admin.value("SELECT clock_timestamp()::text"))
+            try eventually("a status update from spout") {
+                try outbox.admin.value("""
+                    SELECT (r.reply_time > '\(moment)'::timestamptz)::text FROM pg_stat_replication r
+                    JOIN pg_replication_slots s ON r.pid = s.active_pid WHERE s.slot_name = '\(outbox.slot)'
+                    """) == "true"
+            }
             let confirmed = try XCTUnwrap(try outbox.confirmedFlush)
             XCTAssertLessThan(confirmed, firstUnacknowledged, "confirmed past an event sink b has not acknowledged")
             XCTAssertLessThan(confirmed, lastA)
-            // Not a timing assumption: the assertion holds at every moment; three looks a status interval apart.
-            usleep(1_100_000)
         }
 
         try redisB.start()
-        try eventually(timeout: 90, "every event of b after its restart") { try clientB.totalLength("*") >= expectedB.count }
+        let restartedB = try redisB.client()
+        try eventually(timeout: 90, "every event of b after its restart") { try restartedB.totalLength("*") >= expectedB.count }
         let written = try outbox.currentLSN()
         try eventually(timeout: 30, "everything confirmed") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
         spout.signal(SIGTERM)

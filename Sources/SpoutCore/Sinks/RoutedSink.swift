@@ -7,8 +7,11 @@ import CoreMetrics
 /// gave out, so the LSN is confirmed only once every member acknowledged everything before it.
 /// An event routed to no member is a poison event (`--on-poison`), never dropped unseen.
 ///
+/// Each member sees tickets of its own, consecutive (the delivery engine's queue needs them
+/// so); the relay's ticket of each is kept until the member reports it, and reported instead.
+///
 /// Called from the relay's thread only, like every sink. Per event: one dictionary lookup for
-/// the route and one insert into the in-flight map (its capacity reserved up front).
+/// the route and two inserts into maps whose capacity is reserved up front.
 public final class RoutedSink: Sink {
     public struct Member {
         public var name: String
@@ -30,6 +33,9 @@ public final class RoutedSink: Sink {
     private var local: [SinkCompletion] = []
     /// The member of each ticket in flight, for the stop's log (which holds the oldest).
     private var inFlight: [UInt64: Int] = [:]
+    /// Per member: its next ticket, and the relay's ticket of each of its tickets in flight.
+    private var nextMemberTicket: [UInt64]
+    private var relayTickets: [[UInt64: UInt64]]
     private var inFlightPerMember: [Int]
     private var recordedPerMember: [Int]
     private let inFlightGauges: [Gauge]
@@ -59,6 +65,12 @@ public final class RoutedSink: Sink {
         self.factory = metrics
         inFlight.reserveCapacity(max(expectedInFlight, 16))
         local.reserveCapacity(64)
+        nextMemberTicket = Array(repeating: 0, count: members.count)
+        relayTickets = members.map { _ in
+            var tickets: [UInt64: UInt64] = [:]
+            tickets.reserveCapacity(max(expectedInFlight / max(members.count, 1), 16))
+            return tickets
+        }
         inFlightPerMember = Array(repeating: 0, count: members.count)
         recordedPerMember = Array(repeating: -1, count: members.count)
         inFlightGauges = members.map { Gauge(label: "spout_in_flight_events", dimensions: [("sink", $0.name)], factory: metrics) }
@@ -89,7 +101,10 @@ public final class RoutedSink: Sink {
     }
 
     private func send(_ event: OutboxEvent, ticket: UInt64, to member: Int) throws(SinkError) {
-        try members[member].sink.send(event, ticket: ticket)
+        let memberTicket = nextMemberTicket[member]
+        try members[member].sink.send(event, ticket: memberTicket)
+        nextMemberTicket[member] = memberTicket + 1
+        relayTickets[member][memberTicket] = ticket
         inFlight[ticket] = member
         inFlightPerMember[member] += 1
     }
@@ -125,13 +140,18 @@ public final class RoutedSink: Sink {
         }
         for member in members.indices {
             try members[member].sink.poll { completion in
-                let ticket: UInt64
+                let memberTicket: UInt64
                 switch completion {
-                case let .delivered(done): ticket = done
-                case let .failed(done, _): ticket = done
+                case let .delivered(done): memberTicket = done
+                case let .failed(done, _): memberTicket = done
                 }
+                // A ticket the member never had (or reports twice) is not the relay's to hear of.
+                guard let ticket = relayTickets[member].removeValue(forKey: memberTicket) else { return }
                 if inFlight.removeValue(forKey: ticket) != nil { inFlightPerMember[member] -= 1 }
-                report(completion)
+                switch completion {
+                case .delivered: report(.delivered(ticket: ticket))
+                case let .failed(_, error): report(.failed(ticket: ticket, error))
+                }
             }
             if recordedPerMember[member] != inFlightPerMember[member] {
                 recordedPerMember[member] = inFlightPerMember[member]
