@@ -171,4 +171,16 @@ final class MultiSinkTests: XCTestCase {
         XCTAssertTrue(stdout.contains("route = {destination}\ndefault-route = b"), stdout)
         XCTAssertFalse(stdout.contains("hunter22"), stdout)
     }
+
+    /// `spout check` with several sinks: each sink's lines, prefixed with its name.
+    func testCheckPrintsEachSink() throws {
+        let outbox = try OutboxFixture("multi_check", extraColumns: ", destination text")
+        defer { outbox.tearDown() }
+        let (status, stdout, stderr) = try SpoutProcess.run(["check", "--sink", "a=stdout://", "--sink", "b=stdout://", "--route", "{destination}"]
+                                                            + outbox.arguments)
+        XCTAssertEqual(status, 0, stdout + stderr)
+        XCTAssertTrue(stdout.contains("→ a=stdout://, b=stdout://"), stdout)
+        XCTAssertTrue(stdout.contains("✓ a sink "), stdout)
+        XCTAssertTrue(stdout.contains("✓ b sink "), stdout)
+    }
 }
