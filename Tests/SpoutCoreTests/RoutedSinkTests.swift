@@ -109,6 +109,10 @@ final class RoutedSinkTests: XCTestCase {
         XCTAssertEqual(a.sent.first?.0.source, .deadLetter)
         a.complete()
         XCTAssertEqual(try poll(routed), ["ok 3"], "reported with the relay's ticket")
+        var unmappable = event("5", route: nil)
+        unmappable.source = .deadLetter
+        try routed.send(unmappable, ticket: 4)
+        XCTAssertEqual(a.sent.map(\.0.id), ["5"], "a dead letter without a route: the first sink, as it is")
     }
 
     func testNamesAreCheckedAndTheRouteSurvivesTheSpool() throws {

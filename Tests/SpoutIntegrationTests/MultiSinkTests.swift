@@ -51,8 +51,9 @@ final class MultiSinkTests: XCTestCase {
         let outbox = try OutboxFixture("multi_down", extraColumns: ", destination text")
         defer { outbox.tearDown() }
         let witness = try CommitWitness(outbox)
+        let port = try freeLoopbackPort()
         let spout = try SpoutProcess(["run", "--sink", "a=" + redisA.url, "--sink", "b=" + redisB.url, "--route", "{destination}",
-                                      "--default-route", "a", "--redis-ids", "lsn"] + outbox.arguments)
+                                      "--default-route", "a", "--redis-ids", "lsn", "--metrics-address", "127.0.0.1:\(port)"] + outbox.arguments)
         defer { if spout.process.isRunning { spout.signal(SIGKILL) } }
         try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
@@ -99,6 +100,16 @@ final class MultiSinkTests: XCTestCase {
             let confirmed = try XCTUnwrap(try outbox.confirmedFlush)
             XCTAssertLessThan(confirmed, firstUnacknowledged, "confirmed past an event sink b has not acknowledged")
             XCTAssertLessThan(confirmed, lastA)
+        }
+        // The metrics say which sink holds the slot.
+        func inFlight(_ sink: String, in scrape: String) -> Double? {
+            let prefix = "spout_in_flight_events{sink=\"\(sink)\"} "
+            return scrape.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) }
+        }
+        var scrape = ""
+        try eventually("b's in-flight events in /metrics: \(scrape)") {
+            scrape = MetricsTests.get(port: port, path: "/metrics")?.body ?? ""
+            return (inFlight("b", in: scrape) ?? 0) > 0 && inFlight("a", in: scrape) == 0
         }
 
         try redisB.start()

@@ -94,7 +94,9 @@ public final class RoutedSink: Sink {
     }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws(SinkError) {
-        guard let member = event.route.flatMap({ index[$0] }) ?? (event.route == nil ? defaultMember : nil) else {
+        // A dead letter of a row that could not be mapped has no route: the default's sink, else the first.
+        let fallback = event.source == .deadLetter ? defaultMember ?? 0 : defaultMember
+        guard let member = event.route.flatMap({ index[$0] }) ?? (event.route == nil ? fallback : nil) else {
             return try unroutable(event, ticket: ticket)
         }
         try send(event, ticket: ticket, to: member)
