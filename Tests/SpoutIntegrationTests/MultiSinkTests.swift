@@ -194,4 +194,32 @@ final class MultiSinkTests: XCTestCase {
         XCTAssertTrue(stdout.contains("✓ a sink "), stdout)
         XCTAssertTrue(stdout.contains("✓ b sink "), stdout)
     }
+
+    /// A stop while one sink is down: the log names the sink that holds the oldest
+    /// unacknowledged event, and nothing past it is confirmed.
+    func testStopNamesTheSinkHoldingTheSlot() throws {
+        let redisA = try RedisServer(), redisB = try RedisServer(start: false)
+        let outbox = try OutboxFixture("multi_stop", extraColumns: ", destination text")
+        defer { outbox.tearDown() }
+        let witness = try CommitWitness(outbox)
+        let port = try freeLoopbackPort()
+        let spout = try SpoutProcess(["run", "--sink", "a=" + redisA.url, "--sink", "b=" + redisB.url, "--route", "{destination}",
+                                      "--shutdown-timeout", "1", "--metrics-address", "127.0.0.1:\(port)"] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try TestDatabase.connect()
+        var sequence = 0
+        let (_, xid) = try CommitWitness.transaction(writer) { try insert(outbox, writer, rows: 2, destination: "b", sequence: &sequence) }
+        let heldByB = try witness.commitLSN(xid: xid)
+        try insert(outbox, writer, rows: 3, destination: "a", sequence: &sequence)
+        let clientA = try redisA.client()
+        try eventually("sink a has its events") { try clientA.totalLength("*") >= 3 }
+        try eventually("b holds its events") {
+            (MetricsTests.get(port: port, path: "/metrics")?.body ?? "").contains("spout_in_flight_events{sink=\"b\"} 2")
+        }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertTrue(spout.stderr.contains("sink \"b\" holds the oldest unacknowledged event; in flight per sink: a 0, b 2"), spout.stderr)
+        XCTAssertLessThan(try XCTUnwrap(try outbox.confirmedFlush), heldByB)
+    }
 }
+
