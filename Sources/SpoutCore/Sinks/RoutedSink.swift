@@ -73,18 +73,18 @@ public final class RoutedSink: Sink {
         }
         inFlightPerMember = Array(repeating: 0, count: members.count)
         recordedPerMember = Array(repeating: -1, count: members.count)
+        wakeupDescriptors = members.compactMap(\.sink.wakeupDescriptor)
+        wakeupDescriptor = wakeupDescriptors.count == members.count ? wakeupDescriptors.first : nil
         inFlightGauges = members.map { Gauge(label: "spout_in_flight_events", dimensions: [("sink", $0.name)], factory: metrics) }
     }
 
     public var needsCommitLSN: Bool { members.contains { $0.sink.needsCommitLSN } }
 
     /// Only when every member has one: otherwise the relay polls (a member without one completes in `poll`).
-    public var wakeupDescriptor: Int32? {
-        let descriptors = wakeupDescriptors
-        return descriptors.count == members.count ? descriptors.first : nil
-    }
+    public let wakeupDescriptor: Int32?
 
-    public var wakeupDescriptors: [Int32] { members.compactMap(\.sink.wakeupDescriptor) }
+    /// Read once: the relay asks on every idle turn, and a member's descriptor does not change.
+    public let wakeupDescriptors: [Int32]
 
     public var metricsName: String { "routed" }
 
