@@ -43,13 +43,21 @@ struct Check: AsyncParsableCommand {
             do { databaseResults = try database.run() } catch let SpoutError.invalidOption(message) {
                 throw SpoutError.invalidOption((settings.given(.databaseURL).map { $0.label + ": " } ?? "") + message)
             }
-            let sinkResults: [CheckResult]
-            do { sinkResults = try SinkRegistry.check(sink.value, options: sinkOptions, topic: mapping.topic) } catch let error as SpoutError {
-                throw sink.relabel(error)
+            // issue 14: several sinks: one set of sink lines each, prefixed with its name.
+            let sinks = try SinkOptionGroup.sinks(settings)
+            var sinkResults: [CheckResult] = []
+            for named in sinks {
+                do {
+                    let results = try SinkRegistry.check(named.url.value, options: sinkOptions, topic: mapping.topic)
+                    sinkResults += sinks.count == 1 ? results : results.map { var result = $0; result.name = named.name + " " + result.name; return result }
+                } catch let error as SpoutError {
+                    throw named.url.relabel(error)
+                }
             }
+            let shownSink = sinks.count == 1 ? SinkURL.redacted(sink.value) : sinks.map { $0.name + "=" + SinkURL.redacted($0.url.value) }.joined(separator: ", ")
             let results = databaseResults + sinkResults
             failed = results.contains { $0.status == .fail }
-            let text = json ? Self.json(results) : Self.text(results, database: Redaction.url(settings.text(.databaseURL)), sink: SinkURL.redacted(sink.value))
+            let text = json ? Self.json(results) : Self.text(results, database: Redaction.url(settings.text(.databaseURL)), sink: shownSink)
             print(Redaction.scrub(text, secrets: Settings.secrets))
         }
         if failed { throw ExitCode(1) }

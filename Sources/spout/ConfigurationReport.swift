@@ -7,6 +7,7 @@ enum ConfigurationReport {
     static func text(settings: Settings, setup: ReplicationSetup, mapping: OutboxMapping, relay: Relay.Options,
                      sink: String, create: Bool, lifecycle: [(String, String)] = []) -> String {
         let columns = mapping.columns
+        let sinks = (try? SinkOptionGroup.sinks(settings)) ?? [] // issue 14: several sinks
         var lines: [(String, String)] = [
             ("database-url", Redaction.url(settings.text(.databaseURL))),
             ("table", setup.table.description), ("publication", setup.publication), ("slot", setup.slot),
@@ -31,16 +32,17 @@ enum ConfigurationReport {
         lines.append(("envelope", cloudEvents == nil ? "none" : "cloudevents"))
         if let cloudEvents { lines.append(("ce-source", cloudEvents.source)) }
         // issue 14: AMQP sink
-        if let scheme = sink.split(separator: ":").first?.lowercased(), scheme == "amqp" || scheme == "amqps" {
+        let urls = sinks.isEmpty ? [sink] : sinks.map(\.url.value) // issue 14: several sinks
+        if urls.contains(where: { ["amqp", "amqps"].contains($0.split(separator: ":").first?.lowercased()) }) {
             lines.append(("amqp-exchange", settings.given(.amqpExchange)?.value ?? SinkOptions().amqpExchange))
             lines.append(("amqp-declare", (try? settings.flag(.amqpDeclare)) == true ? "true" : "false"))
         }
         // issue 14: STOMP
-        if sink.lowercased().hasPrefix("stomp") {
+        if urls.contains(where: { $0.lowercased().hasPrefix("stomp") }) {
             lines.append(("stomp-destination", settings.given(.stompDestination)?.value ?? SinkOptions().stompDestination))
         }
         // issue 14: HTTP (the secret and header values masked)
-        if let scheme = sink.split(separator: ":").first?.lowercased(), scheme == "http" || scheme == "https" {
+        if urls.contains(where: { ["http", "https"].contains($0.split(separator: ":").first?.lowercased()) }) {
             let options = try? SinkOptionGroup.options(settings, maxInFlightEvents: relay.maxInFlightEvents)
             let defaults = SinkOptions()
             lines.append(("http-batch", String(options?.httpBatch ?? defaults.httpBatch)))
@@ -48,6 +50,13 @@ enum ConfigurationReport {
             lines.append(("http-concurrency", String(options?.httpConcurrency ?? defaults.httpConcurrency)))
             lines.append(("http-secret", settings.given(.httpSecret) == nil ? "none (unsigned)" : "******"))
             for header in options?.httpHeaders ?? [] { lines.append(("http-header", "\(header.name): ******")) }
+        }
+        // issue 14: several sinks: a sink line each (name=url), the route and its default.
+        let route = settings.given(.route)
+        if sinks.count > 1 || route != nil, let index = lines.firstIndex(where: { $0.0 == "sink" }) {
+            lines.replaceSubrange(index...index, with: sinks.map { ("sink", $0.name + "=" + SinkURL.redacted($0.url.value)) })
+            lines.append(("route", route?.value ?? ""))
+            lines.append(("default-route", settings.given(.defaultRoute)?.value ?? "none (an empty route is poison)"))
         }
         lines += lifecycle
         return "# spout run configuration (secrets masked); the configuration is valid\n"

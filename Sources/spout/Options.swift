@@ -40,6 +40,8 @@ enum Setting: String, CaseIterable {
     // issue 14: HTTP
     case httpBatch = "http-batch", httpTimeout = "http-timeout", httpConcurrency = "http-concurrency"
     case httpSecret = "http-secret", httpHeader = "http-header"
+    // issue 14: several sinks
+    case route, defaultRoute = "default-route"
 
     var flag: String { "--" + rawValue }
 
@@ -58,7 +60,7 @@ enum Setting: String, CaseIterable {
     var key: AbsoluteConfigKey { AbsoluteConfigKey([rawValue]) }
 
     /// `--kafka-property` is given once per property.
-    var isRepeatable: Bool { self == .kafkaProperty || self == .httpHeader }
+    var isRepeatable: Bool { self == .kafkaProperty || self == .httpHeader || self == .sink } // issue 14: --http-header, several sinks (--sink NAME=URL)
 
     /// Values that may carry a password or token: swift-configuration masks them in its own
     /// reports; spout's messages mask them through `Redaction`.
@@ -305,7 +307,9 @@ struct MappingOptions: ParsableArguments {
         } catch {
             throw SpoutError.invalidOption("\(topic.label): \(error.description)")
         }
-        return OutboxMapping(table: table, columns: columns, topic: template, messagePrefix: settings.text(.messagePrefix))
+        var mapping = OutboxMapping(table: table, columns: columns, topic: template, messagePrefix: settings.text(.messagePrefix))
+        mapping.route = try SinkOptionGroup.route(settings) // issue 14: several sinks
+        return mapping
     }
 }
 

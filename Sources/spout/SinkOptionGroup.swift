@@ -6,9 +6,20 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost], http://host:8080/path (default: stdout://). [SPOUT_SINK]",
-        valueName: "url"))
-    var sinkFlag: String?
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost], http://host:8080/path (default: stdout://); "
+            + "NAME=URL, repeatable, for several sinks chosen per event by --route. [SPOUT_SINK: items separated by newlines or spaces]",
+        valueName: "[name=]url"))
+    var sinkFlags: [String] = []
+
+    // issue 14: several sinks
+    @Option(name: .customLong("route"), help: ArgumentHelp(
+        "With several sinks: the sink NAME of each event, a template over columns or event headers like --topic (e.g. {destination}). [SPOUT_ROUTE]",
+        valueName: "template"))
+    var routeFlag: String?
+
+    @Option(name: .customLong("default-route"), help: ArgumentHelp(
+        "The sink of events whose --route renders empty or NULL (default: none, such an event is poison). [SPOUT_DEFAULT_ROUTE]", valueName: "name"))
+    var defaultRouteFlag: String?
 
     @Option(name: .customLong("kafka-property"), help: ArgumentHelp(
         "A librdkafka property, passed through verbatim; repeatable (e.g. linger.ms=5). [SPOUT_KAFKA_PROPERTIES: name=value items separated by newlines or spaces]",
@@ -79,11 +90,11 @@ struct SinkOptionGroup: ParsableArguments {
     var httpHeaderFlags: [String] = []
 
     var flags: Settings.Flags {
-        Settings.Flags(flags: [.sink: sinkFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
+        Settings.Flags(flags: [.route: routeFlag, .defaultRoute: defaultRouteFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
                                .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag,
                                .amqpExchange: amqpExchangeFlag, .stompDestination: stompDestinationFlag,
                                .httpBatch: httpBatchFlag, .httpTimeout: httpTimeoutFlag, .httpConcurrency: httpConcurrencyFlag, .httpSecret: httpSecretFlag],
-                       lists: [.kafkaProperty: kafkaPropertyFlags, .httpHeader: httpHeaderFlags], switches: [.amqpDeclare: amqpDeclareFlag])
+                       lists: [.kafkaProperty: kafkaPropertyFlags, .httpHeader: httpHeaderFlags, .sink: sinkFlags], switches: [.amqpDeclare: amqpDeclareFlag])
     }
 
     /// The options alone, checked: run validates them all before it connects anywhere.
@@ -148,26 +159,95 @@ struct SinkOptionGroup: ParsableArguments {
         return CloudEventEnvelope(source: CloudEventEnvelope.defaultSource(database: database, table: try DatabaseOptions.table(settings)))
     }
 
-    /// The sink URL in effect (stdout:// by default).
+    /// The (first) sink URL in effect (stdout:// by default).
     static func sink(_ settings: Settings) -> Sourced {
-        settings.lookup(.sink) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)
+        (try? sinks(settings).first?.url) ?? Sourced(setting: .sink, value: "stdout://", origin: .flag)
+    }
+
+    // issue 14: several sinks
+    /// A sink of `--sink [NAME=]URL`: its name (the URL's scheme when not given) and its URL.
+    struct NamedSink {
+        var name: String
+        var url: Sourced
+        var named: Bool
+    }
+
+    /// Every `--sink`, in order, names checked: [a-z0-9_-]+ and unique.
+    static func sinks(_ settings: Settings) throws -> [NamedSink] {
+        var items = settings.values(.sink)
+        if items.isEmpty { items = [Sourced(setting: .sink, value: "stdout://", origin: .flag)] }
+        var sinks: [NamedSink] = []
+        for item in items {
+            var url = item
+            var name: String
+            var named = false
+            let scheme = item.value.range(of: "://")
+            if let equals = item.value.firstIndex(of: "="), scheme.map({ equals < $0.lowerBound }) ?? true {
+                name = String(item.value[..<equals])
+                url.value = String(item.value[item.value.index(after: equals)...])
+                named = true
+                guard !name.isEmpty, name.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }) else {
+                    throw item.invalidWithoutValue("\"\(name.count > 40 ? String(name.prefix(40)) + "…" : name)\" is not a sink name: use lower-case letters, digits, _ and - (--sink orders=kafka://host:9092)")
+                }
+            } else {
+                name = scheme.map { item.value[..<$0.lowerBound].lowercased() } ?? item.value
+            }
+            if let other = sinks.first(where: { $0.name == name }) {
+                throw item.invalidWithoutValue("two sinks are named \"\(name)\"\(other.named && named ? "" : " (an unnamed --sink is named by its scheme)"): give each its own name, --sink NAME=URL")
+            }
+            sinks.append(NamedSink(name: name, url: url, named: named))
+        }
+        return sinks
+    }
+
+    /// `--route` parsed (the mapping renders it per event).
+    static func route(_ settings: Settings) throws -> TopicTemplate? {
+        guard let route = settings.given(.route) else { return nil }
+        do { return try TopicTemplate(route.value) } catch { throw route.invalid("is not a template: \(error.description)") }
+    }
+
+    /// Several sinks need `--route`; `--default-route` needs it and names a sink. Returns whether events are routed.
+    private static func checkRoute(_ settings: Settings, sinks: [NamedSink]) throws -> Bool {
+        guard try route(settings) != nil else {
+            if sinks.count > 1 {
+                throw SpoutError.invalidOption("\(sinks.count) sinks (\(sinks.map(\.name).joined(separator: ", "))) need --route to pick one per event: "
+                                               + "a template over a column or an event header, e.g. --route {destination}")
+            }
+            if let fallback = settings.given(.defaultRoute) { throw fallback.invalid("needs --route") }
+            return false
+        }
+        if let fallback = settings.given(.defaultRoute), !sinks.contains(where: { $0.name == fallback.value }) {
+            throw fallback.invalid("is not a sink: name one of \(sinks.map(\.name).joined(separator: ", "))")
+        }
+        return true
     }
 
     /// Everything `makeSink` checks, without connecting.
     static func validate(_ settings: Settings, maxInFlightEvents: Int) throws {
         let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
-        let sink = sink(settings)
-        do { try SinkRegistry.validate(sink.value, options: options) } catch { throw relabelled(error, sink: sink, settings: settings) }
+        let sinks = try sinks(settings)
+        for sink in sinks {
+            do { try SinkRegistry.validate(sink.url.value, options: options) } catch { throw relabelled(error, sink: sink.url, settings: settings) }
+        }
+        _ = try checkRoute(settings, sinks: sinks)
     }
 
     static func makeSink(_ settings: Settings, maxInFlightEvents: Int, log: Log) throws -> Sink {
         let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
-        let sink = sink(settings)
-        do {
-            return try SinkRegistry.makeSink(sink.value, options: options, log: log)
-        } catch {
-            throw relabelled(error, sink: sink, settings: settings)
+        let sinks = try sinks(settings)
+        let routed = try checkRoute(settings, sinks: sinks)
+        var members: [RoutedSink.Member] = []
+        for sink in sinks {
+            do {
+                members.append(RoutedSink.Member(name: sink.name, sink: try SinkRegistry.makeSink(sink.url.value, options: options, log: log)))
+            } catch {
+                for member in members { member.sink.close() }
+                throw relabelled(error, sink: sink.url, settings: settings)
+            }
         }
+        // One sink without --route: that sink itself, as always.
+        guard routed || members.count > 1 else { return members[0].sink }
+        return try RoutedSink(members: members, defaultRoute: settings.given(.defaultRoute)?.value, expectedInFlight: maxInFlightEvents, log: log)
     }
 
     /// The sink's own errors name `--sink` or `--kafka-property NAME`: name the variable or

@@ -12,6 +12,7 @@ public struct EventMapper: Sendable {
         var eventType: Int?
         var headers: Int?
         var topicColumns: [String: Int]
+        var routeColumns: [String: Int] = [:] // issue 14: several sinks
         /// Every column's name, in row order (a dead letter shows the row by them).
         var columnNames: [String] = []
     }
@@ -66,10 +67,12 @@ public struct EventMapper: Sendable {
         case TypeOID.bytea: .binary
         default: .text
         }
-        return RowLayout(
+        var layout = RowLayout(
             id: id, payload: positions[names.payload]?.index ?? 0, payloadFormat: format,
             aggregateID: positions[names.aggregateID]?.index, eventType: positions[names.eventType]?.index,
             headers: positions[names.headers]?.index, topicColumns: topicColumns, columnNames: columns.map(\.name))
+        for column in mapping.route?.columns ?? [] { layout.routeColumns[column] = positions[column]?.index } // issue 14: several sinks
+        return layout
     }
 
     /// Throws when a table with these columns lacks one the mapping needs: the id, the
@@ -152,10 +155,18 @@ public struct EventMapper: Sendable {
         if let index = layout.headers, let raw = row.bytes(at: index) {
             headers = try Self.headers(fromJSON: raw)
         }
-        return OutboxEvent(id: id, topic: topic, key: layout.aggregateID.flatMap { row.string(at: $0) },
-                           type: layout.eventType.flatMap { row.string(at: $0) }, payload: payload,
-                           payloadFormat: layout.payloadFormat, headers: headers,
-                           lsn: lsn, committedAt: committedAt, source: source)
+        var event = OutboxEvent(id: id, topic: topic, key: layout.aggregateID.flatMap { row.string(at: $0) },
+                                type: layout.eventType.flatMap { row.string(at: $0) }, payload: payload,
+                                payloadFormat: layout.payloadFormat, headers: headers,
+                                lsn: lsn, committedAt: committedAt, source: source)
+        // issue 14: several sinks
+        if let route = mapping.route {
+            event.route = Self.render(route) { name in
+                if let index = layout.routeColumns[name] { return row.string(at: index) }
+                return headers.first { $0.name == name }?.value
+            }
+        }
+        return event
     }
 
     /// Maps a logical message with the outbox prefix: a JSON object with the same fields as an
@@ -195,9 +206,33 @@ public struct EventMapper: Sendable {
         case .string: throw .invalidHeaders(reason: "a string, not an object")
         case .null, nil: break
         }
-        return OutboxEvent(id: text(names.id) ?? "lsn:\(message.lsn)", topic: topic, key: text(names.aggregateID),
-                           type: text(names.eventType), payload: payload, payloadFormat: .json, headers: headers,
-                           lsn: .zero, committedAt: committedAt)
+        var event = OutboxEvent(id: text(names.id) ?? "lsn:\(message.lsn)", topic: topic, key: text(names.aggregateID),
+                                type: text(names.eventType), payload: payload, payloadFormat: .json, headers: headers,
+                                lsn: .zero, committedAt: committedAt)
+        // issue 14: several sinks
+        if let route = mapping.route {
+            event.route = Self.render(route) { name in fields[name] != nil ? text(name) : headers.first { $0.name == name }?.value }
+        }
+        return event
+    }
+
+    // issue 14: several sinks
+    /// `--route` for one event: nil when a placeholder is NULL or empty (`--default-route` applies).
+    static func render(_ template: TopicTemplate, _ value: (String) -> String?) -> String? {
+        if template.segments.count == 1, case let .column(name) = template.segments[0] {
+            guard let text = value(name), !text.isEmpty else { return nil }
+            return text
+        }
+        var route = ""
+        for segment in template.segments {
+            switch segment {
+            case let .literal(text): route += text
+            case let .column(name):
+                guard let part = value(name), !part.isEmpty else { return nil }
+                route += part
+            }
+        }
+        return route
     }
 
     /// A JSON object of header names to values; string values are taken as they are,

@@ -56,6 +56,9 @@ public struct OutboxEvent: Equatable, Sendable {
     public var lsn: LSN
     public var committedAt: PostgresTimestamp
     public var source: Source
+    // issue 14: several sinks
+    /// The sink this event goes to (`--route`, rendered by the mapper); nil: none rendered.
+    public var route: String?
 
     public init(id: String, topic: String, key: String?, type: String?, payload: [UInt8],
                 payloadFormat: PayloadFormat, headers: [Header], lsn: LSN, committedAt: PostgresTimestamp,

@@ -16,6 +16,9 @@ public struct OutboxMapping: Equatable, Sendable {
     public var topic: TopicTemplate
     /// Transactional logical messages with this prefix are events too.
     public var messagePrefix: String
+    // issue 14: several sinks
+    /// `--route`: the sink of each event, over columns or, where the row has no such column, its headers.
+    public var route: TopicTemplate?
 
     public init(table: TableName, columns: Columns = Columns(), topic: TopicTemplate, messagePrefix: String = "outbox") {
         self.table = table

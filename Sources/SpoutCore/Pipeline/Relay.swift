@@ -141,7 +141,7 @@ public final class Relay {
     }
 
     private func streamUntilStopped(_ stop: StopSignal) throws(SpoutError) -> Outcome {
-        let others = [stop.descriptor] + (sink.wakeupDescriptor.map { [$0] } ?? [])
+        let others = [stop.descriptor] + sink.wakeupDescriptors // issue 14: several sinks
         guard let stream else { throw .connectionLost(detail: "not connected") }
         do {
             while !stop.isRequested {
@@ -162,7 +162,8 @@ public final class Relay {
                     try stream.wait(readingSocket: wait.readingSocket, others: others, timeout: wait.timeout)
                 }
             }
-            log.info("stopping: waiting up to \(options.shutdownTimeout.secondsText) s for \(session.outstanding) acknowledgements")
+            log.info("stopping: waiting up to \(options.shutdownTimeout.secondsText) s for \(session.outstanding) acknowledgements"
+                     + (sink.pendingSummary.map { " (\($0))" } ?? "")) // issue 14: several sinks
             try drain()
             return .stopped
         }
@@ -253,7 +254,7 @@ public final class Relay {
     /// While disconnected: the sink goes on delivering (committed spooled events too) and its
     /// acknowledgements are recorded, for `delay` or until a stop request.
     private func keepSinkWorking(for delay: Duration, until stop: StopSignal) throws(SpoutError) {
-        let others = [stop.descriptor] + (sink.wakeupDescriptor.map { [$0] } ?? [])
+        let others = [stop.descriptor] + sink.wakeupDescriptors // issue 14: several sinks
         let deadline = clock.now + delay
         while clock.now < deadline, !stop.isRequested {
             metrics.health.beat()
@@ -428,7 +429,7 @@ public final class Relay {
     private func drain() throws(SpoutError) {
         session.stop(now: clock.now, timeout: options.shutdownTimeout)
         metrics.health.set(.stopping)
-        let others = sink.wakeupDescriptor.map { [$0] } ?? []
+        let others = sink.wakeupDescriptors // issue 14: several sinks
         var failure: SpoutError?
         let stream = self.stream
         // Committed transactions still in the spool go out too: after a poison event, all
@@ -439,7 +440,7 @@ public final class Relay {
                 try dispatchSpooled()
                 if try pollSink() == 0 {
                     if stream != nil { try sendStatusIfDue() }
-                    try ReplicationStream.wait(others: others, timeout: .milliseconds(others.isEmpty ? 1 : 100))
+                    try ReplicationStream.wait(others: others, timeout: .milliseconds(sink.wakeupDescriptor == nil ? 1 : 100)) // issue 14: several sinks
                 }
             } catch {
                 failure = error
@@ -447,7 +448,8 @@ public final class Relay {
             }
         }
         if session.outstanding > 0, failure == nil {
-            log.warning("\(session.outstanding) events were not acknowledged before the shutdown timeout; they will be sent again on restart")
+            log.warning("\(session.outstanding) events were not acknowledged before the shutdown timeout; they will be sent again on restart"
+                        + (sink.pendingSummary.map { " (\($0))" } ?? "")) // issue 14: several sinks
         }
         guard let stream else {
             // Nothing can be confirmed without a connection: the slot keeps it, sent again on the next start.

@@ -292,7 +292,8 @@ enum SpooledEvent {
         }
         integer(event.committedAt.rawValue)
         // Streamed events (all but dead letters, in the spool) end here; others say what they are.
-        if event.source != .stream { bytes.append(event.source.rawValue) }
+        if event.source != .stream || event.route != nil { bytes.append(event.source.rawValue) }
+        if let route = event.route { field(route.utf8) } // issue 14: several sinks
     }
 
     /// The event in a record `encode` wrote, with `lsn`; nil when the record is damaged.
@@ -325,14 +326,21 @@ enum SpooledEvent {
         }
         guard headers.count == Int(headerCount), let committedAt = integer(Int64.self) else { return nil }
         var source = OutboxEvent.Source.stream
+        var route: String?
         if cursor < record.count {
-            // Only other sources are written: a `stream` byte there is damage.
-            guard let marked = integer(UInt8.self).flatMap(OutboxEvent.Source.init(rawValue:)), marked != .stream else { return nil }
+            guard let marked = integer(UInt8.self).flatMap(OutboxEvent.Source.init(rawValue:)) else { return nil }
             source = marked
+            // A `stream` byte is written only before a route (issue 14: several sinks).
+            if cursor < record.count || marked == .stream {
+                guard let text = string() else { return nil }
+                route = text
+            }
         }
         guard cursor == record.count else { return nil }
-        return OutboxEvent(id: id, topic: topic, key: key, type: type, payload: Array(payload),
-                           payloadFormat: format == 0 ? .json : format == 1 ? .text : .binary,
-                           headers: headers, lsn: lsn, committedAt: PostgresTimestamp(rawValue: committedAt), source: source)
+        var event = OutboxEvent(id: id, topic: topic, key: key, type: type, payload: Array(payload),
+                                payloadFormat: format == 0 ? .json : format == 1 ? .text : .binary,
+                                headers: headers, lsn: lsn, committedAt: PostgresTimestamp(rawValue: committedAt), source: source)
+        event.route = route
+        return event
     }
 }

@@ -22,6 +22,12 @@ public protocol Sink: AnyObject {
     /// completes deliveries asynchronously.
     var wakeupDescriptor: Int32? { get }
 
+    /// All descriptors to wait on (issue 14: several sinks; default: `wakeupDescriptor`).
+    var wakeupDescriptors: [Int32] { get }
+
+    /// Who holds the unacknowledged events, for the stop's log (issue 14: several sinks; default nil).
+    var pendingSummary: String? { get }
+
     /// The sink's name in metrics (the `sink` dimension): stdout, redis, nats, kafka.
     var metricsName: String { get }
 
@@ -36,6 +42,15 @@ public protocol Sink: AnyObject {
 
 extension Sink {
     public var needsCommitLSN: Bool { true }
+
+    // issue 14: several sinks
+    /// Every descriptor the relay waits on for this sink: a composite (`RoutedSink`) has one
+    /// per member; `wakeupDescriptor` is non-nil only when all of them have one.
+    public var wakeupDescriptors: [Int32] { wakeupDescriptor.map { [$0] } ?? [] }
+
+    /// Which part of the sink holds what is unacknowledged (a composite names the member with
+    /// the oldest event), for the stop's log line; nil: nothing to add.
+    public var pendingSummary: String? { nil }
 
     public func adopt(_ policy: PoisonPolicy, maxRetries: Int?) {}
 
