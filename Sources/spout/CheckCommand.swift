@@ -26,8 +26,8 @@ struct Check: AsyncParsableCommand {
         try await reportingErrors(relay.flags) { settings in
             // The options run reads before it connects, with run's errors for bad values.
             _ = try LogOptions.log(settings)
-            let maxInFlight = try settings.integer(.maxInFlight, in: Limits.maxInFlight) ?? Relay.Options().maxInFlightEvents
-            try Self.validateRelayOptions(settings)
+            let maxInFlight = try RelayOptions.relay(settings).maxInFlightEvents
+            try Self.validateLifecycleOptions(settings)
             // The sink's URL and options as run checks them (its messages name where each was set).
             try SinkOptionGroup.validate(settings, maxInFlightEvents: maxInFlight)
             let sinkOptions = try SinkOptionGroup.options(settings, maxInFlightEvents: maxInFlight)
@@ -63,17 +63,9 @@ struct Check: AsyncParsableCommand {
         if failed { throw ExitCode(1) }
     }
 
-    /// What `run` parses of the relay's own options before connecting: a value run would
-    /// refuse is a usage error here too.
-    static func validateRelayOptions(_ settings: Settings) throws {
-        _ = try parseLSN(settings.given(.startLSN))
-        _ = try parseLSN(settings.given(.endLSN))
-        _ = try settings.integer(.maxInFlightBytes, in: Limits.maxInFlightBytes)
-        _ = try settings.integer(.spoolMemoryBytes, in: Limits.spoolMemoryBytes)
-        _ = try seconds(settings.given(.shutdownTimeout))
-        _ = try seconds(settings.given(.reconnectTimeout), in: Limits.reconnectTimeoutSeconds)
-        _ = try poisonPolicy(settings)
-        _ = try settings.integer(.maxRetries, in: Limits.maxRetries)
+    /// The rest of what `run` parses before connecting (the relay's own options are
+    /// `RelayOptions.relay`): a value run would refuse is a usage error here too.
+    static func validateLifecycleOptions(_ settings: Settings) throws {
         _ = try LostSlotOption.snapshot(settings)
         _ = try settings.given(.failover)?.boolean()
         _ = try ObservabilityOptions.address(settings)

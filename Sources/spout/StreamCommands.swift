@@ -28,22 +28,8 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors(flags) { settings in
             let log = try LogOptions.log(settings)
-            var options = Relay.Options()
-            let startLSN = settings.given(.startLSN), endLSN = settings.given(.endLSN)
-            options.startLSN = try parseLSN(startLSN)
-            options.endLSN = try parseLSN(endLSN)
-            if let start = options.startLSN, let end = options.endLSN, end < start, let endLSN, let startLSN {
-                throw SpoutError.invalidOption("\(endLSN.display()) is before \(startLSN.display())")
-            }
-            options.maxInFlightEvents = try settings.integer(.maxInFlight, in: Limits.maxInFlight) ?? options.maxInFlightEvents
-            options.maxInFlightBytes = try settings.integer(.maxInFlightBytes, in: Limits.maxInFlightBytes) ?? options.maxInFlightBytes
-            options.spoolMemoryBytes = try settings.integer(.spoolMemoryBytes, in: Limits.spoolMemoryBytes) ?? options.spoolMemoryBytes
+            var options = try RelayOptions.relay(settings)
             options.recordLatency = reportLatency
-            options.shutdownTimeout = try seconds(settings.given(.shutdownTimeout)) ?? options.shutdownTimeout
-            options.reconnectTimeout = try seconds(settings.given(.reconnectTimeout), in: Limits.reconnectTimeoutSeconds)
-            options.standby = try !settings.flag(.noStandby)
-            options.onPoison = try poisonPolicy(settings)
-            options.maxRetries = try settings.integer(.maxRetries, in: Limits.maxRetries)
             // Every sink option too, before anything connects: a bad value never waits for the database.
             _ = try SinkOptionGroup.options(settings, maxInFlightEvents: options.maxInFlightEvents)
             let create = try !settings.flag(.noCreate)
@@ -320,5 +306,26 @@ struct RelayOptions: ParsableArguments {
                                      .shutdownTimeout: shutdownTimeoutFlag, .reconnectTimeout: reconnectTimeoutFlag,
                                      .onPoison: onPoisonFlag, .deadLetterTopic: deadLetterTopicFlag, .maxRetries: maxRetriesFlag],
                              switches: [.noCreate: noCreateFlag, .noStandby: noStandbyFlag])
+    }
+
+    /// The relay's options as `run` parses them, every value checked (its errors name where it
+    /// was set); `check` parses the same, so it refuses what `run` would.
+    static func relay(_ settings: Settings) throws -> Relay.Options {
+        var options = Relay.Options()
+        let startLSN = settings.given(.startLSN), endLSN = settings.given(.endLSN)
+        options.startLSN = try parseLSN(startLSN)
+        options.endLSN = try parseLSN(endLSN)
+        if let start = options.startLSN, let end = options.endLSN, end < start, let endLSN, let startLSN {
+            throw SpoutError.invalidOption("\(endLSN.display()) is before \(startLSN.display())")
+        }
+        options.maxInFlightEvents = try settings.integer(.maxInFlight, in: Limits.maxInFlight) ?? options.maxInFlightEvents
+        options.maxInFlightBytes = try settings.integer(.maxInFlightBytes, in: Limits.maxInFlightBytes) ?? options.maxInFlightBytes
+        options.spoolMemoryBytes = try settings.integer(.spoolMemoryBytes, in: Limits.spoolMemoryBytes) ?? options.spoolMemoryBytes
+        options.shutdownTimeout = try seconds(settings.given(.shutdownTimeout)) ?? options.shutdownTimeout
+        options.reconnectTimeout = try seconds(settings.given(.reconnectTimeout), in: Limits.reconnectTimeoutSeconds)
+        options.standby = try !settings.flag(.noStandby)
+        options.onPoison = try poisonPolicy(settings)
+        options.maxRetries = try settings.integer(.maxRetries, in: Limits.maxRetries)
+        return options
     }
 }
