@@ -51,6 +51,13 @@ enum ConfigurationReport {
             lines.append(("http-secret", settings.given(.httpSecret) == nil ? "none (unsigned)" : "******"))
             for header in options?.httpHeaders ?? [] { lines.append(("http-header", "\(header.name): ******")) }
         }
+        // issue 15: TLS (paths only; the files are never read into the report)
+        if let tls = try? SinkOptionGroup.tls(settings), tls.isCustomized {
+            lines.append(("sink-ca-file", tls.caFile ?? "none (the system's CAs)"))
+            lines.append(("sink-cert-file", tls.certFile ?? "none"))
+            lines.append(("sink-key-file", tls.keyFile ?? "none"))
+            lines.append(("sink-insecure-skip-verify", tls.insecureSkipVerify ? "true (certificates are NOT verified)" : "false"))
+        }
         // issue 14: several sinks: a sink line each (name=url), the route and its default.
         let route = settings.given(.route)
         if sinks.count > 1 || route != nil, let index = lines.firstIndex(where: { $0.0 == "sink" }) {

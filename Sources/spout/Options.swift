@@ -42,6 +42,9 @@ enum Setting: String, CaseIterable {
     case httpSecret = "http-secret", httpHeader = "http-header"
     // issue 14: several sinks
     case route, defaultRoute = "default-route"
+    // issue 15: TLS
+    case sinkCAFile = "sink-ca-file", sinkCertFile = "sink-cert-file", sinkKeyFile = "sink-key-file"
+    case sinkInsecureSkipVerify = "sink-insecure-skip-verify"
 
     var flag: String { "--" + rawValue }
 

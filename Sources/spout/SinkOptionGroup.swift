@@ -89,12 +89,30 @@ struct SinkOptionGroup: ParsableArguments {
         valueName: "Name: value"))
     var httpHeaderFlags: [String] = []
 
+    // issue 15: TLS
+    @Option(name: .customLong("sink-ca-file"), help: ArgumentHelp(
+        "PEM file of the CA certificates that sign the sinks' TLS certificates (rediss://, tls://, amqps://, stomp+ssl://, https://, Kafka with security.protocol=ssl) (default: the system's). [SPOUT_SINK_CA_FILE]",
+        valueName: "path"))
+    var sinkCAFileFlag: String?
+
+    @Option(name: .customLong("sink-cert-file"), help: ArgumentHelp(
+        "PEM client certificate for sinks that require one; with --sink-key-file. [SPOUT_SINK_CERT_FILE]", valueName: "path"))
+    var sinkCertFileFlag: String?
+
+    @Option(name: .customLong("sink-key-file"), help: ArgumentHelp(
+        "PEM private key of --sink-cert-file. [SPOUT_SINK_KEY_FILE]", valueName: "path"))
+    var sinkKeyFileFlag: String?
+
+    @Flag(name: .customLong("sink-insecure-skip-verify"), help: "Do not verify sink TLS certificates or host names (encrypted, not authenticated; logs a warning). [SPOUT_SINK_INSECURE_SKIP_VERIFY]")
+    var sinkInsecureSkipVerifyFlag = false
+
     var flags: Settings.Flags {
         Settings.Flags(flags: [.route: routeFlag, .defaultRoute: defaultRouteFlag, .redisMaxLength: redisMaxLengthFlag, .redisIDs: redisIDsFlag,
                                .natsCreateStream: natsCreateStreamFlag, .envelope: envelopeFlag, .ceSource: ceSourceFlag,
                                .amqpExchange: amqpExchangeFlag, .stompDestination: stompDestinationFlag,
-                               .httpBatch: httpBatchFlag, .httpTimeout: httpTimeoutFlag, .httpConcurrency: httpConcurrencyFlag, .httpSecret: httpSecretFlag],
-                       lists: [.kafkaProperty: kafkaPropertyFlags, .httpHeader: httpHeaderFlags, .sink: sinkFlags], switches: [.amqpDeclare: amqpDeclareFlag])
+                               .httpBatch: httpBatchFlag, .httpTimeout: httpTimeoutFlag, .httpConcurrency: httpConcurrencyFlag, .httpSecret: httpSecretFlag,
+                               .sinkCAFile: sinkCAFileFlag, .sinkCertFile: sinkCertFileFlag, .sinkKeyFile: sinkKeyFileFlag],
+                       lists: [.kafkaProperty: kafkaPropertyFlags, .httpHeader: httpHeaderFlags, .sink: sinkFlags], switches: [.amqpDeclare: amqpDeclareFlag, .sinkInsecureSkipVerify: sinkInsecureSkipVerifyFlag])
     }
 
     /// The options alone, checked: run validates them all before it connects anywhere.
@@ -136,7 +154,36 @@ struct SinkOptionGroup: ParsableArguments {
             options.httpHeaders.append((String(header.value[..<colon]).trimmingCharacters(in: .whitespaces),
                                         String(header.value[header.value.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
         }
+        options.tls = try tls(settings) // issue 15: TLS
         return options
+    }
+
+    // issue 15: TLS
+    /// The sinks' TLS settings, the files checked now: a missing or unreadable file is a start
+    /// error naming the option, not a handshake failure later. The files' contents are never shown.
+    static func tls(_ settings: Settings) throws -> SinkTLS {
+        var tls = SinkTLS()
+        func readable(_ setting: Setting) throws -> String? {
+            guard let file = settings.given(setting) else { return nil }
+            guard !file.value.isEmpty else { throw file.invalid("is empty: give the path of a PEM file") }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: file.value, isDirectory: &isDirectory), !isDirectory.boolValue else {
+                throw file.invalid("is not a file: give the path of a PEM file")
+            }
+            guard FileManager.default.isReadableFile(atPath: file.value) else { throw file.invalid("cannot be read: check its permissions") }
+            return file.value
+        }
+        tls.caFile = try readable(.sinkCAFile)
+        tls.certFile = try readable(.sinkCertFile)
+        tls.keyFile = try readable(.sinkKeyFile)
+        if tls.certFile != nil, tls.keyFile == nil, let cert = settings.given(.sinkCertFile) {
+            throw cert.invalidWithoutValue("needs --sink-key-file, the certificate's private key")
+        }
+        if tls.keyFile != nil, tls.certFile == nil, let key = settings.given(.sinkKeyFile) {
+            throw key.invalidWithoutValue("needs --sink-cert-file, the certificate the key belongs to")
+        }
+        tls.insecureSkipVerify = try settings.flag(.sinkInsecureSkipVerify)
+        return tls
     }
 
     // issue 13: CloudEvents envelope
@@ -236,6 +283,7 @@ struct SinkOptionGroup: ParsableArguments {
         let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
         let sinks = try sinks(settings)
         let routed = try checkRoute(settings, sinks: sinks)
+        if options.tls.insecureSkipVerify { log.warning(SinkTLS.insecureWarning) } // issue 15: TLS
         var members: [RoutedSink.Member] = []
         for sink in sinks {
             do {

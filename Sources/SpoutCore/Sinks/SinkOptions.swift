@@ -36,6 +36,9 @@ public struct SinkOptions: Sendable {
     public var httpSecret: String?
     /// `--http-header 'Name: value'`: added to every request.
     public var httpHeaders: [(name: String, value: String)] = []
+    // issue 15: TLS
+    /// `--sink-ca-file`, `--sink-cert-file`, `--sink-key-file`, `--sink-insecure-skip-verify`: every TLS sink's.
+    public var tls = SinkTLS()
     /// The relay's in-flight window; the delivery engine sizes its queue from it.
     public var maxInFlightEvents = 10_000
 
