@@ -2,95 +2,128 @@ import SpoutCore
 import CHiredis
 import Foundation
 
-/// One non-blocking hiredis connection. It owns the `redisContext` (freed, socket closed, on
-/// deinit) and only moves bytes: commands are buffered by `append`, written by `write`,
-/// replies read by `read` and handed out in order by `withNextReply`. What the replies mean
-/// is `RedisStreamSink`'s business.
+/// One non-blocking connection to Redis: SpoutCore's `TCPSocket` moves the bytes (plain, or
+/// TLS for `rediss://`, the only difference being the socket's `tls:`), hiredis only formats
+/// commands (`redisFormatCommandArgv`) and parses replies (a `redisReader`). Commands are
+/// buffered by `append`, written by `write`, replies read by `read` and handed out in order by
+/// `withNextReply`. What the replies mean is `RedisStreamSink`'s business.
 final class RedisConnection {
     /// An I/O or protocol failure; the connection is unusable afterwards.
     struct Failure: Error {
         var reason: String
+
+        init(reason: String) { self.reason = reason }
+
+        init(_ failure: TCPSocket.Failure) { reason = failure.reason }
     }
 
-    private let context: UnsafeMutablePointer<redisContext>
+    private let socket: TCPSocket
+    private let reader: UnsafeMutablePointer<redisReader>
+    /// Formatted commands; `output[written...]` is not yet handed to the kernel.
+    private var output: [UInt8] = []
+    private var written = 0
+    /// Where `read` puts what the socket holds before the reader takes it.
+    private var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+
     /// Commands appended and not yet fully handed to the kernel.
-    private(set) var hasUnwrittenOutput = false
+    var hasUnwrittenOutput: Bool { written < output.count }
 
     /// Starts a TCP connect without waiting for it (`finishConnect` tells when it is done).
     init(connectingTo host: String, port: Int32) throws(Failure) {
-        guard let context = redisConnectNonBlock(host, port) else { throw Failure(reason: "out of memory") }
-        if context.pointee.err != 0 {
-            let reason = Self.errorText(context)
-            redisFree(context)
-            throw Failure(reason: reason)
+        guard let reader = redisReaderCreate() else { throw Failure(reason: "out of memory") }
+        do {
+            socket = try TCPSocket(connectingTo: host, port: Int(port))
+        } catch {
+            redisReaderFree(reader)
+            throw Failure(error)
         }
-        self.context = context
+        self.reader = reader
+        output.reserveCapacity(64 * 1024)
     }
 
-    deinit { redisFree(context) }
+    deinit { redisReaderFree(reader) }
 
-    var descriptor: Int32 { context.pointee.fd }
+    var descriptor: Int32 { socket.descriptor }
 
-    /// Whether the non-blocking connect has completed; throws when it failed (refused, unreachable).
+    /// Whether the connect (and the TLS handshake) has completed; throws when it failed.
     func finishConnect() throws(Failure) -> Bool {
-        try SocketStatus.connectFinished(descriptor).mapError { Failure(reason: $0.description) }.get()
+        do { return try socket.finishConnect() } catch { throw Failure(error) }
     }
 
     /// Buffers one command (nothing is written yet).
     func append(_ command: inout RedisCommand) throws(Failure) {
-        let appended = command.withArguments { count, arguments, lengths in
-            redisAppendCommandArgv(context, count, arguments, lengths)
+        var formatted: UnsafeMutablePointer<CChar>?
+        let length = command.withArguments { count, arguments, lengths in
+            redisFormatCommandArgv(&formatted, count, arguments, lengths)
         }
-        guard appended == REDIS_OK else { throw Failure(reason: Self.errorText(context)) }
-        hasUnwrittenOutput = true
+        guard length > 0, let formatted else {
+            free(formatted)
+            throw Failure(reason: "cannot format a Redis command (out of memory?)")
+        }
+        defer { redisFreeCommand(formatted) }
+        if written == output.count {
+            output.removeAll(keepingCapacity: true)
+            written = 0
+        }
+        formatted.withMemoryRebound(to: UInt8.self, capacity: Int(length)) { bytes in
+            output.append(contentsOf: UnsafeBufferPointer(start: bytes, count: Int(length)))
+        }
     }
 
     /// Writes buffered commands until all are written or the socket is full; `true` when all are.
     @discardableResult
     func write() throws(Failure) -> Bool {
-        while hasUnwrittenOutput {
-            var done: Int32 = 0
-            errno = 0
-            guard redisBufferWrite(context, &done) == REDIS_OK else { throw Failure(reason: Self.errorText(context)) }
-            hasUnwrittenOutput = done == 0
-            if hasUnwrittenOutput, errno == EAGAIN || errno == EWOULDBLOCK { return false }
+        guard hasUnwrittenOutput else { return true }
+        do { written = try socket.write(output, from: written) } catch { throw Failure(error) }
+        if !hasUnwrittenOutput {
+            output.removeAll(keepingCapacity: true)
+            written = 0
+            return true
         }
-        return true
+        // A socket that never quite catches up: drop what it took, so the buffer stays bounded.
+        if written >= 1 << 20 {
+            output.removeSubrange(0..<written)
+            written = 0
+        }
+        return false
     }
 
     /// Waits up to `milliseconds` until the socket is ready for `events`; `true` when it is
     /// (or has an error or hang-up, which the next read or write reports).
     func waitFor(_ events: Int16, milliseconds: Int32) throws(Failure) -> Bool {
-        try SocketStatus.wait(descriptor, for: events, milliseconds: milliseconds).mapError { Failure(reason: $0.description) }.get()
+        do { return try socket.waitFor(events, milliseconds: milliseconds) } catch { throw Failure(error) }
     }
 
-    /// Reads what the socket holds (up to 1 MiB per call) into hiredis' reply parser.
+    /// Reads what the socket holds (a bounded amount per call) into hiredis' reply parser.
     func read() throws(Failure) {
-        for _ in 0..<64 {
-            guard try waitFor(Int16(POLLIN), milliseconds: 0) else { return }
-            guard redisBufferRead(context) == REDIS_OK else { throw Failure(reason: Self.errorText(context)) }
+        var fed = true
+        do {
+            _ = try socket.read(into: &chunk) { bytes in
+                guard fed, let base = bytes.baseAddress else { return }
+                fed = redisReaderFeed(reader, base.assumingMemoryBound(to: CChar.self), bytes.count) == REDIS_OK
+            }
+        } catch {
+            throw Failure(error)
         }
+        if !fed { throw Failure(reason: Self.errorText(reader)) }
     }
 
     /// Passes the next complete reply to `body`; `false` when no complete reply is buffered.
     func withNextReply(_ body: (RedisReply) -> Void) throws(Failure) -> Bool {
         var raw: UnsafeMutableRawPointer?
-        guard redisGetReplyFromReader(context, &raw) == REDIS_OK else { throw Failure(reason: Self.errorText(context)) }
+        guard redisReaderGetReply(reader, &raw) == REDIS_OK else { throw Failure(reason: Self.errorText(reader)) }
         guard let raw else { return false }
         defer { freeReplyObject(raw) }
         body(RedisReply(raw.assumingMemoryBound(to: redisReply.self)))
         return true
     }
 
-    /// Why the context failed, as hiredis describes it (never contains credentials).
-    var failureReason: String { Self.errorText(context) }
-
-    private static func errorText(_ context: UnsafeMutablePointer<redisContext>) -> String {
-        let text = withUnsafeBytes(of: context.pointee.errstr) { bytes in
+    /// The reader's error: a reply that breaks the protocol (never contains credentials).
+    private static func errorText(_ reader: UnsafeMutablePointer<redisReader>) -> String {
+        let text = withUnsafeBytes(of: reader.pointee.errstr) { bytes in
             String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
         }
-        if !text.isEmpty { return text }
-        return context.pointee.err == REDIS_ERR_EOF ? "the server closed the connection" : "I/O error"
+        return "protocol error: " + (text.isEmpty ? "an invalid reply" : text)
     }
 }
 
@@ -181,7 +214,7 @@ struct RedisCommand {
         ends.append(bytes.count)
     }
 
-    /// Calls `body` with argc, argv and argvlen as `redisAppendCommandArgv` takes them.
+    /// Calls `body` with argc, argv and argvlen as `redisFormatCommandArgv` takes them.
     fileprivate mutating func withArguments(
         _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> Int32
     ) -> Int32 {

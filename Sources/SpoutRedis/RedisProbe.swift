@@ -1,61 +1,55 @@
 import SpoutCore
-import CHiredis
 import Foundation
 
 /// `spout check` for a `redis://` sink: the server answers (AUTH, SELECT and PING as the sink
 /// does them), and the user may XADD to the stream, asked with `ACL DRYRUN` (Redis 7+) so
-/// that nothing is written. A blocking hiredis connection with a timeout: the check runs
-/// before any relay, and must never hang on a dead host.
+/// that nothing is written. The sink's own `RedisConnection`, waited on with a timeout: the
+/// check runs before any relay, and must never hang on a dead host.
 public enum RedisProbe {
     public static func check(url text: String, options: SinkOptions = SinkOptions(), topic: TopicTemplate,
                              timeoutSeconds: Int = 5) throws(SpoutError) -> [CheckResult] {
         let url = try RedisURL(parsing: text)
         let server = "Redis at \(url.address)"
-        let timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        guard let context = redisConnectWithTimeout(url.host, url.port, timeout) else {
-            return [.fail("sink", "\(server): out of memory", fix: nil), .skip("sink_write", because: "Redis is not reachable")]
-        }
-        defer { redisFree(context) }
-        if context.pointee.err != 0 {
-            return [.fail("sink", "cannot connect to \(server): \(errorText(context))",
+        let session: Session
+        do {
+            session = try Session(url: url, timeoutSeconds: timeoutSeconds)
+        } catch {
+            return [.fail("sink", "cannot connect to \(server): \(error.reason)",
                           fix: "check the host and port in --sink and that redis-server is running and reachable from here"),
                     .skip("sink_write", because: "Redis is not reachable")]
         }
-        redisSetTimeout(context, timeout)
         do {
             if let password = url.password {
-                if case let .error(message) = try command(context, ["AUTH"] + (url.user.map { [$0] } ?? []) + [password]) {
+                if case let .error(message) = try session.command(["AUTH"] + (url.user.map { [$0] } ?? []) + [password]) {
                     return [.fail("sink", "\(server) rejected the login (\(message))", fix: "fix the user and password in --sink (redis://user:password@host)"),
                             .skip("sink_write", because: "Redis refused the login")]
                 }
             }
-            if url.database != 0, case let .error(message) = try command(context, ["SELECT", String(url.database)]) {
+            if url.database != 0, case let .error(message) = try session.command(["SELECT", String(url.database)]) {
                 return [.fail("sink", "\(server) cannot select database \(url.database) (\(message))", fix: "use a number below its \"databases\" setting"),
                         .skip("sink_write", because: "Redis refused the database")]
             }
-            if case let .error(message) = try command(context, ["PING"]) {
+            if case let .error(message) = try session.command(["PING"]) {
                 let fix = message.hasPrefix("NOAUTH") ? "give the password in --sink: redis://:password@\(url.address)" : nil
                 return [.fail("sink", "\(server) refused PING (\(message))", fix: fix), .skip("sink_write", because: "Redis did not answer PING")]
             }
             var version = ""
-            if case let .text(info) = try command(context, ["INFO", "server"]),
+            if case let .text(info) = try session.command(["INFO", "server"]),
                let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("redis_version:") }) {
                 version = " " + line.dropFirst("redis_version:".count)
             }
             let reachable = CheckResult.pass("sink", "Redis\(version) at \(url.address) answers PING")
-            return [reachable, try writable(context, url: url, topic: topic, ids: options.redisIDs)]
+            return [reachable, try writable(session, url: url, topic: topic, ids: options.redisIDs)]
         } catch {
-            // hiredis reports its read timeout as the socket's EAGAIN.
-            let reason = error.reason == String(cString: strerror(EAGAIN)) ? "no answer within \(timeoutSeconds) s" : error.reason
-            return [.fail("sink", "\(server): \(reason)", fix: "check that redis-server at \(url.address) is running and answering"),
+            return [.fail("sink", "\(server): \(error.reason)", fix: "check that redis-server at \(url.address) is running and answering"),
                     .skip("sink_write", because: "Redis did not answer")]
         }
     }
 
     /// `ACL DRYRUN user COMMAND …` for each command the sink sends (MULTI, XADD, EXEC; with
     /// `--redis-ids lsn` also XINFO STREAM and XRANGE): whether the ACL lets the sink's user append.
-    private static func writable(_ context: UnsafeMutablePointer<redisContext>, url: RedisURL, topic: TopicTemplate,
-                                 ids: SinkOptions.RedisIDs) throws(Failure) -> CheckResult {
+    private static func writable(_ session: Session, url: RedisURL, topic: TopicTemplate,
+                                 ids: SinkOptions.RedisIDs) throws(RedisConnection.Failure) -> CheckResult {
         let user = url.user ?? "default"
         let stream = topic.fixedTopic ?? topic.pattern(placeholder: "check")
         let target = topic.fixedTopic.map { "stream \($0)" } ?? "the streams of --topic \(topic) (tried as \(stream))"
@@ -64,7 +58,7 @@ public enum RedisProbe {
         let names = commands.map { $0[0] == "XINFO" ? "XINFO STREAM" : $0[0] }
         var denied: [(command: String, reason: String)] = []
         for (name, command) in zip(names, commands) {
-            switch try self.command(context, ["ACL", "DRYRUN", user] + command) {
+            switch try session.command(["ACL", "DRYRUN", user] + command) {
             case let .text(answer) where answer == "OK": continue
             case let .text(denial): denied.append((name, denial))
             case let .error(message) where message.hasPrefix("NOPERM"):
@@ -88,28 +82,47 @@ public enum RedisProbe {
         case error(String)
     }
 
-    private struct Failure: Error {
-        var reason: String
-    }
+    /// One connection used blocking: each wait is bounded by the timeout.
+    private struct Session {
+        let connection: RedisConnection
+        let timeoutSeconds: Int
 
-    private static func command(_ context: UnsafeMutablePointer<redisContext>, _ arguments: [String]) throws(Failure) -> Reply {
-        var copies = arguments.map { strdup($0) }
-        defer { copies.forEach { free($0) } }
-        let lengths = arguments.map { $0.utf8.count }
-        let raw = copies.withUnsafeMutableBufferPointer { pointers in
-            pointers.withMemoryRebound(to: UnsafePointer<CChar>?.self) { argv in
-                lengths.withUnsafeBufferPointer { redisCommandArgv(context, Int32(arguments.count), argv.baseAddress, $0.baseAddress) }
+        init(url: RedisURL, timeoutSeconds: Int) throws(RedisConnection.Failure) {
+            connection = try RedisConnection(connectingTo: url.host, port: url.port)
+            self.timeoutSeconds = timeoutSeconds
+            let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
+            while try !connection.finishConnect() {
+                guard let left = Self.milliseconds(until: deadline) else {
+                    throw RedisConnection.Failure(reason: "no connection within \(timeoutSeconds) s")
+                }
+                _ = try connection.waitFor(Int16(POLLOUT), milliseconds: left)
             }
         }
-        guard let raw else { throw Failure(reason: errorText(context)) }
-        defer { freeReplyObject(raw) }
-        let reply = raw.assumingMemoryBound(to: redisReply.self).pointee
-        let text = reply.str.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: reply.len), as: UTF8.self) } ?? ""
-        return reply.type == REDIS_REPLY_ERROR ? .error(text) : .text(text)
-    }
 
-    private static func errorText(_ context: UnsafeMutablePointer<redisContext>) -> String {
-        let text = withUnsafeBytes(of: context.pointee.errstr) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        return text.isEmpty ? "I/O error" : text
+        /// Sends one command and waits for its reply.
+        func command(_ arguments: [String]) throws(RedisConnection.Failure) -> Reply {
+            var command = RedisCommand()
+            for argument in arguments { command.add(argument) }
+            try connection.append(&command)
+            let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
+            while try !connection.write() {
+                guard let left = Self.milliseconds(until: deadline) else { throw RedisConnection.Failure(reason: "no answer within \(timeoutSeconds) s") }
+                _ = try connection.waitFor(Int16(POLLOUT), milliseconds: left)
+            }
+            var reply: Reply?
+            while true {
+                try connection.read()
+                if try connection.withNextReply({ reply = $0.kind == .error ? .error($0.text) : .text($0.text) }), let reply { return reply }
+                guard let left = Self.milliseconds(until: deadline) else { throw RedisConnection.Failure(reason: "no answer within \(timeoutSeconds) s") }
+                _ = try connection.waitFor(Int16(POLLIN), milliseconds: left)
+            }
+        }
+
+        /// What is left until `deadline` for a wait; nil once it has passed.
+        private static func milliseconds(until deadline: ContinuousClock.Instant) -> Int32? {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return nil }
+            return Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+        }
     }
 }

@@ -2,10 +2,10 @@ import SpoutCore
 import CoreMetrics
 import Foundation
 
-/// Publishes events to Redis Streams through hiredis: one stream per topic (the stream key is
-/// the topic), one entry per event with the fields `id`, `type`, `key`, `payload` (the bytes
-/// as stored) and `headers` (a JSON object); `type` and `key` are left out when the event has
-/// none. With `--envelope cloudevents` the fields are the CloudEvents attributes named as in the
+/// Publishes events to Redis Streams (`redis://`, or TLS with `rediss://`; see `RedisConnection`):
+/// one stream per topic (the stream key is the topic), one entry per event with the fields `id`,
+/// `type`, `key`, `payload` (the bytes as stored) and `headers` (a JSON object); `type` and
+/// `key` are left out when the event has none. With `--envelope cloudevents` the fields are the CloudEvents attributes named as in the
 /// Kafka binding (`ce_specversion`, `ce_id`, …, `content-type`) and `payload`.
 ///
 /// Entries go out in `MULTI` … `EXEC` batches on one non-blocking connection, many XADDs per
@@ -712,8 +712,9 @@ final class RedisStreamAdapter: DeliveryAdapter {
         }
     }
 
-    /// hiredis 0.14 writes with write(2), which raises SIGPIPE on a connection the server
-    /// closed; the default action would end the process instead of letting the sink reconnect.
+    /// A write to a connection the server closed raises SIGPIPE unless the writer says
+    /// MSG_NOSIGNAL (a TLS library may not); the default action would end the process instead
+    /// of letting the sink reconnect.
     private static func ignoreBrokenPipes() {
         var current = sigaction()
         guard sigaction(SIGPIPE, nil, &current) == 0, current.__sigaction_handler.sa_handler == nil else { return }
