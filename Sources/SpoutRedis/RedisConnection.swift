@@ -11,10 +11,18 @@ final class RedisConnection {
     /// An I/O or protocol failure; the connection is unusable afterwards.
     struct Failure: Error {
         var reason: String
+        /// A TLS certificate problem (`TCPSocket.Failure.isCertificateProblem`), worded already.
+        var isCertificateProblem = false
 
-        init(reason: String) { self.reason = reason }
+        init(reason: String, isCertificateProblem: Bool = false) {
+            self.reason = reason
+            self.isCertificateProblem = isCertificateProblem
+        }
 
-        init(_ failure: TCPSocket.Failure) { reason = failure.reason }
+        init(_ failure: TCPSocket.Failure) {
+            reason = failure.reason
+            isCertificateProblem = failure.isCertificateProblem
+        }
     }
 
     private let socket: TCPSocket
@@ -28,11 +36,12 @@ final class RedisConnection {
     /// Commands appended and not yet fully handed to the kernel.
     var hasUnwrittenOutput: Bool { written < output.count }
 
-    /// Starts a TCP connect without waiting for it (`finishConnect` tells when it is done).
-    init(connectingTo host: String, port: Int32) throws(Failure) {
+    /// Starts a TCP connect without waiting for it (`finishConnect` tells when it and, with
+    /// `tls` (`rediss://`), the TLS handshake are done).
+    init(connectingTo host: String, port: Int32, tls: TLSClient?) throws(Failure) {
         guard let reader = redisReaderCreate() else { throw Failure(reason: "out of memory") }
         do {
-            socket = try TCPSocket(connectingTo: host, port: Int(port))
+            socket = try TCPSocket(connectingTo: host, port: Int(port), tls: tls)
         } catch {
             redisReaderFree(reader)
             throw Failure(error)
@@ -45,9 +54,27 @@ final class RedisConnection {
 
     var descriptor: Int32 { socket.descriptor }
 
+    /// What to wait for while `finishConnect` is false (a TLS handshake also reads).
+    var connectInterest: (reading: Bool, writing: Bool) { socket.connectInterest }
+
+    /// `connectInterest` as poll(2) events.
+    var connectEvents: Int16 {
+        let interest = socket.connectInterest
+        return Int16(interest.reading ? POLLIN : 0) | Int16(interest.writing ? POLLOUT : 0)
+    }
+
     /// Whether the connect (and the TLS handshake) has completed; throws when it failed.
     func finishConnect() throws(Failure) -> Bool {
         do { return try socket.finishConnect() } catch { throw Failure(error) }
+    }
+
+    /// Why the connect did not finish within `timeout`: TCP unanswered is an outage; a TLS
+    /// handshake the server never answers is a port without TLS (Redis reads the ClientHello as
+    /// the start of a command line and waits for its end), which a retry does not fix.
+    func connectTimedOut(after timeout: Duration, server: String) -> Failure {
+        guard socket.isEncrypted, socket.connectInterest.reading else { return Failure(reason: "no answer within \(timeout)") }
+        return Failure(reason: "TLS handshake with \(server) failed: no answer within \(timeout): the server does not speak TLS on this port; "
+                       + "give its TLS port (Redis: tls-port), or a redis:// URL if it has no TLS", isCertificateProblem: true)
     }
 
     /// Buffers one command (nothing is written yet).
@@ -74,7 +101,16 @@ final class RedisConnection {
     @discardableResult
     func write() throws(Failure) -> Bool {
         guard hasUnwrittenOutput else { return true }
-        do { written = try socket.write(output, from: written) } catch { throw Failure(error) }
+        do {
+            written = try socket.write(output, from: written)
+        } catch {
+            // A TLS 1.3 server refuses a client certificate after the handshake, with an alert,
+            // and closes: the write fails (EPIPE), the alert waits unread and says why.
+            if socket.isEncrypted, !error.isCertificateProblem {
+                do { try read() } catch { if error.isCertificateProblem { throw error } }
+            }
+            throw Failure(error)
+        }
         if !hasUnwrittenOutput {
             output.removeAll(keepingCapacity: true)
             written = 0

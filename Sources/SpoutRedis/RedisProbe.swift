@@ -1,7 +1,7 @@
 import SpoutCore
 import Foundation
 
-/// `spout check` for a `redis://` sink: the server answers (AUTH, SELECT and PING as the sink
+/// `spout check` for a `redis://` or `rediss://` sink: the server answers (AUTH, SELECT and PING as the sink
 /// does them), and the user may XADD to the stream, asked with `ACL DRYRUN` (Redis 7+) so
 /// that nothing is written. The sink's own `RedisConnection`, waited on with a timeout: the
 /// check runs before any relay, and must never hang on a dead host.
@@ -9,14 +9,13 @@ public enum RedisProbe {
     public static func check(url text: String, options: SinkOptions = SinkOptions(), topic: TopicTemplate,
                              timeoutSeconds: Int = 5) throws(SpoutError) -> [CheckResult] {
         let url = try RedisURL(parsing: text)
+        let tls = url.tls ? try TLSClient(options.tls) : nil
         let server = "Redis at \(url.address)"
         let session: Session
         do {
-            session = try Session(url: url, timeoutSeconds: timeoutSeconds)
+            session = try Session(url: url, tls: tls, timeoutSeconds: timeoutSeconds)
         } catch {
-            return [.fail("sink", "cannot connect to \(server): \(error.reason)",
-                          fix: "check the host and port in --sink and that redis-server is running and reachable from here"),
-                    .skip("sink_write", because: "Redis is not reachable")]
+            return [Self.unreachable(server, error), .skip("sink_write", because: "Redis is not reachable")]
         }
         do {
             if let password = url.password {
@@ -41,9 +40,21 @@ public enum RedisProbe {
             let reachable = CheckResult.pass("sink", "Redis\(version) at \(url.address) answers PING")
             return [reachable, try writable(session, url: url, topic: topic, ids: options.redisIDs)]
         } catch {
+            // A TLS 1.3 server refuses a client certificate after the handshake: the first read tells.
+            if error.isCertificateProblem { return [Self.unreachable(server, error), .skip("sink_write", because: "Redis is not reachable")] }
             return [.fail("sink", "\(server): \(error.reason)", fix: "check that redis-server at \(url.address) is running and answering"),
                     .skip("sink_write", because: "Redis did not answer")]
         }
+    }
+
+    /// No connection: a TLS certificate problem (its reason names the fix) or an outage.
+    private static func unreachable(_ server: String, _ error: RedisConnection.Failure) -> CheckResult {
+        guard error.isCertificateProblem else {
+            return .fail("sink", "cannot connect to \(server): \(error.reason)",
+                         fix: "check the host and port in --sink and that redis-server is running and reachable from here")
+        }
+        return .fail("sink", "cannot connect to \(server): \(error.reason)",
+                     fix: "see the reason: --sink-ca-file, --sink-cert-file and --sink-key-file, or the host name in --sink")
     }
 
     /// `ACL DRYRUN user COMMAND …` for each command the sink sends (MULTI, XADD, EXEC; with
@@ -87,15 +98,15 @@ public enum RedisProbe {
         let connection: RedisConnection
         let timeoutSeconds: Int
 
-        init(url: RedisURL, timeoutSeconds: Int) throws(RedisConnection.Failure) {
-            connection = try RedisConnection(connectingTo: url.host, port: url.port)
+        init(url: RedisURL, tls: TLSClient?, timeoutSeconds: Int) throws(RedisConnection.Failure) {
+            connection = try RedisConnection(connectingTo: url.host, port: url.port, tls: tls)
             self.timeoutSeconds = timeoutSeconds
             let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
             while try !connection.finishConnect() {
                 guard let left = Self.milliseconds(until: deadline) else {
-                    throw RedisConnection.Failure(reason: "no connection within \(timeoutSeconds) s")
+                    throw connection.connectTimedOut(after: .seconds(timeoutSeconds), server: url.address)
                 }
-                _ = try connection.waitFor(Int16(POLLOUT), milliseconds: left)
+                _ = try connection.waitFor(connection.connectEvents, milliseconds: left)
             }
         }
 

@@ -30,6 +30,12 @@ public final class RedisStreamSink: DeliveryEngine {
         let adapter = try RedisStreamAdapter(url: url, options: options, log: log)
         try super.init(adapter: adapter, capacity: options.maxInFlightEvents, log: log, metrics: metrics)
     }
+
+    /// Checks the URL and, for `rediss://`, the TLS files without connecting (`--check-config`).
+    public static func validate(url: String, options: SinkOptions) throws(SpoutError) {
+        let url = try RedisURL(parsing: url)
+        if url.tls { _ = try TLSClient(options.tls) }
+    }
 }
 
 /// What the Redis sink knows about Redis: the connection and its handshake, MULTI/EXEC
@@ -108,6 +114,10 @@ final class RedisStreamAdapter: DeliveryAdapter {
     private let maxLength: [UInt8]?
     private let log: Log
     private let clock = ContinuousClock()
+    /// `rediss://`: the TLS context every connection uses (nil: plain TCP).
+    private let tls: TLSClient?
+    /// Whether a handshake ever completed: until then a certificate problem stops spout (issue 15).
+    private var everConnected = false
 
     private var phase: Phase = .disconnected
     /// Connections made so far: tells the wakeup a new socket from an old one with its number.
@@ -129,6 +139,10 @@ final class RedisStreamAdapter: DeliveryAdapter {
         cloudEvents = options.cloudEvents
         maxLength = options.redisMaxLength.map { Array(String($0).utf8) }
         self.log = log
+        tls = self.url.tls ? try TLSClient(options.tls) : nil
+        if !self.url.tls, options.tls.isCustomized {
+            log.warning("--sink \(SinkURL.redacted(url)): the TLS options (--sink-ca-file, --sink-cert-file, --sink-key-file, --sink-insecure-skip-verify) are unused for a plain redis:// URL; write rediss:// for TLS")
+        }
         batchTickets.reserveCapacity(Self.maxBatchEvents)
         Self.ignoreBrokenPipes()
     }
@@ -150,7 +164,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
             wakeup.watch(socket: nil, connection: connections, reading: false, writing: false)
             return nil
         case let .connecting(connection, deadline):
-            wakeup.watch(socket: connection.descriptor, connection: connections, reading: false, writing: true)
+            let interest = connection.connectInterest
+            wakeup.watch(socket: connection.descriptor, connection: connections, reading: interest.reading, writing: interest.writing)
             return deadline
         case let .handshaking(connection, _, deadline):
             wakeup.watch(socket: connection.descriptor, connection: connections, reading: true, writing: connection.hasUnwrittenOutput)
@@ -190,7 +205,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
             if engine.inOutage { return }
             switch phase {
             case let .connecting(connection, _):
-                _ = try? connection.waitFor(Int16(POLLOUT), milliseconds: 10)
+                _ = try? connection.waitFor(connection.connectEvents, milliseconds: 10)
             case let .handshaking(connection, _, _):
                 _ = try? connection.waitFor(Int16(POLLIN), milliseconds: 10)
             default:
@@ -207,7 +222,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
             case .disconnected:
                 guard !engine.isBackingOff else { return }
                 do {
-                    phase = .connecting(try RedisConnection(connectingTo: url.host, port: url.port),
+                    phase = .connecting(try RedisConnection(connectingTo: url.host, port: url.port, tls: tls),
                                         deadline: clock.now + Self.connectTimeout)
                     connections += 1
                 } catch {
@@ -215,22 +230,30 @@ final class RedisStreamAdapter: DeliveryAdapter {
                     return
                 }
             case let .connecting(connection, deadline):
-                do {
-                    guard try connection.finishConnect() else {
-                        if clock.now >= deadline { retryConnection(after: "no answer within \(Self.connectTimeout)", connected: false, engine) }
-                        return
+                let failure: RedisConnection.Failure
+                do throws(RedisConnection.Failure) {
+                    if try connection.finishConnect() {
+                        try startHandshake(connection)
+                        continue
                     }
-                    try startHandshake(connection)
+                    guard clock.now >= deadline else { return }
+                    failure = connection.connectTimedOut(after: Self.connectTimeout, server: url.address)
                 } catch {
-                    retryConnection(after: error.reason, connected: false, engine)
-                    return
+                    failure = error
                 }
+                try stopIfCertificateProblem(failure)
+                retryConnection(after: failure.reason, connected: false, engine)
+                return
             case let .handshaking(connection, awaiting, deadline):
                 let remaining: [HandshakeStep]
                 do {
                     remaining = try continueHandshake(on: connection, awaiting: awaiting)
                 } catch {
                     switch error {
+                    case let .lost(failure):
+                        try stopIfCertificateProblem(failure)
+                        retryConnection(after: failure.reason, connected: true, engine)
+                        return
                     case let .transient(reason):
                         retryConnection(after: reason, connected: true, engine)
                         return
@@ -242,6 +265,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
                 }
                 if remaining.isEmpty {
                     phase = .ready(connection)
+                    everConnected = true
                     engine.reachable()
                 } else if clock.now >= deadline {
                     retryConnection(after: "no reply to \(remaining[0].rawValue) within \(Self.connectTimeout)", connected: true, engine)
@@ -286,7 +310,10 @@ final class RedisStreamAdapter: DeliveryAdapter {
 
     private enum HandshakeFailure: Error {
         case permanent(String)
+        /// Redis answered with an error a retry may get past (LOADING…).
         case transient(String)
+        /// The connection failed (a TLS 1.3 server refuses a client certificate here, after the handshake).
+        case lost(RedisConnection.Failure)
     }
 
     /// Writes the handshake, reads its replies; returns the steps still unanswered.
@@ -301,7 +328,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
                 remaining = remaining.dropFirst()
             }
         } catch {
-            throw .transient(error.reason)
+            throw .lost(error)
         }
         if let refusal { throw refusal }
         return Array(remaining)
@@ -326,6 +353,18 @@ final class RedisStreamAdapter: DeliveryAdapter {
         case .ping:
             return .permanent("\(server) refused PING (\(text))")
         }
+    }
+
+    // issue 15: TLS
+    /// A certificate problem (unknown CA, expired, wrong host, client certificate, no TLS on
+    /// the port) before the first handshake completed stops spout with its text; later it is
+    /// an outage like any other (retried, the same text in the warning).
+    private func stopIfCertificateProblem(_ failure: RedisConnection.Failure) throws(SinkError) {
+        guard failure.isCertificateProblem, !everConnected else { return }
+        phase = .disconnected
+        batch = nil
+        checks = nil
+        throw SinkError(.permanent, "cannot connect to Redis at \(url.address): \(failure.reason)")
     }
 
     /// Drops the connection; the next attempt waits the engine's backoff. Everything

@@ -1,6 +1,6 @@
 import SpoutCore
 /// `redis://[[user]:password@]host[:port][/db]`: where the Redis sink connects and how it
-/// logs in. `user:password` logs in as an ACL user (`AUTH user password`), `:password`
+/// logs in; `rediss://` is the same over TLS (issue 15; the same default port, 6379). `user:password` logs in as an ACL user (`AUTH user password`), `:password`
 /// as the default user (`AUTH password`); user and password may be percent-encoded. The
 /// syntax is `SinkURL`'s; this reads what its parts mean to Redis.
 package struct RedisURL: Equatable, Sendable {
@@ -9,30 +9,33 @@ package struct RedisURL: Equatable, Sendable {
     var user: String?
     var password: String?
     var database: Int
+    /// `rediss://`: TLS, verified with the `--sink-ca-file` … options.
+    var tls: Bool
 
     /// `host:port` as `connect` wants it, for messages (no credentials).
     var address: String { SinkURL.Server(host: host, port: Int(port)).address(defaultPort: Int(Self.defaultPort)) }
 
     static let defaultPort: Int32 = 6379
 
-    init(host: String, port: Int32 = defaultPort, user: String? = nil, password: String? = nil, database: Int = 0) {
+    init(host: String, port: Int32 = defaultPort, user: String? = nil, password: String? = nil, database: Int = 0, tls: Bool = false) {
         self.host = host
         self.port = port
         self.user = user
         self.password = password
         self.database = database
+        self.tls = tls
     }
 
     package init(parsing text: String) throws(SpoutError) {
-        let usage = "redis://[[user]:password@]host[:port][/db], e.g. redis://127.0.0.1:6379/0"
+        let usage = "redis[s]://[[user]:password@]host[:port][/db], e.g. redis://127.0.0.1:6379/0"
         let url = try SinkURL(text, usage: usage)
         func invalid(_ problem: String) -> SpoutError {
             .invalidOption("--sink \(url): \(problem) (expected \(usage))")
         }
         switch url.scheme {
-        case "redis": break
-        case "rediss": throw invalid("TLS (rediss://) is not supported; use redis:// on a trusted network or a TLS tunnel")
-        default: throw invalid("not a redis:// URL")
+        case "redis": tls = false
+        case "rediss": tls = true
+        default: throw invalid("not a redis:// or rediss:// URL")
         }
         if !url.query.isEmpty { throw invalid("query parameters are not supported") }
         guard url.servers.count == 1, let server = url.servers.first else {

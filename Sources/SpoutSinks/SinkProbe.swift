@@ -15,7 +15,7 @@ extension SinkRegistry {
         guard let schemeEnd = url.range(of: "://") else { return [] }
         switch url[..<schemeEnd.lowerBound].lowercased() {
         case "kafka": return try KafkaProbe.check(url: url, options: options, topic: topic)
-        case "redis": return try RedisProbe.check(url: url, options: options, topic: topic)
+        case "redis", "rediss": return try RedisProbe.check(url: url, options: options, topic: topic)
         case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
         case "amqp", "amqps": return try AMQPProbe.check(url: url, options: options)
         case "stomp", "stomp+ssl": return try STOMPProbe.check(url: url, options: options)

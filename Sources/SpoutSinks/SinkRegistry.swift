@@ -23,7 +23,7 @@ public enum SinkRegistry {
             return StdoutSink(cloudEvents: options.cloudEvents)
         case "kafka":
             return try KafkaSink(url: url, options: options, log: log)
-        case "redis":
+        case "redis", "rediss":
             return try RedisStreamSink(url: url, options: options, log: log)
         case "nats":
             return try NATSJetStreamSink(url: url, options: options, log: log)
@@ -47,7 +47,7 @@ public enum SinkRegistry {
             let properties = options.kafkaProperties.map { (name: $0.0, value: $0.1) }
             _ = try KafkaSink.properties(bootstrap: try KafkaSink.bootstrapServers(url), user: properties)
             _ = try KafkaSink.messageTimeout(properties)
-        case "redis": _ = try RedisURL(parsing: url)
+        case "redis", "rediss": try RedisStreamSink.validate(url: url, options: options)
         case "nats": _ = try NATSEndpoint(url)
         case "amqp", "amqps": try AMQPSink.validate(url: url, options: options)
         case "stomp", "stomp+ssl": try STOMPSink.validate(url: url, options: options)

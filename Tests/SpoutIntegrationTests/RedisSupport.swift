@@ -6,25 +6,50 @@ import XCTest
 /// A `redis-server` of the test's own: a free 127.0.0.1 port, a temporary directory, the AOF
 /// fsynced on every write and no RDB snapshots. `kill()` (SIGKILL) and `start()` again reuse
 /// the port and the directory, so the restarted server loads what the killed one persisted.
+/// With `tls` it also listens with TLS on `tlsPort` (spout's `rediss://`, `tlsURL`); the plain
+/// port stays, for the tests' own `RedisClient`.
 final class RedisServer {
     static let executable = "/usr/bin/redis-server"
 
+    /// The server side of TLS (issue 15): its certificate and key, the CA it checks client
+    /// certificates against, and whether it requires one (`--tls-auth-clients`).
+    struct TLS {
+        var certificate: String
+        var key: String
+        var ca: String
+        var requireClientCertificate = false
+
+        /// server.crt for localhost and 127.0.0.1, signed by the tests' CA.
+        static func good(_ certificates: TestCertificates, requireClientCertificate: Bool = false) -> TLS {
+            TLS(certificate: certificates.server, key: certificates.serverKey, ca: certificates.ca,
+                requireClientCertificate: requireClientCertificate)
+        }
+    }
+
     let port: Int32
+    let tlsPort: Int32
     let directory: URL
     let password: String?
+    /// Read at each `start()`: a restart may bring another certificate.
+    var tls: TLS?
     private var process: Process?
 
     /// - Parameter start: `false` leaves the port closed until `start()`.
-    init(password: String? = nil, start: Bool = true) throws {
+    init(password: String? = nil, tls: TLS? = nil, start: Bool = true) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.executable) else {
             throw XCTSkipFailure("\(Self.executable) is missing: apt-get install redis-server")
         }
         port = Int32(try freeLoopbackPort())
+        tlsPort = tls == nil ? 0 : Int32(try freeLoopbackPort())
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("spout-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         self.password = password
+        self.tls = tls
         if start { try self.start() }
     }
+
+    /// `rediss://[:password@]HOST:tlsPort`; the certificates are for localhost and 127.0.0.1.
+    func tlsURL(host: String = "127.0.0.1") -> String { "rediss://\(password.map { ":\($0)@" } ?? "")\(host):\(tlsPort)" }
 
     deinit {
         kill()
@@ -40,10 +65,13 @@ final class RedisServer {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable)
         process.arguments = [
-            "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory.path,
+            "--port", "\(port)", "--bind", tls == nil ? "127.0.0.1" : "127.0.0.1 -::1", "--dir", directory.path,
             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
             "--daemonize", "no", "--logfile", directory.appendingPathComponent("redis.log").path,
-        ] + (password.map { ["--requirepass", $0] } ?? [])
+        ] + (password.map { ["--requirepass", $0] } ?? []) + (tls.map { tls in
+            ["--tls-port", "\(tlsPort)", "--tls-cert-file", tls.certificate, "--tls-key-file", tls.key,
+             "--tls-ca-cert-file", tls.ca, "--tls-auth-clients", tls.requireClientCertificate ? "yes" : "no"]
+        } ?? [])
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -78,16 +106,19 @@ final class RedisServer {
     /// stopped (SIGSTOP), a command is in flight and unanswered. Read from /proc/net/tcp
     /// (the server's side of each connection, its receive queue).
     var hasUnreadInput: Bool {
-        get throws {
-            let table = try procFile("/proc/net/tcp")
-            let local = String(format: "0100007F:%04X", port)
-            return table.split(separator: "\n").dropFirst().contains { line in
-                let columns = line.split(separator: " ")
-                // sl, local_address, rem_address, st (01: established), tx_queue:rx_queue
-                guard columns.count > 4, columns[1] == local, columns[3] == "01" else { return false }
-                let queues = columns[4].split(separator: ":")
-                return queues.count == 2 && (UInt64(queues[1], radix: 16) ?? 0) > 0
-            }
+        get throws { try hasUnreadInput(onPort: port) }
+    }
+
+    /// `hasUnreadInput` for the connections to `port` (`tlsPort`: spout's `rediss://` ones).
+    func hasUnreadInput(onPort port: Int32) throws -> Bool {
+        let table = try procFile("/proc/net/tcp")
+        let local = String(format: "0100007F:%04X", port)
+        return table.split(separator: "\n").dropFirst().contains { line in
+            let columns = line.split(separator: " ")
+            // sl, local_address, rem_address, st (01: established), tx_queue:rx_queue
+            guard columns.count > 4, columns[1] == local, columns[3] == "01" else { return false }
+            let queues = columns[4].split(separator: ":")
+            return queues.count == 2 && (UInt64(queues[1], radix: 16) ?? 0) > 0
         }
     }
 }

@@ -51,8 +51,11 @@ final class RedisURLTests: XCTestCase {
         XCTAssertEqual(try RedisURL(parsing: "redis://:pw@h:7000/3"), RedisURL(host: "h", port: 7000, password: "pw", database: 3))
         XCTAssertEqual(try RedisURL(parsing: "redis://u:p%40w@[::1]/"), RedisURL(host: "::1", user: "u", password: "p@w"))
         XCTAssertEqual(try RedisURL(parsing: "redis://[::1]:7000").address, "[::1]:7000")
+        XCTAssertEqual(try RedisURL(parsing: "rediss://h"), RedisURL(host: "h", tls: true), "rediss://: TLS, the same default port")
+        XCTAssertEqual(try RedisURL(parsing: "REDISS://:pw@redis.example.com:6380/2"),
+                       RedisURL(host: "redis.example.com", port: 6380, password: "pw", database: 2, tls: true))
         for (url, expected) in [
-            ("rediss://h", "TLS"), ("nats://h", "not a redis:// URL"), ("redis://h?timeout=1", "query"),
+            ("nats://h", "not a redis:// or rediss:// URL"), ("rediss://:s3cret@h:x", "port"), ("redis://h?timeout=1", "query"),
             ("redis://h1,h2", "one server"), ("redis://user@h", "no password"), ("redis://u:@h", "empty"),
             ("redis://h/zero", "database"), ("redis://h/-1", "database"),
         ] {
