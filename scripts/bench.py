@@ -2,15 +2,17 @@
 """Spout's benchmark (`make bench`): drain, latency and footprint, each Spout figure next to
 pg_recvlogical (the decoding limit of one slot) measured in the same run.
 
-Starts its own PostgreSQL, Redis, NATS JetStream, mock Kafka cluster, RabbitMQ (AMQP and
+Starts its own PostgreSQL, Redis (plain, and a second one with TLS: redis-tls, rediss:// with the
+throwaway CA of scripts/tls-certs), NATS JetStream, mock Kafka cluster, RabbitMQ (AMQP and
 STOMP) and a webhook receiver (HTTP) on loopback, prints one table and writes it as JSON (bench/results.json by default).
 
     scripts/bench.py [--events 200000] [--footprint-events 1000000] [--latency-seconds 30]
-                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,nats,kafka,amqp,stomp,http] [--json FILE]
+                     [--rate 5000] [--light-rate 1000] [--sinks stdout,redis,redis-tls,nats,kafka,amqp,stomp,http] [--json FILE]
                      [--baseline GIT-REF]
 
 --baseline builds that commit too (in .run/baseline) and runs it next to this checkout's spout in
 the same run, row after row, so a change is compared with what came before on the same machine state.
+A baseline that does not know a sink's URL (rediss:// before issue 15) skips that sink.
 """
 import argparse
 import json
@@ -76,6 +78,22 @@ class Servers:
         self.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                     "--dir", self.tmp], port)
         return f"redis://127.0.0.1:{port}"
+
+    def redis_tls(self):
+        """A second redis-server with TLS (issue 15): rediss:// for spout, verified against the
+        throwaway CA; its plain port is the latency consumer's. Returns (rediss URL, CA file, redis URL)."""
+        certificates = os.path.join(self.tmp, "certs")
+        subprocess.run([os.path.join(ROOT, "scripts", "tls-certs"), certificates], check=True, stdout=subprocess.DEVNULL)
+        port, tls_port = free_port(), free_port()
+        directory = os.path.join(self.tmp, "redis-tls")
+        os.makedirs(directory, exist_ok=True)
+        self.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", directory, "--tls-port", str(tls_port),
+                    "--tls-cert-file", os.path.join(certificates, "server.crt"),
+                    "--tls-key-file", os.path.join(certificates, "server.key"),
+                    "--tls-ca-cert-file", os.path.join(certificates, "ca.crt"), "--tls-auth-clients", "no"], port)
+        wait_port(tls_port)
+        return f"rediss://127.0.0.1:{tls_port}", os.path.join(certificates, "ca.crt"), f"redis://127.0.0.1:{port}"
 
     def nats(self):
         port = free_port()
@@ -225,7 +243,7 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--light-rate", type=int, default=1000,
                         help="a second latency run at this rate, where the machine has CPU to spare (0: none)")
-    parser.add_argument("--sinks", default="stdout,redis,nats,kafka,amqp,stomp,http")
+    parser.add_argument("--sinks", default="stdout,redis,redis-tls,nats,kafka,amqp,stomp,http")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: drain,latency,footprint")
     parser.add_argument("--repeat", type=int, default=1, help="drain each runner this many times, alternating; report the median")
@@ -256,6 +274,9 @@ def main():
         targets = {"stdout": "stdout://"}
         if "redis" in sinks:
             targets["redis"] = servers.redis()
+        plain_of = {}  # a TLS target's plain-text port, for the latency consumer
+        if "redis-tls" in sinks:
+            targets["redis-tls"], redis_ca, plain_of["redis-tls"] = servers.redis_tls()
         if "nats" in sinks:
             targets["nats"] = servers.nats()
         if "kafka" in sinks:
@@ -269,6 +290,11 @@ def main():
         targets = {name: targets[name] for name in sinks if name in targets}
         extra = {"nats": ["--nats-create-stream", "OUTBOX"], "amqp": ["--amqp-exchange", RABBITMQ_EXCHANGE],
                  "stomp": ["--stomp-destination", f"/amq/queue/{STOMP_QUEUE}"]}
+        if "redis-tls" in targets:
+            extra["redis-tls"] = ["--sink-ca-file", redis_ca]
+        # Which runner knows which sink (a baseline from before rediss:// does not).
+        knows = {(index, name): index == 0 or supports(binary, url, target, extra.get(name, []))
+                 for index, (_, binary) in enumerate(runners) for name, target in targets.items()}
 
         if "drain" not in skip:
             for backlog, make in [("200k single-row transactions", db.backlog_single_row_transactions),
@@ -281,7 +307,7 @@ def main():
                 for name in targets:
                     for index, _ in enumerate(runners):
                         for rep in range(repeats):
-                            db.create_slot(f"spout_{name}_{index}_{rep}")
+                            db.create_slot(f"spout_{name.replace('-', '_')}_{index}_{rep}")
                 log(f"drain: writing {backlog}")
                 make(options.events)
                 # Autovacuum would otherwise start on the new rows during the first measured run.
@@ -301,12 +327,17 @@ def main():
                     samples = {index: [] for index, _ in enumerate(runners)}
                     for rep in range(repeats):
                         for index, (label, binary) in enumerate(runners):
-                            elapsed, rss, cpu, _ = timed([binary, "run", "--database-url", url, "--slot", f"spout_{name}_{index}_{rep}",
+                            if not knows[(index, name)]:
+                                continue
+                            elapsed, rss, cpu, _ = timed([binary, "run", "--database-url", url, "--slot", f"spout_{name.replace('-', '_')}_{index}_{rep}",
                                                           "--no-create", "--sink", target, "--end-lsn", end, "--log-level", "warning"]
                                                          + extra.get(name, []))
                             samples[index].append((elapsed, rss, cpu))
                             log(f"drain {backlog}: {label} → {name} {options.events / elapsed:,.0f} ev/s")
                     for index, (label, _) in enumerate(runners):
+                        if not knows[(index, name)]:
+                            log(f"drain: {label} does not know {name}, skipped")
+                            continue
                         runs = sorted(samples[index])
                         elapsed, rss, cpu = runs[len(runs) // 2]
                         rate = options.events / elapsed
@@ -318,7 +349,8 @@ def main():
 
         if "latency" not in skip:
             for rate in [options.rate] + ([options.light_rate] if options.light_rate > 0 else []):
-                results["latency"] += latency(db, url, pg_bin, runners, targets, extra, rate, options.latency_seconds, servers)
+                results["latency"] += latency(db, url, pg_bin, runners, targets, extra, rate, options.latency_seconds, servers,
+                                              knows, plain_of)
 
         if "footprint" not in skip:
             for backlog, make in [(f"{options.footprint_events // 1000}k single-row transactions", db.backlog_single_row_transactions),
@@ -382,7 +414,14 @@ def build_baseline(ref):
     return os.path.join(bin_path, "spout")
 
 
-def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, servers):
+def supports(binary, database_url, target, extra):
+    """Whether this spout takes the sink URL (`run --check-config` connects to nothing)."""
+    check = subprocess.run([binary, "run", "--check-config", "--database-url", database_url, "--sink", target] + extra,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return check.returncode == 0
+
+
+def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, servers, knows, plain_of):
     """A steady rate from several connections (pgbench --rate). Spout records commit → broker
     acknowledgement (--report-latency); a consumer records commit → receive, from the
     insert time pgbench writes into each payload."""
@@ -438,9 +477,11 @@ def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, serv
                  "decoded_p50_ms": None, "decoded_p99_ms": None})
     db.sql("SELECT pg_drop_replication_slot('lat_recvlogical')")
 
-    for (label, spout), (name, target) in ((runner, item) for item in targets.items() for runner in runners):
+    for (index, (label, spout)), (name, target) in ((runner, item) for item in targets.items() for runner in enumerate(runners)):
+        if not knows[(index, name)]:
+            continue
         db.reset()
-        spout_run = [spout, "run", "--database-url", url, "--slot", f"lat_{name}", "--sink", target,
+        spout_run = [spout, "run", "--database-url", url, "--slot", f"lat_{name.replace('-', '_')}", "--sink", target,
                      "--report-latency", "--log-level", "info"] + extra.get(name, [])
         if name == "stdout":
             spout_process = subprocess.Popen(spout_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -448,20 +489,20 @@ def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, serv
                                         stdout=subprocess.PIPE, text=True)
             spout_process.stdout.close()
         else:
-            arguments = {"redis": [target, LATENCY_TOPIC], "nats": [target, LATENCY_TOPIC],
+            arguments = {"redis": [target, LATENCY_TOPIC], "redis-tls": [plain_of.get(name), LATENCY_TOPIC], "nats": [target, LATENCY_TOPIC],
                          "kafka": [target, LATENCY_TOPIC, str(KAFKA_PARTITIONS)],
                          "amqp": [targets.get("amqp"), AMQP_QUEUE], "stomp": [targets.get("amqp"), STOMP_QUEUE],
                          "http": [str(getattr(servers, "http_port", 0))]}[name]
             if name == "http":
                 servers.stop_http_receiver()  # the consumer is the receiver now, on the same port
-            name_for_consumer = "amqp" if name == "stomp" else name
+            name_for_consumer = {"stomp": "amqp", "redis-tls": "redis"}.get(name, name)
             consumer = subprocess.Popen([sys.executable, consumer_script, name_for_consumer] + arguments, stdout=subprocess.PIPE, text=True)
         if consumer.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {name} consumer did not start")
         if name != "stdout":
             spout_process = subprocess.Popen(spout_run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
-        while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name}' AND active") != "1":
+        while db.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_{name.replace('-', '_')}' AND active") != "1":
             if time.time() > deadline or spout_process.poll() is not None:
                 spout_process.kill()
                 raise RuntimeError(f"spout → {name} did not start: {spout_process.stderr.read()[-1000:]}")
@@ -486,7 +527,7 @@ def latency(db, url, pg_bin, runners, targets, extra, target_rate, seconds, serv
                      "consumer": received,
                      "decoded_p50_ms": int(decoded.group(1)) / 1000 if decoded else None,
                      "decoded_p99_ms": int(decoded.group(2)) / 1000 if decoded else None})
-        db.sql(f"SELECT pg_drop_replication_slot('lat_{name}')")
+        db.sql(f"SELECT pg_drop_replication_slot('lat_{name.replace('-', '_')}')")
     return rows
 
 
