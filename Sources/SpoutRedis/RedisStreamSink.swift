@@ -118,6 +118,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
     private let tls: TLSClient?
     /// Whether a handshake ever completed: until then a certificate problem stops spout (issue 15).
     private var everConnected = false
+    /// The certificate problem last warned about in this outage (see `retryConnection`).
+    private var warnedCertificateProblem: String?
 
     private var phase: Phase = .disconnected
     /// Connections made so far: tells the wakeup a new socket from an old one with its number.
@@ -242,7 +244,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
                     failure = error
                 }
                 try stopIfCertificateProblem(failure)
-                retryConnection(after: failure.reason, connected: false, engine)
+                retryConnection(after: failure.reason, connected: false, engine, certificateProblem: failure.isCertificateProblem)
                 return
             case let .handshaking(connection, awaiting, deadline):
                 let remaining: [HandshakeStep]
@@ -252,7 +254,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
                     switch error {
                     case let .lost(failure):
                         try stopIfCertificateProblem(failure)
-                        retryConnection(after: failure.reason, connected: true, engine)
+                        retryConnection(after: failure.reason, connected: true, engine, certificateProblem: failure.isCertificateProblem)
                         return
                     case let .transient(reason):
                         retryConnection(after: reason, connected: true, engine)
@@ -266,6 +268,7 @@ final class RedisStreamAdapter: DeliveryAdapter {
                 if remaining.isEmpty {
                     phase = .ready(connection)
                     everConnected = true
+                    warnedCertificateProblem = nil
                     engine.reachable()
                 } else if clock.now >= deadline {
                     retryConnection(after: "no reply to \(remaining[0].rawValue) within \(Self.connectTimeout)", connected: true, engine)
@@ -369,12 +372,19 @@ final class RedisStreamAdapter: DeliveryAdapter {
 
     /// Drops the connection; the next attempt waits the engine's backoff. Everything
     /// unacknowledged goes out again, in order, on the next connection.
-    private func retryConnection(after reason: String, connected: Bool, _ engine: DeliveryEngine) {
+    /// A certificate problem met during an outage that began otherwise (Redis restarted with a
+    /// bad certificate: first the lost connection) gets a warning of its own, once per text.
+    private func retryConnection(after reason: String, connected: Bool, _ engine: DeliveryEngine, certificateProblem: Bool = false) {
         batch = nil
         checks = nil
         phase = .disconnected
         let waiting = engine.queue.unfinishedCount
         let address = url.address
+        if certificateProblem, warnedCertificateProblem != reason {
+            // Outside an outage the engine's warning below carries the reason.
+            if engine.inOutage { log.warning("cannot connect to Redis at \(address): \(reason); retrying with backoff") }
+            warnedCertificateProblem = reason
+        }
         if connected {
             engine.retry(after: reason, warning: "lost the connection to Redis at \(address) (\(reason)); reconnecting with backoff"
                          + (waiting > 0 ? ", \(waiting) unacknowledged events will be sent again" : ""))

@@ -143,6 +143,41 @@ final class RedisTLSTests: XCTestCase {
         XCTAssertTrue(warnings.first?.contains("127.0.0.1:\(redis.tlsPort)") ?? false, spout.stderr)
     }
 
+    /// Redis restarted with an expired certificate after spout connected: an outage, retried,
+    /// its certificate problem in a warning; restarted again with a good one, everything arrives.
+    func testBadCertificateAfterARestartIsAnOutage() throws {
+        let certificates = try TestCertificates.shared()
+        let redis = try RedisServer(tls: .good(certificates))
+        let outbox = try OutboxFixture("redis_tls_renewed")
+        defer { outbox.tearDown() }
+        let spout = try SpoutProcess(["run", "--sink", redis.tlsURL(), "--sink-ca-file", certificates.ca] + outbox.arguments)
+        try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
+        let writer = try TestDatabase.connect()
+        var ids = try outbox.insert(writer, rows: 10)
+        var client = try redis.client()
+        try eventually("10 entries") { try client.entries("outbox.event.order").count >= 10 }
+
+        redis.kill()
+        redis.tls = RedisServer.TLS(certificate: certificates.expired, key: certificates.expiredKey, ca: certificates.ca)
+        try redis.start()
+        ids += try outbox.insert(writer, rows: 10)
+        try eventually(timeout: 30, "a warning about the expired certificate") {
+            spout.stderr.contains("warning: cannot connect to Redis at 127.0.0.1:\(redis.tlsPort): TLS handshake with 127.0.0.1:\(redis.tlsPort) failed: the server's certificate has expired")
+        }
+        XCTAssertTrue(spout.process.isRunning, spout.stderr)
+
+        redis.kill()
+        redis.tls = .good(certificates)
+        try redis.start()
+        client = try redis.client()
+        try eventually(timeout: 30, "20 entries after the renewal") { try client.entries("outbox.event.order").count >= 20 }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+        XCTAssertEqual(Set(try client.entries("outbox.event.order").compactMap { $0.fields["id"] }), Set(ids))
+        let warnings = spout.stderr.split(separator: "\n").filter { $0.contains("warning") }
+        XCTAssertEqual(warnings.count, 2, "the outage, then its certificate problem once:\n\(spout.stderr)")
+    }
+
     /// `spout check` over rediss:// passes; with the wrong CA its sink check fails, saying why.
     func testCheckOverTLS() throws {
         let certificates = try TestCertificates.shared()
