@@ -141,10 +141,8 @@ final class RedisStreamAdapter: DeliveryAdapter {
         cloudEvents = options.cloudEvents
         maxLength = options.redisMaxLength.map { Array(String($0).utf8) }
         self.log = log
+        // TLS options with no TLS sink at all get one warning at start (SinkOptionGroup).
         tls = self.url.tls ? try TLSClient(options.tls) : nil
-        if !self.url.tls, options.tls.isCustomized {
-            log.warning("--sink \(SinkURL.redacted(url)): the TLS options (--sink-ca-file, --sink-cert-file, --sink-key-file, --sink-insecure-skip-verify) are unused for a plain redis:// URL; write rediss:// for TLS")
-        }
         batchTickets.reserveCapacity(Self.maxBatchEvents)
         Self.ignoreBrokenPipes()
     }
