@@ -3,10 +3,11 @@ import CHiredis
 import Foundation
 
 /// One non-blocking connection to Redis: SpoutCore's `TCPSocket` moves the bytes (plain, or
-/// TLS for `rediss://`, the only difference being the socket's `tls:`), hiredis only formats
-/// commands (`redisFormatCommandArgv`) and parses replies (a `redisReader`). Commands are
-/// buffered by `append`, written by `write`, replies read by `read` and handed out in order by
-/// `withNextReply`. What the replies mean is `RedisStreamSink`'s business.
+/// TLS for `rediss://`, the only difference being the socket's `tls:`), hiredis parses the
+/// replies (a `redisReader`). Commands are encoded by `RedisCommand` straight into one reused
+/// output buffer (RESP arrays of bulk strings, byte for byte what `redisFormatCommandArgv` makes,
+/// without its allocation per command) by `append`, written by `write`; replies read by `read`
+/// and handed out in order by `withNextReply`. What the replies mean is `RedisStreamSink`'s business.
 final class RedisConnection {
     /// An I/O or protocol failure; the connection is unusable afterwards.
     struct Failure: Error {
@@ -79,22 +80,12 @@ final class RedisConnection {
 
     /// Buffers one command (nothing is written yet).
     func append(_ command: inout RedisCommand) throws(Failure) {
-        var formatted: UnsafeMutablePointer<CChar>?
-        let length = command.withArguments { count, arguments, lengths in
-            redisFormatCommandArgv(&formatted, count, arguments, lengths)
-        }
-        guard length > 0, let formatted else {
-            free(formatted)
-            throw Failure(reason: "cannot format a Redis command (out of memory?)")
-        }
-        defer { redisFreeCommand(formatted) }
+        guard !command.isEmpty else { throw Failure(reason: "internal error: an empty Redis command") }
         if written == output.count {
             output.removeAll(keepingCapacity: true)
             written = 0
         }
-        formatted.withMemoryRebound(to: UInt8.self, capacity: Int(length)) { bytes in
-            output.append(contentsOf: UnsafeBufferPointer(start: bytes, count: Int(length)))
-        }
+        command.encode(to: &output)
     }
 
     /// Writes buffered commands until all are written or the socket is full; `true` when all are.
@@ -217,8 +208,6 @@ struct RedisReply {
 struct RedisCommand {
     private var bytes: [UInt8] = []
     private var ends: [Int] = []
-    private var pointers: [UnsafePointer<CChar>?] = []
-    private var lengths: [Int] = []
 
     init() {
         bytes.reserveCapacity(4096)
@@ -250,35 +239,26 @@ struct RedisCommand {
         ends.append(bytes.count)
     }
 
-    /// Calls `body` with argc, argv and argvlen as `redisFormatCommandArgv` takes them.
-    fileprivate mutating func withArguments(
-        _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> Int32
-    ) -> Int32 {
-        var pointers = [UnsafePointer<CChar>?]()
-        var lengths = [Int]()
-        swap(&pointers, &self.pointers)
-        swap(&lengths, &self.lengths)
-        defer {
-            swap(&pointers, &self.pointers)
-            swap(&lengths, &self.lengths)
-        }
-        pointers.removeAll(keepingCapacity: true)
-        lengths.removeAll(keepingCapacity: true)
-        guard !ends.isEmpty else { return REDIS_ERR }
-        return bytes.withUnsafeBufferPointer { buffer in
-            guard let address = buffer.baseAddress else { return REDIS_ERR }
-            let base = UnsafeRawPointer(address).assumingMemoryBound(to: CChar.self)
+    var isEmpty: Bool { ends.isEmpty }
+
+    /// Appends the command as Redis reads it: `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n`
+    /// per argument (RESP), the bytes `redisFormatCommandArgv` makes for the same arguments.
+    func encode(to output: inout [UInt8]) {
+        output.append(UInt8(ascii: "*"))
+        JSONWriter.appendDecimal(UInt64(ends.count), to: &output)
+        output.append(UInt8(ascii: "\r"))
+        output.append(UInt8(ascii: "\n"))
+        bytes.withUnsafeBufferPointer { buffer in
             var start = 0
             for end in ends {
-                pointers.append(base + start)
-                lengths.append(end - start)
+                output.append(UInt8(ascii: "$"))
+                JSONWriter.appendDecimal(UInt64(end - start), to: &output)
+                output.append(UInt8(ascii: "\r"))
+                output.append(UInt8(ascii: "\n"))
+                output.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[start..<end]))
+                output.append(UInt8(ascii: "\r"))
+                output.append(UInt8(ascii: "\n"))
                 start = end
-            }
-            return pointers.withUnsafeMutableBufferPointer { argv in
-                lengths.withUnsafeBufferPointer { argvlen in
-                    guard let argv = argv.baseAddress, let argvlen = argvlen.baseAddress else { return REDIS_ERR }
-                    return body(Int32(ends.count), argv, argvlen)
-                }
             }
         }
     }

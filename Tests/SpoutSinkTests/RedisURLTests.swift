@@ -1,3 +1,4 @@
+import CHiredis
 import XCTest
 @testable import SpoutCore
 @testable import SpoutRedis
@@ -73,6 +74,50 @@ final class RedisURLTests: XCTestCase {
         XCTAssertLessThan(RedisEntryID(lsn: 22_048_296, position: 0), RedisEntryID("1796134169928-0")!)
         for malformed in ["", "1", "1-", "-1", "a-1", "1-2-3", "18446744073709551616-0"] {
             XCTAssertNil(RedisEntryID(malformed), malformed)
+        }
+    }
+
+    /// `RedisCommand.encode` writes exactly what hiredis' `redisFormatCommandArgv` makes.
+    func testCommandEncodingIsHiredis() throws {
+        let payload = [UInt8](repeating: 0x7B, count: 70_000) + [0, 13, 10, 255]
+        let commands: [[[UInt8]]] = [
+            [Array("PING".utf8)],
+            [Array("XADD".utf8), Array("outbox.event.order".utf8), Array("*".utf8), Array("id".utf8), [], Array("payload".utf8), payload],
+            (0..<12).map { Array("argument \($0)".utf8) },
+        ]
+        for arguments in commands {
+            var command = RedisCommand()
+            for argument in arguments { command.add(argument) }
+            var encoded: [UInt8] = [1, 2] // appends after what the buffer holds
+            command.encode(to: &encoded)
+
+            var formatted: UnsafeMutablePointer<CChar>?
+            let copies = arguments.map { Data($0) }
+            let length = try copies.withPointers { argv, argvlen in
+                redisFormatCommandArgv(&formatted, Int32(arguments.count), argv, argvlen)
+            }
+            let hiredis = try XCTUnwrap(formatted)
+            defer { redisFreeCommand(hiredis) }
+            XCTAssertEqual(encoded, [1, 2] + Array(UnsafeRawBufferPointer(start: hiredis, count: Int(length))))
+        }
+    }
+}
+
+private extension Array where Element == Data {
+    /// argv and argvlen as hiredis takes them, valid inside `body`.
+    func withPointers<Result>(_ body: (UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> Result) throws -> Result {
+        let buffers = map { data -> UnsafeMutableRawBufferPointer in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(1, data.count), alignment: 1)
+            data.copyBytes(to: buffer.bindMemory(to: UInt8.self))
+            return buffer
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        var argv: [UnsafePointer<CChar>?] = buffers.map { $0.baseAddress.map { UnsafePointer($0.assumingMemoryBound(to: CChar.self)) } }
+        let argvlen = map(\.count)
+        return try argv.withUnsafeMutableBufferPointer { argv in
+            try argvlen.withUnsafeBufferPointer { lengths in
+                body(try XCTUnwrap(argv.baseAddress), try XCTUnwrap(lengths.baseAddress))
+            }
         }
     }
 }
