@@ -7,7 +7,7 @@ import CRdKafka
 public enum KafkaProbe {
     public static func check(url: String, options: SinkOptions, topic: TopicTemplate, timeoutMilliseconds: Int32 = 5_000) throws(SpoutError) -> [CheckResult] {
         let brokers = try KafkaSink.bootstrapServers(url)
-        let properties = try KafkaSink.properties(bootstrap: brokers, user: options.kafkaProperties)
+        let properties = try KafkaSink.properties(bootstrap: brokers, user: options.kafkaProperties, tls: options.tls)
         guard let conf = rd_kafka_conf_new() else { return [.fail("sink", "librdkafka cannot allocate a configuration", fix: nil)] }
         var errorText = [CChar](repeating: 0, count: 512)
         func text(_ buffer: [CChar]) -> String { String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
