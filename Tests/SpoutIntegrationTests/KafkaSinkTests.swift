@@ -395,6 +395,13 @@ final class KafkaSinkTests: XCTestCase {
         XCTAssertTrue(error.contains(cluster.bootstrap), spout.stderr)
         XCTAssertTrue(error.contains("over TLS"), spout.stderr)
         XCTAssertTrue(error.contains("does not speak TLS"), spout.stderr)
+
+        // spout check says the same, as the sink line's fix.
+        let check = try SpoutProcess.run(["check", "--sink", cluster.sinkURL, "--kafka-property", "security.protocol=ssl",
+                                          "--sink-ca-file", certificates.ca] + outbox.arguments)
+        XCTAssertEqual(check.status, 1, check.stdout + check.stderr)
+        XCTAssertTrue(check.stdout.contains("cannot connect over TLS"), check.stdout)
+        XCTAssertTrue(check.stdout.contains("does not speak TLS"), check.stdout)
     }
 
     /// Unknown or invalid properties stop spout before it connects anywhere, naming the
