@@ -177,9 +177,14 @@ final class KafkaAdapter: DeliveryAdapter {
     /// spout's option names; nil for other errors.
     static func tlsFix(_ error: KafkaProducerHandle.ClientError) -> String? {
         let text = error.reason.lowercased()
-        guard error.code == RD_KAFKA_RESP_ERR__SSL || text.contains("ssl handshake failed") else { return nil }
+        guard error.code == RD_KAFKA_RESP_ERR__SSL || text.contains("ssl handshake failed") || text.contains("in state ssl_handshake") else { return nil }
         if text.contains("plaintext") || text.contains("wrong version number") || text.contains("packet length too long") {
             return "the broker does not speak TLS on this port: check the port in --sink, or the broker's listeners and --kafka-property security.protocol"
+        }
+        if !text.contains("ssl handshake failed"), text.contains("disconnected") {
+            // librdkafka's first word on it, before "connecting to a PLAINTEXT broker listener?".
+            return "the broker closed the connection during the TLS handshake: it does not speak TLS on this port (check the port in --sink "
+                + "and --kafka-property security.protocol), or it requires a client certificate (--sink-cert-file, --sink-key-file)"
         }
         if text.contains("certificate has expired") || text.contains("certificate is not yet valid") {
             return "the broker's TLS certificate has expired (or is not valid yet): renew it on the broker"

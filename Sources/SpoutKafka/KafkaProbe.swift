@@ -39,8 +39,13 @@ public enum KafkaProbe {
         let code = rd_kafka_metadata(handle, 0, named, &metadata, Int32(timeoutMilliseconds))
         defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
         guard code == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            func tlsFailure() -> (KafkaProducerHandle.ClientError, String)? {
+                errors.takeUnretainedValue().errors.lazy.compactMap { error in KafkaAdapter.tlsFix(error).map { (error, $0) } }.first
+            }
             rd_kafka_poll(handle, 0)
-            if let tls = errors.takeUnretainedValue().errors.lazy.compactMap({ error in KafkaAdapter.tlsFix(error).map { (error, $0) } }).first {
+            // A connection that failed fast: librdkafka may report why a moment later.
+            for _ in 0..<10 where code == RD_KAFKA_RESP_ERR__TRANSPORT && tlsFailure() == nil { rd_kafka_poll(handle, 100) }
+            if let tls = tlsFailure() {
                 return [.fail("sink", "Kafka at \(brokers): cannot connect over TLS: \(tls.0.reason)", fix: tls.1),
                         .skip("sink_write", because: "Kafka is not reachable")]
             }

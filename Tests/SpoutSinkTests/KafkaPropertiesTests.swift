@@ -91,6 +91,9 @@ final class KafkaPropertiesTests: XCTestCase {
                           + "broker certificate could not be verified").contains("--sink-ca-file"))
         XCTAssertTrue(fix("ssl://h:9093/bootstrap: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener?",
                           RD_KAFKA_RESP_ERR__TRANSPORT).contains("does not speak TLS"))
+        XCTAssertTrue(fix("ssl://h:9093/bootstrap: Disconnected (after 0ms in state SSL_HANDSHAKE)", RD_KAFKA_RESP_ERR__TRANSPORT)
+            .contains("does not speak TLS"))
+        XCTAssertEqual(fix("ssl://h:9093/1: Disconnected (after 5000ms in state UP)", RD_KAFKA_RESP_ERR__TRANSPORT), "nil", "an outage")
         XCTAssertTrue(fix("SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: certificate has expired").contains("expired"))
         XCTAssertTrue(fix("SSL handshake failed: ssl/tls alert certificate required: client SSL authentication might be required")
             .contains("--sink-cert-file"))
