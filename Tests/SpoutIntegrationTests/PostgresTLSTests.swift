@@ -51,11 +51,12 @@ final class PostgresTLSTests: XCTestCase {
         return url(server, user: "spout", "sslmode=verify-full&sslrootcert=\(certificates.ca)&sslcert=\(certificates.client)&sslkey=\(certificates.clientKey)")
     }
 
-    private func insert(_ outbox: PrivateOutbox, transactions: Int, rows: Int) throws -> [String] {
+    private func insert(_ outbox: PrivateOutbox, transactions: Int, rows: Int, on connection: PostgresConnection? = nil) throws -> [String] {
+        let writer = connection ?? outbox.admin
         var ids: [String] = []
         for transaction in 0..<transactions {
             let values = (0..<rows).map { "('order', 'k\($0 % 5)', 'Created', '{\"t\": \(transaction)}', NULL)" }
-            ids += try outbox.admin.sql("INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, headers) VALUES "
+            ids += try writer.sql("INSERT INTO public.\(outbox.table) (aggregate_type, aggregate_id, event_type, payload, headers) VALUES "
                                         + values.joined(separator: ",") + " RETURNING id").compactMap { $0.first ?? nil }
         }
         return ids
@@ -173,6 +174,57 @@ final class PostgresTLSTests: XCTestCase {
         XCTAssertNotEqual(status.status, 0)
         XCTAssertTrue(status.stderr.contains("does not speak TLS on this port"), status.stderr)
         XCTAssertTrue(status.stderr.contains("sslmode"), status.stderr)
+    }
+
+    /// The server's certificate and key become `certificate` and `key` at its next restart.
+    private func install(certificate: String, key: String, on server: PrivateServer) throws {
+        let directory = try XCTUnwrap(server.environment["SPOUT_PG_DIR"]) + "/tls"
+        try PrivateServer.run(["/bin/sh", "-c", "cp \"$1\" \"$3/server.crt\" && cp \"$2\" \"$3/server.key\" && chmod 600 \"$3/server.key\" "
+                               + "&& { [ \"$(id -u)\" -ne 0 ] || chown postgres:postgres \"$3/server.crt\" \"$3/server.key\"; }",
+                               "install", certificate, key, directory])
+    }
+
+    /// The server comes back with a certificate for another host: spout warns with the problem
+    /// and its fix and keeps retrying (not at start, so not an exit); with the right certificate
+    /// again it streams on, and every committed row arrives.
+    func testRestartWithAWrongCertificateIsRetried() throws {
+        let server = try privateServer()
+        let certificates = try certificates
+        let outbox = try PrivateOutbox(server, prefix: "tls_wrongcert")
+        let spout = try SpoutProcess(outbox.arguments(url: server.url))
+        eventually(timeout: 60, "spout streams: \(spout.stderr)") { spout.stderr.contains("streaming") }
+        let before = try insert(outbox, transactions: 5, rows: 4)
+        eventually(timeout: 60, "events flow: \(spout.stderr)") { Set(spout.eventIDs).isSuperset(of: before) }
+
+        try install(certificate: certificates.wrongHost, key: certificates.wrongHostKey, on: server)
+        var restored = false
+        defer {
+            if !restored {
+                _ = try? install(certificate: certificates.server, key: certificates.serverKey, on: server)
+                _ = try? server.restart(mode: "fast")
+            }
+        }
+        try server.restart(mode: "fast")
+        // Written over the socket (trust, no TLS): the TCP URL refuses the wrong certificate too.
+        let during = try insert(outbox, transactions: 2, rows: 3, on: try server.socketConnection())
+        eventually(timeout: 120, "spout warns about the certificate: \(spout.stderr)") {
+            !spout.logLines(containing: "does not match host name").isEmpty
+        }
+        let warning = spout.logLines(containing: "does not match host name").first ?? ""
+        XCTAssertTrue(warning.contains("warning"), String(warning))
+        XCTAssertTrue(warning.contains("not valid for this host name"), String(warning))
+        XCTAssertTrue(spout.process.isRunning, spout.stderr)
+
+        try install(certificate: certificates.server, key: certificates.serverKey, on: server)
+        try server.restart(mode: "fast")
+        restored = true
+        eventually(timeout: 120, "spout recovered: \(spout.stderr)") {
+            !spout.logLines(containing: "recovered the connection to PostgreSQL").isEmpty
+        }
+        let after = try insert(outbox, transactions: 3, rows: 2, on: try server.connect())
+        eventually(timeout: 60, "every row arrives: \(spout.stderr)") { Set(spout.eventIDs).isSuperset(of: before + during + after) }
+        spout.signal(SIGTERM)
+        XCTAssertEqual(spout.waitForExit(timeout: 60), 0, spout.stderr)
     }
 
     /// A restart under TLS: spout connects again over TLS; every committed row arrives.

@@ -349,6 +349,11 @@ final class PrivateServer: @unchecked Sendable {
         return try PrivateServer(name: name)
     }
 
+    /// The superuser over the Unix socket (trust, no TLS), whatever the server's certificate.
+    func socketConnection() throws -> PostgresConnection {
+        try PostgresConnection("host=\(try XCTUnwrap(environment["SPOUT_PG_DIR"])) port=\(port) user=postgres dbname=postgres")
+    }
+
     /// `scripts/pg-standby PRIMARY NAME`: a physical standby set up for slot synchronization.
     static func standby(of primary: PrivateServer, _ name: String) throws -> PrivateServer {
         try script("pg-standby", [primary.name, name])
