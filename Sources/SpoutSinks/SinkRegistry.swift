@@ -29,7 +29,7 @@ public enum SinkRegistry {
             return try NATSJetStreamSink(url: url, options: options, log: log)
         case "amqp", "amqps":
             return try AMQPSink(url: url, options: options, log: log)
-        case "stomp", "stomp+ssl":
+        case "stomp", "stomp+ssl", "stomp+tls", "stomps":
             return try STOMPSink(url: url, options: options, log: log)
         case "http", "https": // issue 14: HTTP
             return try HTTPSink(url: url, options: options, log: log)
@@ -50,7 +50,7 @@ public enum SinkRegistry {
         case "redis": _ = try RedisURL(parsing: url)
         case "nats": _ = try NATSEndpoint(url)
         case "amqp", "amqps": try AMQPSink.validate(url: url, options: options)
-        case "stomp", "stomp+ssl": try STOMPSink.validate(url: url, options: options)
+        case "stomp", "stomp+ssl", "stomp+tls", "stomps": try STOMPSink.validate(url: url, options: options)
         case "http", "https": try HTTPSink.validate(url: url, options: options) // issue 14: HTTP
         default: _ = try makeSink(url, options: options)
         }
