@@ -38,11 +38,13 @@ let package = Package(
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CNats", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
         .systemLibrary(name: "CRabbitMQ", pkgConfig: "librabbitmq", providers: [.apt(["librabbitmq-dev"])]),
-        // Decode, replicate, map, the replication session and the delivery engine: libpq only.
+        // issue 15: TLS — libssl for the sockets the sinks own (TCPSocket: Redis, STOMP, HTTP).
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libssl", providers: [.apt(["libssl-dev"])]),
+        // Decode, replicate, map, the replication session and the delivery engine: libpq (and libssl for sink TLS).
         .target(
             name: "SpoutCore",
             dependencies: [
-                "CLibPQ", "CLinux",
+                "CLibPQ", "CLinux", "COpenSSL",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -2,8 +2,8 @@ import Foundation
 import SpoutCore
 
 /// `http://[user:password@]host[:port][/path][?query]`: where the HTTP sink POSTs. With a
-/// user and password every request carries `Authorization: Basic …`. `https://` is recognised
-/// and refused: TLS is not supported yet (issue 15). The syntax is `SinkURL`'s.
+/// user and password every request carries `Authorization: Basic …`. `https://` is the same
+/// over TLS (port 443 by default). The syntax is `SinkURL`'s.
 package struct HTTPEndpoint: Equatable, Sendable {
     var host: String
     var port: Int
@@ -11,21 +11,24 @@ package struct HTTPEndpoint: Equatable, Sendable {
     var target: String
     /// `Basic base64(user:password)`, nil without credentials.
     var authorization: String?
+    /// `https://` (issue 15).
+    var tls = false
 
     static let defaultPort = 80
-    static let usage = "http://host[:port]/path, e.g. http://127.0.0.1:8080/webhooks"
+    static let defaultTLSPort = 443
+    static let usage = "http[s]://host[:port]/path, e.g. http://127.0.0.1:8080/webhooks"
 
     /// `host:port` as messages name it (no credentials, no path).
-    var address: String { SinkURL.Server(host: host, port: port).address(defaultPort: Self.defaultPort) }
+    var address: String { SinkURL.Server(host: host, port: port).address(defaultPort: tls ? Self.defaultTLSPort : Self.defaultPort) }
 
     /// The `Host` header: the port only when it is not the default.
     var hostHeader: String {
         let name = host.contains(":") ? "[\(host)]" : host
-        return port == Self.defaultPort ? name : "\(name):\(port)"
+        return port == (tls ? Self.defaultTLSPort : Self.defaultPort) ? name : "\(name):\(port)"
     }
 
     /// Where requests go, as logs may show it: `http://host:port/path` (no credentials).
-    var shown: String { "http://\(address)\(target)" }
+    var shown: String { (tls ? "https://" : "http://") + address + target }
 
     package init(parsing text: String) throws(SpoutError) {
         let url = try SinkURL(text, usage: Self.usage)
@@ -34,12 +37,12 @@ package struct HTTPEndpoint: Equatable, Sendable {
         }
         switch url.scheme {
         case "http": break
-        case "https": throw invalid("TLS is not supported yet (issue 15); use http:// on a trusted network or a TLS-terminating proxy")
-        default: throw invalid("not an http:// URL")
+        case "https": tls = true
+        default: throw invalid("not an http:// or https:// URL")
         }
         guard url.servers.count == 1, let server = url.servers.first else { throw invalid("name one server") }
         host = server.host
-        port = server.port ?? Self.defaultPort
+        port = server.port ?? (tls ? Self.defaultTLSPort : Self.defaultPort)
         var target = "/" + (url.path ?? "")
         if !url.query.isEmpty {
             target += "?" + url.query.map { $0.value.isEmpty ? $0.name : "\($0.name)=\($0.value)" }.joined(separator: "&")

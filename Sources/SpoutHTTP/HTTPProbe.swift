@@ -11,7 +11,8 @@ public enum HTTPProbe {
     public static func check(url: String, options: SinkOptions) throws(SpoutError) -> [CheckResult] {
         try HTTPSink.validate(url: url, options: options)
         let endpoint = try HTTPEndpoint(parsing: url)
-        switch ask(endpoint, headers: options.httpHeaders) {
+        let tls = endpoint.tls ? try TLSClient(options.tls) : nil
+        switch ask(endpoint, headers: options.httpHeaders, tls: tls) {
         case let .success(response):
             let answer = "the HTTP receiver at \(endpoint.shown) answered OPTIONS with \(response.summary)"
             if response.status == 401 || response.status == 403 {
@@ -22,21 +23,20 @@ public enum HTTPProbe {
                     .pass("sink_write", "events are POSTed to \(endpoint.shown) (a status other than 2xx, 408, 429 or 5xx is a poison event when it happens)")]
         case let .failure(failure):
             return [.fail("sink", "cannot reach the HTTP receiver at \(endpoint.shown): \(failure.reason)",
-                          fix: "check the host, port and path in --sink and that the receiver is running"),
+                          fix: failure.isCertificateProblem ? "see the reason: --sink-ca-file, --sink-cert-file and --sink-key-file, or the host name in --sink"
+                              : "check the host, port and path in --sink and that the receiver is running"),
                     .skip("sink_write", because: "the HTTP receiver is not reachable")]
         }
     }
 
     /// OPTIONS and its answer, bounded by the timeout as a whole.
-    static func ask(_ endpoint: HTTPEndpoint, headers: [(name: String, value: String)]) -> Result<HTTPResponse, TCPSocket.Failure> {
+    static func ask(_ endpoint: HTTPEndpoint, headers: [(name: String, value: String)], tls: TLSClient?) -> Result<HTTPResponse, TCPSocket.Failure> {
         var elapsed: Int32 = 0
         do throws(TCPSocket.Failure) {
-            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port)
-            while try !socket.finishConnect() {
-                guard elapsed < timeoutMilliseconds else { throw TCPSocket.Failure(reason: "no connection within 5 s") }
-                _ = try socket.waitFor(Int16(POLLOUT), milliseconds: 100)
-                elapsed += 100
-            }
+            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port, tls: tls)
+            let started = ContinuousClock.now
+            guard try socket.awaitConnected(within: .milliseconds(timeoutMilliseconds)) else { throw TCPSocket.Failure(reason: "no connection within 5 s") }
+            elapsed = Int32(clamping: (ContinuousClock.now - started).components.seconds * 1000)
             var head = "OPTIONS \(endpoint.target) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUser-Agent: spout\r\nContent-Length: 0\r\nConnection: close\r\n"
             if let authorization = endpoint.authorization { head += "Authorization: \(authorization)\r\n" }
             for header in headers { head += "\(header.name): \(header.value)\r\n" }

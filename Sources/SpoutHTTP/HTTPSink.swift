@@ -78,6 +78,13 @@ final class HTTPAdapter: DeliveryAdapter {
     /// `dispatch`'s working state, kept to spare it an allocation per call.
     private var wasFree: [Bool] = []
     private var filling: [Bool] = []
+    // issue 15: TLS
+    /// `https://`: the TLS context every connection uses (nil: plain TCP).
+    private let tls: TLSClient?
+    /// Whether a response ever came: until then a certificate problem stops spout.
+    private var everAnswered = false
+    /// A certificate problem before the first response: `advance` stops spout with it.
+    private var certificateFailure: SinkError?
 
     init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         endpoint = try HTTPEndpoint(parsing: url)
@@ -98,6 +105,7 @@ final class HTTPAdapter: DeliveryAdapter {
             }
         }
         headPrefix = Self.headPrefix(endpoint, headers: options.httpHeaders)
+        tls = endpoint.tls ? try TLSClient(options.tls) : nil
         lanes = (0..<max(1, options.httpConcurrency)).map { _ in Lane() }
         wasFree = Array(repeating: true, count: lanes.count)
         filling = wasFree
@@ -119,6 +127,17 @@ final class HTTPAdapter: DeliveryAdapter {
 
     func start(_ engine: DeliveryEngine) throws(SpoutError) {
         do { try engine.wakeup.include(epoll) } catch { throw .sink(error) }
+        // issue 15: with https://, one handshake now: an unknown CA, an expired certificate or a
+        // wrong host stops spout at start. An unreachable receiver is left to the first request.
+        guard let tls, let lane = lanes.first else { return }
+        do {
+            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port, tls: tls)
+            guard try socket.awaitConnected(within: Self.connectTimeout) else { return }
+            lane.socket = socket
+            lane.connecting = false
+        } catch {
+            if error.isCertificateProblem { throw .sink(SinkError(.permanent, "cannot connect to the HTTP receiver at \(endpoint.shown): \(error.reason)")) }
+        }
     }
 
     func queued(_ engine: DeliveryEngine) { blocked = false }
@@ -147,6 +166,7 @@ final class HTTPAdapter: DeliveryAdapter {
 
     func advance(_ engine: DeliveryEngine) throws(SinkError) {
         for lane in lanes { service(lane, engine) }
+        if let certificateFailure { throw certificateFailure }
         if let until = holdUntil, clock.now >= until { holdUntil = nil }
         dispatch(engine)
     }
@@ -169,7 +189,7 @@ final class HTTPAdapter: DeliveryAdapter {
     private func register(_ lane: Lane) {
         guard let socket = lane.socket else { return }
         var events = EPOLLIN.rawValue
-        if lane.connecting || lane.written < lane.output.count { events |= EPOLLOUT.rawValue }
+        if lane.connecting ? socket.connectInterest.writing : lane.written < lane.output.count { events |= EPOLLOUT.rawValue }
         if let registered = lane.registered, registered.descriptor == socket.descriptor, registered.events == events { return }
         var event = epoll_event(events: events, data: epoll_data_t(fd: socket.descriptor))
         let operation = lane.registered?.descriptor == socket.descriptor ? EPOLL_CTL_MOD : EPOLL_CTL_ADD
@@ -189,6 +209,7 @@ final class HTTPAdapter: DeliveryAdapter {
                     return
                 }
             } catch {
+                noteCertificateProblem(error)
                 failed(lane, error.reason, connected: false, engine)
                 return
             }
@@ -199,6 +220,7 @@ final class HTTPAdapter: DeliveryAdapter {
             if lane.written < lane.output.count { lane.written = try socket.write(lane.output, from: lane.written) }
             _ = try socket.read(into: &readChunk) { lane.parser.append($0) }
         } catch {
+            noteCertificateProblem(error)
             closed = error.reason
         }
         do {
@@ -232,9 +254,16 @@ final class HTTPAdapter: DeliveryAdapter {
         }
     }
 
+    /// A certificate problem before any response (a TLS 1.3 server refuses a client
+    /// certificate only after the handshake, on the first read) stops spout in `advance`.
+    private func noteCertificateProblem(_ failure: TCPSocket.Failure) {
+        guard failure.isCertificateProblem, !everAnswered, certificateFailure == nil else { return }
+        certificateFailure = SinkError(.permanent, "cannot connect to the HTTP receiver at \(endpoint.shown): \(failure.reason)")
+    }
+
     private func connect(_ lane: Lane) throws(TCPSocket.Failure) {
         drop(lane)
-        lane.socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port)
+        lane.socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port, tls: tls)
         lane.connecting = true
         lane.connectDeadline = clock.now + Self.connectTimeout
     }
@@ -267,6 +296,7 @@ final class HTTPAdapter: DeliveryAdapter {
     // MARK: Responses
 
     private func answered(_ lane: Lane, _ response: HTTPResponse, _ engine: DeliveryEngine) {
+        everAnswered = true
         let tickets = lane.tickets
         lane.tickets.removeAll(keepingCapacity: true)
         blocked = false

@@ -3,20 +3,23 @@ import SpoutCore
 /// `stomp://[user:password@]host[:port][/vhost]`: where the STOMP sink connects and how it
 /// logs in. The path is the virtual host (the CONNECT frame's `host` header, percent-decoded,
 /// `/%2F` for `/`); without one spout sends `host:/`, RabbitMQ's default virtual host
-/// (ActiveMQ and Artemis ignore the header). `stomp+ssl://` is recognised and refused: TLS
-/// is not supported yet (issue 15). The syntax is `SinkURL`'s.
+/// (ActiveMQ and Artemis ignore the header). `stomp+ssl://` (also `stomp+tls://`, `stomps://`)
+/// is the same over TLS, port 61614 by default. The syntax is `SinkURL`'s.
 package struct STOMPEndpoint: Equatable, Sendable {
     var host: String
     var port: Int
     var user: String?
     var password: String?
     var virtualHost: String
+    /// `stomp+ssl://`: TLS (issue 15).
+    var tls = false
 
     static let defaultPort = 61613
-    static let usage = "stomp://user:password@host:61613[/vhost], e.g. stomp://guest:guest@127.0.0.1:61613"
+    static let defaultTLSPort = 61614
+    static let usage = "stomp[+ssl]://user:password@host:61613[/vhost], e.g. stomp://guest:guest@127.0.0.1:61613"
 
     /// `host:port` as messages name it (no credentials).
-    var address: String { SinkURL.Server(host: host, port: port).address(defaultPort: Self.defaultPort) }
+    var address: String { SinkURL.Server(host: host, port: port).address(defaultPort: tls ? Self.defaultTLSPort : Self.defaultPort) }
 
     package init(parsing text: String) throws(SpoutError) {
         let url = try SinkURL(text, usage: Self.usage)
@@ -25,13 +28,13 @@ package struct STOMPEndpoint: Equatable, Sendable {
         }
         switch url.scheme {
         case "stomp": break
-        case "stomp+ssl", "stomp+tls", "stomps": throw invalid("TLS is not supported yet (issue 15); use stomp:// on a trusted network or a TLS tunnel")
-        default: throw invalid("not a stomp:// URL")
+        case "stomp+ssl", "stomp+tls", "stomps": tls = true
+        default: throw invalid("not a stomp:// or stomp+ssl:// URL")
         }
         if !url.query.isEmpty { throw invalid("query parameters are not supported (the virtual host is the path: stomp://host:61613/vhost)") }
         guard url.servers.count == 1, let server = url.servers.first else { throw invalid("name one server") }
         host = server.host
-        port = server.port ?? Self.defaultPort
+        port = server.port ?? (tls ? Self.defaultTLSPort : Self.defaultPort)
         if let login = try url.login(invalid) { (user, password) = (login.user, login.password) }
         virtualHost = "/"
         if let path = url.path, !path.isEmpty {

@@ -12,13 +12,17 @@ public enum STOMPProbe {
         let endpoint = try STOMPEndpoint(parsing: url)
         let who = "\(endpoint.user ?? "no user") at \(endpoint.address), virtual host \"\(Log.escaped(endpoint.virtualHost))\""
         let unreachable = CheckResult.skip("sink_write", because: "the STOMP server is not reachable")
-        switch connect(endpoint) {
+        let tls = endpoint.tls ? try TLSClient(options.tls) : nil
+        switch connect(endpoint, tls: tls) {
         case .success:
             return [.pass("sink", "the STOMP server accepted the CONNECT of \(who)"),
                     .pass("sink_write", "destinations from --stomp-destination \(options.stompDestination) (a destination the server refuses is a poison event when it happens)")]
         case let .failure(.refused(detail)):
             return [.fail("sink", "the STOMP server refused the CONNECT of \(who): \(detail)",
                           fix: "fix the user, password or virtual host in --sink (stomp://user:password@host:61613/vhost)"), unreachable]
+        case let .failure(.certificate(detail)): // issue 15: TLS
+            return [.fail("sink", "cannot connect to the STOMP server at \(endpoint.address): \(detail)",
+                          fix: "see the reason: --sink-ca-file, --sink-cert-file and --sink-key-file, or the host name in --sink"), unreachable]
         case let .failure(.unreachable(detail)):
             return [.fail("sink", "cannot reach the STOMP server at \(endpoint.address): \(detail)",
                           fix: "check the host and port in --sink and that the server (e.g. RabbitMQ's rabbitmq_stomp plugin) is running"), unreachable]
@@ -28,19 +32,20 @@ public enum STOMPProbe {
     enum Failure: Error {
         case unreachable(String)
         case refused(String)
+        case certificate(String)
     }
 
     /// CONNECT and the reply, bounded by the timeout as a whole.
-    static func connect(_ endpoint: STOMPEndpoint) -> Result<Void, Failure> {
+    static func connect(_ endpoint: STOMPEndpoint, tls: TLSClient?) -> Result<Void, Failure> {
         var elapsed: Int32 = 0
         func remaining() -> Int32 { max(0, Int32(timeoutMilliseconds) - elapsed) }
         do throws(TCPSocket.Failure) {
-            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port)
-            while try !socket.finishConnect() {
-                guard remaining() > 0 else { return .failure(.unreachable("no connection within 5 s")) }
-                _ = try socket.waitFor(Int16(POLLOUT), milliseconds: 100)
-                elapsed += 100
+            let socket = try TCPSocket(connectingTo: endpoint.host, port: endpoint.port, tls: tls)
+            let started = ContinuousClock.now
+            guard try socket.awaitConnected(within: .milliseconds(timeoutMilliseconds)) else {
+                return .failure(.unreachable("no connection within 5 s"))
             }
+            elapsed = Int32(clamping: (ContinuousClock.now - started).components.seconds * 1000)
             var output: [UInt8] = []
             STOMPFrameEncoder.appendConnect(host: endpoint.virtualHost, login: endpoint.user, passcode: endpoint.password,
                                             heartBeat: (0, 0), to: &output)
@@ -70,7 +75,7 @@ public enum STOMPProbe {
             }
             return .failure(.unreachable("no answer to CONNECT within 5 s"))
         } catch {
-            return .failure(.unreachable(error.reason))
+            return .failure(error.isCertificateProblem ? .certificate(error.reason) : .unreachable(error.reason))
         }
     }
 }

@@ -25,10 +25,11 @@ public final class STOMPSink: DeliveryEngine {
         try super.init(adapter: adapter, capacity: options.maxInFlightEvents, log: log, metrics: metrics)
     }
 
-    /// Checks the URL and the destination template without connecting (`--check-config`).
+    /// Checks the URL, the destination template and the TLS files without connecting (`--check-config`).
     public static func validate(url: String, options: SinkOptions) throws(SpoutError) {
-        _ = try STOMPEndpoint(parsing: url)
+        let endpoint = try STOMPEndpoint(parsing: url)
         _ = try STOMPDestination(options.stompDestination)
+        if endpoint.tls { _ = try TLSClient(options.tls) }
     }
 }
 
@@ -59,6 +60,10 @@ final class STOMPAdapter: DeliveryAdapter {
 
     private var phase: Phase = .disconnected
     private var connections = 0
+    /// `stomp+ssl://`: the TLS context every connection uses (nil: plain TCP).
+    private let tls: TLSClient?
+    /// Whether a CONNECTED ever came: until then a certificate problem stops spout (issue 15).
+    private var everConnected = false
     private var decoder = STOMPFrameDecoder()
     private var output: [UInt8] = []
     private var written = 0
@@ -82,6 +87,7 @@ final class STOMPAdapter: DeliveryAdapter {
         destination = try STOMPDestination(options.stompDestination)
         cloudEvents = options.cloudEvents
         self.log = log
+        tls = endpoint.tls ? try TLSClient(options.tls) : nil
         output.reserveCapacity(Self.maxUnwrittenBytes + 64 * 1024)
     }
 
@@ -104,7 +110,8 @@ final class STOMPAdapter: DeliveryAdapter {
             wakeup.watch(socket: nil, connection: connections, reading: false, writing: false)
             return nil
         case let .connecting(socket, deadline):
-            wakeup.watch(socket: socket.descriptor, connection: connections, reading: false, writing: true)
+            let interest = socket.connectInterest
+            wakeup.watch(socket: socket.descriptor, connection: connections, reading: interest.reading, writing: interest.writing)
             return deadline
         case let .handshaking(socket, deadline):
             wakeup.watch(socket: socket.descriptor, connection: connections, reading: true, writing: hasUnwrittenOutput)
@@ -154,7 +161,8 @@ final class STOMPAdapter: DeliveryAdapter {
                 log.debug("connected to the STOMP server at \(endpoint.address)")
                 return
             case let .connecting(socket, _):
-                _ = try? socket.waitFor(Int16(POLLOUT), milliseconds: 10)
+                let interest = socket.connectInterest
+                _ = try? socket.waitFor(Int16(interest.reading ? POLLIN : 0) | Int16(interest.writing ? POLLOUT : 0), milliseconds: 10)
             case let .handshaking(socket, _):
                 _ = try? socket.waitFor(Int16(POLLIN), milliseconds: 10)
             case .disconnected:
@@ -171,7 +179,7 @@ final class STOMPAdapter: DeliveryAdapter {
             case .disconnected:
                 guard !engine.isBackingOff, !engine.isStopped else { return }
                 do {
-                    phase = .connecting(try TCPSocket(connectingTo: endpoint.host, port: endpoint.port),
+                    phase = .connecting(try TCPSocket(connectingTo: endpoint.host, port: endpoint.port, tls: tls),
                                         deadline: clock.now + Self.connectTimeout)
                     connections += 1
                 } catch {
@@ -185,6 +193,7 @@ final class STOMPAdapter: DeliveryAdapter {
                         return
                     }
                 } catch {
+                    try stopIfCertificateProblem(error)
                     retryConnection(after: error.reason, connected: false, engine)
                     return
                 }
@@ -196,12 +205,13 @@ final class STOMPAdapter: DeliveryAdapter {
                 phase = .handshaking(socket, deadline: clock.now + Self.connectTimeout)
             case let .handshaking(socket, deadline):
                 let reply: STOMPInbound?
-                var closed: String?
+                var closed: TCPSocket.Failure?
                 do {
                     try flush(socket, budget: .zero)
                     closed = receive(socket)
                     reply = try decoder.next()
                 } catch let error as TCPSocket.Failure {
+                    try stopIfCertificateProblem(error)
                     retryConnection(after: error.reason, connected: true, engine)
                     return
                 } catch let error as STOMPProtocolError {
@@ -213,7 +223,8 @@ final class STOMPAdapter: DeliveryAdapter {
                 }
                 guard let reply else {
                     if let closed {
-                        retryConnection(after: closed, connected: true, engine)
+                        try stopIfCertificateProblem(closed)
+                        retryConnection(after: closed.reason, connected: true, engine)
                     } else if clock.now >= deadline { retryConnection(after: "no CONNECTED within \(Self.connectTimeout)", connected: true, engine) }
                     return
                 }
@@ -225,6 +236,7 @@ final class STOMPAdapter: DeliveryAdapter {
                     disconnect()
                     throw SinkError(.permanent, loginRefused(frame))
                 }
+                everConnected = true
                 negotiate(frame.header("heart-beat"))
                 let now = clock.now
                 lastRead = now
@@ -288,11 +300,20 @@ final class STOMPAdapter: DeliveryAdapter {
         }
     }
 
+    // issue 15: TLS
+    /// A certificate problem (unknown CA, expired, wrong host, client certificate) before the
+    /// first CONNECTED stops spout with its text; later it is an outage like any other.
+    private func stopIfCertificateProblem(_ failure: TCPSocket.Failure) throws(SinkError) {
+        guard failure.isCertificateProblem, !everConnected else { return }
+        disconnect()
+        throw SinkError(.permanent, "cannot connect to the STOMP server at \(endpoint.address): \(failure.reason)")
+    }
+
     // MARK: Frames
 
     /// Reads what the socket holds into the decoder. A closed or failed connection is
     /// returned, not thrown: the ERROR frame a server sends before it closes is decoded first.
-    private func receive(_ socket: TCPSocket) -> String? {
+    private func receive(_ socket: TCPSocket) -> TCPSocket.Failure? {
         var anything = false
         defer { if anything { lastRead = clock.now } }
         do {
@@ -301,7 +322,7 @@ final class STOMPAdapter: DeliveryAdapter {
                 decoder.append(bytes)
             }
         } catch {
-            return error.reason
+            return error
         }
         return nil
     }
@@ -351,7 +372,7 @@ final class STOMPAdapter: DeliveryAdapter {
             }
         }
         if progressed { lastProgress = clock.now }
-        if let closed { throw TCPSocket.Failure(reason: closed) }
+        if let closed { throw closed }
         if !engine.isStopped, !engine.isBackingOff { encodeWaiting(engine) }
         try flush(socket, budget: Self.writeBudget)
         let now = clock.now
