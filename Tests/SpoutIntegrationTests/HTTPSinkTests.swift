@@ -290,9 +290,6 @@ final class HTTPSinkTests: XCTestCase {
         let failed = try SpoutProcess.run(["check", "--sink", "http://127.0.0.1:\(port)/x", "--database-url", try TestDatabase.url()])
         let down = failed.stdout + failed.stderr
         XCTAssertTrue(down.contains("cannot reach the HTTP receiver"), down)
-        let refused = try SpoutProcess.run(["run", "--check-config", "--sink", "https://127.0.0.1:\(port)/x"])
-        let tls = refused.stdout + refused.stderr
-        XCTAssertTrue(tls.contains("TLS is not supported yet (issue 15)"), tls)
 
         // --check-config shows every HTTP setting, the password, secret and header values masked.
         let config = try SpoutProcess.run(["run", "--check-config", "--sink", "http://u:SENTINEL1@127.0.0.1:\(port)/x",

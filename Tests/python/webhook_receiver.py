@@ -11,6 +11,8 @@ usage: webhook_receiver.py PORT LOGFILE [options]
   --throttle N          answer request number N 429 with Retry-After (see --retry-after)
   --retry-after S       the Retry-After value (default 2)
   --reject WORD         answer 400 to every request whose body contains WORD
+  --tls-cert F --tls-key F   serve HTTPS with this certificate and key
+  --tls-client-ca F     with --tls-cert: require a client certificate signed by this CA
 log lines: {"n": request number, "status": answered, "time": seconds, "ids": [event ids],
             "keys": [...], "signature": "ok"|"bad"|null, "content_type": …, "ce": {…}|null,
             "webhook_id": …}
@@ -19,6 +21,7 @@ with signature "bad" (or "ce_error").
 """
 import argparse
 import json
+import ssl
 import sys
 import threading
 import time
@@ -116,7 +119,8 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         # A client that drops a connection (spout after --http-timeout, or killed) is expected.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        # A TLS client that fails verification (the TLS tests' point) is expected too.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
@@ -132,10 +136,21 @@ def main():
     parser.add_argument("--throttle", type=int, default=0)
     parser.add_argument("--retry-after", default="2")
     parser.add_argument("--reject")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca")
     args = parser.parse_args()
     log = open(args.log, "a", encoding="utf-8")
     server = Server(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            context.load_verify_locations(args.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        # The handshake happens on the first read, in the connection's own thread.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     print("listening", flush=True)
     server.serve_forever()
 

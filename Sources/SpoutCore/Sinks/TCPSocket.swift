@@ -29,6 +29,8 @@ package final class TCPSocket {
     private var handshaken = false
     /// What the handshake waits for: the server's bytes (true) or room to write (false).
     private var handshakeWantsRead = false
+    /// A close or failure met after reading data: the next read throws it.
+    private var pendingFailure: Failure?
 
     /// Resolves `host` (blocking, as libpq and hiredis do) and starts a TCP connect to its
     /// first address without waiting for it (`finishConnect` tells when it and, with `tls`,
@@ -220,6 +222,7 @@ package final class TCPSocket {
     /// SSL_read until OpenSSL has nothing more (a short read is not the end under TLS: records
     /// are read one at a time), so that nothing decrypted stays buffered unseen by poll(2).
     private func read(into chunk: inout [UInt8], _ ssl: OpaquePointer, _ body: (UnsafeRawBufferPointer) -> Void) throws(Failure) -> Bool {
+        if let pendingFailure { throw pendingFailure }
         var any = false
         for _ in 0..<4096 {
             ERR_clear_error()
@@ -234,11 +237,17 @@ package final class TCPSocket {
                 continue
             }
             let savedErrno = errno
+            let failure: Failure
             switch SSL_get_error(ssl, count) {
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return any
-            case SSL_ERROR_ZERO_RETURN: throw Failure(reason: "the server closed the connection")
-            case let code: throw tlsFailure(code, savedErrno, handshaking: false)
+            case SSL_ERROR_ZERO_RETURN: failure = Failure(reason: "the server closed the connection")
+            case let code: failure = tlsFailure(code, savedErrno, handshaking: false)
             }
+            // What came before the close (a response, then `Connection: close`) is handed over
+            // first; the next read reports the close.
+            guard any else { throw failure }
+            pendingFailure = failure
+            return true
         }
         return any
     }

@@ -120,9 +120,9 @@ package final class TLSClient: @unchecked Sendable {
         }
         if code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN || reasons.contains(SSL_R_UNEXPECTED_EOF_WHILE_READING) {
             if savedErrno != 0, savedErrno != EPIPE, savedErrno != ECONNRESET {
-                return (prefix + String(cString: strerror(savedErrno)), false)
+                return ((handshaking ? prefix : "") + String(cString: strerror(savedErrno)), false)
             }
-            return (prefix + (handshaking ? "the server closed the connection during the handshake (is this its TLS port?)" : "the server closed the connection"), false)
+            return (handshaking ? prefix + "the server closed the connection during the handshake (is this its TLS port?)" : "the server closed the connection", false)
         }
         return (prefix + (library.isEmpty ? "unknown error" : library), handshaking)
     }
