@@ -180,7 +180,15 @@ final class AMQPConnection: @unchecked Sendable {
         case 3: return problem("the server refused spout's client certificate\(text.map { " (\(String(cString: $0)))" } ?? ""): give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file")
         case 4: return problem("the server does not speak TLS on this port: give its AMQPS port (5671), or amqp:// if it has no TLS")
         default:
-            guard handshaking else { return nil }
+            guard handshaking else {
+                // The server closed the connection right after the handshake, before answering
+                // the protocol header: a TLS 1.3 server refusing the client certificate (its alert
+                // is lost when the connection is reset first).
+                guard [AMQP_STATUS_SSL_ERROR, AMQP_STATUS_CONNECTION_CLOSED, AMQP_STATUS_SOCKET_ERROR].map(\.rawValue).contains(status) else { return nil }
+                return problem("the server closed the connection after the handshake: "
+                    + (tls?.certFile == nil ? "it requires a client certificate: give one with --sink-cert-file and --sink-key-file"
+                        : "it refused spout's client certificate: give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file"))
+            }
             if status == AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue || status == AMQP_STATUS_SSL_ERROR.rawValue {
                 return Failure(permanent: false, reason: prefix + (text.map { String(cString: $0) } ?? describe(status: status)))
             }
