@@ -105,5 +105,9 @@ final class AMQPTLSTests: XCTestCase {
             XCTAssertTrue(check.stdout.contains(words[0]), "\(name): \(check.stdout)")
             XCTAssertFalse(check.stdout.contains(password) || check.stderr.contains(password), "\(name): the password is never shown")
         }
+        // --sink-insecure-skip-verify: encrypted, not verified, so the wrong host is accepted.
+        let insecure = try SpoutProcess.run(["check", "--sink", wrongHost.amqpsURL, "--sink-insecure-skip-verify", "--amqp-declare"] + outbox.arguments,
+                                            timeout: 90)
+        XCTAssertTrue(insecure.stdout.contains("logged in to the AMQP broker at spout@127.0.0.1:\(wrongHost.amqpsPort)"), insecure.stdout + insecure.stderr)
     }
 }

@@ -84,5 +84,8 @@ final class NATSTLSTests: XCTestCase {
             XCTAssertTrue(check.stdout.contains(words[0]), "\(name): \(check.stdout)")
             XCTAssertFalse(check.stdout.contains(password) || check.stderr.contains(password), "\(name): the password is never shown")
         }
+        // --sink-insecure-skip-verify: encrypted, not verified, so the wrong host is accepted.
+        let insecure = try SpoutProcess.run(["check", "--sink", wrongHost.tlsURL, "--sink-insecure-skip-verify"] + outbox.arguments, timeout: 90)
+        XCTAssertTrue(insecure.stdout.contains("connected to NATS at \(wrongHost.tlsURL)"), insecure.stdout + insecure.stderr)
     }
 }
