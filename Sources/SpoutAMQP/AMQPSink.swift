@@ -207,7 +207,9 @@ final class AMQPAdapter: DeliveryAdapter {
             }
             // The frames' size, near enough; the first event goes out whatever its size (the
             // socket is writable), so one larger than the socket's buffer is not held back.
-            let size = (engine.size(ticket) ?? event.payload.count) + 256
+            var size = (engine.size(ticket) ?? event.payload.count) + 256
+            // amqps://: each frame is a TLS record of its own (and a body one per 16 KiB), up to 29 bytes more each.
+            if url.tls { size += 29 * (3 + event.payload.count / 16_384) }
             if size > space, events > 0 {
                 socketFull = true
                 break
