@@ -283,7 +283,11 @@ struct SinkOptionGroup: ParsableArguments {
         let options = try options(settings, maxInFlightEvents: maxInFlightEvents)
         let sinks = try sinks(settings)
         let routed = try checkRoute(settings, sinks: sinks)
-        if options.tls.insecureSkipVerify { log.warning(SinkTLS.insecureWarning) } // issue 15: TLS
+        // issue 15: TLS
+        if options.tls.insecureSkipVerify { log.warning(SinkTLS.insecureWarning) }
+        if options.tls.isCustomized, !sinks.contains(where: { SinkTLS.isTLSScheme($0.url.value) || $0.url.value.lowercased().hasPrefix("kafka") }) {
+            log.warning("the --sink-* TLS options are unused: no sink URL uses TLS (rediss://, tls://, amqps://, stomp+ssl://, https://)")
+        }
         var members: [RoutedSink.Member] = []
         for sink in sinks {
             do {

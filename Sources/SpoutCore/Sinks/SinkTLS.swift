@@ -24,6 +24,15 @@ public struct SinkTLS: Sendable, Equatable {
     /// Whether any option was given (a plain-text sink with TLS options is a mistake worth a warning).
     public var isCustomized: Bool { caFile != nil || certFile != nil || keyFile != nil || insecureSkipVerify }
 
+    /// The URL schemes of the TLS variants of the sinks (Kafka's TLS is `security.protocol`).
+    public static let schemes: Set<String> = ["rediss", "tls", "nats+tls", "amqps", "stomp+ssl", "stomp+tls", "stomps", "https"]
+
+    /// Whether `url`'s scheme is one of `schemes`.
+    public static func isTLSScheme(_ url: String) -> Bool {
+        guard let end = url.range(of: "://") else { return false }
+        return schemes.contains(url[..<end.lowerBound].lowercased())
+    }
+
     /// The warning `--sink-insecure-skip-verify` logs once at start.
     public static let insecureWarning =
         "--sink-insecure-skip-verify: sink TLS certificates and host names are NOT verified; anyone on the path can read and change events. Use --sink-ca-file instead."

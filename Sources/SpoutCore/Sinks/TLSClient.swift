@@ -39,7 +39,11 @@ package final class TLSClient: @unchecked Sendable {
         }
         if let key = settings.keyFile {
             guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
-                throw .invalidOption("--sink-key-file \(key): no private key could be read from it (\(Self.openSSLError())): give an unencrypted PEM private key")
+                let reason = Self.openSSLError()
+                if reason.contains("mismatch") {
+                    throw .invalidOption("--sink-key-file \(key) is not the private key of --sink-cert-file \(settings.certFile ?? "")")
+                }
+                throw .invalidOption("--sink-key-file \(key): no private key could be read from it (\(reason)): give an unencrypted PEM private key")
             }
             guard SSL_CTX_check_private_key(context) == 1 else {
                 throw .invalidOption("--sink-key-file \(key) is not the private key of --sink-cert-file \(settings.certFile ?? "")")
