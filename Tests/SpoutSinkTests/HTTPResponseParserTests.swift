@@ -83,7 +83,7 @@ final class HTTPResponseParserTests: XCTestCase {
         XCTAssertTrue(secure.tls)
         XCTAssertEqual(secure.port, 443)
         XCTAssertEqual(secure.hostHeader, "example.com")
-        XCTAssertEqual(secure.shown, "https://example.com/in")
+        XCTAssertEqual(secure.shown, "https://example.com:443/in")
         XCTAssertFalse(try HTTPEndpoint(parsing: "http://example.com/").tls)
         XCTAssertThrowsError(try HTTPEndpoint(parsing: "ftp://example.com/")) { error in
             XCTAssertTrue("\(error)".contains("not an http:// or https:// URL"), "\(error)")
