@@ -227,6 +227,25 @@ final class PostgresTLSTests: XCTestCase {
         XCTAssertEqual(spout.waitForExit(timeout: 60), 0, spout.stderr)
     }
 
+    /// An expired server certificate stops spout at start; libpq reports it as "certificate
+    /// verify failed", like an unknown CA, so the fix names both.
+    func testExpiredServerCertificateStopsAtStart() throws {
+        let server = try privateServer()
+        let certificates = try certificates
+        let outbox = try PrivateOutbox(server, prefix: "tls_expired")
+        try install(certificate: certificates.expired, key: certificates.expiredKey, on: server)
+        defer {
+            _ = try? install(certificate: certificates.server, key: certificates.serverKey, on: server)
+            _ = try? server.restart(mode: "fast")
+        }
+        try server.restart(mode: "fast")
+        let spout = try SpoutProcess(outbox.arguments(url: server.url))
+        let error = spout.waitForFailure(timeout: 60, "spout stops at start")
+        for word in ["127.0.0.1:\(server.port)", "certificate verify failed", "has expired", "sslrootcert="] {
+            XCTAssertTrue(error.contains(word), "\(word) missing in \(error)")
+        }
+    }
+
     /// A restart under TLS: spout connects again over TLS; every committed row arrives.
     func testRestartUnderTLSLosesNothing() throws {
         let server = try privateServer()
