@@ -17,6 +17,8 @@ final class AMQPConnection: @unchecked Sendable {
         var reason: String
         /// The broker's reply code when it refused a step (403, 404, 406, 530…).
         var code: UInt16?
+        /// A TLS certificate problem (issue 15): stops spout at the first connection, retried later.
+        var certificateProblem = false
         var description: String { reason }
 
         static func transient(_ reason: String) -> Failure { Failure(permanent: false, reason: reason) }
@@ -72,14 +74,38 @@ final class AMQPConnection: @unchecked Sendable {
 
     /// Connects, logs in, opens channel 1, checks (or declares) the exchange and selects
     /// publisher confirms. Blocks up to about `timeout` per step.
-    static func open(_ url: AMQPURL, exchange: String, declare: Bool, timeout: Duration) throws(Failure) -> AMQPConnection {
+    /// `tls` (for `amqps://`): how to verify the broker and the client certificate to present.
+    static func open(_ url: AMQPURL, tls: SinkTLS?, exchange: String, declare: Bool, timeout: Duration) throws(Failure) -> AMQPConnection {
         guard let state = amqp_new_connection() else { throw .transient("out of memory") }
         var keep = false
         defer { if !keep { amqp_destroy_connection(state) } }
-        guard let socket = amqp_tcp_socket_new(state) else { throw .transient("out of memory") }
+        // issue 15: TLS. The first certificate verification error, kept by OpenSSL's callback.
+        let verifyError = UnsafeMutablePointer<CLong>.allocate(capacity: 1)
+        verifyError.pointee = 0
+        defer { verifyError.deallocate() }
+        let secure = url.tls ? tls ?? SinkTLS() : nil
+        let socket: OpaquePointer
+        if let secure {
+            guard let made = amqp_ssl_socket_new(state) else { throw .transient("TLS: OpenSSL cannot make a client context") }
+            socket = made
+            switch spout_amqp_tls_configure(socket, url.host, secure.caFile, secure.certFile, secure.keyFile,
+                                            secure.insecureSkipVerify ? 1 : 0, verifyError) {
+            case 0: break
+            case 1: throw Failure(permanent: true, reason: "--sink-ca-file \(secure.caFile ?? ""): no CA certificate could be read from it: give a PEM file of CA certificates")
+            case 2: throw Failure(permanent: true, reason: "TLS: the system's CA certificates cannot be loaded: give them with --sink-ca-file")
+            case 3: throw Failure(permanent: true, reason: "--sink-cert-file \(secure.certFile ?? ""): no certificate could be read from it: give a PEM certificate (chain)")
+            default: throw Failure(permanent: true, reason: "--sink-key-file \(secure.keyFile ?? ""): no private key could be read from it: give an unencrypted PEM private key")
+            }
+        } else {
+            guard let made = amqp_tcp_socket_new(state) else { throw .transient("out of memory") }
+            socket = made
+        }
+        defer { if secure != nil { spout_amqp_tls_forget(socket) } }
         var limit = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
+        ERR_clear_error()
         let opened = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &limit)
         guard opened == AMQP_STATUS_OK.rawValue else {
+            if secure != nil, let problem = tlsProblem(status: opened, verifyError: verifyError.pointee, url: url, tls: secure) { throw problem }
             // librabbitmq closes the socket before returning, which loses connect(2)'s errno.
             if opened == AMQP_STATUS_SOCKET_ERROR.rawValue { throw .transient("connection refused or host unreachable") }
             throw .transient(describe(status: opened))
@@ -88,6 +114,11 @@ final class AMQPConnection: @unchecked Sendable {
         amqp_set_rpc_timeout(state, &limit)
 
         let login = spout_amqp_login_plain(state, url.vhost, frameMax, heartbeatSeconds, url.user, url.password)
+        // TLS 1.3: a server that wants a client certificate says so after the handshake, at the first read.
+        if secure != nil, login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION,
+           let problem = tlsProblem(status: login.library_error, verifyError: 0, url: url, tls: secure, handshaking: false) {
+            throw problem
+        }
         if var failure = failure(of: login, step: "login") {
             switch failure.code {
             case 403:
@@ -132,6 +163,37 @@ final class AMQPConnection: @unchecked Sendable {
 
         keep = true
         return AMQPConnection(state: state, descriptor: amqp_get_sockfd(state), heartbeat: Int(amqp_get_heartbeat(state)))
+    }
+
+    /// A TLS failure in plain words with the option that fixes it (nil: not a TLS problem).
+    private static func tlsProblem(status: Int32, verifyError: CLong, url: AMQPURL, tls: SinkTLS?, handshaking: Bool = true) -> Failure? {
+        let prefix = (handshaking ? "TLS handshake with " : "TLS connection to ") + "\(url.address) failed: "
+        func problem(_ text: String) -> Failure {
+            Failure(permanent: false, reason: prefix + text, certificateProblem: true)
+        }
+        if verifyError != 0 { return problem(TLSClient.verificationProblem(Int32(verifyError))) }
+        var text: UnsafePointer<CChar>?
+        let kind = spout_amqp_tls_failure(&text)
+        switch kind {
+        case 1: return problem("the server requires a client certificate: give one with --sink-cert-file and --sink-key-file")
+        case 2: return problem("the server refused the handshake (it may require a client certificate: --sink-cert-file and --sink-key-file)")
+        case 3: return problem("the server refused spout's client certificate\(text.map { " (\(String(cString: $0)))" } ?? ""): give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file")
+        case 4: return problem("the server does not speak TLS on this port: give its AMQPS port (5671), or amqp:// if it has no TLS")
+        default:
+            guard handshaking else {
+                // The server closed the connection right after the handshake, before answering
+                // the protocol header: a TLS 1.3 server refusing the client certificate (its alert
+                // is lost when the connection is reset first).
+                guard [AMQP_STATUS_SSL_ERROR, AMQP_STATUS_CONNECTION_CLOSED, AMQP_STATUS_SOCKET_ERROR].map(\.rawValue).contains(status) else { return nil }
+                return problem("the server closed the connection after the handshake: "
+                    + (tls?.certFile == nil ? "it requires a client certificate: give one with --sink-cert-file and --sink-key-file"
+                        : "it refused spout's client certificate: give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file"))
+            }
+            if status == AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue || status == AMQP_STATUS_SSL_ERROR.rawValue {
+                return Failure(permanent: false, reason: prefix + (text.map { String(cString: $0) } ?? describe(status: status)))
+            }
+            return nil
+        }
     }
 
     /// Reads the reply of a synchronous step; nil when it succeeded.

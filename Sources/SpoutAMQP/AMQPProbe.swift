@@ -11,11 +11,12 @@ public enum AMQPProbe {
         let exchange = options.amqpExchange
         let connection: AMQPConnection
         do throws(AMQPConnection.Failure) {
-            connection = try AMQPConnection.open(url, exchange: exchange, declare: false, timeout: AMQPAdapter.connectTimeout)
+            connection = try AMQPConnection.open(url, tls: options.tls, exchange: exchange, declare: false, timeout: AMQPAdapter.connectTimeout)
         } catch {
             // The exchange step comes after the login: a 404 or a refusal naming the exchange means logged in.
             guard error.code == 404 || (error.code == 403 && error.reason.contains("exchange \"")) else {
-                let fix = error.permanent ? "fix the user, password or vhost in --sink (the error says which)"
+                let fix = error.certificateProblem ? "see the reason: --sink-ca-file, --sink-cert-file and --sink-key-file, or the host name in --sink"
+                    : error.permanent ? "fix the user, password or vhost in --sink (the error says which)"
                     : "check the host and port in --sink and that RabbitMQ is running and reachable from here"
                 return [.fail("sink", "cannot log in to the AMQP broker at \(url.described): \(error.reason)", fix: fix),
                         .skip("sink_write", because: "the AMQP broker is not reachable")]

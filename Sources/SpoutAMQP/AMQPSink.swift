@@ -31,7 +31,8 @@ public final class AMQPSink: DeliveryEngine {
 
     /// Checks the URL and options without connecting (`--check-config`).
     public static func validate(url: String, options: SinkOptions) throws(SpoutError) {
-        _ = try AMQPURL(parsing: url)
+        // amqps://: the CA, certificate and key files are read now, so a wrong one names its option.
+        if try AMQPURL(parsing: url).tls { _ = try TLSClient(options.tls) }
         try AMQPAdapter.checkExchange(options.amqpExchange)
     }
 
@@ -78,10 +79,11 @@ final class AMQPAdapter: DeliveryAdapter {
     init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
         self.url = try AMQPURL(parsing: url)
         try Self.checkExchange(options.amqpExchange)
+        if self.url.tls { _ = try TLSClient(options.tls) } // issue 15: the files, checked now
         exchange = options.amqpExchange
         declare = options.amqpDeclare
         self.log = log
-        worker = AMQPConnectWorker(url: self.url, exchange: exchange, declare: declare, timeout: Self.connectTimeout)
+        worker = AMQPConnectWorker(url: self.url, tls: options.tls, exchange: exchange, declare: declare, timeout: Self.connectTimeout)
         message.setExchange(exchange)
         message.cloudEvents = options.cloudEvents
         tags = AMQPDeliveryTags(capacity: min(max(options.maxInFlightEvents, 16), 65_536))
@@ -117,6 +119,8 @@ final class AMQPAdapter: DeliveryAdapter {
 
     /// A permanent refusal seen while starting.
     private var startupFailure: SinkError?
+    /// Whether a connection was ever made: until then a certificate problem stops spout (issue 15).
+    private var everConnected = false
 
     func advance(_ engine: DeliveryEngine) throws(SinkError) {
         collectConnectResults(engine)
@@ -147,6 +151,7 @@ final class AMQPAdapter: DeliveryAdapter {
         switch result {
         case let .success(new):
             connection = new
+            everConnected = true
             generation += 1
             tags.reset()
             returned.removeAll()
@@ -156,8 +161,8 @@ final class AMQPAdapter: DeliveryAdapter {
             log.debug("connected to the AMQP broker at \(url.described) (heartbeat \(new.heartbeat) s); publishing \(engine.queue.unfinishedCount) unconfirmed events")
             engine.reachable()
         case let .failure(failure):
-            if failure.permanent {
-                let error = SinkError(.permanent, "AMQP broker at \(url.address): \(failure.reason)")
+            if failure.permanent || (failure.certificateProblem && !everConnected) {
+                let error = SinkError(.permanent, failure.certificateProblem ? failure.reason : "AMQP broker at \(url.address): \(failure.reason)")
                 startupFailure = error
                 engine.stop(error)
             } else {
@@ -202,7 +207,9 @@ final class AMQPAdapter: DeliveryAdapter {
             }
             // The frames' size, near enough; the first event goes out whatever its size (the
             // socket is writable), so one larger than the socket's buffer is not held back.
-            let size = (engine.size(ticket) ?? event.payload.count) + 256
+            var size = (engine.size(ticket) ?? event.payload.count) + 256
+            // amqps://: each frame is a TLS record of its own (and a body one per 16 KiB), up to 29 bytes more each.
+            if url.tls { size += 29 * (3 + event.payload.count / 16_384) }
             if size > space, events > 0 {
                 socketFull = true
                 break
@@ -332,6 +339,7 @@ final class AMQPConnectWorker: Sendable {
     }
 
     private let url: AMQPURL
+    private let tls: SinkTLS
     private let exchange: String
     private let declare: Bool
     private let timeout: Duration
@@ -339,8 +347,9 @@ final class AMQPConnectWorker: Sendable {
     private let state = Mutex(State())
     private let arrived = DispatchSemaphore(value: 0)
 
-    init(url: AMQPURL, exchange: String, declare: Bool, timeout: Duration) {
+    init(url: AMQPURL, tls: SinkTLS, exchange: String, declare: Bool, timeout: Duration) {
         self.url = url
+        self.tls = tls
         self.exchange = exchange
         self.declare = declare
         self.timeout = timeout
@@ -352,7 +361,7 @@ final class AMQPConnectWorker: Sendable {
         queue.async { [self] in
             let result: Result<AMQPConnection, AMQPConnection.Failure>
             do throws(AMQPConnection.Failure) {
-                result = .success(try AMQPConnection.open(url, exchange: exchange, declare: declare, timeout: timeout))
+                result = .success(try AMQPConnection.open(url, tls: tls, exchange: exchange, declare: declare, timeout: timeout))
             } catch {
                 result = .failure(error)
             }

@@ -159,10 +159,49 @@ final class KafkaAdapter: DeliveryAdapter {
         case RD_KAFKA_RESP_ERR__AUTHENTICATION:
             return SinkError(.permanent, "Kafka authentication failed: \(error.reason); check the sasl.* and ssl.* properties")
         default:
-            let reason = "\(error.reason) (\(KafkaProducerHandle.name(error.code)))"
+            var reason = "\(error.reason) (\(KafkaProducerHandle.name(error.code)))"
+            // issue 15: a TLS failure at the first connection is a configuration problem: stop
+            // at start with it; later (a broker back with a bad certificate) it is an outage.
+            if let fix = Self.tlsFix(error) {
+                reason += "; " + fix
+                if !producer.reachedBrokers {
+                    return SinkError(.permanent, "kafka: cannot connect to the brokers over TLS: \(reason)")
+                }
+            }
             engine.unavailable(reason, warning: Self.warning(reason))
             return nil
         }
+    }
+
+    /// What fixes a TLS failure librdkafka reports (`_SSL`, or a handshake cut short), in
+    /// spout's option names; nil for other errors.
+    static func tlsFix(_ error: KafkaProducerHandle.ClientError) -> String? {
+        let text = error.reason.lowercased()
+        guard error.code == RD_KAFKA_RESP_ERR__SSL || text.contains("ssl handshake failed") || text.contains("in state ssl_handshake") else { return nil }
+        if text.contains("plaintext") || text.contains("wrong version number") || text.contains("packet length too long") {
+            return "the broker does not speak TLS on this port: check the port in --sink, or the broker's listeners and --kafka-property security.protocol"
+        }
+        if !text.contains("ssl handshake failed"), text.contains("disconnected") {
+            // librdkafka's first word on it, before "connecting to a PLAINTEXT broker listener?".
+            return "the broker closed the connection during the TLS handshake: it does not speak TLS on this port (check the port in --sink "
+                + "and --kafka-property security.protocol), or it requires a client certificate (--sink-cert-file, --sink-key-file)"
+        }
+        if text.contains("certificate has expired") || text.contains("certificate is not yet valid") {
+            return "the broker's TLS certificate has expired (or is not valid yet): renew it on the broker"
+        }
+        if text.contains("hostname mismatch") || text.contains("ip address mismatch") {
+            return "the broker's TLS certificate is not valid for the name spout connects to: connect by a name the certificate lists "
+                + "(in --sink and the brokers' advertised listeners)"
+        }
+        if text.contains("certificate verify failed") || text.contains("could not be verified") || text.contains("unknown ca")
+            && !text.contains("alert") {
+            return "the broker's TLS certificate is not signed by a CA spout trusts: give that CA with --sink-ca-file"
+        }
+        if text.contains("certificate required") || text.contains("alert") {
+            return "the broker refused the TLS handshake (it may require a client certificate, or refuse ours): "
+                + "give one signed by the CA the broker trusts with --sink-cert-file and --sink-key-file"
+        }
+        return "check --sink-ca-file, --sink-cert-file/--sink-key-file and the ssl.* properties (--kafka-property)"
     }
 
     /// A retriable error came back (or the message timeout ran out): stop producing, take back

@@ -7,7 +7,7 @@ import CRdKafka
 public enum KafkaProbe {
     public static func check(url: String, options: SinkOptions, topic: TopicTemplate, timeoutMilliseconds: Int32 = 5_000) throws(SpoutError) -> [CheckResult] {
         let brokers = try KafkaSink.bootstrapServers(url)
-        let properties = try KafkaSink.properties(bootstrap: brokers, user: options.kafkaProperties)
+        let properties = try KafkaSink.properties(bootstrap: brokers, user: options.kafkaProperties, tls: options.tls)
         guard let conf = rd_kafka_conf_new() else { return [.fail("sink", "librdkafka cannot allocate a configuration", fix: nil)] }
         var errorText = [CChar](repeating: 0, count: 512)
         func text(_ buffer: [CChar]) -> String { String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
@@ -17,6 +17,15 @@ public enum KafkaProbe {
         }
         // librdkafka's own lines (connection refused, retries) would go to stderr: the checklist says it.
         rd_kafka_conf_set_log_cb(conf) { _, _, _, _ in }
+        // issue 15: the errors librdkafka raised, served by rd_kafka_poll below: a TLS failure gets its fix.
+        let errors = Unmanaged.passRetained(ProbeErrors())
+        defer { errors.release() }
+        rd_kafka_conf_set_opaque(conf, errors.toOpaque())
+        rd_kafka_conf_set_error_cb(conf) { _, code, reason, opaque in
+            guard let opaque else { return }
+            Unmanaged<ProbeErrors>.fromOpaque(opaque).takeUnretainedValue().errors
+                .append(KafkaProducerHandle.ClientError(code: rd_kafka_resp_err_t(rawValue: code), reason: reason.map { String(cString: $0) } ?? ""))
+        }
         guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errorText, errorText.count) else {
             rd_kafka_conf_destroy(conf)
             var reason = text(errorText)
@@ -30,6 +39,16 @@ public enum KafkaProbe {
         let code = rd_kafka_metadata(handle, 0, named, &metadata, Int32(timeoutMilliseconds))
         defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
         guard code == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            func tlsFailure() -> (KafkaProducerHandle.ClientError, String)? {
+                errors.takeUnretainedValue().errors.lazy.compactMap { error in KafkaAdapter.tlsFix(error).map { (error, $0) } }.first
+            }
+            rd_kafka_poll(handle, 0)
+            // A connection that failed fast: librdkafka may report why a moment later.
+            for _ in 0..<10 where code == RD_KAFKA_RESP_ERR__TRANSPORT && tlsFailure() == nil { rd_kafka_poll(handle, 100) }
+            if let tls = tlsFailure() {
+                return [.fail("sink", "Kafka at \(brokers): cannot connect over TLS: \(tls.0.reason)", fix: tls.1),
+                        .skip("sink_write", because: "Kafka is not reachable")]
+            }
             return [.fail("sink", "Kafka at \(brokers) did not answer a metadata request within \(timeoutMilliseconds / 1000) s: \(KafkaProducerHandle.describe(code))",
                           fix: "check the brokers in --sink, that they run and are reachable from here, and the security properties (--kafka-property)"),
                     .skip("sink_write", because: "Kafka is not reachable")]
@@ -54,4 +73,9 @@ public enum KafkaProbe {
                                      fix: "create the topic (kafka-topics --create --topic \(name)), or enable auto.create.topics.enable on the brokers")]
         }
     }
+}
+
+/// The errors librdkafka reported while the probe waited (served on the probe's thread).
+private final class ProbeErrors {
+    var errors: [KafkaProducerHandle.ClientError] = []
 }

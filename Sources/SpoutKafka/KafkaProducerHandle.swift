@@ -211,6 +211,13 @@ final class KafkaProducerHandle {
     }
 
     /// The reason for a fatal error (the idempotent producer lost its guarantees), if one was raised.
+    /// Whether a broker ever answered a metadata request (non-blocking: librdkafka's cached
+    /// controller id): a TLS failure before that is a configuration problem, after it an outage.
+    var reachedBrokers: Bool {
+        guard let handle else { return false }
+        return rd_kafka_controllerid(handle, 0) != -1
+    }
+
     var fatalError: String? {
         guard let handle else { return nil }
         var buffer = [CChar](repeating: 0, count: 512)

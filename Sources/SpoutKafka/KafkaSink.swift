@@ -12,7 +12,8 @@ import CRdKafka
 public final class KafkaSink: DeliveryEngine {
     public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
         let brokers = try Self.bootstrapServers(url)
-        let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties)
+        let properties = try Self.properties(bootstrap: brokers, user: options.kafkaProperties, tls: options.tls)
+        if let warning = Self.plaintextTLSWarning(user: options.kafkaProperties, tls: options.tls) { log.warning(warning) }
         let producer = try KafkaProducerHandle(properties: properties, cloudEvents: options.cloudEvents, log: log)
         let adapter = KafkaAdapter(producer: producer, messageTimeout: try Self.messageTimeout(options.kafkaProperties), log: log)
         // Producing again after a retriable error: 100 ms doubling to 10 s.
@@ -51,7 +52,8 @@ public final class KafkaSink: DeliveryEngine {
 
     /// spout's defaults, then the user's properties verbatim (so any default can be overridden),
     /// except the message timeout, which stays 0 for librdkafka (see `messageTimeout(_:)`).
-    package static func properties(bootstrap: String, user: [(name: String, value: String)]) throws(SpoutError) -> [(name: String, value: String)] {
+    package static func properties(bootstrap: String, user: [(name: String, value: String)],
+                                   tls: SinkTLS = SinkTLS()) throws(SpoutError) -> [(name: String, value: String)] {
         for (name, value) in user {
             switch name {
             case "delivery.report.only.error" where value.lowercased() == "true":
@@ -89,6 +91,7 @@ public final class KafkaSink: DeliveryEngine {
             // 4 ms sooner.
             ("linger.ms", "1"),
         ]
+        properties.append(contentsOf: tlsProperties(user: user, tls: tls))
         properties.append(contentsOf: user.filter { !messageTimeoutNames.contains($0.name) })
         // Without idempotence, retries reorder unless one request is in flight at a time.
         let idempotent = user.last { $0.name == "enable.idempotence" }.map { $0.value.lowercased() != "false" } ?? true
@@ -96,6 +99,39 @@ public final class KafkaSink: DeliveryEngine {
             properties.append(("max.in.flight.requests.per.connection", "1"))
         }
         return properties
+    }
+
+    // issue 15: Kafka over TLS
+    /// The user's `security.protocol` (librdkafka's default: plaintext), lowercased.
+    static func securityProtocol(_ user: [(name: String, value: String)]) -> String {
+        user.last { $0.name == "security.protocol" }?.value.trimmingCharacters(in: .whitespaces).lowercased() ?? "plaintext"
+    }
+
+    static func usesTLS(_ user: [(name: String, value: String)]) -> Bool {
+        ["ssl", "sasl_ssl"].contains(securityProtocol(user))
+    }
+
+    /// The common TLS options in librdkafka's names, for `security.protocol` ssl or sasl_ssl;
+    /// they come before the user's properties, so an explicit --kafka-property wins. Host name
+    /// verification is librdkafka's default since 2.0 (`ssl.endpoint.identification.algorithm=https`).
+    package static func tlsProperties(user: [(name: String, value: String)], tls: SinkTLS) -> [(name: String, value: String)] {
+        guard usesTLS(user) else { return [] }
+        var properties: [(name: String, value: String)] = []
+        if let ca = tls.caFile { properties.append(("ssl.ca.location", ca)) }
+        if let certificate = tls.certFile { properties.append(("ssl.certificate.location", certificate)) }
+        if let key = tls.keyFile { properties.append(("ssl.key.location", key)) }
+        if tls.insecureSkipVerify {
+            properties.append(("enable.ssl.certificate.verification", "false"))
+            properties.append(("ssl.endpoint.identification.algorithm", "none"))
+        }
+        return properties
+    }
+
+    /// TLS options given to a sink that talks plain text: they would do nothing, silently.
+    package static func plaintextTLSWarning(user: [(name: String, value: String)], tls: SinkTLS) -> String? {
+        guard tls.isCustomized, !usesTLS(user) else { return nil }
+        return "kafka: --sink-ca-file, --sink-cert-file, --sink-key-file and --sink-insecure-skip-verify apply only over TLS, "
+            + "and this sink uses security.protocol=\(securityProtocol(user)): add --kafka-property security.protocol=ssl (or sasl_ssl)"
     }
 
     /// The user's `message.timeout.ms` (or its alias `delivery.timeout.ms`; the last one wins,

@@ -52,15 +52,19 @@ final class NATSConnection: @unchecked Sendable {
     /// Messages done with, destroyed together: libnats frees each on its collector thread and
     /// wakes that thread when it sleeps, so one by one costs a thread wakeup per message.
     private var spent: [OpaquePointer] = []
+    /// TLS: libnats waits inside SSL_read/SSL_write for a socket that is not ready, so the
+    /// relay reads and writes only when the socket is (issue 15).
+    private let secure: Bool
 
     init(endpoint: NATSEndpoint, maxPendingAcks: Int, loop: NATSEventLoop) throws(NATSFailure) {
         events = NATSConnectionEvents(loop: loop)
         closure = NATSCallbackRegistry.register(events)
+        secure = endpoint.secure
         do {
             try open(endpoint: endpoint, maxPendingAcks: maxPendingAcks)
         } catch {
             close()
-            throw error
+            throw NATSTLS.explained(error, endpoint)
         }
     }
 
@@ -89,6 +93,7 @@ final class NATSConnection: @unchecked Sendable {
             // An idle connection to a vanished server is noticed within about 15 s.
             try check(natsOptions_SetPingInterval(options, 5_000))
             try check(natsOptions_SetMaxPingsOut(options, 2))
+            try NATSTLS.configure(options, endpoint) // issue 15: TLS
         } catch {
             natsOptions_Destroy(options)
             throw error
@@ -114,6 +119,9 @@ final class NATSConnection: @unchecked Sendable {
         // With an external loop, "as soon as possible" only asks the loop for a write event;
         // `flush` writes. (Otherwise libnats waits for a flusher thread it does not start.)
         try check(natsOptions_SetSendAsap(publisherOptions, true))
+        // TLS: SSL_write finishes a started record even when the socket fills; a server that
+        // stopped reading must not hold the relay thread longer than this.
+        if endpoint.secure { try check(natsOptions_SetWriteDeadline(publisherOptions, Self.connectTimeoutMilliseconds)) }
         try check(natsOptions_SetClosedCB(publisherOptions, NATSCallbacks.closed, closure))
         try check(natsOptions_SetErrorHandler(publisherOptions, NATSCallbacks.error, closure))
         try check(natsConnection_Connect(&publisher, publisherOptions))
@@ -178,6 +186,7 @@ final class NATSConnection: @unchecked Sendable {
         unflushedBytes = 0
         destroySpent()
         guard let publisher, !detached, events.loop.wantsWrite else { return }
+        if secure, !NATSTLS.ready(events.loop.socket, Int16(POLLOUT)) { return }
         natsConnection_ProcessWriteEvent(publisher)
     }
 
@@ -194,7 +203,7 @@ final class NATSConnection: @unchecked Sendable {
         guard let publisher, let ackSubscription else { return NATSFailure(status: NATS_CONNECTION_CLOSED) }
         flush()
         for _ in 0..<8 {
-            natsConnection_ProcessReadEvent(publisher)
+            if !secure || NATSTLS.ready(events.loop.socket, Int16(POLLIN)) { natsConnection_ProcessReadEvent(publisher) }
             var taken = 0
             while true {
                 var message: OpaquePointer?

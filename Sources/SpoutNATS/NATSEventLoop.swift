@@ -30,6 +30,9 @@ final class NATSEventLoop: Sendable {
     /// `ProcessWriteEvent` must not be called otherwise: an empty write counts as a lost connection.
     var wantsWrite: Bool { registration.withLock { $0.socket >= 0 && $0.writing } }
 
+    /// The watched socket (-1: none).
+    var socket: Int32 { registration.withLock { $0.socket } }
+
     func attach(socket: Int32, owner: Int) -> natsStatus {
         registration.withLock { state in
             // A descriptor that is not open cannot be watched: libnats fails the connect.

@@ -8,6 +8,8 @@ struct NATSFailure: Error, Sendable, CustomStringConvertible {
     /// A JetStream API error code (`jsErrCode`), 0 when there is none.
     var errorCode: Int
     var text: String
+    /// A TLS certificate problem (issue 15): stops spout at start, retried later.
+    var certificateProblem = false
 
     init(status: natsStatus, errorCode: Int = 0, text: String? = nil) {
         self.status = status

@@ -53,7 +53,7 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
     private var serverError: String?
 
     init(url: String, options: SinkOptions, log: Log) throws(SpoutError) {
-        endpoint = try NATSEndpoint(url)
+        endpoint = try Self.endpoint(url, options: options)
         if let name = options.natsCreateStream {
             guard !name.isEmpty, !name.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F || ".*>/\\".utf8.contains($0) }) else {
                 throw .invalidOption("--nats-create-stream \"\(name)\" is not a JetStream stream name: use letters, digits, - and _ (no '.', '*', '>', '/', spaces)")
@@ -66,6 +66,15 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
         do { wakeup = try DeliveryWakeup() } catch { throw .sink(error) }
         loop = NATSEventLoop(wakeup: wakeup)
         worker = NATSAdminWorker(endpoint: endpoint, createStream: options.natsCreateStream, maxPendingAcks: publishWindow, loop: loop)
+    }
+
+    /// The endpoint with the TLS settings; for `tls://` the CA, certificate and key files are
+    /// read now (TLSClient), so a wrong file is a start error naming its option (issue 15).
+    static func endpoint(_ url: String, options: SinkOptions) throws(SpoutError) -> NATSEndpoint {
+        var endpoint = try NATSEndpoint(url)
+        endpoint.tls = options.tls
+        if endpoint.secure { _ = try TLSClient(options.tls) }
+        return endpoint
     }
 
     func start(_ engine: DeliveryEngine) throws(SpoutError) {
@@ -82,6 +91,8 @@ final class NATSJetStreamAdapter: DeliveryAdapter {
             case NATS_NO_RESPONDERS:
                 throw .sink(SinkError(.permanent, "JetStream is not enabled on the NATS server at \(endpoint.redacted): start nats-server with -js (or a jetstream block in its configuration)"))
             default:
+                // A certificate problem at the first connection stops spout; later it is an outage (issue 15).
+                if error.certificateProblem { throw .sink(SinkError(.permanent, error.description)) }
                 guard error.isConnectivityProblem else {
                     throw .sink(SinkError(.permanent, "cannot use NATS at \(endpoint.redacted): \(error)"))
                 }

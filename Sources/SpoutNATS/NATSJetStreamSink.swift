@@ -16,6 +16,11 @@ public final class NATSJetStreamSink: DeliveryEngine {
     /// `snapshot` or `backfill` on re-published rows; streamed events have none.
     public static let sourceHeader = "Spout-Source"
 
+    /// Checks the URL and, for `tls://`, the TLS files without connecting (`--check-config`).
+    public static func validate(url: String, options: SinkOptions) throws(SpoutError) {
+        _ = try NATSJetStreamAdapter.endpoint(url, options: options)
+    }
+
     public init(url: String, options: SinkOptions, log: Log, metrics: MetricsFactory = MetricsSystem.factory) throws(SpoutError) {
         let adapter = try NATSJetStreamAdapter(url: url, options: options, log: log)
         // Reconnecting after a lost connection: 100 ms doubling to 5 s.

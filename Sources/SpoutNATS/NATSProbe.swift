@@ -6,7 +6,7 @@ import CNats
 /// (or `--nats-create-stream`, which makes one). It looks only: nothing is created.
 public enum NATSProbe {
     public static func check(url: String, options: SinkOptions, topic: TopicTemplate) throws(SpoutError) -> [CheckResult] {
-        let endpoint = try NATSEndpoint(url)
+        let endpoint = try NATSJetStreamAdapter.endpoint(url, options: options)
         let wakeup: DeliveryWakeup
         do { wakeup = try DeliveryWakeup() } catch {
             return [.fail("sink", "cannot set up the NATS client: \(error)", fix: nil)]
@@ -17,8 +17,10 @@ public enum NATSProbe {
         } catch {
             let fix = error.status == NATS_CONNECTION_AUTH_FAILED
                 ? "fix the user and password or token in --sink"
+                : error.certificateProblem ? "see the reason: --sink-ca-file, --sink-cert-file and --sink-key-file, or the URL in --sink"
                 : "check the servers in --sink and that nats-server is running and reachable from here"
-            return [.fail("sink", "cannot connect to NATS at \(endpoint.redacted): \(error)", fix: fix),
+            let reason = error.certificateProblem ? error.description : "cannot connect to NATS at \(endpoint.redacted): \(error)"
+            return [.fail("sink", reason, fix: fix),
                     .skip("sink_jetstream", because: "NATS is not reachable"), .skip("sink_write", because: "NATS is not reachable")]
         }
         defer { connection.close() }

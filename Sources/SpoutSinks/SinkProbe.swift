@@ -16,9 +16,9 @@ extension SinkRegistry {
         switch url[..<schemeEnd.lowerBound].lowercased() {
         case "kafka": return try KafkaProbe.check(url: url, options: options, topic: topic)
         case "redis", "rediss": return try RedisProbe.check(url: url, options: options, topic: topic)
-        case "nats": return try NATSProbe.check(url: url, options: options, topic: topic)
+        case "nats", "tls", "nats+tls": return try NATSProbe.check(url: url, options: options, topic: topic)
         case "amqp", "amqps": return try AMQPProbe.check(url: url, options: options)
-        case "stomp", "stomp+ssl": return try STOMPProbe.check(url: url, options: options)
+        case "stomp", "stomp+ssl", "stomp+tls", "stomps": return try STOMPProbe.check(url: url, options: options)
         case "http", "https": return try HTTPProbe.check(url: url, options: options) // issue 14: HTTP
         default: return [.pass("sink", "stdout:// (always writable)")]
         }

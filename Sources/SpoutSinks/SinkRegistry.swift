@@ -25,11 +25,11 @@ public enum SinkRegistry {
             return try KafkaSink(url: url, options: options, log: log)
         case "redis", "rediss":
             return try RedisStreamSink(url: url, options: options, log: log)
-        case "nats":
+        case "nats", "tls", "nats+tls": // issue 15: tls:// is NATS over TLS
             return try NATSJetStreamSink(url: url, options: options, log: log)
         case "amqp", "amqps":
             return try AMQPSink(url: url, options: options, log: log)
-        case "stomp", "stomp+ssl":
+        case "stomp", "stomp+ssl", "stomp+tls", "stomps":
             return try STOMPSink(url: url, options: options, log: log)
         case "http", "https": // issue 14: HTTP
             return try HTTPSink(url: url, options: options, log: log)
@@ -48,9 +48,9 @@ public enum SinkRegistry {
             _ = try KafkaSink.properties(bootstrap: try KafkaSink.bootstrapServers(url), user: properties)
             _ = try KafkaSink.messageTimeout(properties)
         case "redis", "rediss": try RedisStreamSink.validate(url: url, options: options)
-        case "nats": _ = try NATSEndpoint(url)
+        case "nats", "tls", "nats+tls": try NATSJetStreamSink.validate(url: url, options: options)
         case "amqp", "amqps": try AMQPSink.validate(url: url, options: options)
-        case "stomp", "stomp+ssl": try STOMPSink.validate(url: url, options: options)
+        case "stomp", "stomp+ssl", "stomp+tls", "stomps": try STOMPSink.validate(url: url, options: options)
         case "http", "https": try HTTPSink.validate(url: url, options: options) // issue 14: HTTP
         default: _ = try makeSink(url, options: options)
         }

@@ -98,7 +98,13 @@ struct Status: AsyncParsableCommand {
                     case (_, let value?): (name, .string(value))
                     }
                 }
-                print(Self.json(members, failover: failover))
+                // issue 15: whether this connection is encrypted (TLS)
+                let tls = connection.encryption
+                let encryption: [(name: String, value: JSONWriter.Value)] = [
+                    ("encrypted", .bool(tls != nil)),
+                    ("tls_protocol", tls.map { .string($0.protocol) } ?? .null), ("tls_cipher", tls.map { .string($0.cipher) } ?? .null),
+                ]
+                print(Self.json(members + encryption, failover: failover))
             } else {
                 for (name, value) in zip(fields, row) {
                     var text = value ?? "-"
@@ -107,6 +113,7 @@ struct Status: AsyncParsableCommand {
                     print(Self.line(name, text))
                 }
                 Self.printText(failover)
+                print(Self.line("connection", connection.encryptionDescription)) // issue 15: TLS
             }
         }
     }

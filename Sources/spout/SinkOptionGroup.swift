@@ -6,7 +6,7 @@ import SpoutSinks
 /// The sink URL and the broker settings that go with it.
 struct SinkOptionGroup: ParsableArguments {
     @Option(name: .customLong("sink"), help: ArgumentHelp(
-        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222, amqp://user:password@host:5672/vhost, stomp://user:password@host:61613[/vhost], http://host:8080/path (default: stdout://); "
+        "Sink URL: stdout://, kafka://host:9092[,host:9092], redis://[:password@]host:6379[/db], nats://host:4222 (tls://host:4222 over TLS), amqp://user:password@host:5672/vhost (amqps://…:5671 over TLS), stomp://user:password@host:61613[/vhost], http://host:8080/path (default: stdout://); "
             + "NAME=URL, repeatable, for several sinks chosen per event by --route. [SPOUT_SINK: items separated by newlines or spaces]",
         valueName: "[name=]url"))
     var sinkFlags: [String] = []

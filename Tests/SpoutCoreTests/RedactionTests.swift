@@ -32,6 +32,8 @@ final class RedactionTests: XCTestCase {
             ("host=h password = '\(secret) \\' x' dbname=d", "host=h password = *** dbname=d"),
             ("host=h password='\(secret)", "host=h password=***"),
             ("host=h sslpassword=\(secret)", "host=h sslpassword=***"),
+            // issue 15: the client key's passphrase in a URL with the other ssl parameters
+            ("postgresql://x@h/db?sslmode=verify-full&sslpassword=\(secret)&sslkey=/k", "postgresql://x@h/db?sslmode=verify-full&sslpassword=***&sslkey=/k"),
             ("postgresql://h:5432/db?application_name=a@b", "postgresql://h:5432/db?application_name=a@b"),
         ]
         for (text, expected) in cases {

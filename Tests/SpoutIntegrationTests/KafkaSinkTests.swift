@@ -379,6 +379,31 @@ final class KafkaSinkTests: XCTestCase {
         assertPerKeyOrder(consumer.idsByKey, expected: writer.idsByKey)
     }
 
+    // issue 15: Kafka over TLS
+    /// librdkafka's mock cluster has plaintext listeners only, so no live TLS test: a sink set
+    /// up for ssl against it must stop at start (not wait forever) with an error that names the
+    /// broker and says it does not speak TLS.
+    func testTLSAgainstAPlaintextBrokerStopsAtStart() throws {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        try cluster.command("create-topic outbox.event.order 1 1")
+        let outbox = try OutboxFixture("kafka_tls")
+        defer { outbox.tearDown() }
+        let certificates = try TestCertificates.shared()
+        let spout = try SpoutProcess(["run", "--sink", cluster.sinkURL, "--kafka-property", "security.protocol=ssl",
+                                      "--sink-ca-file", certificates.ca, "--shutdown-timeout", "3"] + outbox.arguments)
+        let error = spout.waitForFailure(timeout: 60)
+        XCTAssertTrue(error.contains(cluster.bootstrap), spout.stderr)
+        XCTAssertTrue(error.contains("over TLS"), spout.stderr)
+        XCTAssertTrue(error.contains("does not speak TLS"), spout.stderr)
+
+        // spout check says the same, as the sink line's fix.
+        let check = try SpoutProcess.run(["check", "--sink", cluster.sinkURL, "--kafka-property", "security.protocol=ssl",
+                                          "--sink-ca-file", certificates.ca] + outbox.arguments)
+        XCTAssertEqual(check.status, 1, check.stdout + check.stderr)
+        XCTAssertTrue(check.stdout.contains("cannot connect over TLS"), check.stdout)
+        XCTAssertTrue(check.stdout.contains("does not speak TLS"), check.stdout)
+    }
+
     /// Unknown or invalid properties stop spout before it connects anywhere, naming the
     /// property; a secret's value never shows up.
     func testInvalidPropertiesAreRejectedByName() throws {

@@ -43,6 +43,16 @@ final class NATSServer {
 
     var url: String { "nats://127.0.0.1:\(port)" }
 
+    /// The same server as a `tls://` URL (for a server started with `tlsArguments`).
+    var tlsURL: String { "tls://127.0.0.1:\(port)" }
+
+    /// nats-server's TLS flags (issue 15): `certificate` (server, or wronghost for "wrong
+    /// host") and, with `verifyClients`, client certificates signed by the test CA required.
+    static func tlsArguments(_ certificates: TestCertificates, certificate: String = "server", verifyClients: Bool = false) -> [String] {
+        ["--tls", "--tlscert", certificates.path("\(certificate).crt"), "--tlskey", certificates.path("\(certificate).key")]
+            + (verifyClients ? ["--tlsverify", "--tlscacert", certificates.ca] : [])
+    }
+
     var log: String { (try? String(contentsOf: directory.appendingPathComponent("server.log"), encoding: .utf8)) ?? "" }
 
     /// Starts the server and waits until it accepts connections.
@@ -148,6 +158,19 @@ final class JetStreamTestClient {
 
     init(_ url: String) throws {
         try check(natsConnection_ConnectTo(&connection, url), "connect to \(url)")
+        try check(natsConnection_JetStream(&jetStream, connection, nil), "JetStream context")
+    }
+
+    /// Over TLS, trusting the test CA and presenting the test client certificate.
+    init(_ url: String, tls certificates: TestCertificates) throws {
+        var options: OpaquePointer?
+        try check(natsOptions_Create(&options), "options")
+        defer { natsOptions_Destroy(options) }
+        try check(natsOptions_SetURL(options, url), "URL")
+        try check(natsOptions_SetSecure(options, true), "TLS")
+        try check(natsOptions_LoadCATrustedCertificates(options, certificates.ca), "CA")
+        try check(natsOptions_LoadCertificatesChain(options, certificates.client, certificates.clientKey), "client certificate")
+        try check(natsConnection_Connect(&connection, options), "connect to \(url)")
         try check(natsConnection_JetStream(&jetStream, connection, nil), "JetStream context")
     }
 

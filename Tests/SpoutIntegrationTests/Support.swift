@@ -316,7 +316,13 @@ final class PrivateServer: @unchecked Sendable {
     /// The settings the script wrote to .run/NAME.env (SPOUT_PG_DIR, SPOUT_PG_PORT, SPOUT_PG_BIN…).
     let environment: [String: String]
 
-    var url: String { environment["SPOUT_TEST_DATABASE_URL"] ?? "" }
+    /// The superuser URL; on a TLS server (`start(_:tls:)`) with `sslmode=verify-full` and the CA.
+    var url: String { (environment["SPOUT_TEST_DATABASE_URL"] ?? "") + tlsParameters }
+    /// `?sslmode=verify-full&sslrootcert=…/ca.crt` on a TLS server, else empty.
+    var tlsParameters: String {
+        guard let directory = environment["SPOUT_PG_TLS_DIR"], !directory.isEmpty else { return "" }
+        return "?sslmode=verify-full&sslrootcert=\(directory)/ca.crt"
+    }
     var port: String { environment["SPOUT_PG_PORT"] ?? "" }
     var portNumber: Int { Int(port) ?? 0 }
 
@@ -328,6 +334,24 @@ final class PrivateServer: @unchecked Sendable {
             try script("pg-start", [name, "logical", String(version)])
         }
         return try PrivateServer(name: name)
+    }
+
+    // issue 15: PostgreSQL over TLS
+    /// `SPOUT_PG_TLS_DIR=… scripts/pg-start NAME`: `ssl = on` with `certificates`' server
+    /// certificate, TCP over TLS only, the role spout logging in with the client certificate.
+    static func start(_ name: String, version: Int = TestServerVersion.major, tls certificates: TestCertificates) throws -> PrivateServer {
+        let command = ["SPOUT_PG_TLS_DIR=\(certificates.directory.path)", repository.appendingPathComponent("scripts/pg-start").path,
+                       name, "logical", String(version)]
+        do { try run(["/usr/bin/env"] + command) } catch {
+            _ = try? script("pg-stop", [name])
+            try run(["/usr/bin/env"] + command)
+        }
+        return try PrivateServer(name: name)
+    }
+
+    /// The superuser over the Unix socket (trust, no TLS), whatever the server's certificate.
+    func socketConnection() throws -> PostgresConnection {
+        try PostgresConnection("host=\(try XCTUnwrap(environment["SPOUT_PG_DIR"])) port=\(port) user=postgres dbname=postgres")
     }
 
     /// `scripts/pg-standby PRIMARY NAME`: a physical standby set up for slot synchronization.

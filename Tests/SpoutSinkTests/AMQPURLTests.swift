@@ -31,12 +31,19 @@ final class AMQPURLTests: XCTestCase {
         XCTAssertEqual(try AMQPURL(parsing: "amqp://u:p@h/").vhost, "/", "an empty path: the default vhost")
         XCTAssertEqual(try AMQPURL(parsing: "amqp://u:p@h/%2F").vhost, "/")
         XCTAssertEqual(try AMQPURL(parsing: "amqp://u:p@h/staging").vhost, "staging")
+        // issue 15: TLS
+        let secure = try AMQPURL(parsing: "amqps://u:p@rabbit.local/")
+        XCTAssertTrue(secure.tls)
+        XCTAssertEqual(secure.port, 5671, "AMQPS' default port")
+        XCTAssertFalse(defaults.tls)
+        XCTAssertEqual(try AMQPURL(parsing: "amqps://u:p@h:5999").port, 5999)
         XCTAssertEqual(try AMQPURL(parsing: "amqp://u:@[::1]:5672").address, "[::1]:5672", "an empty password is the broker's to refuse")
     }
 
     func testRefusals() {
-        XCTAssertTrue(refusal("amqps://u:secret@h").contains("TLS (amqps://) is not supported yet"))
-        XCTAssertFalse(refusal("amqps://u:secret@h").contains("secret"), "no password in the message")
+        XCTAssertTrue(refusal("amqps://u:secret@h?x=1").contains("query parameters are not supported"))
+        XCTAssertFalse(refusal("amqps://u:secret@h?x=1").contains("secret"), "no password in the message")
+        XCTAssertTrue(refusal("http://u:p@h").contains("not an amqp:// or amqps:// URL"))
         XCTAssertTrue(refusal("amqp://user@h").contains("the user has no password"))
         XCTAssertTrue(refusal("amqp://:pw@h").contains("the user name is empty"))
         XCTAssertTrue(refusal("amqp://u:p@a,b").contains("name one broker"))

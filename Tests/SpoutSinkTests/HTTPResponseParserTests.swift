@@ -78,8 +78,15 @@ final class HTTPResponseParserTests: XCTestCase {
         XCTAssertEqual(endpoint.hostHeader, "example.com:8080")
         XCTAssertEqual(endpoint.authorization, "Basic " + Data("user:pa:ss".utf8).base64EncodedString())
         XCTAssertEqual(try HTTPEndpoint(parsing: "http://localhost").target, "/")
-        XCTAssertThrowsError(try HTTPEndpoint(parsing: "https://example.com/")) { error in
-            XCTAssertTrue("\(error)".contains("TLS is not supported yet (issue 15)"), "\(error)")
+        // issue 15: https:// is TLS, port 443 by default, Host without it.
+        let secure = try HTTPEndpoint(parsing: "https://example.com/in")
+        XCTAssertTrue(secure.tls)
+        XCTAssertEqual(secure.port, 443)
+        XCTAssertEqual(secure.hostHeader, "example.com")
+        XCTAssertEqual(secure.shown, "https://example.com:443/in")
+        XCTAssertFalse(try HTTPEndpoint(parsing: "http://example.com/").tls)
+        XCTAssertThrowsError(try HTTPEndpoint(parsing: "ftp://example.com/")) { error in
+            XCTAssertTrue("\(error)".contains("not an http:// or https:// URL"), "\(error)")
         }
     }
 

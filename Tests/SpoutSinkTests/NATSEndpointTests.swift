@@ -21,6 +21,17 @@ final class NATSEndpointTests: XCTestCase {
         XCTAssertEqual(token.redacted, "nats://***@h:4222")
     }
 
+    // issue 15: TLS
+    func testTLSSchemes() throws {
+        XCTAssertFalse(try NATSEndpoint("nats://h").secure)
+        let secure = try NATSEndpoint("tls://u:s3cret@h1,h2:4333")
+        XCTAssertTrue(secure.secure)
+        XCTAssertEqual(secure.servers, ["nats://h1:4222", "nats://h2:4333"], "libnats gets nats:// URLs and the secure option")
+        XCTAssertEqual(secure.hosts, ["h1", "h2"])
+        XCTAssertEqual(secure.redacted, "tls://u:***@h1:4222,h2:4333")
+        XCTAssertTrue(try NATSEndpoint("nats+tls://h").secure)
+    }
+
     func testBadURLsAreRejectedWithoutTheirSecrets() {
         for (url, expected) in [
             ("nats://", "host"), ("nats://h:notaport", "port"), ("nats://h:70000", "port"), ("nats://h1,h2:1,", "host"),

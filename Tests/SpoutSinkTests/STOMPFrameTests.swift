@@ -136,7 +136,14 @@ final class STOMPFrameTests: XCTestCase {
         XCTAssertEqual(try STOMPEndpoint(parsing: "stomp://h:1234/prod").virtualHost, "prod")
         XCTAssertEqual(try STOMPEndpoint(parsing: "stomp://h/%2F").virtualHost, "/")
         XCTAssertNil(try STOMPEndpoint(parsing: "stomp://h").user)
-        for (url, words) in [("stomp+ssl://u:secret@h:61614", "issue 15"), ("stomp://u@h", "no password"),
+        // issue 15: stomp+ssl:// (and its aliases) is TLS, port 61614 by default.
+        for scheme in ["stomp+ssl", "stomp+tls", "stomps"] {
+            let secure = try STOMPEndpoint(parsing: "\(scheme)://u:p@h")
+            XCTAssertTrue(secure.tls, scheme)
+            XCTAssertEqual(secure.port, 61614, scheme)
+        }
+        XCTAssertFalse(plain.tls)
+        for (url, words) in [("stomp+tcp://u:secret@h:61614", "not a stomp://"), ("stomp://u@h", "no password"),
                              ("stomp://a,b", "one server"), ("stomp://u:secret@h?x=1", "query"),
                              ("stomp://u:se%0Acret@h", "line break")] {
             XCTAssertThrowsError(try STOMPEndpoint(parsing: url), url) { error in

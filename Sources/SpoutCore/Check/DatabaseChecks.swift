@@ -34,8 +34,11 @@ public struct DatabaseChecks {
             connection = try PostgresConnection(conninfo, applicationName: PostgresConnection.applicationName("check"))
         } catch {
             if case .invalidOption = error { throw error }
+            // A TLS problem's fix is already in the message (see TLSProblem).
+            let tls = TLSProblem(libpqMessage: error.description) != nil
             return [.fail("connection", error.description,
-                          fix: "check --database-url (host, port, user, password, database), that PostgreSQL is running, and that pg_hba.conf lets this client in")]
+                          fix: tls ? "change the ssl parameters of --database-url as the message says"
+                              : "check --database-url (host, port, user, password, database), that PostgreSQL is running, and that pg_hba.conf lets this client in")]
                 + Self.names.dropFirst().map { .skip($0, because: "no connection to PostgreSQL") }
         }
         var results: [CheckResult] = []
@@ -59,7 +62,7 @@ public struct DatabaseChecks {
                           fix: "upgrade PostgreSQL to 14 or newer")]
                 + Self.names.dropFirst().map { .skip($0, because: "PostgreSQL is too old") }
         }
-        results.append(.pass("connection", "PostgreSQL \(version) at \(connection.target)"))
+        results.append(.pass("connection", "PostgreSQL \(version) at \(connection.target), \(connection.encryptionDescription)"))
 
         checking("wal_level") {
             let level = try connection.query("SHOW wal_level", context: "cannot read wal_level").first?.first ?? nil

@@ -194,6 +194,7 @@ public final class Relay {
         var random = SystemRandomNumberGenerator()
         var standingBy = false
         var ownEnded = false
+        var certificateWarned = false // issue 15: a TLS problem while reconnecting is worth its own warning
         while !stop.isRequested {
             let delay: Duration
             switch try connector.attempt(at: session.resumePosition) {
@@ -235,6 +236,10 @@ public final class Relay {
                     outage = true
                     metrics.connection(up: false)
                     log.warning("lost the connection to PostgreSQL (\(error.connectionDetail)); reconnecting with backoff", metadata: ["slot": "\(slot)"])
+                } else if !certificateWarned, TLSProblem(libpqMessage: error.connectionDetail) != nil {
+                    // issue 15: the server came back with a certificate spout refuses (or wants one it lacks).
+                    certificateWarned = true
+                    log.warning("\(error.connectionDetail); retrying with backoff", metadata: ["slot": "\(slot)"])
                 }
                 if let timeout = options.reconnectTimeout, clock.now - began >= timeout {
                     throw .reconnectTimedOut(seconds: timeout.secondsText, lastError: error.connectionDetail)

@@ -29,7 +29,8 @@ public final class PostgresConnection {
         }
         guard let connection else { throw .connectionFailed(target: target, detail: "out of memory") }
         guard PQstatus(connection) == CONNECTION_OK else {
-            let detail = Redaction.scrub(Self.oneLine(String(cString: PQerrorMessage(connection))), secrets: parsed.secrets)
+            var detail = Redaction.scrub(Self.oneLine(String(cString: PQerrorMessage(connection))), secrets: parsed.secrets)
+            if let problem = TLSProblem(libpqMessage: detail) { detail += "; " + problem.description }
             PQfinish(connection)
             throw .connectionFailed(target: target, detail: detail)
         }
@@ -81,6 +82,19 @@ public final class PostgresConnection {
     }
 
     public var serverVersion: Int { Int(PQserverVersion(handle)) }
+
+    /// The TLS protocol and cipher of this connection (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), or
+    /// nil when it is not encrypted: what `spout status` and `spout check` show.
+    public var encryption: (protocol: String, cipher: String)? {
+        guard PQsslInUse(handle) == 1 else { return nil }
+        func attribute(_ name: String) -> String { PQsslAttribute(handle, name).map { String(cString: $0) } ?? "?" }
+        return (attribute("protocol"), attribute("cipher"))
+    }
+
+    /// `encrypted (TLSv1.3, TLS_AES_256_GCM_SHA384)` or `not encrypted`.
+    public var encryptionDescription: String {
+        encryption.map { "encrypted (\($0.protocol), \($0.cipher))" } ?? "not encrypted"
+    }
 
     /// `host:port` of the server this connection reached (one of a multi-host URL's).
     public var server: String {

@@ -132,7 +132,7 @@ package final class TLSClient: @unchecked Sendable {
     }
 
     /// The verification result in plain words, with the fix.
-    static func verificationProblem(_ result: Int32) -> String {
+    package static func verificationProblem(_ result: Int32) -> String {
         switch result {
         case X509_V_ERR_CERT_HAS_EXPIRED:
             return "the server's certificate has expired: renew it on the server"
