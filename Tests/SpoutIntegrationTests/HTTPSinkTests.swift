@@ -74,24 +74,6 @@ final class HTTPSinkTests: XCTestCase {
         return spout
     }
 
-    private func confirmAll(_ spout: SpoutProcess, _ outbox: OutboxFixture, timeout: TimeInterval = 90) throws {
-        let written = try outbox.currentLSN()
-        try eventually(timeout: timeout, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
-        spout.signal(SIGTERM)
-        XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
-    }
-
-    /// Every event acknowledged (at least once), each key's events first acknowledged in commit order.
-    private func assertAllInOrder(_ receiver: Receiver, _ writer: OutboxWriter, file: StaticString = #filePath, line: UInt = #line) {
-        let arrived = receiver.acknowledged
-        XCTAssertEqual(Set(arrived).intersection(writer.ids).count, writer.ids.count, "every event acknowledged", file: file, line: line)
-        var first: [String: Int] = [:]
-        for (index, id) in arrived.enumerated() where first[id] == nil { first[id] = index }
-        for (key, ids) in writer.idsByKey {
-            let positions = ids.compactMap { first[$0] }
-            XCTAssertEqual(positions, positions.sorted(), "order of key \(key)", file: file, line: line)
-        }
-    }
 
     /// 500 events on 4 keep-alive connections, each request signed and verified by the
     /// standardwebhooks package: all arrive once, each key in order; the slot confirms them.
@@ -111,7 +93,7 @@ final class HTTPSinkTests: XCTestCase {
         XCTAssertEqual(receiver.acknowledged.count, 500, "each event once")
         XCTAssertEqual(requests.first?.content_type, "application/json")
         XCTAssertEqual(requests.first?.webhook_id, requests.first?.ids.first)
-        assertAllInOrder(receiver, writer)
+        assertAllInOrder(receiver.acknowledged, writer)
         XCTAssertFalse(spout.stderr.contains(Self.secret), "the secret is never logged")
     }
 
@@ -138,7 +120,7 @@ final class HTTPSinkTests: XCTestCase {
         XCTAssertFalse(after.isEmpty)
         XCTAssertGreaterThanOrEqual(after.map(\.time).min() ?? 0, throttled.time + 1.9, "Retry-After: 2 was waited")
         XCTAssertTrue(requests.contains { $0.ids.count > 1 }, "batches")
-        assertAllInOrder(receiver, writer)
+        assertAllInOrder(receiver.acknowledged, writer)
         XCTAssertTrue(spout.stderr.contains("answered 500"), spout.stderr)
     }
 
@@ -189,7 +171,7 @@ final class HTTPSinkTests: XCTestCase {
         XCTAssertEqual(Set(receiver.acknowledged), Set(writer.ids + good))
         XCTAssertTrue(spout.stderr.contains("skipped event \"\(poison)\""), spout.stderr)
         XCTAssertTrue(spout.stderr.contains("one at a time"), spout.stderr)
-        assertAllInOrder(receiver, writer)
+        assertAllInOrder(receiver.acknowledged, writer)
     }
 
     /// --on-poison stop (the default): the 400 stops spout, the error names the status and body.
@@ -230,7 +212,7 @@ final class HTTPSinkTests: XCTestCase {
         try eventually(timeout: 90, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= last }
         second.signal(SIGTERM)
         XCTAssertEqual(second.waitForExit(), 0, second.stderr)
-        assertAllInOrder(receiver, writer)
+        assertAllInOrder(receiver.acknowledged, writer)
     }
 
     /// --envelope cloudevents: binary-mode requests the SDK's HTTP binding parses (ce- headers,
@@ -275,7 +257,7 @@ final class HTTPSinkTests: XCTestCase {
         defer { receiver.stop() }
         try confirmAll(spout, outbox)
         XCTAssertLessThan(try XCTUnwrap(confirmedWhileDown), try XCTUnwrap(writer.transactions.first).after, "nothing confirmed while down")
-        assertAllInOrder(receiver, writer)
+        assertAllInOrder(receiver.acknowledged, writer)
         XCTAssertTrue(spout.stderr.contains("accepts events again after"), spout.stderr)
     }
 
@@ -306,5 +288,24 @@ final class HTTPSinkTests: XCTestCase {
                                                environment: ["SPOUT_HTTP_HEADER": "A: b c\nX-Key: SENTINEL4"])
         XCTAssertTrue(environment.stdout.contains("http-header = X-Key: ******"), environment.stdout + environment.stderr)
         XCTAssertFalse((environment.stdout + environment.stderr).contains("SENTINEL"))
+    }
+}
+
+/// The slot confirms everything written so far; then spout exits 0 on SIGTERM (HTTP and HTTPS tests).
+func confirmAll(_ spout: SpoutProcess, _ outbox: OutboxFixture, timeout: TimeInterval = 90) throws {
+    let written = try outbox.currentLSN()
+    try eventually(timeout: timeout, "the slot confirms everything delivered") { try XCTUnwrap(try outbox.confirmedFlush) >= written }
+    spout.signal(SIGTERM)
+    XCTAssertEqual(spout.waitForExit(), 0, spout.stderr)
+}
+
+/// Every event of `writer` among `arrived` (at least once), each key's events first arriving in commit order.
+func assertAllInOrder(_ arrived: [String], _ writer: OutboxWriter, file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(Set(arrived).intersection(writer.ids).count, writer.ids.count, "every event acknowledged", file: file, line: line)
+    var first: [String: Int] = [:]
+    for (index, id) in arrived.enumerated() where first[id] == nil { first[id] = index }
+    for (key, ids) in writer.idsByKey {
+        let positions = ids.compactMap { first[$0] }
+        XCTAssertEqual(positions, positions.sorted(), "order of key \(key)", file: file, line: line)
     }
 }

@@ -80,31 +80,10 @@ final class RedisSinkTests: XCTestCase {
         let spout = try SpoutProcess(["run", "--sink", redis.url] + outbox.arguments)
         try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
-        let written = LockedBox<Set<String>>([])
         // The writer's second half waits for the test: it is what Redis, stopped, leaves unanswered.
-        let secondHalf = DispatchSemaphore(value: 0)
-        let writing = Thread {
-            guard let connection = try? TestDatabase.connect() else { return }
-            for index in 0..<300 {
-                if index == 150 { secondHalf.wait() }
-                if let ids = try? outbox.insert(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" },
-                                                payload: { "{\"seq\": \(index * 5 + $0)}" }) {
-                    written.mutate { $0.formUnion(ids) }
-                }
-                usleep(3_000)
-            }
-        }
-        writing.start()
-        defer { secondHalf.signal() }
-        var client = try redis.client()
-        // The first half, all in Redis: the reply to its last batch went out with this answer,
-        // so no batch is half-answered when Redis stops.
-        try eventually("the first half in Redis") { try client.totalLength("*") >= 750 }
-        // Stopped first, then killed once a batch of the second half surely waits in its socket, unanswered.
-        redis.signal(SIGSTOP)
-        secondHalf.signal()
-        try eventually("a batch in flight to the stopped Redis") { try redis.hasUnreadInput }
-        redis.kill()
+        let writing = HalfHeldWriter(outbox, transactions: 300)
+        defer { writing.releaseSecondHalf() }
+        try redis.killWithBatchInFlight(writing, firstHalf: 750, port: redis.port)
 
         // A transaction committed while Redis is down: the slot must stay before its commit.
         let witness = try CommitWitness(outbox)
@@ -112,7 +91,7 @@ final class RedisSinkTests: XCTestCase {
         let (probeIDs, probeXID) = try CommitWitness.transaction(probe) {
             try outbox.insert(probe, rows: 1, key: { _ in "probe" }, payload: { _ in "{\"seq\": -1}" })
         }
-        written.mutate { $0.formUnion(probeIDs) }
+        writing.written.mutate { $0.formUnion(probeIDs) }
         var confirmedWhileDown: [LSN] = []
         for _ in 0..<15 {
             usleep(100_000)
@@ -125,9 +104,9 @@ final class RedisSinkTests: XCTestCase {
         }
 
         try redis.start()
-        client = try redis.client()
+        let client = try redis.client()
         try eventually("writer finished") { writing.isFinished }
-        let expected = written.value
+        let expected = writing.written.value
         XCTAssertEqual(expected.count, 1501)
         try eventually(timeout: 60, "every event in Redis after the restart") {
             try Set(client.entries("outbox.event.order").compactMap { $0.fields["id"] }).isSuperset(of: expected)

@@ -256,3 +256,48 @@ func procFile(_ path: String) throws -> String {
         bytes += chunk[0..<count]
     }
 }
+
+/// Writes `transactions` transactions of 5 rows (keys k0…k6, payload {"seq": n}) on a thread;
+/// the second half waits for `releaseSecondHalf()`: it is what a stopped Redis leaves
+/// unanswered (the restart tests, plain and TLS).
+final class HalfHeldWriter {
+    let written = LockedBox<Set<String>>([])
+    private let secondHalf = DispatchSemaphore(value: 0)
+    private var thread: Thread?
+
+    init(_ outbox: OutboxFixture, transactions: Int) {
+        let (written, secondHalf) = (written, secondHalf)
+        let thread = Thread {
+            guard let connection = try? TestDatabase.connect() else { return }
+            for index in 0..<transactions {
+                if index == transactions / 2 { secondHalf.wait() }
+                if let ids = try? outbox.insert(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" },
+                                                payload: { "{\"seq\": \(index * 5 + $0)}" }) {
+                    written.mutate { $0.formUnion(ids) }
+                }
+                usleep(3_000)
+            }
+        }
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Lets the second half go (again is harmless: call it in a `defer` too).
+    func releaseSecondHalf() { secondHalf.signal() }
+
+    var isFinished: Bool { thread?.isFinished ?? true }
+}
+
+extension RedisServer {
+    /// Once `firstHalf` entries are in Redis (the reply to the first half's last batch went out
+    /// with them, so no batch is half-answered), stops Redis, releases the writer's second half,
+    /// and kills Redis as soon as a batch of it surely waits in the socket to `port`, unanswered.
+    func killWithBatchInFlight(_ writer: HalfHeldWriter, firstHalf: Int, port: Int32) throws {
+        var client = try client()
+        try eventually("the first half in Redis") { try client.totalLength("*") >= firstHalf }
+        signal(SIGSTOP)
+        writer.releaseSecondHalf()
+        try eventually("a batch in flight to the stopped Redis") { try hasUnreadInput(onPort: port) }
+        kill()
+    }
+}

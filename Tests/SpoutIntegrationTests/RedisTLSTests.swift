@@ -105,31 +105,13 @@ final class RedisTLSTests: XCTestCase {
         let spout = try SpoutProcess(["run", "--sink", redis.tlsURL(), "--sink-ca-file", certificates.ca] + outbox.arguments)
         try eventually("spout streams from the slot") { try outbox.streamingWalsender != nil }
 
-        let written = LockedBox<Set<String>>([])
-        let secondHalf = DispatchSemaphore(value: 0)
-        let writing = Thread {
-            guard let connection = try? TestDatabase.connect() else { return }
-            for index in 0..<200 {
-                if index == 100 { secondHalf.wait() }
-                if let ids = try? outbox.insert(connection, rows: 5, key: { "k\((index * 5 + $0) % 7)" },
-                                                payload: { "{\"seq\": \(index * 5 + $0)}" }) {
-                    written.mutate { $0.formUnion(ids) }
-                }
-                usleep(3_000)
-            }
-        }
-        writing.start()
-        defer { secondHalf.signal() }
-        var client = try redis.client()
-        try eventually("the first half in Redis") { try client.totalLength("*") >= 500 }
-        redis.signal(SIGSTOP)
-        secondHalf.signal()
-        try eventually("a batch in flight to the stopped Redis") { try redis.hasUnreadInput(onPort: redis.tlsPort) }
-        redis.kill()
+        let writing = HalfHeldWriter(outbox, transactions: 200)
+        defer { writing.releaseSecondHalf() }
+        try redis.killWithBatchInFlight(writing, firstHalf: 500, port: redis.tlsPort)
         try redis.start()
-        client = try redis.client()
+        let client = try redis.client()
         try eventually("writer finished") { writing.isFinished }
-        let expected = written.value
+        let expected = writing.written.value
         XCTAssertEqual(expected.count, 1000)
         try eventually(timeout: 60, "every event in Redis after the restart") {
             try Set(client.entries("outbox.event.order").compactMap { $0.fields["id"] }).isSuperset(of: expected)
