@@ -91,10 +91,10 @@ final class AMQPConnection: @unchecked Sendable {
             switch spout_amqp_tls_configure(socket, url.host, secure.caFile, secure.certFile, secure.keyFile,
                                             secure.insecureSkipVerify ? 1 : 0, verifyError) {
             case 0: break
-            case 1: throw Failure(permanent: true, reason: "--sink-ca-file \(secure.caFile ?? ""): no CA certificate could be read from it: give a PEM file of CA certificates")
-            case 2: throw Failure(permanent: true, reason: "TLS: the system's CA certificates cannot be loaded: give them with --sink-ca-file")
-            case 3: throw Failure(permanent: true, reason: "--sink-cert-file \(secure.certFile ?? ""): no certificate could be read from it: give a PEM certificate (chain)")
-            default: throw Failure(permanent: true, reason: "--sink-key-file \(secure.keyFile ?? ""): no private key could be read from it: give an unencrypted PEM private key")
+            case 1: throw Failure(permanent: true, reason: TLSClient.caFileUnreadable(secure.caFile ?? ""))
+            case 2: throw Failure(permanent: true, reason: "TLS: " + TLSClient.systemCAsUnreadable)
+            case 3: throw Failure(permanent: true, reason: TLSClient.certFileUnreadable(secure.certFile ?? ""))
+            default: throw Failure(permanent: true, reason: TLSClient.keyFileUnreadable(secure.keyFile ?? ""))
             }
         } else {
             guard let made = amqp_tcp_socket_new(state) else { throw .transient("out of memory") }
@@ -175,9 +175,9 @@ final class AMQPConnection: @unchecked Sendable {
         var text: UnsafePointer<CChar>?
         let kind = spout_amqp_tls_failure(&text)
         switch kind {
-        case 1: return problem("the server requires a client certificate: give one with --sink-cert-file and --sink-key-file")
-        case 2: return problem("the server refused the handshake (it may require a client certificate: --sink-cert-file and --sink-key-file)")
-        case 3: return problem("the server refused spout's client certificate\(text.map { " (\(String(cString: $0)))" } ?? ""): give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file")
+        case 1: return problem(TLSClient.clientCertificateRequired)
+        case 2: return problem(TLSClient.handshakeRefused)
+        case 3: return problem(TLSClient.clientCertificateRefused(text.map { String(cString: $0) }))
         case 4: return problem("the server does not speak TLS on this port: give its AMQPS port (5671), or amqp:// if it has no TLS")
         default:
             guard handshaking else {
@@ -185,9 +185,7 @@ final class AMQPConnection: @unchecked Sendable {
                 // the protocol header: a TLS 1.3 server refusing the client certificate (its alert
                 // is lost when the connection is reset first).
                 guard [AMQP_STATUS_SSL_ERROR, AMQP_STATUS_CONNECTION_CLOSED, AMQP_STATUS_SOCKET_ERROR].map(\.rawValue).contains(status) else { return nil }
-                return problem("the server closed the connection after the handshake: "
-                    + (tls?.certFile == nil ? "it requires a client certificate: give one with --sink-cert-file and --sink-key-file"
-                        : "it refused spout's client certificate: give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file"))
+                return problem(TLSClient.closedAfterHandshake(certificateGiven: tls?.certFile != nil))
             }
             if status == AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue || status == AMQP_STATUS_SSL_ERROR.rawValue {
                 return Failure(permanent: false, reason: prefix + (text.map { String(cString: $0) } ?? describe(status: status)))

@@ -26,7 +26,7 @@ enum NATSTLS {
         }
         if let ca = tls.caFile {
             let status = natsOptions_LoadCATrustedCertificates(options, ca)
-            if status != NATS_OK { throw NATSFailure(status: status, text: "--sink-ca-file \(ca): no CA certificate could be read from it: give a PEM file of CA certificates") }
+            if status != NATS_OK { throw NATSFailure(status: status, text: TLSClient.caFileUnreadable(ca)) }
         }
         if let certificate = tls.certFile, let key = tls.keyFile {
             let status = natsOptions_LoadCertificatesChain(options, certificate, key)
@@ -60,9 +60,7 @@ enum NATSTLS {
             return problem("TLS handshake with \(server) failed: \(failure.text)")
         case NATS_PROTOCOL_ERROR where endpoint.secure && failure.text.contains("Expected 'PONG', got ''"):
             // TLS 1.3: the server checks the client certificate after the handshake and closes.
-            return problem(endpoint.tls.certFile == nil
-                ? "TLS connection to \(server) failed: the server closed the connection after the handshake: it requires a client certificate: give one with --sink-cert-file and --sink-key-file"
-                : "TLS connection to \(server) failed: the server closed the connection after the handshake: the server refused spout's client certificate: give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file")
+            return problem("TLS connection to \(server) failed: " + TLSClient.closedAfterHandshake(certificateGiven: endpoint.tls.certFile != nil))
         default:
             return failure
         }

@@ -27,14 +27,14 @@ package final class TLSClient: @unchecked Sendable {
         ERR_clear_error()
         if let ca = settings.caFile {
             guard SSL_CTX_load_verify_locations(context, ca, nil) == 1 else {
-                throw .invalidOption("--sink-ca-file \(ca): no CA certificate could be read from it (\(Self.openSSLError())): give a PEM file of CA certificates")
+                throw .invalidOption(Self.caFileUnreadable(ca, reason: Self.openSSLError()))
             }
         } else if SSL_CTX_set_default_verify_paths(context) != 1, !settings.insecureSkipVerify {
-            throw .invalidOption("TLS: the system's CA certificates cannot be loaded (\(Self.openSSLError())): give them with --sink-ca-file")
+            throw .invalidOption("TLS: \(Self.systemCAsUnreadable) (\(Self.openSSLError()))")
         }
         if let certificate = settings.certFile {
             guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else {
-                throw .invalidOption("--sink-cert-file \(certificate): no certificate could be read from it (\(Self.openSSLError())): give a PEM certificate (chain)")
+                throw .invalidOption(Self.certFileUnreadable(certificate, reason: Self.openSSLError()))
             }
         }
         if let key = settings.keyFile {
@@ -43,7 +43,7 @@ package final class TLSClient: @unchecked Sendable {
                 if reason.contains("mismatch") {
                     throw .invalidOption("--sink-key-file \(key) is not the private key of --sink-cert-file \(settings.certFile ?? "")")
                 }
-                throw .invalidOption("--sink-key-file \(key): no private key could be read from it (\(reason)): give an unencrypted PEM private key")
+                throw .invalidOption(Self.keyFileUnreadable(key, reason: reason))
             }
             guard SSL_CTX_check_private_key(context) == 1 else {
                 throw .invalidOption("--sink-key-file \(key) is not the private key of --sink-cert-file \(settings.certFile ?? "")")
@@ -111,12 +111,12 @@ package final class TLSClient: @unchecked Sendable {
         for reason in reasons {
             switch reason {
             case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
-                return (prefix + "the server requires a client certificate: give one with --sink-cert-file and --sink-key-file", true)
+                return (prefix + clientCertificateRequired, true)
             case SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE:
-                return (prefix + "the server refused the handshake (it may require a client certificate: --sink-cert-file and --sink-key-file)", true)
+                return (prefix + handshakeRefused, true)
             case SSL_R_TLSV1_ALERT_UNKNOWN_CA, SSL_R_SSLV3_ALERT_BAD_CERTIFICATE, SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN,
                  SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE, SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED, SSL_R_TLSV1_ALERT_ACCESS_DENIED:
-                return (prefix + "the server refused spout's client certificate (\(library)): give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file", true)
+                return (prefix + clientCertificateRefused(library), true)
             case SSL_R_WRONG_VERSION_NUMBER, SSL_R_PACKET_LENGTH_TOO_LONG, SSL_R_UNKNOWN_PROTOCOL:
                 return (prefix + "the server does not speak TLS on this port: give its TLS port, or a plain-text URL scheme if it has no TLS", true)
             default: continue
@@ -130,6 +130,34 @@ package final class TLSClient: @unchecked Sendable {
         }
         return (prefix + (library.isEmpty ? "unknown error" : library), handshaking)
     }
+
+    // The words every TLS sink uses (its own TLS, libnats', librabbitmq's), kept in one place.
+    package static let clientCertificateRequired = "the server requires a client certificate: give one with --sink-cert-file and --sink-key-file"
+    package static let handshakeRefused = "the server refused the handshake (it may require a client certificate: --sink-cert-file and --sink-key-file)"
+
+    package static func clientCertificateRefused(_ detail: String? = nil) -> String {
+        "the server refused spout's client certificate\(detail.map { " (\($0))" } ?? ""): give one signed by a CA the server trusts with --sink-cert-file and --sink-key-file"
+    }
+
+    /// A server that closed the connection right after the handshake: a TLS 1.3 server that
+    /// refused the client certificate (its alert lost to the reset), which of the two by whether one was given.
+    package static func closedAfterHandshake(certificateGiven: Bool) -> String {
+        "the server closed the connection after the handshake: " + (certificateGiven ? clientCertificateRefused() : clientCertificateRequired)
+    }
+
+    package static func caFileUnreadable(_ path: String, reason: String? = nil) -> String {
+        "--sink-ca-file \(path): no CA certificate could be read from it\(reason.map { " (\($0))" } ?? ""): give a PEM file of CA certificates"
+    }
+
+    package static func certFileUnreadable(_ path: String, reason: String? = nil) -> String {
+        "--sink-cert-file \(path): no certificate could be read from it\(reason.map { " (\($0))" } ?? ""): give a PEM certificate (chain)"
+    }
+
+    package static func keyFileUnreadable(_ path: String, reason: String? = nil) -> String {
+        "--sink-key-file \(path): no private key could be read from it\(reason.map { " (\($0))" } ?? ""): give an unencrypted PEM private key"
+    }
+
+    package static let systemCAsUnreadable = "the system's CA certificates cannot be loaded: give them with --sink-ca-file"
 
     /// The verification result in plain words, with the fix.
     package static func verificationProblem(_ result: Int32) -> String {
