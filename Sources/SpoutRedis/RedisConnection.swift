@@ -59,9 +59,11 @@ final class RedisConnection {
     var connectInterest: (reading: Bool, writing: Bool) { socket.connectInterest }
 
     /// `connectInterest` as poll(2) events.
-    var connectEvents: Int16 {
-        let interest = socket.connectInterest
-        return Int16(interest.reading ? POLLIN : 0) | Int16(interest.writing ? POLLOUT : 0)
+    var connectEvents: Int16 { socket.connectEvents }
+
+    /// Waits (blocking, up to `timeout`) until the connect and handshake are done; false on timeout.
+    func awaitConnected(within timeout: Duration) throws(Failure) -> Bool {
+        do { return try socket.awaitConnected(within: timeout) } catch { throw Failure(error) }
     }
 
     /// Whether the connect (and the TLS handshake) has completed; throws when it failed.

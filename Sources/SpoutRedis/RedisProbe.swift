@@ -101,12 +101,8 @@ public enum RedisProbe {
         init(url: RedisURL, tls: TLSClient?, timeoutSeconds: Int) throws(RedisConnection.Failure) {
             connection = try RedisConnection(connectingTo: url.host, port: url.port, tls: tls)
             self.timeoutSeconds = timeoutSeconds
-            let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
-            while try !connection.finishConnect() {
-                guard let left = Self.milliseconds(until: deadline) else {
-                    throw connection.connectTimedOut(after: .seconds(timeoutSeconds), server: url.address)
-                }
-                _ = try connection.waitFor(connection.connectEvents, milliseconds: left)
+            guard try connection.awaitConnected(within: .seconds(timeoutSeconds)) else {
+                throw connection.connectTimedOut(after: .seconds(timeoutSeconds), server: url.address)
             }
         }
 

@@ -161,8 +161,7 @@ final class STOMPAdapter: DeliveryAdapter {
                 log.debug("connected to the STOMP server at \(endpoint.address)")
                 return
             case let .connecting(socket, _):
-                let interest = socket.connectInterest
-                _ = try? socket.waitFor(Int16(interest.reading ? POLLIN : 0) | Int16(interest.writing ? POLLOUT : 0), milliseconds: 10)
+                _ = try? socket.waitFor(socket.connectEvents, milliseconds: 10)
             case let .handshaking(socket, _):
                 _ = try? socket.waitFor(Int16(POLLIN), milliseconds: 10)
             case .disconnected:

@@ -64,6 +64,12 @@ package final class TCPSocket {
         return (handshakeWantsRead, !handshakeWantsRead)
     }
 
+    /// `connectInterest` as poll(2) events.
+    package var connectEvents: Int16 {
+        let interest = connectInterest
+        return Int16(interest.reading ? POLLIN : 0) | Int16(interest.writing ? POLLOUT : 0)
+    }
+
     private static func connect(to host: String, port: Int) throws(Failure) -> Int32 {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -127,10 +133,8 @@ package final class TCPSocket {
         while try !finishConnect() {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { return false }
-            let interest = connectInterest
-            let events = Int16(interest.reading ? POLLIN : 0) | Int16(interest.writing ? POLLOUT : 0)
             let (seconds, attoseconds) = left.components
-            _ = try waitFor(events, milliseconds: Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)))
+            _ = try waitFor(connectEvents, milliseconds: Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)))
         }
         return true
     }
